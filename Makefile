@@ -1,0 +1,55 @@
+# Each target does one thing. `make test` and `make demo` set everything up from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install build-dev test test-rust test-python lint check-stubs check-aarch64 \
+	check-workflows demo bench clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed ## the venv with every dev requirement
+
+build-dev: install ## build the extension (release, runtime ISA dispatch) into the venv
+	$(BIN)/maturin develop --release -q
+
+test-rust: ## the kernels, without Python
+	cargo test --release
+
+test-python: build-dev
+	$(BIN)/python -m pytest -q tests
+
+test: test-rust test-python ## the whole test suite
+
+check-stubs: build-dev ## the .pyi stubs against the compiled module
+	$(BIN)/python -m mypy.stubtest qfast._qfast --allowlist .ci/stubtest-allowlist.txt
+
+lint: install ## formatting, clippy, ruff, stubs
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(MAKE) check-stubs
+
+check-aarch64: ## the kernels' tests for aarch64 under QEMU (NEON with and without dotprod)
+	bash scripts/aarch64.sh
+
+check-workflows: install ## validate the GitHub workflows offline
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+demo: build-dev ## quantize all-MiniLM-L6-v2's weights; error and speed vs NumPy
+	$(BIN)/qfast demo
+
+bench: build-dev ## the microbenchmarks (slow); JSON in .benchmarks/
+	$(BIN)/python -m pytest benches --benchmark-enable --benchmark-only \
+		--benchmark-json=.benchmarks/latest.json -p no:randomly -q
+
+clean:
+	rm -rf target $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,23 @@
+"""qfast: fast INT8/INT4 quantization for NumPy.
+
+SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a small NumPy API.
+"""
+
+from __future__ import annotations
+
+from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
+from ._qtensor import QTensor
+
+__all__ = [
+    "QTensor",
+    "QfastError",
+    "__version__",
+    "cpu_info",
+    "dequantize",
+    "get_num_threads",
+    "pack_int4",
+    "quantize",
+    "set_num_threads",
+    "unpack_int4",
+]

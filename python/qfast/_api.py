@@ -1,0 +1,226 @@
+"""The public array API: quantize, dequantize, pack_int4, unpack_int4."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from . import _qfast
+from ._qtensor import QTensor, data_shape, param_shape
+
+_FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float_input(x: Any) -> tuple[np.ndarray, str]:
+    """The array to hand to the kernels (float16/bfloat16 as a uint16 view) and its dtype."""
+    if isinstance(x, QTensor):
+        raise TypeError("x is already a QTensor; dequantize it first")
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if not isinstance(x, np.ndarray) and arr.dtype.kind in "iub":
+        arr = arr.astype(np.float32)
+    name = arr.dtype.name
+    if name not in _FLOAT_NAMES:
+        raise TypeError(
+            f"quantize expects float32, float64, float16 or bfloat16 data, got {arr.dtype}; "
+            "convert it first, e.g. x.astype(np.float32)"
+        )
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if not arr.flags.aligned:
+        arr = arr.copy()
+    if name in ("float16", "bfloat16"):
+        return arr.view(np.uint16), name
+    return arr, name
+
+
+def _normalize_axis(axis: Any, ndim: int) -> int:
+    axis = _as_int(axis, "axis")
+    nd = max(ndim, 1)
+    if not -nd <= axis < nd:
+        raise ValueError(f"axis={axis} is out of range for an array with {ndim} dimensions")
+    return axis % nd
+
+
+def _grid_array(value: Any, want: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
+    """A caller's scale / zero_point as a flat array in the layout the kernels expect."""
+    arr = np.asarray(value)
+    size = int(np.prod(want, dtype=np.int64))
+    if arr.shape == want or (arr.ndim <= 1 and arr.size == size):
+        pass
+    elif arr.size == 1:
+        arr = np.broadcast_to(arr.reshape(()), want)
+    else:
+        raise ValueError(
+            f"{name} has shape {arr.shape}; this granularity needs shape {want} "
+            f"({size} values) or a single value"
+        )
+    if name == "zero_point":
+        if arr.dtype.kind not in "iuf" or (
+            arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0)
+        ):
+            raise ValueError("zero_point must hold integer codes")
+    elif arr.dtype.kind not in "iuf":
+        raise TypeError(f"scale must be a float array, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+
+
+def quantize(
+    x: Any,
+    bits: int = 8,
+    *,
+    symmetric: bool = True,
+    axis: int | None = None,
+    group_size: int | None = None,
+    scale: Any = None,
+    zero_point: Any = None,
+) -> QTensor:
+    """Quantizes a float array to ``bits``-wide integer codes.
+
+    ``q = clamp(rint(x / scale) + zero_point, qmin, qmax)`` in float32, ties to even.
+
+    Args:
+        x: float32, float64, float16 or bfloat16 (ml_dtypes) array-like of any shape and
+            strides; float64 and 16-bit inputs are converted to float32 first.
+        bits: code width, 2 to 8. 8-bit codes are stored one per byte, 4-bit and 2-bit packed
+            along the last axis, 3/5/6/7-bit one per byte.
+        symmetric: signed codes in ``[-2^(b-1), 2^(b-1) - 1]`` with ``scale = max|x| /
+            (2^(b-1) - 1)``; else unsigned codes in ``[0, 2^b - 1]`` with a zero point.
+        axis: one scale per index of this axis (per-channel); ``None`` for per-tensor.
+        group_size: one scale per this many consecutive elements along the last axis (the
+            last group of a row may be shorter).
+        scale, zero_point: a given grid (static quantization), shaped like the result's
+            ``scale``; ``zero_point`` is required for, and only allowed with,
+            ``symmetric=False``.
+
+    Returns:
+        A :class:`QTensor`.
+
+    Raises:
+        ValueError: non-finite values (the message names the first position), bad bits,
+            axis, group_size or grid shapes.
+        TypeError: non-float input.
+    """
+    bits = _as_int(bits, "bits")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits={bits} is not supported; pass bits between 2 and 8")
+    arr, dtype = _float_input(x)
+    shape = tuple(arr.shape)
+    if group_size is not None:
+        if axis is not None:
+            raise ValueError(
+                "pass either axis (per-channel) or group_size (groups along the last axis), "
+                "not both"
+            )
+        group_size = _as_int(group_size, "group_size")
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
+    elif axis is not None:
+        axis = _normalize_axis(axis, arr.ndim)
+    signed = bool(symmetric)
+    if zero_point is not None and signed:
+        raise ValueError("zero_point was given with symmetric=True; pass symmetric=False")
+    if zero_point is not None and scale is None:
+        raise ValueError("zero_point was given without scale; pass both for a static grid")
+    if scale is not None and not signed and zero_point is None:
+        raise ValueError("symmetric=False with a given scale also needs zero_point")
+    pshape = param_shape(shape, axis, group_size)
+    given_scale = None if scale is None else _grid_array(scale, pshape, "scale", np.float32)
+    given_zp = (
+        None if zero_point is None else _grid_array(zero_point, pshape, "zero_point", np.int32)
+    )
+    codes, out_scale, out_zp = _qfast.quantize(
+        arr, dtype, bits, signed, axis, group_size, given_scale, given_zp
+    )
+    data = codes.reshape(data_shape(shape, bits))
+    if signed and bits not in (2, 4):
+        data = data.view(np.int8)
+    return QTensor(
+        data,
+        shape,
+        bits,
+        signed,
+        out_scale.reshape(pshape),
+        None if out_zp is None else out_zp.reshape(pshape),
+        axis=axis,
+        group_size=group_size,
+    )
+
+
+def dequantize(q: QTensor, dtype: Any = np.float32) -> np.ndarray:
+    """``scale * (q - zero_point)`` per element, in float32 (or float16 / bfloat16).
+
+    Args:
+        q: a :class:`QTensor`.
+        dtype: np.float32 (default), np.float16 or ml_dtypes.bfloat16.
+    """
+    if not isinstance(q, QTensor):
+        raise TypeError(f"dequantize expects a QTensor, got {type(q).__name__}")
+    return q.dequantize(dtype)
+
+
+def _lines(arr: np.ndarray) -> tuple[tuple[int, ...], int]:
+    shape = arr.shape if arr.ndim else (1,)
+    return shape[:-1], shape[-1]
+
+
+def pack_int4(q: Any, *, signed: bool | None = None) -> np.ndarray:
+    """Packs 4-bit codes two per byte along the last axis.
+
+    Element ``2i`` goes to the low nibble of byte ``i``, ``2i + 1`` to the high nibble; an odd
+    last axis is padded with a zero code. Signed codes are stored two's complement.
+
+    Args:
+        q: integer codes, in ``[-8, 7]`` when signed, ``[0, 15]`` otherwise.
+        signed: the code range; by default, signed for signed integer dtypes.
+
+    Returns:
+        uint8 array of shape ``q.shape[:-1] + (ceil(n / 2),)``.
+    """
+    arr = np.asarray(q)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"pack_int4 expects integer codes, got {arr.dtype}")
+    if signed is None:
+        signed = arr.dtype.kind == "i"
+    lo, hi = (-8, 7) if signed else (0, 15)
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        raise ValueError(
+            f"codes outside the {'signed' if signed else 'unsigned'} 4-bit range [{lo}, {hi}]"
+        )
+    lead, n = _lines(arr)
+    flat = np.ascontiguousarray(arr.astype(np.int8 if signed else np.uint8, copy=False))
+    packed = _qfast.pack(flat.view(np.uint8).reshape(-1), n, 4)
+    return packed.reshape((*lead, -(-n // 2)))
+
+
+def unpack_int4(p: Any, n: int, *, signed: bool = True) -> np.ndarray:
+    """Unpacks 4-bit codes packed by :func:`pack_int4`.
+
+    Args:
+        p: uint8 array, ``(..., m)`` with ``m >= ceil(n / 2)``.
+        n: the logical length of the last axis.
+        signed: sign-extend the nibbles to int8 (default) or return uint8 in ``[0, 15]``.
+
+    Returns:
+        int8 (signed) or uint8 array of shape ``p.shape[:-1] + (n,)``.
+    """
+    arr = np.asarray(p)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"unpack_int4 expects uint8 packed codes, got {arr.dtype}")
+    n = _as_int(n, "n")
+    lead, m = _lines(arr)
+    if n < 0 or -(-n // 2) > m:
+        raise ValueError(f"{m} packed bytes per row cannot hold n={n} codes")
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    out = _qfast.unpack(flat, m, n, 4, bool(signed)).reshape((*lead, n))
+    return out.view(np.int8) if signed else out

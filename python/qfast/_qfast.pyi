@@ -1,0 +1,53 @@
+"""The compiled kernels (qfast._qfast). Use the functions in `qfast` instead."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "QfastError",
+    "__version__",
+    "cpu_info",
+    "dequantize",
+    "get_num_threads",
+    "pack",
+    "quantize",
+    "set_num_threads",
+    "unpack",
+]
+
+__version__: str
+
+class QfastError(Exception):
+    """qfast could not run the operation (not an argument error)."""
+
+def quantize(
+    x: npt.NDArray[Any],
+    dtype: str,
+    bits: int,
+    signed: bool,
+    axis: int | None = None,
+    group_size: int | None = None,
+    scale: npt.NDArray[np.float32] | None = None,
+    zero_point: npt.NDArray[np.int32] | None = None,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32] | None]: ...
+def dequantize(
+    codes: npt.NDArray[np.uint8],
+    shape: list[int],
+    bits: int,
+    signed: bool,
+    axis: int | None,
+    group_size: int | None,
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.float32] | None,
+    g_idx: npt.NDArray[np.int32] | None,
+    dtype: str,
+) -> npt.NDArray[Any]: ...
+def pack(codes: npt.NDArray[np.uint8], n: int, bits: int) -> npt.NDArray[np.uint8]: ...
+def unpack(
+    packed: npt.NDArray[np.uint8], line_bytes: int, n: int, bits: int, signed: bool
+) -> npt.NDArray[np.uint8]: ...
+def cpu_info() -> dict[str, Any]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...

@@ -1,0 +1,13 @@
+//! Kernels over whole tensors: plain Rust over slices and strided views, no PyO3. They pick
+//! the ISA table once per call and split large inputs across qfast's thread pool.
+
+pub mod dequantize;
+pub mod layout;
+pub mod params;
+pub mod quantize;
+pub mod source;
+
+pub use dequantize::{dequantize, OutElement, QuantizedRef};
+pub use layout::{Granularity, Scheme};
+pub use quantize::{quantize, Quantized, StaticParams};
+pub use source::{Element, Strided};

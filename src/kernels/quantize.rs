@@ -1,0 +1,405 @@
+//! `qfast.quantize` over a strided tensor: statistics, grid and codes, split across threads
+//! in chunks of lines whose results do not depend on the thread count.
+
+use super::layout::{split_mut, Scheme, Units, TASK_ELEMS};
+use super::params::{self, code_range};
+use super::source::{Element, Strided};
+use crate::error::{QfastError, Result};
+use crate::parallel;
+use crate::simd::{self, Kernels, MinMax, QParams};
+
+/// Caller-supplied grid (static quantization), one entry per unit in C order.
+#[derive(Clone, Copy, Debug)]
+pub struct StaticParams<'p> {
+    pub scale: &'p [f32],
+    pub zero_point: Option<&'p [i32]>,
+}
+
+/// Codes (`lines x line_bytes`, C order) and the grid, one entry per unit in C order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized {
+    pub codes: Vec<u8>,
+    pub scale: Vec<f32>,
+    /// `None` for signed (symmetric) codes.
+    pub zero_point: Option<Vec<i32>>,
+}
+
+/// Why a task stopped early.
+enum Stop {
+    NonFinite,
+    Error(QfastError),
+}
+
+impl From<QfastError> for Stop {
+    fn from(e: QfastError) -> Self {
+        Stop::Error(e)
+    }
+}
+
+type TaskResult = std::result::Result<(), Stop>;
+
+/// Quantizes `x` with the scheme, computing the grid or using the given one.
+pub fn quantize<T: Element>(
+    x: &Strided<T>,
+    scheme: &Scheme,
+    given: Option<StaticParams>,
+) -> Result<Quantized> {
+    scheme.validate(x.shape())?;
+    let kernels = simd::active()?;
+    let units = Units::new(x.shape(), scheme.granularity);
+    let mut grid = match given {
+        Some(g) => static_grid(scheme, &units, g)?,
+        None => Vec::new(),
+    };
+    let computed = given.is_none();
+    let mut codes = vec![0u8; units.lines * scheme.line_bytes(units.n)];
+    let run = Run {
+        x,
+        k: kernels,
+        scheme,
+        units: &units,
+    };
+    let outcome = if units.lanes {
+        run.lanes(&mut grid, computed, &mut codes)
+    } else if units.channels_contiguous() {
+        if computed {
+            grid = vec![placeholder(scheme); units.params()];
+        }
+        run.fused(&mut grid, computed, &mut codes)
+    } else {
+        run.two_phase(&mut grid, computed, &mut codes)
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(Stop::NonFinite) => return Err(x.nonfinite_error()),
+        Err(Stop::Error(e)) => return Err(e),
+    }
+    let scale = grid.iter().map(|p| p.scale).collect();
+    let zero_point = (!scheme.signed).then(|| grid.iter().map(|p| p.zero_point).collect());
+    Ok(Quantized {
+        codes,
+        scale,
+        zero_point,
+    })
+}
+
+fn placeholder(scheme: &Scheme) -> QParams {
+    let (qmin, qmax) = code_range(scheme.bits, scheme.signed);
+    QParams {
+        scale: 1.0,
+        zero_point: 0,
+        qmin,
+        qmax,
+    }
+}
+
+fn static_grid(scheme: &Scheme, units: &Units, given: StaticParams) -> Result<Vec<QParams>> {
+    let count = units.params();
+    let (qmin, qmax) = code_range(scheme.bits, scheme.signed);
+    if given.scale.len() != count {
+        return Err(QfastError::InvalidArgument(format!(
+            "expected {count} scales for this granularity, got {}",
+            given.scale.len()
+        )));
+    }
+    if let Some(bad) = given.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(QfastError::InvalidArgument(format!(
+            "scale must be positive and finite, got {bad}"
+        )));
+    }
+    let zero_point: Vec<i32> = match (given.zero_point, scheme.signed) {
+        (Some(_), true) => {
+            return Err(QfastError::InvalidArgument(
+                "zero_point was given for a symmetric scheme; pass symmetric=False to use it"
+                    .to_string(),
+            ))
+        }
+        (None, true) => vec![0; count],
+        (None, false) => {
+            return Err(QfastError::InvalidArgument(
+                "an asymmetric scheme with a given scale also needs zero_point".to_string(),
+            ))
+        }
+        (Some(z), false) if z.len() != count => {
+            return Err(QfastError::InvalidArgument(format!(
+                "expected {count} zero points for this granularity, got {}",
+                z.len()
+            )))
+        }
+        (Some(z), false) => z.to_vec(),
+    };
+    if let Some(bad) = zero_point.iter().find(|z| !(qmin..=qmax).contains(*z)) {
+        return Err(QfastError::InvalidArgument(format!(
+            "zero_point {bad} is outside the {}-bit code range [{qmin}, {qmax}]",
+            scheme.bits
+        )));
+    }
+    Ok(given
+        .scale
+        .iter()
+        .zip(zero_point)
+        .map(|(&scale, zero_point)| QParams {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        })
+        .collect())
+}
+
+/// Lines per parallel task.
+fn lines_per_task(n: usize) -> usize {
+    (TASK_ELEMS / n.max(1)).max(1)
+}
+
+/// First problem in task order: deterministic whatever the thread count.
+fn first_stop(results: Vec<TaskResult>) -> TaskResult {
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}
+
+struct Run<'r, 'a, T> {
+    x: &'r Strided<'a, T>,
+    k: &'static Kernels,
+    scheme: &'r Scheme,
+    units: &'r Units,
+}
+
+impl<T: Element> Run<'_, '_, T> {
+    /// Writes the codes of line `l` (float32 `line`) with one grid for the whole line.
+    fn emit(&self, line: &[f32], p: &QParams, scratch: &mut Vec<u8>, out: &mut [u8]) {
+        if self.scheme.codes_per_byte() == 1 {
+            (self.k.quantize)(line, p, out);
+        } else {
+            scratch.resize(line.len(), 0);
+            (self.k.quantize)(line, p, scratch);
+            self.pack(scratch, out);
+        }
+    }
+
+    fn pack(&self, codes: &[u8], out: &mut [u8]) {
+        match self.scheme.bits {
+            4 => (self.k.pack4)(codes, out),
+            2 => (self.k.pack2)(codes, out),
+            _ => out.copy_from_slice(codes),
+        }
+    }
+
+    fn grid(&self, stats: MinMax) -> Result<QParams> {
+        params::compute(stats, self.scheme.bits, self.scheme.signed)
+    }
+
+    /// Channels (or groups) that each cover a contiguous run of lines: statistics and codes
+    /// in one sweep per unit while its data is in cache.
+    fn fused(&self, grid: &mut [QParams], computed: bool, codes: &mut [u8]) -> TaskResult {
+        let u = self.units;
+        let lb = self.scheme.line_bytes(u.n);
+        // Blocks of `inner` lines share `groups` grid entries.
+        let block_lines = u.inner.max(1);
+        let blocks = if u.lines == 0 { 0 } else { u.lines / block_lines };
+        let per_task = (lines_per_task(u.n) / block_lines).max(1);
+        let tasks = blocks.div_ceil(per_task);
+        let items: Vec<_> = split_mut(codes, per_task * block_lines * lb, tasks)
+            .into_iter()
+            .zip(split_mut(grid, per_task * u.groups, tasks))
+            .enumerate()
+            .collect();
+        let results = parallel::map(items, |(t, (codes, grid))| {
+            let first = t * per_task;
+            let count = per_task.min(blocks - first);
+            let mut buf = Vec::new();
+            let mut scratch = Vec::new();
+            for b in 0..count {
+                let lines = (first + b) * block_lines..(first + b + 1) * block_lines;
+                let codes = &mut codes[b * block_lines * lb..(b + 1) * block_lines * lb];
+                let grid = &mut grid[b * u.groups..(b + 1) * u.groups];
+                if block_lines == 1 {
+                    self.fused_line(lines.start, grid, computed, &mut buf, &mut scratch, codes)?;
+                } else {
+                    self.fused_block(lines, &mut grid[0], computed, &mut buf, &mut scratch, codes)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(Stop::Error)?;
+        first_stop(results)
+    }
+
+    /// One line, one grid entry per group.
+    fn fused_line(
+        &self,
+        l: usize,
+        grid: &mut [QParams],
+        computed: bool,
+        buf: &mut Vec<f32>,
+        scratch: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> TaskResult {
+        let u = self.units;
+        let line = self.x.line(l, buf);
+        let packed = self.scheme.codes_per_byte() > 1;
+        if packed {
+            scratch.resize(u.n, 0);
+        }
+        for (j, p) in grid.iter_mut().enumerate() {
+            let seg = j * u.group_size..((j + 1) * u.group_size).min(u.n);
+            let stats = (self.k.minmax)(&line[seg.clone()]);
+            if !stats.finite {
+                return Err(Stop::NonFinite);
+            }
+            if computed {
+                *p = self.grid(stats)?;
+            }
+            let dst = if packed {
+                &mut scratch[seg.clone()]
+            } else {
+                &mut out[seg.clone()]
+            };
+            (self.k.quantize)(&line[seg], p, dst);
+        }
+        if packed {
+            self.pack(scratch, out);
+        }
+        Ok(())
+    }
+
+    /// Several whole lines sharing one grid entry.
+    fn fused_block(
+        &self,
+        lines: std::ops::Range<usize>,
+        p: &mut QParams,
+        computed: bool,
+        buf: &mut Vec<f32>,
+        scratch: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> TaskResult {
+        let mut stats = MinMax::EMPTY;
+        for l in lines.clone() {
+            stats = stats.merge((self.k.minmax)(self.x.line(l, buf)));
+        }
+        if !stats.finite {
+            return Err(Stop::NonFinite);
+        }
+        if computed {
+            *p = self.grid(stats)?;
+        }
+        let lb = self.scheme.line_bytes(self.units.n);
+        for (i, l) in lines.enumerate() {
+            let line = self.x.line(l, buf);
+            self.emit(line, p, scratch, &mut out[i * lb..(i + 1) * lb]);
+        }
+        Ok(())
+    }
+
+    /// Per-tensor, or channels whose lines interleave: statistics of every line first, then
+    /// the grid per channel, then the codes.
+    fn two_phase(&self, grid: &mut Vec<QParams>, computed: bool, codes: &mut [u8]) -> TaskResult {
+        let u = self.units;
+        let per_task = lines_per_task(u.n);
+        let tasks = u.lines.div_ceil(per_task);
+        let ranges: Vec<_> = (0..tasks)
+            .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
+            .collect();
+        let stats = parallel::map(ranges, |lines| {
+            let mut buf = Vec::new();
+            lines
+                .map(|l| (self.k.minmax)(self.x.line(l, &mut buf)))
+                .collect::<Vec<_>>()
+        })
+        .map_err(Stop::Error)?;
+        let stats: Vec<MinMax> = stats.into_iter().flatten().collect();
+        if stats.iter().any(|s| !s.finite) {
+            return Err(Stop::NonFinite);
+        }
+        if computed {
+            let mut per_channel = vec![MinMax::EMPTY; u.channels];
+            for (l, s) in stats.iter().enumerate() {
+                let c = u.channel_of(l);
+                per_channel[c] = per_channel[c].merge(*s);
+            }
+            *grid = per_channel
+                .into_iter()
+                .map(|s| self.grid(s))
+                .collect::<Result<_>>()?;
+        }
+        let lb = self.scheme.line_bytes(u.n);
+        let items: Vec<_> = split_mut(codes, per_task * lb, tasks)
+            .into_iter()
+            .enumerate()
+            .collect();
+        let grid: &[QParams] = grid;
+        parallel::map(items, |(t, codes)| {
+            let mut buf = Vec::new();
+            let mut scratch = Vec::new();
+            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1)).into_iter().enumerate() {
+                let l = t * per_task + i;
+                let p = &grid[u.channel_of(l)];
+                self.emit(self.x.line(l, &mut buf), p, &mut scratch, out);
+            }
+        })
+        .map_err(Stop::Error)?;
+        Ok(())
+    }
+
+    /// Per-channel on the last axis: a grid per element of a line.
+    fn lanes(&self, grid: &mut Vec<QParams>, computed: bool, codes: &mut [u8]) -> TaskResult {
+        let u = self.units;
+        let per_task = lines_per_task(u.n);
+        let tasks = u.lines.div_ceil(per_task);
+        let ranges: Vec<_> = (0..tasks)
+            .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
+            .collect();
+        let partial = parallel::map(ranges, |lines| {
+            let mut buf = Vec::new();
+            let mut lo = vec![f32::INFINITY; u.n];
+            let mut hi = vec![f32::NEG_INFINITY; u.n];
+            let mut finite = true;
+            for l in lines {
+                finite &= (self.k.minmax_lanes)(self.x.line(l, &mut buf), &mut lo, &mut hi);
+            }
+            (lo, hi, finite)
+        })
+        .map_err(Stop::Error)?;
+        if partial.iter().any(|(_, _, finite)| !finite) {
+            return Err(Stop::NonFinite);
+        }
+        if computed {
+            let mut stats = vec![MinMax::EMPTY; u.n];
+            for (lo, hi, _) in &partial {
+                for (i, s) in stats.iter_mut().enumerate() {
+                    *s = s.merge(MinMax {
+                        min: lo[i],
+                        max: hi[i],
+                        finite: true,
+                    });
+                }
+            }
+            *grid = stats
+                .into_iter()
+                .map(|s| self.grid(s))
+                .collect::<Result<_>>()?;
+        }
+        let scale: Vec<f32> = grid.iter().map(|p| p.scale).collect();
+        let zero_point: Vec<i32> = grid.iter().map(|p| p.zero_point).collect();
+        let (qmin, qmax) = code_range(self.scheme.bits, self.scheme.signed);
+        let lb = self.scheme.line_bytes(u.n);
+        let items: Vec<_> = split_mut(codes, per_task * lb, tasks)
+            .into_iter()
+            .enumerate()
+            .collect();
+        parallel::map(items, |(t, codes)| {
+            let mut buf = Vec::new();
+            let mut scratch = vec![0u8; u.n];
+            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1)).into_iter().enumerate() {
+                let line = self.x.line(t * per_task + i, &mut buf);
+                if self.scheme.codes_per_byte() == 1 {
+                    (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, out);
+                } else {
+                    (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, &mut scratch);
+                    self.pack(&scratch, out);
+                }
+            }
+        })
+        .map_err(Stop::Error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! qfast: fast quantization kernels with runtime ISA dispatch, and (with the `python`
+//! feature) their NumPy binding.
+
+pub mod error;
+pub mod kernels;
+pub mod parallel;
+pub mod simd;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{QfastError, Result};

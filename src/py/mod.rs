@@ -1,0 +1,300 @@
+//! The binding layer: validates and converts NumPy arrays, releases the GIL around the
+//! kernels, and maps errors to Python exceptions in one place. Nothing else touches PyO3.
+
+use crate::error::QfastError as CoreError;
+use crate::kernels::{self, Granularity, Scheme, StaticParams, Strided};
+use half::{bf16, f16};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1};
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+pyo3::create_exception!(
+    qfast,
+    QfastError,
+    PyException,
+    "qfast could not run the operation (not an argument error)."
+);
+
+fn to_py(err: CoreError) -> PyErr {
+    match err {
+        CoreError::InvalidArgument(_) | CoreError::NonFinite { .. } | CoreError::Overflow(_) => {
+            PyValueError::new_err(err.to_string())
+        }
+        CoreError::InvalidDtype(_) => PyTypeError::new_err(err.to_string()),
+        CoreError::UnsupportedIsa { .. } => QfastError::new_err(err.to_string()),
+    }
+}
+
+fn scheme(bits: u32, signed: bool, axis: Option<usize>, group_size: Option<usize>) -> Scheme {
+    let granularity = match (axis, group_size) {
+        (_, Some(group_size)) => Granularity::PerGroup { group_size },
+        (Some(axis), None) => Granularity::PerChannel { axis },
+        (None, None) => Granularity::PerTensor,
+    };
+    Scheme {
+        bits,
+        signed,
+        granularity,
+    }
+}
+
+/// Borrows `$x` as a NumPy array of `$elem`, reinterprets its items as `$as`, and runs
+/// `$body` with the strided view `$view` bound.
+macro_rules! with_view {
+    ($x:expr, $elem:ty, $as:ty, |$view:ident| $body:expr) => {{
+        let array = $x
+            .cast::<PyArrayDyn<$elem>>()
+            .map_err(|e| PyTypeError::new_err(e.to_string()))?
+            .readonly();
+        let nd = array.as_array();
+        // SAFETY: the readonly borrow keeps the array alive and unmodified by Rust code while
+        // `$view` lives; `$as` has the size and alignment of `$elem`; ndarray's strides are
+        // in elements and address only elements of the array.
+        let $view =
+            unsafe { Strided::from_raw(nd.as_ptr() as *const $as, nd.shape(), nd.strides()) };
+        $body
+    }};
+}
+
+type QuantizeOut<'py> = (
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray1<f32>>,
+    Option<Bound<'py, PyArray1<i32>>>,
+);
+
+/// quantize(x, dtype, bits, signed, axis, group_size, scale, zero_point)
+/// --
+///
+/// Kernel entry of `qfast.quantize` (use that instead). `x` is a float32/float64 array, or
+/// a uint16 view of float16/bfloat16 data named by `dtype`. Returns the codes (flat bytes,
+/// lines x line_bytes), the scales and the zero points (None for signed codes).
+#[pyfunction]
+#[pyo3(signature = (x, dtype, bits, signed, axis=None, group_size=None, scale=None, zero_point=None))]
+#[allow(clippy::too_many_arguments)]
+fn quantize<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    dtype: &str,
+    bits: u32,
+    signed: bool,
+    axis: Option<usize>,
+    group_size: Option<usize>,
+    scale: Option<PyReadonlyArray1<'py, f32>>,
+    zero_point: Option<PyReadonlyArray1<'py, i32>>,
+) -> PyResult<QuantizeOut<'py>> {
+    let scheme = scheme(bits, signed, axis, group_size);
+    let scale = scale.as_ref().map(|s| s.as_slice()).transpose()?;
+    let zero_point = zero_point.as_ref().map(|z| z.as_slice()).transpose()?;
+    let given = scale.map(|scale| StaticParams { scale, zero_point });
+    let run = |py: Python<'_>, f: &(dyn Fn() -> crate::Result<kernels::Quantized> + Sync)| {
+        py.detach(f).map_err(to_py)
+    };
+    let q = match dtype {
+        "float32" => with_view!(x, f32, f32, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
+        "float64" => with_view!(x, f64, f64, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
+        "float16" => with_view!(x, u16, f16, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
+        "bfloat16" => with_view!(x, u16, bf16, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
+        other => Err(PyTypeError::new_err(format!(
+            "cannot quantize {other} data; pass float32, float64, float16 or bfloat16"
+        ))),
+    }?;
+    Ok((
+        PyArray1::from_vec(py, q.codes),
+        PyArray1::from_vec(py, q.scale),
+        q.zero_point.map(|z| PyArray1::from_vec(py, z)),
+    ))
+}
+
+/// dequantize(codes, shape, bits, signed, axis, group_size, scale, zero_point, g_idx, dtype)
+/// --
+///
+/// Kernel entry of `qfast.dequantize` (use that instead). Returns a flat float32 array, or
+/// the uint16 bits of float16/bfloat16 values when `dtype` names those.
+#[pyfunction]
+#[pyo3(signature = (codes, shape, bits, signed, axis, group_size, scale, zero_point, g_idx, dtype))]
+#[allow(clippy::too_many_arguments)]
+fn dequantize<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray1<'py, u8>,
+    shape: Vec<usize>,
+    bits: u32,
+    signed: bool,
+    axis: Option<usize>,
+    group_size: Option<usize>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: Option<PyReadonlyArray1<'py, f32>>,
+    g_idx: Option<PyReadonlyArray1<'py, i32>>,
+    dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let q = kernels::QuantizedRef {
+        codes: codes.as_slice()?,
+        shape: &shape,
+        scheme: scheme(bits, signed, axis, group_size),
+        scale: scale.as_slice()?,
+        zero_point: zero_point.as_ref().map(|z| z.as_slice()).transpose()?,
+        g_idx: g_idx.as_ref().map(|g| g.as_slice()).transpose()?,
+    };
+    Ok(match dtype {
+        "float32" => {
+            let v = py.detach(|| kernels::dequantize::<f32>(&q)).map_err(to_py)?;
+            PyArray1::from_vec(py, v).into_any()
+        }
+        "float16" => {
+            let v = py.detach(|| kernels::dequantize::<f16>(&q)).map_err(to_py)?;
+            PyArray1::from_vec(py, v.into_iter().map(f16::to_bits).collect()).into_any()
+        }
+        "bfloat16" => {
+            let v = py.detach(|| kernels::dequantize::<bf16>(&q)).map_err(to_py)?;
+            PyArray1::from_vec(py, v.into_iter().map(bf16::to_bits).collect()).into_any()
+        }
+        other => {
+            return Err(PyTypeError::new_err(format!(
+                "cannot dequantize to {other}; pass float32, float16 or bfloat16"
+            )))
+        }
+    })
+}
+
+/// pack(codes, bits)
+/// --
+///
+/// Packs contiguous `lines x n` byte codes (low bits used) along the last axis: 4-bit two per
+/// byte, 2-bit four per byte. Returns `lines x ceil(n * bits / 8)` bytes.
+#[pyfunction]
+fn pack<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray1<'py, u8>,
+    n: usize,
+    bits: u32,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let codes = codes.as_slice()?;
+    let k = crate::simd::active().map_err(to_py)?;
+    let (per, f) = match bits {
+        4 => (2, k.pack4),
+        2 => (4, k.pack2),
+        _ => return Err(PyValueError::new_err("only 4-bit and 2-bit codes are packed")),
+    };
+    if n == 0 {
+        return Ok(PyArray1::from_vec(py, Vec::new()));
+    }
+    if codes.len() % n != 0 {
+        return Err(PyValueError::new_err(format!(
+            "{} codes do not split into lines of {n}",
+            codes.len()
+        )));
+    }
+    let lb = n.div_ceil(per);
+    let lines = codes.len() / n;
+    let mut out = vec![0u8; lines * lb];
+    py.detach(|| {
+        for (src, dst) in codes.chunks_exact(n).zip(out.chunks_exact_mut(lb)) {
+            f(src, dst);
+        }
+    });
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// unpack(packed, n, bits, signed)
+/// --
+///
+/// Unpacks contiguous `lines x line_bytes` packed codes into `lines x n` bytes (sign-extended
+/// when `signed`).
+#[pyfunction]
+fn unpack<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray1<'py, u8>,
+    line_bytes: usize,
+    n: usize,
+    bits: u32,
+    signed: bool,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let packed = packed.as_slice()?;
+    let k = crate::simd::active().map_err(to_py)?;
+    let (per, f) = match bits {
+        4 => (2, k.unpack4),
+        2 => (4, k.unpack2),
+        _ => return Err(PyValueError::new_err("only 4-bit and 2-bit codes are packed")),
+    };
+    if n.div_ceil(per) > line_bytes {
+        return Err(PyValueError::new_err(format!(
+            "{line_bytes} bytes per line cannot hold {n} {bits}-bit codes"
+        )));
+    }
+    if line_bytes == 0 || n == 0 {
+        return Ok(PyArray1::from_vec(py, Vec::new()));
+    }
+    if packed.len() % line_bytes != 0 {
+        return Err(PyValueError::new_err(format!(
+            "{} bytes do not split into lines of {line_bytes}",
+            packed.len()
+        )));
+    }
+    let lines = packed.len() / line_bytes;
+    let mut out = vec![0u8; lines * n];
+    py.detach(|| {
+        for (src, dst) in packed.chunks_exact(line_bytes).zip(out.chunks_exact_mut(n)) {
+            f(src, signed, dst);
+        }
+    });
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// cpu_info()
+/// --
+///
+/// The CPU features qfast detected, the ISA path in use (`isa`), every path this CPU can run
+/// (`available`), and the thread count.
+#[pyfunction]
+fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let k = crate::simd::active().map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("isa", k.isa.name())?;
+    d.set_item("features", crate::simd::cpu_features())?;
+    let available: Vec<&str> = crate::simd::available().iter().map(|i| i.name()).collect();
+    d.set_item("available", available)?;
+    d.set_item("arch", std::env::consts::ARCH)?;
+    d.set_item("num_threads", crate::parallel::num_threads())?;
+    Ok(d)
+}
+
+/// set_num_threads(n)
+/// --
+///
+/// Sets how many threads qfast's kernels use (default: `QFAST_NUM_THREADS`, else all cores).
+/// Results are identical for every thread count.
+#[pyfunction]
+fn set_num_threads(n: i64) -> PyResult<()> {
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| PyValueError::new_err(format!("n must be a positive integer, got {n}")))?;
+    crate::parallel::set_num_threads(n).map_err(to_py)
+}
+
+/// get_num_threads()
+/// --
+///
+/// The number of threads qfast's kernels use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    crate::parallel::num_threads()
+}
+
+#[pymodule]
+mod _qfast {
+    #[pymodule_export]
+    use super::{
+        cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack,
+        QfastError,
+    };
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        crate::simd::active().map_err(super::to_py)?;
+        crate::parallel::check_env().map_err(super::to_py)?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! ISA implementations of the quantization kernels and the one-time runtime dispatch.
+//!
+//! Every path fills the same [`Kernels`] table of safe function pointers; the scalar table is
+//! the oracle the others are tested against (bit-identical integer codes and float results).
+//! A SIMD table is only ever handed out after the CPU was checked for its features, which is
+//! what makes the safe wrappers around the `#[target_feature]` functions sound.
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+
+use crate::error::{QfastError, Result};
+use std::sync::OnceLock;
+
+/// An instruction-set path, from the lowest to the highest on each architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+    Avx512Vnni,
+    Neon,
+    NeonDotprod,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ];
+
+    /// The name used by `QFAST_ISA` and `qfast.cpu_info()`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Isa> {
+        let key = |s: &str| s.trim().to_ascii_lowercase().replace(['_', '-'], "");
+        let name = key(name);
+        Isa::ALL.into_iter().find(|isa| key(isa.name()) == name)
+    }
+
+    /// Whether this build and this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86_64::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86_64::has_avx512(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => x86_64::has_avx512() && x86_64::has_avx512vnni(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => aarch64::has_dotprod(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The kernel table of this path, or `None` where the CPU or build cannot run it.
+    pub fn kernels(self) -> Option<&'static Kernels> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            Isa::Scalar => Some(&scalar::KERNELS),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(&x86_64::avx2::KERNELS),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(&x86_64::avx512::KERNELS),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Some(&x86_64::avx512::KERNELS_VNNI),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&aarch64::neon::KERNELS),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => Some(&aarch64::neon::KERNELS_DOTPROD),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
+/// Every path this CPU and build can run, lowest first.
+pub fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+}
+
+/// The CPU features qfast looks at, as detected at run time.
+pub fn cpu_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::features()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        aarch64::features()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Vec::new()
+    }
+}
+
+/// Chooses the path: the best one available, or the one `requested` names (e.g. the value of
+/// `QFAST_ISA`), which must be available.
+pub fn select(requested: Option<&str>) -> Result<Isa> {
+    let avail = available();
+    match requested.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(*avail.last().expect("scalar is always available")),
+        Some(name) => match Isa::parse(name) {
+            Some(isa) if avail.contains(&isa) => Ok(isa),
+            _ => Err(QfastError::UnsupportedIsa {
+                requested: name.to_string(),
+                available: avail.iter().map(|i| i.name()).collect(),
+            }),
+        },
+    }
+}
+
+static ACTIVE: OnceLock<Result<&'static Kernels>> = OnceLock::new();
+
+/// The kernel table in use, chosen once per process from the CPU and `QFAST_ISA`.
+pub fn active() -> Result<&'static Kernels> {
+    ACTIVE
+        .get_or_init(|| {
+            let requested = std::env::var("QFAST_ISA").ok();
+            let isa = select(requested.as_deref())?;
+            Ok(isa.kernels().expect("selected paths are supported"))
+        })
+        .clone()
+}
+
+/// Range statistics of a slice: its minimum, its maximum, and whether every value is finite.
+/// On a slice with a non-finite value, `min` and `max` are unspecified.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MinMax {
+    pub min: f32,
+    pub max: f32,
+    pub finite: bool,
+}
+
+impl MinMax {
+    pub const EMPTY: MinMax = MinMax {
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+        finite: true,
+    };
+
+    pub fn merge(self, other: MinMax) -> MinMax {
+        MinMax {
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+            finite: self.finite && other.finite,
+        }
+    }
+}
+
+/// Affine parameters of one quantization unit: `q = clamp(rint(x / scale) + zero_point,
+/// qmin, qmax)`. `scale` is positive and finite; `qmin <= zero_point <= qmax`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+/// The kernels of one ISA path. Codes are bytes: two's complement for signed codes. Packed
+/// 4-bit (2-bit) codes hold element `2i` (`4i`) in the lowest bits of byte `i`.
+pub struct Kernels {
+    pub isa: Isa,
+    /// Minimum, maximum and finiteness of `x`.
+    pub minmax: fn(x: &[f32]) -> MinMax,
+    /// Elementwise running `min[i] = min(min[i], x[i])`, same for `max`; all slices have the
+    /// same length. Returns whether every `x[i]` was finite.
+    pub minmax_lanes: fn(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool,
+    /// `out[i] = clamp(rint(x[i] / scale) + zero_point, qmin, qmax)`, ties to even.
+    pub quantize: fn(x: &[f32], p: &QParams, out: &mut [u8]),
+    /// As `quantize`, with a scale and zero point per element.
+    pub quantize_lanes:
+        fn(x: &[f32], scale: &[f32], zero_point: &[i32], qmin: i32, qmax: i32, out: &mut [u8]),
+    /// `out[i] = (q[i] - zero_point) * scale` in float32, `q` read as i8 when `signed`.
+    pub dequantize: fn(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]),
+    /// As `dequantize`, with a scale and zero point per element.
+    pub dequantize_lanes:
+        fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]),
+    /// Packs the low nibbles of `codes` two per byte; `out.len() == codes.len().div_ceil(2)`.
+    pub pack4: fn(codes: &[u8], out: &mut [u8]),
+    /// Unpacks `out.len()` nibbles (sign-extended when `signed`); `packed` holds at least
+    /// `out.len().div_ceil(2)` bytes.
+    pub unpack4: fn(packed: &[u8], signed: bool, out: &mut [u8]),
+    /// Packs the low 2 bits of `codes` four per byte; `out.len() == codes.len().div_ceil(4)`.
+    pub pack2: fn(codes: &[u8], out: &mut [u8]),
+    /// Unpacks `out.len()` 2-bit codes (sign-extended when `signed`).
+    pub unpack2: fn(packed: &[u8], signed: bool, out: &mut [u8]),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for isa in Isa::ALL {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::parse(" AVX512_VNNI "), Some(Isa::Avx512Vnni));
+        assert_eq!(Isa::parse("sse9"), None);
+    }
+
+    #[test]
+    fn select_rejects_unknown_and_unsupported() {
+        assert_eq!(select(None).unwrap(), *available().last().unwrap());
+        assert_eq!(select(Some("scalar")).unwrap(), Isa::Scalar);
+        let err = select(Some("sse9")).unwrap_err().to_string();
+        assert!(err.contains("sse9") && err.contains("scalar"), "{err}");
+        #[cfg(target_arch = "x86_64")]
+        assert!(select(Some("neon")).is_err());
+    }
+}

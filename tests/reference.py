@@ -1,0 +1,105 @@
+"""Independent NumPy references for qfast's numeric conventions (float32 throughout)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def _sanitize(scale: np.ndarray) -> np.ndarray:
+    scale = np.where(scale == 0, F32(1), scale)
+    return np.where(scale < np.finfo(F32).tiny, np.finfo(F32).tiny, scale).astype(F32)
+
+
+def grid(x: np.ndarray, bits: int, signed: bool, reduce_axes) -> tuple[np.ndarray, np.ndarray]:
+    """DESIGN.md's grid: scale and zero point per unit (keepdims over `reduce_axes`)."""
+    x = x.astype(F32)
+    qmin, qmax = code_range(bits, signed)
+    if x.size == 0:
+        shape = [1 if (reduce_axes is None or k in reduce_axes) else d for k, d in
+                 enumerate(x.shape)]
+        return np.ones(shape, F32), np.zeros(shape, np.int32)
+    if signed:
+        amax = np.max(np.abs(x), axis=reduce_axes, keepdims=True)
+        scale = _sanitize(amax / F32(qmax))
+        return scale, np.zeros_like(scale, dtype=np.int32)
+    lo = np.minimum(np.min(x, axis=reduce_axes, keepdims=True), F32(0))
+    hi = np.maximum(np.max(x, axis=reduce_axes, keepdims=True), F32(0))
+    scale = _sanitize((hi - lo) / F32(qmax))
+    zp = np.clip(np.rint(-lo / scale), qmin, qmax).astype(np.int32)
+    return scale, zp
+
+
+def quantize_codes(x: np.ndarray, scale, zero_point, bits: int, signed: bool) -> np.ndarray:
+    """q = clamp(rint(x / scale) + zero_point, qmin, qmax), evaluated in float32."""
+    qmin, qmax = code_range(bits, signed)
+    x = x.astype(F32)
+    v = np.rint(x / np.asarray(scale, F32)) + np.asarray(zero_point, F32)
+    return np.clip(v, qmin, qmax).astype(np.int32)
+
+
+def expand_groups(p: np.ndarray, group_size: int, n: int) -> np.ndarray:
+    """Per-group parameters [..., n_groups] repeated to [..., n]."""
+    return np.repeat(p, group_size, axis=-1)[..., :n]
+
+
+def reference_quantize(x, bits=8, symmetric=True, axis=None, group_size=None):
+    """(codes, scale, zero_point) as DESIGN.md defines them, codes unpacked as int32."""
+    x = np.asarray(x).astype(F32)
+    if x.ndim == 0:
+        x1 = x.reshape(1)
+    else:
+        x1 = x
+    signed = symmetric
+    if group_size is not None:
+        n = x1.shape[-1]
+        ng = -(-n // group_size)
+        pad = ng * group_size - n
+        # Pad with copies of each group's own values so padding never changes min/max.
+        xs = [x1[..., j * group_size:(j + 1) * group_size] for j in range(ng)]
+        scales, zps = [], []
+        for seg in xs:
+            s, z = grid(seg, bits, signed, (seg.ndim - 1,))
+            scales.append(s)
+            zps.append(z)
+        if ng == 0:
+            shape = (*x1.shape[:-1], 0)
+            return np.zeros(x1.shape, np.int32), np.ones(shape, F32), np.zeros(shape, np.int32)
+        scale = np.concatenate(scales, axis=-1)
+        zp = np.concatenate(zps, axis=-1)
+        del pad
+        codes = quantize_codes(
+            x1, expand_groups(scale, group_size, n), expand_groups(zp, group_size, n), bits,
+            signed,
+        )
+        return codes.reshape(x.shape), scale, zp
+    if axis is not None:
+        axis = axis % x1.ndim
+        reduce_axes = tuple(k for k in range(x1.ndim) if k != axis)
+    else:
+        reduce_axes = None
+    scale, zp = grid(x1, bits, signed, reduce_axes)
+    if axis is None:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    codes = quantize_codes(x1, scale, zp, bits, signed)
+    return codes.reshape(x.shape), scale, zp
+
+
+def unpack_codes(data: np.ndarray, bits: int, n: int, signed: bool) -> np.ndarray:
+    """Codes as int32 from a QTensor's data (independent of qfast's unpacker)."""
+    data = np.asarray(data)
+    if bits not in (2, 4):
+        return data.astype(np.int32)
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    b = data.view(np.uint8).astype(np.int32)
+    parts = [(b >> (bits * j)) & mask for j in range(per)]
+    codes = np.stack(parts, axis=-1).reshape(*b.shape[:-1], -1)[..., :n]
+    if signed:
+        codes = np.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes)
+    return codes

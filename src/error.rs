@@ -14,10 +14,22 @@ pub enum QfastError {
     /// A value range too wide for float32 arithmetic (-> `ValueError`).
     Overflow(String),
     /// `QFAST_ISA` asks for a path this CPU or build cannot run.
-    UnsupportedIsa { requested: String, available: Vec<&'static str> },
+    UnsupportedIsa {
+        requested: String,
+        available: Vec<&'static str>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, QfastError>;
+
+/// A NumPy-style index: `()`, `(3,)`, `(1, 2)`.
+pub fn format_index(index: &[usize]) -> String {
+    let parts: Vec<String> = index.iter().map(|i| i.to_string()).collect();
+    match parts.len() {
+        1 => format!("({},)", parts[0]),
+        _ => format!("({})", parts.join(", ")),
+    }
+}
 
 impl fmt::Display for QfastError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -26,19 +38,17 @@ impl fmt::Display for QfastError {
             | QfastError::InvalidDtype(msg)
             | QfastError::Overflow(msg) => f.write_str(msg),
             QfastError::NonFinite { index, value } => {
-                let idx: Vec<String> = index.iter().map(|i| i.to_string()).collect();
-                let idx = if idx.len() == 1 {
-                    format!("({},)", idx[0])
-                } else {
-                    format!("({})", idx.join(", "))
-                };
+                let idx = format_index(index);
                 write!(
                     f,
                     "input contains {value} at index {idx}; quantization needs finite values \
                      (replace or mask them first, e.g. np.nan_to_num)"
                 )
             }
-            QfastError::UnsupportedIsa { requested, available } => write!(
+            QfastError::UnsupportedIsa {
+                requested,
+                available,
+            } => write!(
                 f,
                 "QFAST_ISA={requested:?} cannot run on this CPU/build; paths available here: {}",
                 available.join(", ")

@@ -1,1 +1,827 @@
-fn main() {}
+//! Every ISA path this CPU can run, against the scalar oracle, kernel by kernel.
+//!
+//! A plain single-threaded program (`harness = false`): it also runs on aarch64 under QEMU user
+//! mode, which hangs as soon as a program starts a thread, so no libtest, no threads. It prints
+//! one line per path and exits with status 1 at the first mismatch, naming the path, kernel,
+//! length, index, inputs, and the expected and actual values.
+//!
+//! Integer codes and float results must be bit-identical to the oracle; the one exception is
+//! `minmax`'s min and max, compared with `==` (the sign of a zero may differ), and only when
+//! the slice is finite (otherwise they are unspecified and only `finite == false` is checked).
+//! Codes of NaN inputs are unspecified: the call must not crash, their bytes are not compared.
+
+use qfast::kernels::params::code_range;
+use qfast::simd::{self, scalar, Isa, Kernels, QParams};
+use std::fmt::Debug;
+use std::process::exit;
+
+/// splitmix64: tiny, dependency-free, good enough to spread test inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn u32(&mut self) -> u32 {
+        (self.u64() >> 32) as u32
+    }
+
+    /// Uniform in `0..n`, `n > 0`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.u64() % n as u64) as usize
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn int(&mut self, lo: i32, hi: i32) -> i32 {
+        lo + self.below((hi - lo) as usize + 1) as i32
+    }
+
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.u32() >> 8) as f32 / (1u32 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    /// A positive float with a random mantissa and an exponent in `lo..=hi` (both normal).
+    fn log_uniform(&mut self, lo: i32, hi: i32) -> f32 {
+        let e = self.int(lo, hi);
+        f32::from_bits((((e + 127) as u32) << 23) | (self.u32() >> 9))
+    }
+
+    fn sign(&mut self, v: f32) -> f32 {
+        if self.chance(2) {
+            -v
+        } else {
+            v
+        }
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u32() as u8).collect()
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// Elements around the output slice that the kernel must leave alone.
+const GUARD: usize = 24;
+
+/// `data` copied into a fresh buffer at element offset `off` (misaligning it), with padding on
+/// both sides; the slice is `buf[off..off + data.len()]`.
+fn placed<T: Copy>(data: &[T], off: usize, pad: T) -> Vec<T> {
+    let mut buf = vec![pad; off + data.len() + GUARD];
+    buf[off..off + data.len()].copy_from_slice(data);
+    buf
+}
+
+/// A guarded output buffer: `len` elements at offset `off`, the rest set to `fill`.
+struct Out<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy + PartialEq + Debug> Out<T> {
+    fn new(len: usize, off: usize, fill: T) -> Self {
+        Out {
+            buf: vec![fill; off + len + GUARD],
+            off,
+            len,
+        }
+    }
+
+    fn slice(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+
+    fn got(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    /// The first guard element the kernel wrote, if any.
+    fn overwritten(&self, fill: T) -> Option<usize> {
+        (0..self.buf.len())
+            .filter(|&i| i < self.off || i >= self.off + self.len)
+            .find(|&i| self.buf[i] != fill)
+    }
+}
+
+const BYTE_FILL: u8 = 0xa5;
+const F32_FILL: f32 = -1.2345e-7;
+
+/// One path under test, with its counters.
+struct Check<'a> {
+    isa: Isa,
+    k: &'a Kernels,
+    rng: Rng,
+    calls: u64,
+    values: u64,
+}
+
+impl Check<'_> {
+    fn fail(&self, kernel: &str, len: usize, what: &str) -> ! {
+        eprintln!(
+            "MISMATCH on path `{}`, kernel `{kernel}`, length {len}: {what}",
+            self.isa.name()
+        );
+        eprintln!("(the scalar kernel is the reference; see tests/kernels.rs)");
+        exit(1);
+    }
+
+    fn off(&mut self) -> usize {
+        self.rng.below(17)
+    }
+
+    /// Compares `got` with `expected` element by element, skipping indices for which `skip`
+    /// holds; `inputs(i)` describes the inputs of element `i` for the report.
+    fn compare<T: PartialEq + Debug>(
+        &mut self,
+        kernel: &str,
+        expected: &[T],
+        got: &[T],
+        skip: impl Fn(usize) -> bool,
+        inputs: impl Fn(usize) -> String,
+    ) {
+        assert_eq!(expected.len(), got.len());
+        for i in 0..expected.len() {
+            if skip(i) {
+                continue;
+            }
+            if expected[i] != got[i] {
+                let what = format!(
+                    "index {i}: {}; expected {:?}, got {:?}",
+                    inputs(i),
+                    expected[i],
+                    got[i]
+                );
+                self.fail(kernel, expected.len(), &what);
+            }
+            self.values += 1;
+        }
+        self.calls += 1;
+    }
+
+    fn guards<T: Copy + PartialEq + Debug>(&self, kernel: &str, out: &Out<T>, fill: T) {
+        if let Some(i) = out.overwritten(fill) {
+            let what = format!(
+                "wrote outside its output slice: buffer index {i} (slice at {}..{}) = {:?}",
+                out.off,
+                out.off + out.len,
+                out.buf[i]
+            );
+            self.fail(kernel, out.len, &what);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // minmax, minmax_lanes
+
+    fn minmax(&mut self, x: &[f32]) {
+        let n = x.len();
+        let expected = scalar::minmax(x);
+        let off = self.off();
+        let buf = placed(x, off, f32::NAN);
+        let got = (self.k.minmax)(&buf[off..off + n]);
+        let bad = || x.iter().position(|v| !v.is_finite());
+        if got.finite != expected.finite {
+            let what = format!(
+                "finite: expected {}, got {} (first non-finite at {:?})",
+                expected.finite,
+                got.finite,
+                bad()
+            );
+            self.fail("minmax", n, &what);
+        }
+        if expected.finite && (got.min != expected.min || got.max != expected.max) {
+            let what = format!("expected {expected:?}, got {got:?}");
+            self.fail("minmax", n, &what);
+        }
+        self.calls += 1;
+        self.values += 1;
+    }
+
+    fn minmax_lanes(&mut self, x: &[f32], min: &[f32], max: &[f32]) {
+        let n = x.len();
+        let (mut emin, mut emax) = (min.to_vec(), max.to_vec());
+        let expected = scalar::minmax_lanes(x, &mut emin, &mut emax);
+        let off = self.off();
+        let buf = placed(x, off, f32::NAN);
+        let (o1, o2) = (self.off(), self.off());
+        let mut gmin = Out::new(n, o1, F32_FILL);
+        gmin.slice().copy_from_slice(min);
+        let mut gmax = Out::new(n, o2, F32_FILL);
+        gmax.slice().copy_from_slice(max);
+        let got = (self.k.minmax_lanes)(&buf[off..off + n], gmin.slice(), gmax.slice());
+        self.guards("minmax_lanes", &gmin, F32_FILL);
+        self.guards("minmax_lanes", &gmax, F32_FILL);
+        if got != expected {
+            let first = x.iter().position(|v| !v.is_finite());
+            let what =
+                format!("finite: expected {expected}, got {got} (first non-finite at {first:?})");
+            self.fail("minmax_lanes", n, &what);
+        }
+        if expected {
+            let show = |i: usize| format!("x = {:e}, min = {:e}, max = {:e}", x[i], min[i], max[i]);
+            self.compare("minmax_lanes (min)", &emin, gmin.got(), |_| false, show);
+            self.compare("minmax_lanes (max)", &emax, gmax.got(), |_| false, show);
+        }
+    }
+
+    /// Both minmax kernels on `x`; the lanes version from ±Inf and from random bounds.
+    fn minmax_both(&mut self, x: &[f32]) {
+        let n = x.len();
+        self.minmax(x);
+        let (lo, hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
+        self.minmax_lanes(x, &lo, &hi);
+        let lo: Vec<f32> = (0..n).map(|_| self.rng.uniform(-2.0, 1.0)).collect();
+        let hi: Vec<f32> = lo.iter().map(|&l| l + self.rng.uniform(0.0, 2.0)).collect();
+        self.minmax_lanes(x, &lo, &hi);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // quantize, quantize_lanes
+
+    fn quantize(&mut self, x: &[f32], p: QParams) {
+        let n = x.len();
+        let mut expected = vec![0u8; n];
+        scalar::quantize(x, &p, &mut expected);
+        let off = self.off();
+        let buf = placed(x, off, f32::NAN);
+        let mut out = Out::new(n, self.off(), BYTE_FILL);
+        (self.k.quantize)(&buf[off..off + n], &p, out.slice());
+        self.guards("quantize", &out, BYTE_FILL);
+        let show = |i: usize| {
+            format!(
+                "x = {:e} ({:#010x}), scale = {:e} ({:#010x}), zero_point = {}, qmin = {}, \
+                 qmax = {}",
+                x[i],
+                x[i].to_bits(),
+                p.scale,
+                p.scale.to_bits(),
+                p.zero_point,
+                p.qmin,
+                p.qmax
+            )
+        };
+        self.compare("quantize", &expected, out.got(), |i| x[i].is_nan(), show);
+
+        // quantize_lanes with the same parameters in every lane.
+        let scale = vec![p.scale; n];
+        let zp = vec![p.zero_point; n];
+        self.quantize_lanes(x, &scale, &zp, p.qmin, p.qmax);
+    }
+
+    fn quantize_lanes(&mut self, x: &[f32], scale: &[f32], zp: &[i32], qmin: i32, qmax: i32) {
+        let n = x.len();
+        let mut expected = vec![0u8; n];
+        scalar::quantize_lanes(x, scale, zp, qmin, qmax, &mut expected);
+        let (o1, o2, o3) = (self.off(), self.off(), self.off());
+        let (bx, bs, bz) = (
+            placed(x, o1, f32::NAN),
+            placed(scale, o2, 0.0),
+            placed(zp, o3, 0),
+        );
+        let mut out = Out::new(n, self.off(), BYTE_FILL);
+        (self.k.quantize_lanes)(
+            &bx[o1..o1 + n],
+            &bs[o2..o2 + n],
+            &bz[o3..o3 + n],
+            qmin,
+            qmax,
+            out.slice(),
+        );
+        self.guards("quantize_lanes", &out, BYTE_FILL);
+        let show = |i: usize| {
+            format!(
+                "x = {:e} ({:#010x}), scale = {:e} ({:#010x}), zero_point = {}, qmin = {qmin}, \
+                 qmax = {qmax}",
+                x[i],
+                x[i].to_bits(),
+                scale[i],
+                scale[i].to_bits(),
+                zp[i]
+            )
+        };
+        self.compare(
+            "quantize_lanes",
+            &expected,
+            out.got(),
+            |i| x[i].is_nan(),
+            show,
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // dequantize, dequantize_lanes
+
+    fn dequantize(&mut self, codes: &[u8], signed: bool, scale: f32, zp: f32) {
+        let n = codes.len();
+        let mut expected = vec![0f32; n];
+        scalar::dequantize(codes, signed, scale, zp, &mut expected);
+        let off = self.off();
+        let buf = placed(codes, off, 0x5a);
+        let mut out = Out::new(n, self.off(), F32_FILL);
+        (self.k.dequantize)(&buf[off..off + n], signed, scale, zp, out.slice());
+        self.guards("dequantize", &out, F32_FILL);
+        let (e, g) = (bits(&expected), bits(out.got()));
+        let show = |i: usize| {
+            format!(
+                "code = {} (signed: {signed}), scale = {scale:e} ({:#010x}), zero_point = \
+                 {zp:e} ({:#010x}); as floats expected {:e}, got {:e}",
+                codes[i],
+                scale.to_bits(),
+                zp.to_bits(),
+                expected[i],
+                out.got()[i]
+            )
+        };
+        self.compare("dequantize", &e, &g, |_| false, show);
+
+        let scales = vec![scale; n];
+        let zps = vec![zp; n];
+        self.dequantize_lanes(codes, signed, &scales, &zps);
+    }
+
+    fn dequantize_lanes(&mut self, codes: &[u8], signed: bool, scale: &[f32], zp: &[f32]) {
+        let n = codes.len();
+        let mut expected = vec![0f32; n];
+        scalar::dequantize_lanes(codes, signed, scale, zp, &mut expected);
+        let (o1, o2, o3) = (self.off(), self.off(), self.off());
+        let (bc, bs, bz) = (
+            placed(codes, o1, 0x5a),
+            placed(scale, o2, 0.0),
+            placed(zp, o3, 0.0),
+        );
+        let mut out = Out::new(n, self.off(), F32_FILL);
+        (self.k.dequantize_lanes)(
+            &bc[o1..o1 + n],
+            signed,
+            &bs[o2..o2 + n],
+            &bz[o3..o3 + n],
+            out.slice(),
+        );
+        self.guards("dequantize_lanes", &out, F32_FILL);
+        let (e, g) = (bits(&expected), bits(out.got()));
+        let show = |i: usize| {
+            format!(
+                "code = {} (signed: {signed}), scale = {:e}, zero_point = {:e}; as floats \
+                 expected {:e}, got {:e}",
+                codes[i],
+                scale[i],
+                zp[i],
+                expected[i],
+                out.got()[i]
+            )
+        };
+        self.compare("dequantize_lanes", &e, &g, |_| false, show);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // pack4, unpack4, pack2, unpack2
+
+    /// `pack` of `codes`, then `unpack` of random packed bytes, for `per` codes per byte.
+    fn pack_unpack(&mut self, codes: &[u8], per: usize) {
+        let n = codes.len();
+        let (name, pack, unpack, spack, sunpack): (_, _, _, fn(&[u8], &mut [u8]), _) = if per == 2 {
+            (
+                "4",
+                self.k.pack4,
+                self.k.unpack4,
+                scalar::pack4 as fn(&[u8], &mut [u8]),
+                scalar::unpack4 as fn(&[u8], bool, &mut [u8]),
+            )
+        } else {
+            (
+                "2",
+                self.k.pack2,
+                self.k.unpack2,
+                scalar::pack2 as fn(&[u8], &mut [u8]),
+                scalar::unpack2 as fn(&[u8], bool, &mut [u8]),
+            )
+        };
+        let m = n.div_ceil(per);
+
+        let mut expected = vec![0u8; m];
+        spack(codes, &mut expected);
+        let off = self.off();
+        let buf = placed(codes, off, 0xff);
+        let mut out = Out::new(m, self.off(), BYTE_FILL);
+        pack(&buf[off..off + n], out.slice());
+        let kernel = format!("pack{name}");
+        self.guards(&kernel, &out, BYTE_FILL);
+        let show = |i: usize| format!("codes {:x?}", &codes[i * per..n.min(i * per + per)]);
+        self.compare(&kernel, &expected, out.got(), |_| false, show);
+
+        // unpack: exactly m packed bytes (sometimes more), both signs.
+        let extra = self.rng.below(3) * self.rng.below(2);
+        let packed = self.rng.bytes(m + extra);
+        for signed in [false, true] {
+            let mut expected = vec![0u8; n];
+            sunpack(&packed, signed, &mut expected);
+            let off = self.off();
+            let buf = placed(&packed, off, 0x00);
+            let mut out = Out::new(n, self.off(), BYTE_FILL);
+            unpack(&buf[off..off + packed.len()], signed, out.slice());
+            let kernel = format!("unpack{name} (signed: {signed})");
+            self.guards(&kernel, &out, BYTE_FILL);
+            let show = |i: usize| format!("packed byte {:#04x}", packed[i / per]);
+            self.compare(&kernel, &expected, out.got(), |_| false, show);
+        }
+    }
+
+    /// Valid codes of `bits` (2 or 4) survive this path's pack then unpack.
+    fn round_trip(&mut self, n: usize, bits: u32) {
+        for signed in [false, true] {
+            let (qmin, qmax) = code_range(bits, signed);
+            let codes: Vec<u8> = (0..n).map(|_| self.rng.int(qmin, qmax) as u8).collect();
+            let per = (8 / bits) as usize;
+            let mut packed = vec![0u8; n.div_ceil(per)];
+            let mut back = vec![0u8; n];
+            if bits == 4 {
+                (self.k.pack4)(&codes, &mut packed);
+                (self.k.unpack4)(&packed, signed, &mut back);
+            } else {
+                (self.k.pack2)(&codes, &mut packed);
+                (self.k.unpack2)(&packed, signed, &mut back);
+            }
+            let kernel = format!("pack{bits} then unpack{bits} (signed: {signed})");
+            self.compare(
+                &kernel,
+                &codes,
+                &back,
+                |_| false,
+                |i| format!("code {:#04x}", codes[i]),
+            );
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// A random grid: bits in 2..=8, signed or not, a zero point anywhere in the code range
+/// (0 for most signed grids, as `qfast.quantize` makes them), and a scale.
+fn random_params(rng: &mut Rng, bits: u32, signed: bool) -> QParams {
+    let (qmin, qmax) = code_range(bits, signed);
+    let zero_point = match rng.below(5) {
+        0 => qmin,
+        1 => qmax,
+        2 if signed => 0,
+        2 => (qmin + qmax) / 2,
+        _ => rng.int(qmin, qmax),
+    };
+    QParams {
+        scale: random_scale(rng),
+        zero_point,
+        qmin,
+        qmax,
+    }
+}
+
+fn random_scale(rng: &mut Rng) -> f32 {
+    match rng.below(8) {
+        // Powers of two make `(k + 0.5) * scale` exact ties.
+        0 | 1 => 2f32.powi(rng.int(-30, 30)),
+        2 => f32::MIN_POSITIVE,
+        3 => f32::from_bits(rng.int(1, 0x7f_ffff) as u32), // subnormal
+        _ => rng.log_uniform(-40, 40),
+    }
+}
+
+/// The kinds of `quantize` input, for the grid `p` (`x / scale` spans its codes and beyond).
+const QUANT_KINDS: usize = 7;
+
+fn quant_data(rng: &mut Rng, kind: usize, n: usize, p: &QParams) -> Vec<f32> {
+    let s = p.scale;
+    let lo = (p.qmin - p.zero_point) as f32;
+    let hi = (p.qmax - p.zero_point) as f32;
+    let edges = [
+        lo * s,
+        hi * s,
+        (lo - 0.5) * s,
+        (hi + 0.5) * s,
+        (lo + 0.5) * s,
+        (hi - 0.5) * s,
+        (lo - 1.0) * s,
+        (hi + 1.0) * s,
+        0.0,
+        -0.0,
+        f32::MAX,
+        -f32::MAX,
+        1e30,
+        -1e30,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -f32::from_bits(1),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    match kind {
+        // Anywhere on the grid and a little beyond both clamp edges.
+        0 => (0..n)
+            .map(|_| s * rng.uniform(lo - 3.0, hi + 3.0))
+            .collect(),
+        // Exact .5 ties of x / scale (exact when the scale is a power of two), both signs.
+        1 => (0..n)
+            .map(|_| {
+                let k = rng.int(lo as i32 - 2, hi as i32 + 1) as f32;
+                let v = (k + 0.5) * s;
+                if rng.chance(4) {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect(),
+        // On and beyond the clamp edges, huge values (x / scale = ±inf), zeros, infinities.
+        2 => (0..n).map(|_| rng.pick(&edges)).collect(),
+        // Subnormal and tiny values.
+        3 => (0..n)
+            .map(|_| {
+                let v = if rng.chance(2) {
+                    f32::from_bits(rng.int(0, 0x7f_ffff) as u32)
+                } else {
+                    rng.log_uniform(-126, -100)
+                };
+                rng.sign(v)
+            })
+            .collect(),
+        // Degenerate slices: all equal, all zero, all -0.0, one huge outlier.
+        4 => {
+            let v = s * rng.uniform(lo, hi);
+            let mut x = match rng.below(4) {
+                0 => vec![v; n],
+                1 => vec![0.0; n],
+                2 => vec![-0.0; n],
+                _ => (0..n).map(|_| s * rng.uniform(-1.0, 1.0)).collect(),
+            };
+            if n > 0 && rng.chance(2) {
+                let i = rng.below(n);
+                x[i] = rng.pick(&[f32::MAX, -f32::MAX, 3e38, -1e30, 1e20]);
+            }
+            x
+        }
+        // Random values of any magnitude.
+        5 => (0..n)
+            .map(|_| {
+                let v = rng.log_uniform(-126, 127);
+                rng.sign(v)
+            })
+            .collect(),
+        // NaN and ±Inf among grid values (NaN codes are not compared).
+        _ => (0..n)
+            .map(|_| match rng.below(8) {
+                0 => f32::NAN,
+                1 => -f32::NAN,
+                2 => f32::INFINITY,
+                3 => f32::NEG_INFINITY,
+                _ => s * rng.uniform(lo - 3.0, hi + 3.0),
+            })
+            .collect(),
+    }
+}
+
+/// Finite inputs for `minmax`, of several shapes.
+fn minmax_data(rng: &mut Rng, kind: usize, n: usize) -> Vec<f32> {
+    match kind % 6 {
+        0 => (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+        1 => {
+            let a = rng.log_uniform(-20, 20);
+            (0..n).map(|_| rng.uniform(0.5 * a, a)).collect() // all positive
+        }
+        2 => {
+            let a = rng.log_uniform(-20, 20);
+            (0..n).map(|_| -rng.uniform(0.5 * a, a)).collect() // all negative
+        }
+        3 => (0..n)
+            .map(|_| match rng.below(6) {
+                0 => f32::MAX,
+                1 => -f32::MAX,
+                2 => 0.0,
+                3 => -0.0,
+                4 => {
+                    let v = f32::from_bits(rng.int(1, 0x7f_ffff) as u32);
+                    rng.sign(v)
+                }
+                _ => {
+                    let v = rng.log_uniform(-126, 127);
+                    rng.sign(v)
+                }
+            })
+            .collect(),
+        4 => {
+            let v = rng.uniform(-5.0, 5.0);
+            let mut x = vec![if rng.chance(3) { -0.0 } else { v }; n];
+            if n > 0 && rng.chance(2) {
+                let i = rng.below(n);
+                x[i] = rng.pick(&[f32::MAX, -f32::MAX, 1e30, -1e-30]);
+            }
+            x
+        }
+        _ => (0..n)
+            .map(|_| {
+                let v = f32::from_bits(rng.int(0, 0x7f_ffff) as u32);
+                rng.sign(v)
+            })
+            .collect(),
+    }
+}
+
+const NONFINITE: [f32; 5] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::from_bits(0xffc0_0000), // -NaN
+    f32::from_bits(0x7f80_0001), // signaling NaN
+];
+
+// ---------------------------------------------------------------------------------------------
+// The suite, for one path
+
+fn run(isa: Isa) -> (u64, u64) {
+    let k = isa.kernels().expect("available paths have kernels");
+    assert_eq!(
+        k.isa,
+        isa,
+        "the table of `{}` says it is `{:?}`",
+        isa.name(),
+        k.isa
+    );
+    let mut c = Check {
+        isa,
+        k,
+        rng: Rng(0x5eed ^ isa as u64),
+        calls: 0,
+        values: 0,
+    };
+    let mut lengths: Vec<usize> = (0..=300).collect();
+    lengths.extend([511, 1023, 1024, 4097, 65537]);
+
+    // Every length, rotating through grids and kinds of data.
+    for (step, &n) in lengths.iter().enumerate() {
+        let reps = if n > 1000 { 1 } else { 2 };
+        for rep in 0..reps {
+            let bits = 2 + ((step + rep) % 7) as u32;
+            let signed = (step / 7 + rep) % 2 == 0;
+            let p = random_params(&mut c.rng, bits, signed);
+            let x = quant_data(&mut c.rng, (step + 3 * rep) % QUANT_KINDS, n, &p);
+            c.quantize(&x, p);
+
+            // Per-element scales and zero points.
+            let (qmin, qmax) = (p.qmin, p.qmax);
+            let scale: Vec<f32> = (0..n).map(|_| random_scale(&mut c.rng)).collect();
+            let zp: Vec<i32> = (0..n).map(|_| c.rng.int(qmin, qmax)).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    let q = c
+                        .rng
+                        .uniform((qmin - zp[i] - 2) as f32, (qmax - zp[i] + 2) as f32);
+                    if c.rng.chance(4) {
+                        (q.round() + 0.5) * scale[i]
+                    } else {
+                        q * scale[i]
+                    }
+                })
+                .collect();
+            c.quantize_lanes(&x, &scale, &zp, qmin, qmax);
+
+            let x = minmax_data(&mut c.rng, step + rep, n);
+            c.minmax_both(&x);
+            if n > 0 {
+                let mut x = x;
+                let i = c.rng.below(n);
+                x[i] = c.rng.pick(&NONFINITE);
+                c.minmax_both(&x);
+            }
+
+            let codes = c.rng.bytes(n);
+            let signed = rep == 0;
+            let scale = random_scale(&mut c.rng);
+            let scale = c.rng.sign(scale);
+            let zp = match c.rng.below(4) {
+                0 => c.rng.int(-128, 255) as f32,
+                1 => c.rng.int(-128, 255) as f32 + 0.5,
+                2 => -0.0,
+                _ => c.rng.uniform(-200.0, 300.0),
+            };
+            c.dequantize(&codes, signed, scale, zp);
+            let scales: Vec<f32> = (0..n)
+                .map(|_| {
+                    let s = random_scale(&mut c.rng);
+                    c.rng.sign(s)
+                })
+                .collect();
+            let zps: Vec<f32> = (0..n).map(|_| c.rng.uniform(-130.0, 260.0)).collect();
+            c.dequantize_lanes(&codes, signed, &scales, &zps);
+
+            c.pack_unpack(&codes, 2);
+            c.pack_unpack(&codes, 4);
+            c.round_trip(n, 4);
+            c.round_trip(n, 2);
+        }
+    }
+
+    // Every grid, zero points across its range, every kind of data.
+    for bits in 2..=8u32 {
+        for signed in [false, true] {
+            let (qmin, qmax) = code_range(bits, signed);
+            let step = ((qmax - qmin) / 6).max(1) as usize;
+            let mut zps: Vec<i32> = (qmin..=qmax).step_by(step).collect();
+            zps.push(qmax);
+            for zp in zps {
+                for kind in 0..QUANT_KINDS {
+                    let n = c.rng.below(200);
+                    let mut p = random_params(&mut c.rng, bits, signed);
+                    p.zero_point = zp;
+                    let x = quant_data(&mut c.rng, kind, n, &p);
+                    c.quantize(&x, p);
+                }
+            }
+        }
+    }
+
+    // Adversarial scales: tiny (x / scale overflows), the smallest normal with subnormal x,
+    // power-of-two ties; every code of every signed and unsigned 8-bit dequantization.
+    for &scale in &[1e-3f32, f32::MIN_POSITIVE, 1e-40, 0.5, 0.25, 3.0] {
+        for signed in [false, true] {
+            let (qmin, qmax) = code_range(8, signed);
+            let p = QParams {
+                scale,
+                zero_point: if signed { 0 } else { 128 },
+                qmin,
+                qmax,
+            };
+            for kind in 0..QUANT_KINDS {
+                let x = quant_data(&mut c.rng, kind, 77, &p);
+                c.quantize(&x, p);
+            }
+        }
+    }
+    let all: Vec<u8> = (0..=255).collect();
+    for (scale, zp) in [
+        (0.1f32, 0.0f32),
+        (-0.37, 3.0),
+        (2.5, -0.5),
+        (1e-40, 1.5),
+        (3e38, -7.0),
+    ] {
+        c.dequantize(&all, false, scale, zp);
+        c.dequantize(&all, true, scale, zp);
+    }
+
+    // A non-finite value at every position, of every kind, for the lengths around the
+    // vector widths and unrolled blocks of every path.
+    for n in (1..=70).chain([95, 127, 128, 129, 200, 257]) {
+        let x = minmax_data(&mut c.rng, n, n);
+        let positions: Vec<usize> = if n <= 70 {
+            (0..n).collect()
+        } else {
+            vec![0, n / 2, n - 2, n - 1]
+        };
+        for i in positions {
+            let mut x = x.clone();
+            x[i] = NONFINITE[(i + n) % NONFINITE.len()];
+            c.minmax(&x);
+            let (lo, hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
+            c.minmax_lanes(&x, &lo, &hi);
+        }
+    }
+    (c.calls, c.values)
+}
+
+fn main() {
+    let paths = simd::available();
+    println!(
+        "kernels: {} paths on this CPU ({}); features: {}",
+        paths.len(),
+        paths
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        simd::cpu_features().join(" ")
+    );
+    for isa in paths {
+        let (calls, values) = run(isa);
+        println!(
+            "{:<13} ok: {calls} kernel calls, {values} values checked against scalar",
+            isa.name()
+        );
+    }
+}

@@ -21,8 +21,9 @@ def grid(x: np.ndarray, bits: int, signed: bool, reduce_axes) -> tuple[np.ndarra
     x = x.astype(F32)
     qmin, qmax = code_range(bits, signed)
     if x.size == 0:
-        shape = [1 if (reduce_axes is None or k in reduce_axes) else d for k, d in
-                 enumerate(x.shape)]
+        shape = [
+            1 if (reduce_axes is None or k in reduce_axes) else d for k, d in enumerate(x.shape)
+        ]
         return np.ones(shape, F32), np.zeros(shape, np.int32)
     if signed:
         amax = np.max(np.abs(x), axis=reduce_axes, keepdims=True)
@@ -61,7 +62,7 @@ def reference_quantize(x, bits=8, symmetric=True, axis=None, group_size=None):
         ng = -(-n // group_size)
         pad = ng * group_size - n
         # Pad with copies of each group's own values so padding never changes min/max.
-        xs = [x1[..., j * group_size:(j + 1) * group_size] for j in range(ng)]
+        xs = [x1[..., j * group_size : (j + 1) * group_size] for j in range(ng)]
         scales, zps = [], []
         for seg in xs:
             s, z = grid(seg, bits, signed, (seg.ndim - 1,))
@@ -74,7 +75,10 @@ def reference_quantize(x, bits=8, symmetric=True, axis=None, group_size=None):
         zp = np.concatenate(zps, axis=-1)
         del pad
         codes = quantize_codes(
-            x1, expand_groups(scale, group_size, n), expand_groups(zp, group_size, n), bits,
+            x1,
+            expand_groups(scale, group_size, n),
+            expand_groups(zp, group_size, n),
+            bits,
             signed,
         )
         return codes.reshape(x.shape), scale, zp

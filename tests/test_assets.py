@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from qfast import assets
 
 LEE = "lee-background"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from reference import reference_quantize, unpack_codes
 
 import qfast
+
+from reference import reference_quantize, unpack_codes
 
 RNG = np.random.default_rng(1234)
 
@@ -127,7 +128,7 @@ def test_pack_unpack_int4():
     codes = RNG.integers(-8, 8, size=(3, 7)).astype(np.int8)
     p = qfast.pack_int4(codes)
     assert p.shape == (3, 4) and p.dtype == np.uint8
-    lo = (codes[:, 0::2].astype(np.int32) & 0xF)
+    lo = codes[:, 0::2].astype(np.int32) & 0xF
     np.testing.assert_array_equal(p & 0xF, lo)
     np.testing.assert_array_equal(qfast.unpack_int4(p, 7), codes)
     u = RNG.integers(0, 16, size=(2, 6)).astype(np.uint8)

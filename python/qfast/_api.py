@@ -52,8 +52,9 @@ def _normalize_axis(axis: Any, ndim: int) -> int:
     return axis % nd
 
 
-def _grid_array(value: Any, want: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
-    """A caller's scale / zero_point as a flat array in the layout the kernels expect."""
+def _grid_array(value: Any, want: tuple[int, ...], name: str, codes: tuple[int, int]) -> np.ndarray:
+    """A caller's scale (float32) or zero_point (int32 within the code range `codes`) as a flat
+    array in the layout the kernels expect."""
     arr = np.asarray(value)
     size = int(np.prod(want, dtype=np.int64))
     if arr.shape == want or (arr.ndim <= 1 and arr.size == size):
@@ -65,14 +66,23 @@ def _grid_array(value: Any, want: tuple[int, ...], name: str, dtype: Any) -> np.
             f"{name} has shape {arr.shape}; this granularity needs shape {want} "
             f"({size} values) or a single value"
         )
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a numeric array, got {arr.dtype}")
     if name == "zero_point":
-        if arr.dtype.kind not in "iuf" or (
-            arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0)
-        ):
+        lo, hi = codes
+        if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
             raise ValueError("zero_point must hold integer codes")
-    elif arr.dtype.kind not in "iuf":
-        raise TypeError(f"scale must be a float array, got {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            bad = arr.min() if arr.min() < lo else arr.max()
+            raise ValueError(f"zero_point {bad} is outside the code range [{lo}, {hi}]")
+        return np.ascontiguousarray(arr, dtype=np.int32).reshape(-1)
+    out = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    bad = ~(np.isfinite(out) & (out > 0))
+    if bad.any():
+        raise ValueError(
+            f"scale must be a positive finite float32, got {arr.reshape(-1)[bad.argmax()]!r}"
+        )
+    return out
 
 
 def quantize(
@@ -125,6 +135,9 @@ def quantize(
         group_size = _as_int(group_size, "group_size")
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}")
+        if group_size > 2**31:
+            # Any group_size >= n means one group per row; keep it within the kernels' range.
+            group_size = max(shape[-1] if shape else 1, 1)
     elif axis is not None:
         axis = _normalize_axis(axis, arr.ndim)
     signed = bool(symmetric)
@@ -135,9 +148,10 @@ def quantize(
     if scale is not None and not signed and zero_point is None:
         raise ValueError("symmetric=False with a given scale also needs zero_point")
     pshape = param_shape(shape, axis, group_size)
-    given_scale = None if scale is None else _grid_array(scale, pshape, "scale", np.float32)
+    codes_range = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    given_scale = None if scale is None else _grid_array(scale, pshape, "scale", codes_range)
     given_zp = (
-        None if zero_point is None else _grid_array(zero_point, pshape, "zero_point", np.int32)
+        None if zero_point is None else _grid_array(zero_point, pshape, "zero_point", codes_range)
     )
     codes, out_scale, out_zp = _qfast.quantize(
         arr, dtype, bits, signed, axis, group_size, given_scale, given_zp

@@ -40,6 +40,11 @@ def data_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     return (*lead, -(-n // per))
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy or view that keeps 0-d shapes (ascontiguousarray makes them 1-d)."""
+    return np.ascontiguousarray(a).reshape(a.shape)
+
+
 def _dtype_name(dtype: Any) -> str:
     try:
         name = np.dtype(dtype).name
@@ -109,9 +114,25 @@ class QTensor:
         self.meta = dict(meta or {})
         self._check()
 
+    def _granularity(self) -> str:
+        if self.group_size is not None:
+            return f"group_size={self.group_size}"
+        if self.axis is not None:
+            return f"axis={self.axis}"
+        return "per-tensor"
+
     def _check(self) -> None:
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits={self.bits} is not supported; use 2 to 8")
+        if self.axis is not None:
+            nd = max(len(self.shape), 1)
+            if not -nd <= self.axis < nd:
+                raise ValueError(f"axis={self.axis} is out of range for shape {self.shape}")
+            self.axis %= nd
+            if self.group_size is not None:
+                raise ValueError("a QTensor has either axis or group_size, not both")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {self.group_size}")
         if self.data.dtype.kind not in "iu" or self.data.dtype.itemsize != 1:
             raise TypeError(f"data must be int8 or uint8 codes, got {self.data.dtype}")
         want = data_shape(self.shape, self.bits)
@@ -132,8 +153,8 @@ class QTensor:
                 raise ValueError(f"g_idx needs group_size and shape ({n},)")
         elif self.scale.shape != param_shape(self.shape, self.axis, self.group_size):
             raise ValueError(
-                f"scale has shape {self.scale.shape}; this granularity needs "
-                f"{param_shape(self.shape, self.axis, self.group_size)}"
+                f"scale has shape {self.scale.shape}; shape {self.shape} with "
+                f"{self._granularity()} needs {param_shape(self.shape, self.axis, self.group_size)}"
             )
 
     @property
@@ -163,6 +184,7 @@ class QTensor:
                 nearest even from the float32 result).
         """
         name = _dtype_name(dtype)
+        self._check()  # fields are public and may have been reassigned
         zp = None if self.zero_point is None else np.ascontiguousarray(self.zero_point, np.float32)
         flat = _qfast.dequantize(
             np.ascontiguousarray(self.data).view(np.uint8).reshape(-1),
@@ -198,13 +220,13 @@ class QTensor:
         }
         out = {
             prefix + "qfast_header": np.frombuffer(json.dumps(header).encode(), np.uint8).copy(),
-            prefix + "data": np.ascontiguousarray(self.data),
-            prefix + "scale": np.ascontiguousarray(self.scale),
+            prefix + "data": _contiguous(self.data),
+            prefix + "scale": _contiguous(self.scale),
         }
         if self.zero_point is not None:
-            out[prefix + "zero_point"] = np.ascontiguousarray(self.zero_point)
+            out[prefix + "zero_point"] = _contiguous(self.zero_point)
         if self.g_idx is not None:
-            out[prefix + "g_idx"] = np.ascontiguousarray(self.g_idx)
+            out[prefix + "g_idx"] = _contiguous(self.g_idx)
         return out
 
     @classmethod
@@ -234,12 +256,7 @@ class QTensor:
         )
 
     def __repr__(self) -> str:
-        if self.group_size is not None:
-            gran = f"group_size={self.group_size}"
-        elif self.axis is not None:
-            gran = f"axis={self.axis}"
-        else:
-            gran = "per-tensor"
+        gran = self._granularity()
         scheme = "symmetric" if self.signed else "asymmetric"
         return (
             f"QTensor(shape={self.shape}, bits={self.bits}, {scheme}, {gran}, "

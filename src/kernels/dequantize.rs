@@ -55,7 +55,6 @@ pub struct QuantizedRef<'a> {
 
 impl QuantizedRef<'_> {
     fn validate(&self, u: &Units) -> Result<()> {
-        self.scheme.validate(self.shape)?;
         let expect = |what: &str, want: usize, got: usize| {
             if want == got {
                 Ok(())
@@ -79,7 +78,7 @@ impl QuantizedRef<'_> {
         }
         if let Some(g) = self.g_idx {
             expect("g_idx", u.n, g.len())?;
-            let groups = if u.lines == 0 { 0 } else { self.scale.len() / u.lines };
+            let groups = self.scale.len().checked_div(u.lines).unwrap_or(0);
             if groups * u.lines != self.scale.len() {
                 return Err(QfastError::InvalidArgument(format!(
                     "scale has {} entries, not a multiple of the {} lines",
@@ -99,6 +98,7 @@ impl QuantizedRef<'_> {
 
 /// Dequantizes into a new C-order buffer of the logical shape.
 pub fn dequantize<O: OutElement>(q: &QuantizedRef) -> Result<Vec<O>> {
+    q.scheme.validate(q.shape)?;
     let u = Units::new(q.shape, q.scheme.granularity);
     q.validate(&u)?;
     let k = simd::active()?;
@@ -111,7 +111,10 @@ pub fn dequantize<O: OutElement>(q: &QuantizedRef) -> Result<Vec<O>> {
         .collect();
     parallel::map(items, |(t, out)| {
         let mut line = Line::new(u.n);
-        for (i, dst) in split_mut(out, u.n, out.len() / u.n.max(1)).into_iter().enumerate() {
+        for (i, dst) in split_mut(out, u.n, out.len() / u.n.max(1))
+            .into_iter()
+            .enumerate()
+        {
             let l = t * per_task + i;
             match O::as_f32_mut(dst) {
                 Some(dst) => line.dequantize(k, q, &u, l, dst),
@@ -164,24 +167,12 @@ impl Line {
             self.zero_point.clear();
             self.zero_point
                 .extend(g_idx.iter().map(|&j| zp(row + j as usize)));
-            (k.dequantize_lanes)(
-                &self.codes,
-                signed,
-                &self.scale,
-                &self.zero_point,
-                out,
-            );
+            (k.dequantize_lanes)(&self.codes, signed, &self.scale, &self.zero_point, out);
         } else if u.lanes {
             if self.zero_point.len() != u.n {
                 self.zero_point = (0..u.n).map(zp).collect();
             }
-            (k.dequantize_lanes)(
-                &self.codes,
-                signed,
-                q.scale,
-                &self.zero_point,
-                out,
-            );
+            (k.dequantize_lanes)(&self.codes, signed, q.scale, &self.zero_point, out);
         } else if u.groups != 1 || u.group_size != u.n {
             for j in 0..u.groups {
                 let seg = j * u.group_size..((j + 1) * u.group_size).min(u.n);

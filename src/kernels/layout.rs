@@ -157,7 +157,10 @@ mod tests {
         let u = Units::new(&[4, 6], Granularity::PerGroup { group_size: 4 });
         assert_eq!((u.groups, u.params()), (2, 8));
         let u = Units::new(&[2, 3, 5], Granularity::PerChannel { axis: 1 });
-        assert_eq!((u.params(), u.channel_of(4), u.channels_contiguous()), (3, 1, false));
+        assert_eq!(
+            (u.params(), u.channel_of(4), u.channels_contiguous()),
+            (3, 1, false)
+        );
         let u = Units::new(&[3, 5], Granularity::PerChannel { axis: 0 });
         assert!(u.channels_contiguous());
         let u = Units::new(&[3, 5], Granularity::PerChannel { axis: 1 });

@@ -52,7 +52,9 @@ pub fn asymmetric(stats: MinMax, bits: u32) -> Result<QParams> {
         )));
     }
     let scale = sanitize_scale(width / qmax as f32);
-    let zero_point = (-lo / scale).round_ties_even().clamp(qmin as f32, qmax as f32) as i32;
+    let zero_point = (-lo / scale)
+        .round_ties_even()
+        .clamp(qmin as f32, qmax as f32) as i32;
     Ok(QParams {
         scale,
         zero_point,
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn seed_example_grid() {
         // The 4x4 example of the seed document: min -3.16227766, max 3.14159265.
-        let p = asymmetric(mm(-3.162_277_6, 3.141_592_7), 8).unwrap();
+        let p = asymmetric(mm(-3.162_277_6, std::f32::consts::PI), 8).unwrap();
         assert!((p.scale - 0.024_721_08).abs() < 1e-7);
         assert_eq!(p.zero_point, 128);
     }

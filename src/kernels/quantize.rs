@@ -195,7 +195,11 @@ impl<T: Element> Run<'_, '_, T> {
         let lb = self.scheme.line_bytes(u.n);
         // Blocks of `inner` lines share `groups` grid entries.
         let block_lines = u.inner.max(1);
-        let blocks = if u.lines == 0 { 0 } else { u.lines / block_lines };
+        let blocks = if u.lines == 0 {
+            0
+        } else {
+            u.lines / block_lines
+        };
         let per_task = (lines_per_task(u.n) / block_lines).max(1);
         let tasks = blocks.div_ceil(per_task);
         let items: Vec<_> = split_mut(codes, per_task * block_lines * lb, tasks)
@@ -330,7 +334,10 @@ impl<T: Element> Run<'_, '_, T> {
         parallel::map(items, |(t, codes)| {
             let mut buf = Vec::new();
             let mut scratch = Vec::new();
-            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1)).into_iter().enumerate() {
+            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))
+                .into_iter()
+                .enumerate()
+            {
                 let l = t * per_task + i;
                 let p = &grid[u.channel_of(l)];
                 self.emit(self.x.line(l, &mut buf), p, &mut scratch, out);
@@ -389,7 +396,10 @@ impl<T: Element> Run<'_, '_, T> {
         parallel::map(items, |(t, codes)| {
             let mut buf = Vec::new();
             let mut scratch = vec![0u8; u.n];
-            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1)).into_iter().enumerate() {
+            for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))
+                .into_iter()
+                .enumerate()
+            {
                 let line = self.x.line(t * per_task + i, &mut buf);
                 if self.scheme.codes_per_byte() == 1 {
                     (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, out);
@@ -401,5 +411,130 @@ impl<T: Element> Run<'_, '_, T> {
         })
         .map_err(Stop::Error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::dequantize::{dequantize, QuantizedRef};
+    use crate::kernels::layout::Granularity;
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+            .collect()
+    }
+
+    fn round_trip(shape: &[usize], scheme: Scheme) -> (Quantized, Vec<f32>, Vec<f32>) {
+        let x = data(shape.iter().product());
+        let view = Strided::contiguous(&x, shape).unwrap();
+        let q = quantize(&view, &scheme, None).unwrap();
+        let zp: Option<Vec<f32>> = q
+            .zero_point
+            .as_ref()
+            .map(|z| z.iter().map(|&v| v as f32).collect());
+        let back = dequantize::<f32>(&QuantizedRef {
+            codes: &q.codes,
+            shape,
+            scheme,
+            scale: &q.scale,
+            zero_point: zp.as_deref(),
+            g_idx: None,
+        })
+        .unwrap();
+        (q, x, back)
+    }
+
+    #[test]
+    fn round_trip_error_is_at_most_half_a_step() {
+        let grans = [
+            Granularity::PerTensor,
+            Granularity::PerChannel { axis: 0 },
+            Granularity::PerChannel { axis: 1 },
+            Granularity::PerChannel { axis: 2 },
+            Granularity::PerGroup { group_size: 5 },
+        ];
+        for granularity in grans {
+            for bits in [2, 3, 4, 8] {
+                for signed in [true, false] {
+                    let scheme = Scheme {
+                        bits,
+                        signed,
+                        granularity,
+                    };
+                    let (q, x, back) = round_trip(&[3, 4, 13], scheme);
+                    let smax = q.scale.iter().cloned().fold(0.0f32, f32::max);
+                    for (a, b) in x.iter().zip(&back) {
+                        // Signed grids clip the most negative values by up to one step.
+                        let tol = if signed { 1.01 * smax } else { 0.51 * smax };
+                        assert!((a - b).abs() <= tol, "{scheme:?}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_and_param_counts() {
+        let g = Granularity::PerGroup { group_size: 4 };
+        let (q, _, _) = round_trip(
+            &[2, 9],
+            Scheme {
+                bits: 4,
+                signed: false,
+                granularity: g,
+            },
+        );
+        assert_eq!((q.codes.len(), q.scale.len()), (2 * 5, 2 * 3));
+        let (q, _, _) = round_trip(
+            &[5, 7],
+            Scheme {
+                bits: 2,
+                signed: true,
+                granularity: Granularity::PerChannel { axis: 1 },
+            },
+        );
+        assert_eq!((q.codes.len(), q.scale.len()), (5 * 2, 7));
+        assert!(q.zero_point.is_none());
+    }
+
+    #[test]
+    fn first_nonfinite_is_reported() {
+        let mut x = data(40);
+        x[33] = f32::NAN;
+        x[12] = f32::INFINITY;
+        let view = Strided::contiguous(&x, &[4, 10]).unwrap();
+        let scheme = Scheme {
+            bits: 8,
+            signed: true,
+            granularity: Granularity::PerTensor,
+        };
+        match quantize(&view, &scheme, None) {
+            Err(QfastError::NonFinite { index, value }) => {
+                assert_eq!(index, vec![1, 2]);
+                assert_eq!(value, f32::INFINITY);
+            }
+            other => panic!("expected a NonFinite error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn static_grid_is_checked() {
+        let x = data(8);
+        let view = Strided::contiguous(&x, &[2, 4]).unwrap();
+        let scheme = Scheme {
+            bits: 8,
+            signed: false,
+            granularity: Granularity::PerChannel { axis: 0 },
+        };
+        let given = |scale, zero_point| StaticParams { scale, zero_point };
+        assert!(quantize(&view, &scheme, Some(given(&[1.0], Some(&[0])))).is_err());
+        assert!(quantize(&view, &scheme, Some(given(&[1.0, -1.0], Some(&[0, 0])))).is_err());
+        assert!(quantize(&view, &scheme, Some(given(&[1.0, 1.0], Some(&[0, 256])))).is_err());
+        assert!(quantize(&view, &scheme, Some(given(&[1.0, 1.0], None))).is_err());
+        let q = quantize(&view, &scheme, Some(given(&[1.0, 2.0], Some(&[3, 4])))).unwrap();
+        assert_eq!(q.scale, vec![1.0, 2.0]);
+        assert_eq!(q.zero_point, Some(vec![3, 4]));
     }
 }

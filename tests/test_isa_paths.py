@@ -1,0 +1,228 @@
+"""Every ISA path gives exactly the scalar path's results.
+
+qfast reads ``QFAST_ISA`` once, at import, so each path runs in its own process: this file,
+run as a script (``python test_isa_paths.py OUT.npz``), quantizes and dequantizes a fixed
+battery of random and adversarial inputs (every bit width, scheme, granularity and input dtype)
+and saves the results; the tests compare each path's file with the scalar path's, byte for
+byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import qfast
+
+F32 = np.float32
+F32MAX = float(np.finfo(F32).max)
+AVAILABLE = qfast.cpu_info()["available"]
+KNOWN = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neon-dotprod")
+LENGTHS = [1, 15, 16, 17, 31, 63, 64, 65, 127, 129, 4097]
+DTYPES = {"f32": F32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
+
+
+# --- the battery (runs in the subprocess) ---------------------------------------------------
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(20240607)
+    out = {}
+    for n in LENGTHS:
+        mag = 10.0 ** rng.uniform(-3, 3, (3, 1))
+        out[f"rand{n}"] = rng.standard_normal((3, n)) * mag
+    k = np.arange(-40, 41)
+    out["ties"] = np.stack([(k + 0.5) * 0.5, (k + 0.5) * 2.0**-6, np.r_[127, k[2:] + 0.5, -127]])
+    edges = np.array([-128.5, -128, -127.5, 126.5, 127, 127.5, 128, 1e30, -1e30, 0.0, -0.0])
+    out["edges"] = np.stack([edges, edges / 8, edges / 64])
+    sub = np.array([1e-45, -3e-39, 5e-40, 1e-39, -1e-44, 0.0, 2e-40, 1e-38, -7e-39] * 4)
+    out["subnormal"] = np.stack([sub, -sub, sub[::-1] * 0.5, np.abs(sub)])
+    out["constant"] = np.array([[0.0] * 37, [-0.0] * 37, [2.5] * 37, [-2.5] * 37, [7.0] * 37])
+    outlier = rng.standard_normal((4, 70))
+    outlier[2, 33] = 1e30
+    out["outlier"] = outlier
+    out["f32max"] = np.array([[F32MAX, -F32MAX, 1.0] * 11, [1.0, 2.0, -3.0] * 11])
+    out["3d"] = rng.standard_normal((4, 5, 33)) * 3
+    out["wide"] = rng.standard_normal((2, 300)) * 10.0 ** rng.uniform(-30, 30, (2, 300))
+    return out
+
+
+def _views(x: np.ndarray) -> dict[str, np.ndarray]:
+    return (
+        {"": x, ".T": x.T, ".rev": x[..., ::-1], ".step": x[..., ::3]} if x.ndim == 2 else {"": x}
+    )
+
+
+def _granularities(ndim: int):
+    yield "tensor", {}
+    for k in range(ndim):
+        yield f"axis{k}", {"axis": k}
+    yield "group16", {"group_size": 16}
+    yield "group7", {"group_size": 7}
+
+
+def _record(out: dict[str, np.ndarray], key: str, fn, *args) -> None:
+    """The result of ``fn(*args)`` (a list of arrays) as one byte string, or its error."""
+    try:
+        parts = fn(*args)
+    except (ValueError, TypeError) as e:
+        out[key + "!error"] = np.frombuffer(f"{type(e).__name__}: {e}".encode(), np.uint8)
+        return
+    blob = b"".join(
+        np.ascontiguousarray(p).tobytes() + str(np.asarray(p).dtype).encode() for p in parts
+    )
+    out[key] = np.frombuffer(blob, np.uint8)
+
+
+def _quantized(x, bits, kw, all_outputs):
+    q = qfast.quantize(x, bits, **kw)
+    parts = [q.data, q.scale, q.dequantize()]
+    if q.zero_point is not None:
+        parts.append(q.zero_point)
+    if all_outputs:
+        parts += [q.dequantize(np.float16), q.dequantize(ml_dtypes.bfloat16)]
+        # The same grid given back (static quantization) gives the same codes.
+        parts.append(qfast.quantize(x, bits, **kw, scale=q.scale, zero_point=q.zero_point).data)
+    return parts
+
+
+def _packed(s, u, n):
+    ps, pu = qfast.pack_int4(s), qfast.pack_int4(u)
+    return [ps, pu, qfast.unpack_int4(ps, n), qfast.unpack_int4(pu, n, signed=False)]
+
+
+def battery() -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, base in _inputs().items():
+        for vname, x64 in _views(base).items():
+            for dname, dtype in DTYPES.items():
+                # Every width in float32; the packed and byte widths in the other dtypes.
+                widths = range(2, 9) if dname == "f32" else (2, 4, 8)
+                if vname and dname not in ("f32", "bf16"):
+                    continue
+                top = float(ml_dtypes.finfo(dtype).max)
+                x = np.clip(x64, -top, top).astype(dtype)
+                for bits in widths:
+                    for sym in (True, False):
+                        for gname, kw in _granularities(x.ndim):
+                            key = (
+                                f"{name}{vname}/{dname}/b{bits}/{'sym' if sym else 'asym'}/{gname}"
+                            )
+                            full = bits in (4, 8) and not vname
+                            kws = {**kw, "symmetric": sym}
+                            _record(out, key, _quantized, x, bits, kws, full)
+    # Packing on its own.
+    rng = np.random.default_rng(5)
+    for n in LENGTHS:
+        s = rng.integers(-8, 8, (3, n)).astype(np.int8)
+        u = rng.integers(0, 16, (3, n)).astype(np.uint8)
+        _record(out, f"pack/{n}", _packed, s, u, n)
+    # Non-finite values: the error names the same (first) position on every path.
+    for n in (17, 64, 4097):
+        for pos in (0, n // 2, n - 1):
+            for bad in (np.nan, np.inf, -np.inf):
+                x = np.ones((3, n), F32)
+                x[2, pos] = bad
+                x[2, -1] = np.nan
+                for gname, kw in _granularities(2):
+                    key = f"nonfinite/{n}/{pos}/{bad}/{gname}"
+                    _record(out, key, lambda x, kw: [qfast.quantize(x, 8, **kw).data], x, kw)
+    return out
+
+
+def _main(path: str) -> None:
+    out = battery()
+    out["!isa"] = np.frombuffer(qfast.cpu_info()["isa"].encode(), np.uint8)
+    keys = sorted(out)
+    ends = np.cumsum([out[k].size for k in keys])
+    np.savez(path, keys=np.array(keys), ends=ends, blob=np.concatenate([out[k] for k in keys]))
+
+
+def _load(path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        keys, ends, blob = f["keys"], f["ends"], f["blob"]
+    starts = np.concatenate([[0], ends[:-1]])
+    return {str(k): blob[a:b] for k, a, b in zip(keys, starts, ends)}
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def path_outputs(tmp_path_factory, isa_env, run_python):
+    """{isa: {key: array}}: the battery run once on every available path (in parallel)."""
+    tmp = tmp_path_factory.mktemp("isa")
+    script = str(Path(__file__).resolve())
+
+    def run(isa):
+        path = tmp / f"{isa}.npz"
+        proc = run_python([script, str(path)], isa_env(isa))
+        assert proc.returncode == 0, f"QFAST_ISA={isa}: {proc.stderr[-3000:]}"
+        return isa, _load(path)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, AVAILABLE))
+
+
+def test_scalar_is_available():
+    assert AVAILABLE[0] == "scalar"
+    assert set(AVAILABLE) <= set(KNOWN)
+
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_path_reports_its_name(isa, path_outputs):
+    assert bytes(path_outputs[isa]["!isa"]).decode() == isa
+
+
+@pytest.mark.parametrize("isa", [i for i in AVAILABLE if i != "scalar"])
+def test_path_matches_scalar_exactly(isa, path_outputs):
+    want = {k: v for k, v in path_outputs["scalar"].items() if k != "!isa"}
+    got = {k: v for k, v in path_outputs[isa].items() if k != "!isa"}
+    assert len(want) > 5000
+    errors = [k for k in want if k.endswith("!error")]
+    assert all("nonfinite" in k or "f32max" in k for k in errors), errors[:5]
+    keys = sorted(set(want) | set(got))
+    bad = [
+        k for k in keys if k not in got or k not in want or got[k].tobytes() != want[k].tobytes()
+    ]
+    assert not bad, f"{isa} differs from scalar in {len(bad)} of {len(want)} cases, e.g. {bad[:10]}"
+
+
+def test_scalar_battery_is_the_reference(path_outputs):
+    # The scalar subprocess really ran the battery: a few of its codes against the NumPy
+    # reference of DESIGN.md (the full comparison is in test_properties.py).
+    from reference import reference_quantize
+
+    for name in ("rand17", "ties", "edges"):
+        x = _inputs()[name].astype(F32)
+        codes, _, _ = reference_quantize(x, 8, True, 0, None)
+        blob = path_outputs["scalar"][f"{name}/f32/b8/sym/axis0"].tobytes()
+        assert blob.startswith(codes.astype(np.int8).tobytes()), name
+
+
+@pytest.mark.parametrize("value", [*(i for i in KNOWN if i not in AVAILABLE), "bogus", "avx9"])
+def test_unsupported_isa_fails_at_import(value, isa_env, run_python):
+    proc = run_python(["-c", "import qfast"], isa_env(value))
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "QFAST_ISA" in err and value in err, err[-2000:]
+    listed = err.strip().splitlines()[-1]
+    for isa in AVAILABLE:
+        assert isa in listed, listed
+
+
+@pytest.mark.parametrize(("value", "want"), [(" Scalar ", "scalar"), ("", None)])
+def test_isa_names_are_forgiving(value, want, isa_env, run_python):
+    code = "import qfast; print(qfast.cpu_info()['isa'])"
+    proc = run_python(["-c", code], isa_env(value))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == (want or AVAILABLE[-1])
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

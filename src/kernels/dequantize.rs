@@ -98,14 +98,29 @@ impl QuantizedRef<'_> {
 
 /// Dequantizes into a new C-order buffer of the logical shape.
 pub fn dequantize<O: OutElement>(q: &QuantizedRef) -> Result<Vec<O>> {
+    let count = q.shape.iter().product::<usize>();
+    let mut out = vec![O::default(); count];
+    dequantize_into(q, &mut out)?;
+    Ok(out)
+}
+
+/// Dequantizes into `out`, C order, which holds exactly the logical shape's elements.
+pub fn dequantize_into<O: OutElement>(q: &QuantizedRef, out: &mut [O]) -> Result<()> {
     q.scheme.validate(q.shape)?;
     let u = Units::new(q.shape, q.scheme.granularity);
     q.validate(&u)?;
+    if out.len() != u.lines * u.n {
+        return Err(QfastError::InvalidArgument(format!(
+            "the output holds {} elements, shape {:?} needs {}",
+            out.len(),
+            q.shape,
+            u.lines * u.n
+        )));
+    }
     let k = simd::active()?;
-    let mut out = vec![O::default(); u.lines * u.n];
     let per_task = (TASK_ELEMS / u.n.max(1)).max(1);
     let tasks = u.lines.div_ceil(per_task);
-    let items: Vec<_> = split_mut(&mut out, per_task * u.n, tasks)
+    let items: Vec<_> = split_mut(out, per_task * u.n, tasks)
         .into_iter()
         .enumerate()
         .collect();
@@ -127,7 +142,7 @@ pub fn dequantize<O: OutElement>(q: &QuantizedRef) -> Result<Vec<O>> {
             }
         }
     })?;
-    Ok(out)
+    Ok(())
 }
 
 /// Scratch for one line.

@@ -7,7 +7,7 @@ pub mod params;
 pub mod quantize;
 pub mod source;
 
-pub use dequantize::{dequantize, OutElement, QuantizedRef};
+pub use dequantize::{dequantize, dequantize_into, OutElement, QuantizedRef};
 pub use layout::{Granularity, Scheme};
-pub use quantize::{quantize, Quantized, StaticParams};
+pub use quantize::{codes_len, quantize, quantize_into, Quantized, StaticParams};
 pub use source::{Element, Strided};

@@ -45,14 +45,45 @@ pub fn quantize<T: Element>(
     given: Option<StaticParams>,
 ) -> Result<Quantized> {
     scheme.validate(x.shape())?;
+    let mut codes = vec![0u8; codes_len(x.shape(), scheme)];
+    let (scale, zero_point) = quantize_into(x, scheme, given, &mut codes)?;
+    Ok(Quantized {
+        codes,
+        scale,
+        zero_point,
+    })
+}
+
+/// Bytes of codes for `shape` (at least 1-d) under the scheme.
+pub fn codes_len(shape: &[usize], scheme: &Scheme) -> usize {
+    let units = Units::new(shape, scheme.granularity);
+    units.lines * scheme.line_bytes(units.n)
+}
+
+/// As [`quantize`], writing the codes into `codes` (of [`codes_len`] bytes); returns the
+/// grid.
+pub fn quantize_into<T: Element>(
+    x: &Strided<T>,
+    scheme: &Scheme,
+    given: Option<StaticParams>,
+    codes: &mut [u8],
+) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
+    scheme.validate(x.shape())?;
     let kernels = simd::active()?;
     let units = Units::new(x.shape(), scheme.granularity);
+    if codes.len() != units.lines * scheme.line_bytes(units.n) {
+        return Err(QfastError::InvalidArgument(format!(
+            "the code buffer holds {} bytes, shape {:?} needs {}",
+            codes.len(),
+            x.shape(),
+            units.lines * scheme.line_bytes(units.n)
+        )));
+    }
     let mut grid = match given {
         Some(g) => static_grid(scheme, &units, g)?,
         None => Vec::new(),
     };
     let computed = given.is_none();
-    let mut codes = vec![0u8; units.lines * scheme.line_bytes(units.n)];
     let run = Run {
         x,
         k: kernels,
@@ -60,14 +91,14 @@ pub fn quantize<T: Element>(
         units: &units,
     };
     let outcome = if units.lanes {
-        run.lanes(&mut grid, computed, &mut codes)
+        run.lanes(&mut grid, computed, codes)
     } else if units.channels_contiguous() {
         if computed {
             grid = vec![placeholder(scheme); units.params()];
         }
-        run.fused(&mut grid, computed, &mut codes)
+        run.fused(&mut grid, computed, codes)
     } else {
-        run.two_phase(&mut grid, computed, &mut codes)
+        run.two_phase(&mut grid, computed, codes)
     };
     match outcome {
         Ok(()) => {}
@@ -76,11 +107,7 @@ pub fn quantize<T: Element>(
     }
     let scale = grid.iter().map(|p| p.scale).collect();
     let zero_point = (!scheme.signed).then(|| grid.iter().map(|p| p.zero_point).collect());
-    Ok(Quantized {
-        codes,
-        scale,
-        zero_point,
-    })
+    Ok((scale, zero_point))
 }
 
 fn placeholder(scheme: &Scheme) -> QParams {

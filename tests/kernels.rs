@@ -393,22 +393,11 @@ impl Check<'_> {
     /// `pack` of `codes`, then `unpack` of random packed bytes, for `per` codes per byte.
     fn pack_unpack(&mut self, codes: &[u8], per: usize) {
         let n = codes.len();
-        let (name, pack, unpack, spack, sunpack): (_, _, _, fn(&[u8], &mut [u8]), _) = if per == 2 {
-            (
-                "4",
-                self.k.pack4,
-                self.k.unpack4,
-                scalar::pack4 as fn(&[u8], &mut [u8]),
-                scalar::unpack4 as fn(&[u8], bool, &mut [u8]),
-            )
+        let (k, s) = (self.k, &scalar::KERNELS);
+        let (name, pack, unpack, spack, sunpack) = if per == 2 {
+            ("4", k.pack4, k.unpack4, s.pack4, s.unpack4)
         } else {
-            (
-                "2",
-                self.k.pack2,
-                self.k.unpack2,
-                scalar::pack2 as fn(&[u8], &mut [u8]),
-                scalar::unpack2 as fn(&[u8], bool, &mut [u8]),
-            )
+            ("2", k.pack2, k.unpack2, s.pack2, s.unpack2)
         };
         let m = n.div_ceil(per);
 

@@ -124,7 +124,7 @@ pub fn dequantize_into<O: OutElement>(q: &QuantizedRef, out: &mut [O]) -> Result
         .into_iter()
         .enumerate()
         .collect();
-    parallel::map(items, |(t, out)| {
+    parallel::map(items, u.lines * u.n, |(t, out)| {
         let mut line = Line::new(u.n);
         for (i, dst) in split_mut(out, u.n, out.len() / u.n.max(1))
             .into_iter()

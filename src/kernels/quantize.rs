@@ -234,7 +234,7 @@ impl<T: Element> Run<'_, '_, T> {
             .zip(split_mut(grid, per_task * u.groups, tasks))
             .enumerate()
             .collect();
-        let results = parallel::map(items, |(t, (codes, grid))| {
+        let results = parallel::map(items, self.x.len(), |(t, (codes, grid))| {
             let first = t * per_task;
             let count = per_task.min(blocks - first);
             let mut buf = Vec::new();
@@ -330,7 +330,7 @@ impl<T: Element> Run<'_, '_, T> {
         let ranges: Vec<_> = (0..tasks)
             .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
             .collect();
-        let stats = parallel::map(ranges, |lines| {
+        let stats = parallel::map(ranges, self.x.len(), |lines| {
             let mut buf = Vec::new();
             lines
                 .map(|l| (self.k.minmax)(self.x.line(l, &mut buf)))
@@ -358,7 +358,7 @@ impl<T: Element> Run<'_, '_, T> {
             .enumerate()
             .collect();
         let grid: &[QParams] = grid;
-        parallel::map(items, |(t, codes)| {
+        parallel::map(items, self.x.len(), |(t, codes)| {
             let mut buf = Vec::new();
             let mut scratch = Vec::new();
             for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))
@@ -382,7 +382,7 @@ impl<T: Element> Run<'_, '_, T> {
         let ranges: Vec<_> = (0..tasks)
             .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
             .collect();
-        let partial = parallel::map(ranges, |lines| {
+        let partial = parallel::map(ranges, self.x.len(), |lines| {
             let mut buf = Vec::new();
             let mut lo = vec![f32::INFINITY; u.n];
             let mut hi = vec![f32::NEG_INFINITY; u.n];
@@ -420,7 +420,7 @@ impl<T: Element> Run<'_, '_, T> {
             .into_iter()
             .enumerate()
             .collect();
-        parallel::map(items, |(t, codes)| {
+        parallel::map(items, self.x.len(), |(t, codes)| {
             let mut buf = Vec::new();
             let mut scratch = vec![0u8; u.n];
             for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))

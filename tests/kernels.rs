@@ -492,6 +492,73 @@ fn random_scale(rng: &mut Rng) -> f32 {
     }
 }
 
+/// A scale for the reciprocal fast path of `quantize`: mostly one whose reciprocal is inexact,
+/// of any magnitude from about 1e-30 to 1e30, and the extremes where `1 / scale` leaves the
+/// normal range (subnormal scales, scales above 2^126) or just stays in it.
+fn wide_scale(rng: &mut Rng) -> f32 {
+    match rng.below(10) {
+        0 => f32::from_bits(rng.int(1, 0x7f_ffff) as u32), // subnormal: 1 / scale overflows
+        1 => rng.log_uniform(-126, -124),                  // 1 / scale near the top
+        2 => rng.log_uniform(124, 127),                    // 1 / scale subnormal or near it
+        _ => rng.log_uniform(-100, 100),
+    }
+}
+
+/// `x` moved by `ulps` units in the last place (away from zero for positive `ulps`).
+fn nudge(x: f32, ulps: i32) -> f32 {
+    f32::from_bits(x.to_bits().wrapping_add_signed(ulps))
+}
+
+/// Inputs at and around the ties of `x / scale`, where a quotient computed as `x * (1 / scale)`
+/// can round to the other side of a half-integer than the division: `fl((k + 1/2) * scale)`
+/// and the floats up to three ulps either side, for codes `k` across the grid, half of them at
+/// its clamp edges (`k + 1/2` at `qmin - zero_point - 1/2` and `qmax - zero_point + 1/2`).
+/// When `sparse`, only one element in about 40 is such a tie and the rest are ordinary grid
+/// values, so that most vectors (and blocks of vectors) hold at most one.
+fn tie_data(rng: &mut Rng, p: &QParams, n: usize, sparse: bool) -> Vec<f32> {
+    let s = p.scale;
+    let (lo, hi) = (p.qmin - p.zero_point, p.qmax - p.zero_point);
+    (0..n)
+        .map(|_| {
+            if sparse && !rng.chance(40) {
+                return s * rng.uniform((lo - 2) as f32, (hi + 2) as f32);
+            }
+            let k = match rng.below(4) {
+                0 => lo - 1,
+                1 => hi,
+                _ => rng.int(lo - 2, hi + 1),
+            };
+            let tie = (k as f32 + 0.5) * s;
+            let ulps = match rng.below(3) {
+                0 => 0,
+                1 => rng.pick(&[-1, 1]),
+                _ => rng.int(-3, 3),
+            };
+            nudge(tie, ulps)
+        })
+        .collect()
+}
+
+/// `blocks` blocks of 64 elements, each holding one tie (as in [`tie_data`]) at a random index
+/// `j < 8` among values `k * scale` (far from ties), and a NaN or ±Inf at `8 + j` and
+/// `16 + j`: the same lane of the next vector for 8- and 16-lane vectors. A kernel that tests
+/// a whole block at once must not let the non-finite lane hide the tie.
+fn lone_ties(rng: &mut Rng, p: &QParams, blocks: usize) -> Vec<f32> {
+    let (lo, hi) = (p.qmin - p.zero_point, p.qmax - p.zero_point);
+    let mut x = Vec::with_capacity(64 * blocks);
+    for _ in 0..blocks {
+        let mut block: Vec<f32> = (0..64)
+            .map(|_| rng.int(lo - 1, hi + 1) as f32 * p.scale)
+            .collect();
+        let j = rng.below(8);
+        block[j] = tie_data(rng, p, 1, false)[0];
+        block[8 + j] = rng.pick(&NONFINITE);
+        block[16 + j] = rng.pick(&NONFINITE);
+        x.extend(block);
+    }
+    x
+}
+
 /// The kinds of `quantize` input, for the grid `p` (`x / scale` spans its codes and beyond).
 const QUANT_KINDS: usize = 7;
 
@@ -741,6 +808,52 @@ fn run(isa: Isa) -> (u64, u64) {
                     let x = quant_data(&mut c.rng, kind, n, &p);
                     c.quantize(&x, p);
                 }
+            }
+        }
+    }
+
+    // The reciprocal fast path of `quantize` (see `src/simd/x86_64/avx2.rs`): ties of
+    // x / scale and their neighbours, for scales with inexact reciprocals and of every
+    // magnitude, on every kind of grid, in slices long enough for whole blocks of vectors and
+    // with every kind of remainder.
+    let mut scales = vec![
+        0.1f32,
+        1.0 / 3.0,
+        0.024_721_06,
+        0.7,
+        3.0,
+        1e-3,
+        1e-30,
+        1e30,
+        f32::MIN_POSITIVE,
+        1.5 * f32::MIN_POSITIVE,
+        2f32.powi(126),
+        1.5 * 2f32.powi(126),
+        2f32.powi(127),
+        f32::MAX,
+        f32::from_bits(0x0040_0000), // subnormal
+    ];
+    scales.extend((0..60).map(|_| wide_scale(&mut c.rng)));
+    for scale in scales {
+        for bits in [8, 4, 2, 5] {
+            for signed in [true, false] {
+                let mut p = random_params(&mut c.rng, bits, signed);
+                p.scale = scale;
+                for kind in 0..3 {
+                    let n = c.rng.pick(&[64 * 4 + 13, 1000, 777, 31]) + c.rng.below(70);
+                    let mut x = tie_data(&mut c.rng, &p, n, kind == 1);
+                    if kind == 2 {
+                        // NaN and ±Inf among the ties: they must not hide a tie from the
+                        // test of its vector or block.
+                        for _ in 0..n / 8 {
+                            let i = c.rng.below(n);
+                            x[i] = c.rng.pick(&NONFINITE);
+                        }
+                    }
+                    c.quantize(&x, p);
+                }
+                let x = lone_ties(&mut c.rng, &p, 40);
+                c.quantize(&x, p);
             }
         }
     }

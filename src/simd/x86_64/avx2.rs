@@ -3,7 +3,9 @@
 //! Every kernel is a safe wrapper (length checks, CPU check) around a `#[target_feature]`
 //! entry point that runs whole vectors and hands the last few elements to the scalar oracle,
 //! so the results are the oracle's by construction on the tail and by the arguments in the
-//! comments on the vector body.
+//! comments on the vector body. `quantize` multiplies by the reciprocal of the scale and
+//! divides only where that could change a code; `Reciprocal` (shared with the AVX-512 path)
+//! holds the proof.
 //!
 //! Soundness: `Isa::kernels` hands this table out only after `has_avx2()`, but `KERNELS` is a
 //! public constant, so each wrapper checks the CPU again (one cached load) and falls back to
@@ -66,8 +68,86 @@ pub(super) fn prefetch_distance(n: usize) -> usize {
 /// Prefetch hint for the cache line at `p + bytes`; `wrapping_add` because that address may lie
 /// past the allocation (a prefetch never faults).
 #[inline(always)]
-unsafe fn prefetch(p: *const f32, bytes: usize) {
+pub(super) unsafe fn prefetch(p: *const f32, bytes: usize) {
     _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(bytes));
+}
+
+/// The reciprocal fast path of `quantize` (here and in the AVX-512 path): `vdivps` bounds the
+/// division loop, so each vector multiplies by `r = fl(1 / scale)` instead, and the few
+/// vectors where that could change a code are recomputed with the division.
+///
+/// Why the codes are the oracle's. Write `z = x / scale` (exact), `q = fl(z)` (the oracle's
+/// quotient), `u = 2^-24`, `y = fl(x * r)`, and `code(t) = rint(clamp(t, lo, hi))` with the
+/// oracle's integer bounds `lo = qmin - zero_point`, `hi = qmax - zero_point`. The oracle's
+/// code is `code(q) + zero_point`; the fast path's is `code(y) + zero_point`, computed either
+/// so or as `clamp(rint(y) + zero_point, qmin, qmax)`, which is the same, as rounding and
+/// clamping to integer bounds commute.
+///
+/// 1. `code` is constant between consecutive half-integers: on `(k - 1/2, k + 1/2)`, `rint`
+///    is `k`, so `code` is `k` when `lo <= k <= hi`, `hi` when `k > hi` (then `t > hi`) and
+///    `lo` when `k < lo`. So `code(y) = code(q)` when no half-integer lies between or on `y`
+///    and `q`.
+/// 2. The error. `r` is normal ([`Reciprocal::new`] checks), so `r = (1 / scale)(1 + d1)` with
+///    `|d1| <= u`. If `1/4 <= |z| < 2^127`, `x * r` and `z` round in the normal range:
+///    `y = z(1 + d1)(1 + d2)`, `q = z(1 + d3)`, `|di| <= u`, so `|y - q| <= |z|(3u + u^2)
+///    <= |y|(3u + u^2) / (1 - u)^2 < 4u|y| = 2^-22 |y|`. Otherwise the codes agree whatever
+///    the test below says: if `|z| < 1/4`, `|y|` and `|q|` are at most `(1 + u) / 4 < 1/2`,
+///    and `code(y) = code(q) = code(0)` by 1; if `|z| >= 2^127` (or `x` is infinite), `y` and
+///    `q` have its sign and magnitudes of at least `2^126`, far beyond the bounds, so the clamp
+///    gives both the same bound.
+/// 3. The test. With `B = max(|lo|, |hi|, 1) <= 2^14` and `T = 2^-21 B <= 2^-7`, a lane is
+///    kept only when `|t - rint(t)| < near <= 1/2 - T`, where `t` is `y`, `clamp(y, lo, hi)`
+///    or `min(y, 2^30)` (each kernel says which).
+///    - If `lo <= y <= hi`: `t = y` and `|y| <= B`, so `|y - q| < 2^-22 B < T`, while the
+///      nearest half-integer is `1/2 - |t - rint(t)| > T` away from `y` (the difference is
+///      exact: `y` and `rint(y)` are within a factor of two of each other, or `rint(y) = 0`).
+///      So none lies between or on `y` and `q`: `code(y) = code(q)`.
+///    - If `y > hi`: `code(y) = hi`, kept or not. If `|y| <= 2B`, then `|y - q| < 2^-21 B <=
+///      2^-7` and `q > hi - 2^-7`; otherwise `y > 2B > 0` (as `y > hi >= -B`) and
+///      `q > y(1 - 2^-22) > B >= hi`. Either way `code(q) = hi`.
+///    - If `y < lo`: the same, mirrored.
+///
+/// A vector (or block) with a lane that fails the test is recomputed with the division, the
+/// oracle's arithmetic. Real data fails in about `2T` of its lanes (`T = 2^-14` for signed
+/// 8-bit codes); exact ties fail every time and cost a multiplication on top of the division.
+/// NaN inputs give unspecified codes either way.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Reciprocal {
+    /// `fl(1 / scale)`, a normal float.
+    pub r: f32,
+    /// A lane whose `|t - rint(t)|` is at least this is recomputed with the division.
+    pub near: f32,
+    /// Whether the codes lie in `-128..=127` (otherwise in `0..=255`), for saturating packs.
+    pub signed: bool,
+}
+
+impl Reciprocal {
+    /// The largest bound magnitude `B` allowed: the proof above needs `2^-21 B` well below
+    /// `1/2`, and the packs need the bounds and the zero point to fit in an i16.
+    const MAX_BOUND: f32 = 16384.0;
+
+    /// The fast path's constants for the grid `p`, or `None` where the division loop must run:
+    /// a scale whose reciprocal is not a normal float (a subnormal scale, or one above `2^126`),
+    /// bounds beyond [`Self::MAX_BOUND`], or codes that are not bytes (`qmin..=qmax` outside
+    /// both `-128..=127` and `0..=255`; never for a grid of `code_range`).
+    pub(super) fn new(p: &QParams) -> Option<Reciprocal> {
+        let r = 1.0 / p.scale;
+        // The oracle's bounds, computed the same way.
+        let lo = (p.qmin - p.zero_point) as f32;
+        let hi = (p.qmax - p.zero_point) as f32;
+        let b = lo.abs().max(hi.abs()).max(1.0);
+        let signed = p.qmin < 0;
+        let bytes = if signed { -128..=127 } else { 0..=255 };
+        if !r.is_normal()
+            || b > Self::MAX_BOUND
+            || !(bytes.contains(&p.qmin) && bytes.contains(&p.qmax))
+        {
+            return None;
+        }
+        // `1/2 - T` exactly: `b` is an integer at most 2^14, so this is `(2^20 - b) 2^-21`.
+        let near = 0.5 - b * 2f32.powi(-21);
+        Some(Reciprocal { r, near, signed })
+    }
 }
 
 /// `SIGNED_NIBBLES[n]` is the 4-bit code `n` sign-extended to a byte; `vpshufb` with it is the
@@ -104,7 +184,13 @@ fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
         return scalar::quantize(x, p, out);
     }
     // SAFETY: the CPU has AVX2; `out` is as long as `x`.
-    unsafe { quantize_avx2(x, p, out) }
+    unsafe {
+        match Reciprocal::new(p) {
+            Some(rcp) if rcp.signed => quantize_rcp_avx2::<true>(x, p, rcp, out),
+            Some(rcp) => quantize_rcp_avx2::<false>(x, p, rcp, out),
+            None => quantize_div_avx2(x, p, out),
+        }
+    }
 }
 
 fn quantize_lanes(
@@ -229,13 +315,78 @@ unsafe fn hmax(v: __m256) -> f32 {
 
 /// `clamp(x / scale, lo, hi)` rounded to the nearest integer, ties to even, plus the zero
 /// point: the oracle's `quantize_one` up to the final truncation to a byte. `vdivps` is the
-/// correctly rounded quotient like `/`; `vmaxps`/`vminps` with finite bounds send ±Inf to the
-/// bounds; `vcvtps2dq` rounds with MXCSR's nearest-even, which Rust code never changes. The
-/// clamped value is an integer-bounded float, so the conversion cannot overflow.
+/// correctly rounded quotient like `/`.
 #[inline(always)]
 unsafe fn quantize8(x: __m256, scale: __m256, lo: __m256, hi: __m256, zp: __m256i) -> __m256i {
-    let v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(x, scale), lo), hi);
-    _mm256_add_epi32(_mm256_cvtps_epi32(v), zp)
+    _mm256_add_epi32(
+        _mm256_cvtps_epi32(clamp8(_mm256_div_ps(x, scale), lo, hi)),
+        zp,
+    )
+}
+
+/// `clamp(q, lo, hi)`: `vmaxps`/`vminps` with finite bounds send ±Inf to the bounds, and the
+/// clamped value is an integer-bounded float, so converting it cannot overflow. `vcvtps2dq`
+/// rounds with MXCSR's nearest-even, which Rust code never changes.
+#[inline(always)]
+unsafe fn clamp8(q: __m256, lo: __m256, hi: __m256) -> __m256 {
+    _mm256_min_ps(_mm256_max_ps(q, lo), hi)
+}
+
+/// For each lane, `rint(t)` as an i32 and `|t - rint(t)|`, where `t = min(q, 2^30)` keeps the
+/// conversion in range above (below `-2^31` it gives `i32::MIN`, where the distance comes out
+/// at least 256: such a lane counts as near a tie, and the division gives it the same code).
+/// Rounding and clamping to integer bounds commute, so `rint(t)` serves for the code of `q`.
+#[inline(always)]
+unsafe fn round4(q: [__m256; 4]) -> ([__m256i; 4], [__m256; 4]) {
+    let (mut c, mut f) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_ps(); 4]);
+    for j in 0..4 {
+        let q = _mm256_min_ps(q[j], _mm256_set1_ps(1073741824.0));
+        c[j] = _mm256_cvtps_epi32(q);
+        let d = _mm256_sub_ps(q, _mm256_cvtepi32_ps(c[j]));
+        f[j] = _mm256_andnot_ps(_mm256_set1_ps(-0.0), d);
+    }
+    (c, f)
+}
+
+/// The codes of four vectors of quotients, clamped in the integer domain, for grids that pass
+/// [`Reciprocal::new`] (bounds within `2^14`, codes within `-128..=127` or `0..=255`).
+struct Pack32 {
+    zp16: __m256i,
+    qmin: __m256i,
+    qmax: __m256i,
+}
+
+impl Pack32 {
+    #[inline(always)]
+    unsafe fn new(p: &QParams) -> Pack32 {
+        Pack32 {
+            // Fits: `Reciprocal::new` bounds `|qmin - zero_point|`, so the zero point, by 2^14
+            // plus 128.
+            zp16: _mm256_set1_epi16(p.zero_point as i16),
+            qmin: _mm256_set1_epi8(p.qmin as i8),
+            qmax: _mm256_set1_epi8(p.qmax as i8),
+        }
+    }
+
+    /// `clamp(c + zero_point, qmin, qmax)` of each lane as a byte, for `c = rint(q)` from
+    /// [`round4`]: the oracle's `(rint(clamp(q, lo, hi)) + zero_point) as u8` (rounding
+    /// and clamping to integer bounds commute). Packed to i16 with saturation, plus the zero
+    /// point with saturation and packed to bytes with signed (`SIGNED`) or unsigned saturation:
+    /// each saturation only moves values that are below `qmin` or above `qmax` to values that
+    /// still are, and the byte max/min clamp. Byte order as in [`truncate32`].
+    #[inline(always)]
+    unsafe fn codes<const SIGNED: bool>(&self, c: [__m256i; 4]) -> __m256i {
+        let ab = _mm256_adds_epi16(_mm256_packs_epi32(c[0], c[1]), self.zp16);
+        let cd = _mm256_adds_epi16(_mm256_packs_epi32(c[2], c[3]), self.zp16);
+        let bytes = if SIGNED {
+            let b = _mm256_packs_epi16(ab, cd);
+            _mm256_min_epi8(_mm256_max_epi8(b, self.qmin), self.qmax)
+        } else {
+            let b = _mm256_packus_epi16(ab, cd);
+            _mm256_min_epu8(_mm256_max_epu8(b, self.qmin), self.qmax)
+        };
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
 }
 
 /// The low byte of each i32 lane of `a, b, c, d` in order (the `as u8` truncation).
@@ -351,8 +502,9 @@ unsafe fn minmax_lanes_avx2(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool
     body && tail
 }
 
+/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`.
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
+unsafe fn quantize_div_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
     let n = x.len();
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
     let scale = _mm256_set1_ps(p.scale);
@@ -360,7 +512,6 @@ unsafe fn quantize_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
     let lo = _mm256_set1_ps((p.qmin - p.zero_point) as f32);
     let hi = _mm256_set1_ps((p.qmax - p.zero_point) as f32);
     let zp = _mm256_set1_epi32(p.zero_point);
-    // Macros rather than closures: a closure would not surely inherit the target feature.
     macro_rules! q {
         ($k:expr) => {
             quantize8(_mm256_loadu_ps(src.add($k)), scale, lo, hi, zp)
@@ -383,6 +534,75 @@ unsafe fn quantize_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
     scalar::quantize(&x[i..], p, &mut out[i..]);
 }
 
+/// `quantize` by the reciprocal (see [`Reciprocal`] for why the codes are the oracle's).
+/// Blocks of four vectors test `t = min(y, 2^30)` of their 32 lanes at once and are recomputed
+/// with the division if any is near a tie; [`Pack32`] clamps and packs their codes. The
+/// vectors after the last block test `t = clamp(y, lo, hi)` and are recomputed one at a time;
+/// the scalar oracle finishes. `SIGNED` is `rcp.signed`.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_rcp_avx2<const SIGNED: bool>(
+    x: &[f32],
+    p: &QParams,
+    rcp: Reciprocal,
+    out: &mut [u8],
+) {
+    let n = x.len();
+    let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
+    let (r, scale) = (_mm256_set1_ps(rcp.r), _mm256_set1_ps(p.scale));
+    let near = _mm256_set1_ps(rcp.near);
+    let lo = _mm256_set1_ps((p.qmin - p.zero_point) as f32);
+    let hi = _mm256_set1_ps((p.qmax - p.zero_point) as f32);
+    let zp = _mm256_set1_epi32(p.zero_point);
+    let pack = Pack32::new(p);
+    // Whether a lane of `f` is `near` a tie (or NaN, which `f` never is: `min(y, 2^30)` and
+    // `clamp` return their bound for a NaN `y`).
+    macro_rules! any_near {
+        ($f:expr) => {
+            _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>($f, near)) != 0
+        };
+    }
+    let mut i = 0;
+    let pf = prefetch_distance(n);
+    while i + 32 <= n {
+        prefetch(src.add(i), pf);
+        prefetch(src.add(i), pf + 64);
+        let mut x = [_mm256_setzero_ps(); 4];
+        let mut y = x;
+        for j in 0..4 {
+            x[j] = _mm256_loadu_ps(src.add(i + 8 * j));
+            y[j] = _mm256_mul_ps(x[j], r);
+        }
+        let (mut c, f) = round4(y);
+        let f = _mm256_max_ps(_mm256_max_ps(f[0], f[1]), _mm256_max_ps(f[2], f[3]));
+        if any_near!(f) {
+            for j in 0..4 {
+                y[j] = _mm256_div_ps(x[j], scale);
+            }
+            c = round4(y).0;
+        }
+        _mm256_storeu_si256(dst.add(i).cast(), pack.codes::<SIGNED>(c));
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(src.add(i));
+        let v = clamp8(_mm256_mul_ps(x, r), lo, hi);
+        let c = _mm256_cvtps_epi32(v);
+        let f = _mm256_andnot_ps(
+            _mm256_set1_ps(-0.0),
+            _mm256_sub_ps(v, _mm256_cvtepi32_ps(c)),
+        );
+        let c = if any_near!(f) {
+            _mm256_cvtps_epi32(clamp8(_mm256_div_ps(x, scale), lo, hi))
+        } else {
+            c
+        };
+        _mm_storel_epi64(dst.add(i).cast(), truncate8(_mm256_add_epi32(c, zp)));
+        i += 8;
+    }
+    scalar::quantize(&x[i..], p, &mut out[i..]);
+}
+
+/// No reciprocal fast path here, as in the AVX-512 path (see `quantize_lanes_avx512`).
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_lanes_avx2(
     x: &[f32],

@@ -1,28 +1,26 @@
-//! AVX-512 path (F, BW, DQ): 512-bit vectors, 16 floats or 64 bytes at a time.
+//! AVX-512 path (F, BW, DQ, VL): 512-bit vectors, 16 floats or 64 bytes at a time.
 //!
-//! Written as inline assembly, not `core::arch` intrinsics: the AVX-512 intrinsics and
-//! `#[target_feature(enable = "avx512f")]` are stable only since Rust 1.89, and this path also
-//! builds with older compilers (checked with 1.85). `asm!` is stable, the assembler takes
-//! AVX-512 instructions whatever target features are enabled, and `zmm`/`k` registers can be
-//! named as clobbers without them.
+//! Every kernel is a safe wrapper (length checks, CPU check) around a `#[target_feature]` entry
+//! point that runs one per-vector body three ways (see `three_way`): four vectors per
+//! iteration over whole blocks, one vector at a time over the whole vectors left, and once
+//! under a mask over the last partial vector. Masked-off elements of a masked load or store
+//! are never accessed (AVX-512 fault suppression), so every access stays inside the slices and
+//! no scalar tail is needed.
 //!
-//! Each kernel is a safe wrapper (length checks, CPU check) around one `asm!` block that runs
-//! the same per-vector body three ways: four vectors per iteration over whole blocks, one
-//! vector at a time over the whole vectors left, and once under a mask (`k1`, with `k2` where
-//! the output count differs) over the last partial vector. The masks come from the wrapper, so
-//! every read and write stays inside the slices; masked-off elements of a memory operand are
-//! never accessed (AVX-512 fault suppression).
-//!
-//! Conventions of every block: Intel syntax; local labels `2:`..`6:`; it clobbers zmm0-zmm15 and
-//! k1-k4 (declared by [`asm512!`]) and ends with `vzeroupper`, so the SSE code around it pays no
-//! transition penalty; it does not touch the stack.
+//! The bodies are closures written inside the entry points, so they inherit their target
+//! features and inline into them; the `#[inline(always)]` helpers define no closures (one
+//! written there would lack the features, and its intrinsics would not inline). `quantize`
+//! has a loop of its own for its reciprocal fast path (see `Reciprocal` in `avx2.rs`).
 //!
 //! Soundness: `Isa::kernels` hands this table out only after `has_avx512()`, but `KERNELS` is a
 //! public constant, so each wrapper checks the CPU again (one cached load) and falls back to
 //! the scalar kernel rather than run an AVX-512 instruction on a CPU without it.
 
-use super::avx2::{prefetch_distance, IDENTITY, SIGNED_CRUMBS, SIGNED_NIBBLES, STREAM_AHEAD};
+use super::avx2::{
+    prefetch, prefetch_distance, Reciprocal, IDENTITY, SIGNED_CRUMBS, SIGNED_NIBBLES, STREAM_AHEAD,
+};
 use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use core::arch::x86_64::*;
 
 pub const KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
@@ -60,230 +58,15 @@ fn cpu_ok() -> bool {
     }
 }
 
-/// `asm!` with the clobbers every block of this file shares appended.
-macro_rules! asm512 {
-    ($($args:tt)*) => {
-        core::arch::asm!(
-            $($args)*
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-            out("k1") _, out("k2") _, out("k3") _, out("k4") _,
-            options(nostack),
-        )
-    };
-}
-
-/// Register numbers 4+j, 8+j, 12+j for vector j.
-#[rustfmt::skip]
-macro_rules! r4 {
-    ("0") => { "4" };
-    ("1") => { "5" };
-    ("2") => { "6" };
-    ("3") => { "7" };
-}
-#[rustfmt::skip]
-macro_rules! r8 {
-    ("0") => { "8" };
-    ("1") => { "9" };
-    ("2") => { "10" };
-    ("3") => { "11" };
-}
-#[rustfmt::skip]
-macro_rules! r12 {
-    ("0") => { "12" };
-    ("1") => { "13" };
-    ("2") => { "14" };
-    ("3") => { "15" };
-}
-
-/// How a length splits for a kernel whose vector covers `unit` elements: blocks of four
-/// vectors, then whole vectors, then `rest < unit` elements under a mask.
-#[derive(Clone, Copy)]
-struct Split {
-    blocks: usize,
-    vectors: usize,
-    rest: usize,
-}
-
-impl Split {
-    fn new(n: usize, unit: usize) -> Split {
-        Split {
-            blocks: n / (4 * unit),
-            vectors: n % (4 * unit) / unit,
-            rest: n % unit,
-        }
-    }
-}
-
-/// The low `n` bits set, `n <= 64`.
-#[inline(always)]
-fn low_bits(n: usize) -> u64 {
-    if n >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << n) - 1
-    }
-}
-
-/// The three-way loop of every block. `$setup` loads the constants; `$body` is a macro that
-/// expands to the text of one vector: `$body!(vector index j, load-mask text, store-mask text)`,
-/// where the register numbers and offsets derive from `j`; `$adv1` advances the pointers past
-/// one vector. The block reads `{nb}` (blocks), `{nv}` (vectors) and `{tail}` (non-zero when a
-/// masked vector is left, with its masks already in k1/k2).
-#[rustfmt::skip] // one instruction per line
-macro_rules! three_way {
-    ($setup:expr, $body:ident, $adv4:expr, $adv1:expr, $kmasks:expr) => {
-        concat!(
-            $setup,
-            "test {nb}, {nb}\n",
-            "jz 3f\n",
-            "2:\n",
-            $body!("0", "", ""),
-            $body!("1", "", ""),
-            $body!("2", "", ""),
-            $body!("3", "", ""),
-            $adv4,
-            "dec {nb}\n",
-            "jnz 2b\n",
-            "3:\n",
-            "test {nv}, {nv}\n",
-            "jz 4f\n",
-            "5:\n",
-            $body!("0", "", ""),
-            $adv1,
-            "dec {nv}\n",
-            "jnz 5b\n",
-            "4:\n",
-            "test {tail}, {tail}\n",
-            "jz 6f\n",
-            $kmasks,
-            $body!("0", " {{k1}} {{z}}", " {{k2}}"),
-            "6:\n",
-        )
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
-// minmax
-
-/// One vector of `minmax`: accumulators zmm(j) (min) and zmm(4+j) (max), data zmm(8+j); k4
-/// gathers the lanes that are NaN or ±Inf (`vfpclassps` classes 0x99: QNaN, +Inf, -Inf, SNaN),
-/// which a float min/max could lose; k3 is scratch. Under a mask the load zeroes the other
-/// lanes (zero is finite) and min/max merge, keeping their accumulators there.
-#[rustfmt::skip] // one instruction per line
-macro_rules! minmax_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovups zmm", r8!($j), $kz, ", zmmword ptr [{x} + 64*", $j, "]\n",
-            "vminps zmm", $j, $k, ", zmm", $j, ", zmm", r8!($j), "\n",
-            "vmaxps zmm", r4!($j), $k, ", zmm", r4!($j), ", zmm", r8!($j), "\n",
-            "vfpclassps k3, zmm", r8!($j), ", 0x99\n",
-            "korw k4, k4, k3\n",
-        )
-    };
-}
-
-/// Horizontal reduction of four accumulators `$a..$a+3` with `$op` into the low float of `xmm$a`.
-#[rustfmt::skip] // one instruction per line
-macro_rules! reduce4 {
-    ($op:literal, $a:literal, $b:literal, $c:literal, $d:literal) => {
-        concat!(
-            $op, " zmm", $a, ", zmm", $a, ", zmm", $b, "\n",
-            $op, " zmm", $c, ", zmm", $c, ", zmm", $d, "\n",
-            $op, " zmm", $a, ", zmm", $a, ", zmm", $c, "\n",
-            "vextractf64x4 ymm", $b, ", zmm", $a, ", 1\n",
-            $op, " ymm", $a, ", ymm", $a, ", ymm", $b, "\n",
-            "vextractf128 xmm", $b, ", ymm", $a, ", 1\n",
-            $op, " xmm", $a, ", xmm", $a, ", xmm", $b, "\n",
-            "vpermilps xmm", $b, ", xmm", $a, ", 0x4e\n",
-            $op, " xmm", $a, ", xmm", $a, ", xmm", $b, "\n",
-            "vpermilps xmm", $b, ", xmm", $a, ", 0xb1\n",
-            $op, " xmm", $a, ", xmm", $a, ", xmm", $b, "\n",
-        )
-    };
-}
+// Safe wrappers: the `Kernels` entries.
 
 fn minmax(x: &[f32]) -> MinMax {
     if !cpu_ok() {
         return scalar::minmax(x);
     }
-    let s = Split::new(x.len(), 16);
-    let (mut min, mut max, nonfinite): (u32, u32, u32);
-    // SAFETY: the CPU has AVX-512 F/BW/DQ (checked above). The block reads
-    // `16 * (4 * blocks + vectors) + rest == x.len()` floats from `x.as_ptr()` on, the last
-    // `rest` under the mask k1 = k2 = low_bits(rest), and writes no memory. The prefetches may
-    // name any address: they are hints that never fault.
-    unsafe {
-        asm512!(
-            "vpbroadcastd zmm0, {inf:e}",
-            "vmovaps zmm1, zmm0",
-            "vmovaps zmm2, zmm0",
-            "vmovaps zmm3, zmm0",
-            "vpbroadcastd zmm4, {ninf:e}",
-            "vmovaps zmm5, zmm4",
-            "vmovaps zmm6, zmm4",
-            "vmovaps zmm7, zmm4",
-            "kxorw k4, k4, k4",
-            three_way!(
-                "",
-                minmax_vec,
-                concat!(
-                    "prefetcht0 [{x} + {pf}]\n",
-                    "prefetcht0 [{x} + {pf} + 64]\n",
-                    "prefetcht0 [{x} + {pf} + 128]\n",
-                    "prefetcht0 [{x} + {pf} + 192]\n",
-                    "add {x}, 256\n",
-                ),
-                "add {x}, 64\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            reduce4!("vminps", "0", "1", "2", "3"),
-            reduce4!("vmaxps", "4", "5", "6", "7"),
-            "vmovd {min:e}, xmm0",
-            "vmovd {max:e}, xmm4",
-            "kmovw {nf:e}, k4",
-            "vzeroupper",
-            x = inout(reg) x.as_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-            inf = in(reg) f32::INFINITY.to_bits(),
-            ninf = in(reg) f32::NEG_INFINITY.to_bits(),
-            pf = in(reg) STREAM_AHEAD,
-            min = lateout(reg) min,
-            max = lateout(reg) max,
-            nf = lateout(reg) nonfinite,
-        );
-    }
-    MinMax {
-        min: f32::from_bits(min),
-        max: f32::from_bits(max),
-        finite: nonfinite == 0,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// minmax_lanes
-
-/// One vector of `minmax_lanes`: data zmm(4+j), new min zmm(8+j), new max zmm(12+j); k4
-/// gathers the non-finite lanes, k3 is scratch.
-/// `vminps x, m` returns `m` when `x` is NaN, like the oracle's `m.min(x)`.
-#[rustfmt::skip] // one instruction per line
-macro_rules! minmax_lanes_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovups zmm", r4!($j), $kz, ", zmmword ptr [{x} + 64*", $j, "]\n",
-            "vminps zmm", r8!($j), $kz, ", zmm", r4!($j), ", zmmword ptr [{lo} + 64*", $j, "]\n",
-            "vmaxps zmm", r12!($j), $kz, ", zmm", r4!($j), ", zmmword ptr [{hi} + 64*", $j, "]\n",
-            "vmovups zmmword ptr [{lo} + 64*", $j, "]", $k, ", zmm", r8!($j), "\n",
-            "vmovups zmmword ptr [{hi} + 64*", $j, "]", $k, ", zmm", r12!($j), "\n",
-            "vfpclassps k3, zmm", r4!($j), ", 0x99\n",
-            "korw k4, k4, k3\n",
-        )
-    };
+    // SAFETY: the CPU has AVX-512 F/BW/DQ/VL (checked above).
+    unsafe { minmax_avx512(x) }
 }
 
 fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
@@ -291,64 +74,8 @@ fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     if !cpu_ok() {
         return scalar::minmax_lanes(x, min, max);
     }
-    let s = Split::new(x.len(), 16);
-    let nonfinite: u32;
-    // SAFETY: the CPU has AVX-512 (checked above); the three slices have the same length n,
-    // and the block reads and writes exactly their first n floats, the last `rest` under the
-    // masks k1 = k2 = low_bits(rest). Prefetches are hints that never fault.
-    unsafe {
-        asm512!(
-            "kxorw k4, k4, k4",
-            three_way!(
-                "",
-                minmax_lanes_vec,
-                concat!(
-                    "prefetcht0 [{x} + {pf}]\n",
-                    "prefetcht0 [{x} + {pf} + 64]\n",
-                    "prefetcht0 [{x} + {pf} + 128]\n",
-                    "prefetcht0 [{x} + {pf} + 192]\n",
-                    "add {x}, 256\nadd {lo}, 256\nadd {hi}, 256\n",
-                ),
-                "add {x}, 64\nadd {lo}, 64\nadd {hi}, 64\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            "kmovw {nf:e}, k4",
-            "vzeroupper",
-            x = inout(reg) x.as_ptr() => _,
-            lo = inout(reg) min.as_mut_ptr() => _,
-            hi = inout(reg) max.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-            pf = in(reg) STREAM_AHEAD,
-            nf = lateout(reg) nonfinite,
-        );
-    }
-    nonfinite == 0
-}
-
-// ---------------------------------------------------------------------------------------------
-// quantize, quantize_lanes
-
-/// One vector of `quantize`, in zmm(4+j): the oracle's `quantize_one`. `vdivps` is the
-/// correctly rounded quotient like `/`; max/min with the finite bounds lo (zmm1) and hi (zmm2)
-/// send ±Inf to the bounds; the conversion rounds to nearest even explicitly ({rn-sae}) and
-/// cannot overflow on the clamped value; the zero point (zmm3) is added as an integer, and
-/// `vpmovdb` keeps the low byte, the `as u8` truncation.
-#[rustfmt::skip] // one instruction per line
-macro_rules! quantize_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovups zmm", r4!($j), $kz, ", zmmword ptr [{x} + 64*", $j, "]\n",
-            "vdivps zmm", r4!($j), ", zmm", r4!($j), ", zmm0\n",
-            "vmaxps zmm", r4!($j), ", zmm", r4!($j), ", zmm1\n",
-            "vminps zmm", r4!($j), ", zmm", r4!($j), ", zmm2\n",
-            "vcvtps2dq zmm", r4!($j), ", zmm", r4!($j), ", {{rn-sae}}\n",
-            "vpaddd zmm", r4!($j), ", zmm", r4!($j), ", zmm3\n",
-            "vpmovdb xmmword ptr [{o} + 16*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
+    // SAFETY: the CPU has AVX-512; the three slices have the same length.
+    unsafe { minmax_lanes_avx512(x, min, max) }
 }
 
 fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
@@ -356,70 +83,14 @@ fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
     if !cpu_ok() {
         return scalar::quantize(x, p, out);
     }
-    // The oracle's bounds, computed the same way.
-    let lo = (p.qmin - p.zero_point) as f32;
-    let hi = (p.qmax - p.zero_point) as f32;
-    let s = Split::new(x.len(), 16);
-    // SAFETY: the CPU has AVX-512 (checked above); `x` and `out` have the same length n, and
-    // the block reads n floats and writes n bytes, the last `rest` under k1 = k2 =
-    // low_bits(rest). The prefetches may name any address: they are hints that never fault.
+    // SAFETY: the CPU has AVX-512; `out` is as long as `x`.
     unsafe {
-        asm512!(
-            three_way!(
-                concat!(
-                    "vpbroadcastd zmm0, {scale:e}\n",
-                    "vpbroadcastd zmm1, {lo:e}\n",
-                    "vpbroadcastd zmm2, {hi:e}\n",
-                    "vpbroadcastd zmm3, {zp:e}\n",
-                ),
-                quantize_vec,
-                concat!(
-                    "prefetcht0 [{x} + {pf}]\n",
-                    "prefetcht0 [{x} + {pf} + 64]\n",
-                    "prefetcht0 [{x} + {pf} + 128]\n",
-                    "prefetcht0 [{x} + {pf} + 192]\n",
-                    "add {x}, 256\nadd {o}, 64\n",
-                ),
-                "add {x}, 64\nadd {o}, 16\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            "vzeroupper",
-            x = inout(reg) x.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-            scale = in(reg) p.scale.to_bits(),
-            lo = in(reg) lo.to_bits(),
-            hi = in(reg) hi.to_bits(),
-            zp = in(reg) p.zero_point,
-            pf = in(reg) prefetch_distance(x.len()),
-        );
+        match Reciprocal::new(p) {
+            Some(rcp) if rcp.signed => quantize_rcp_avx512::<true>(x, p, rcp, out),
+            Some(rcp) => quantize_rcp_avx512::<false>(x, p, rcp, out),
+            None => quantize_div_avx512(x, p, out),
+        }
     }
-}
-
-/// One vector of `quantize_lanes`: as `quantize_vec` with per-lane scale, zero point zmm(8+j)
-/// and bounds `(qmin - zp) as f32`, `(qmax - zp) as f32` in zmm(12+j) (`vcvtdq2ps` rounds to
-/// nearest like `as`); qmin in zmm0, qmax in zmm1.
-#[rustfmt::skip] // one instruction per line
-macro_rules! quantize_lanes_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovups zmm", r4!($j), $kz, ", zmmword ptr [{x} + 64*", $j, "]\n",
-            "vdivps zmm", r4!($j), $kz, ", zmm", r4!($j), ", zmmword ptr [{s} + 64*", $j, "]\n",
-            "vmovdqu32 zmm", r8!($j), $kz, ", zmmword ptr [{zp} + 64*", $j, "]\n",
-            "vpsubd zmm", r12!($j), ", zmm0, zmm", r8!($j), "\n",
-            "vcvtdq2ps zmm", r12!($j), ", zmm", r12!($j), "\n",
-            "vmaxps zmm", r4!($j), ", zmm", r4!($j), ", zmm", r12!($j), "\n",
-            "vpsubd zmm", r12!($j), ", zmm1, zmm", r8!($j), "\n",
-            "vcvtdq2ps zmm", r12!($j), ", zmm", r12!($j), "\n",
-            "vminps zmm", r4!($j), ", zmm", r4!($j), ", zmm", r12!($j), "\n",
-            "vcvtps2dq zmm", r4!($j), ", zmm", r4!($j), ", {{rn-sae}}\n",
-            "vpaddd zmm", r4!($j), ", zmm", r4!($j), ", zmm", r8!($j), "\n",
-            "vpmovdb xmmword ptr [{o} + 16*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
 }
 
 fn quantize_lanes(
@@ -434,117 +105,8 @@ fn quantize_lanes(
     if !cpu_ok() {
         return scalar::quantize_lanes(x, scale, zero_point, qmin, qmax, out);
     }
-    let s = Split::new(x.len(), 16);
-    // SAFETY: the CPU has AVX-512 (checked above); the four slices have the same length n, and
-    // the block reads the first n elements of `x`, `scale`, `zero_point` and writes n bytes,
-    // the last `rest` under k1 = k2 = low_bits(rest). Prefetches are hints that never fault.
-    unsafe {
-        asm512!(
-            three_way!(
-                "vpbroadcastd zmm0, {qmin:e}\nvpbroadcastd zmm1, {qmax:e}\n",
-                quantize_lanes_vec,
-                concat!(
-                    "prefetcht0 [{x} + {pf}]\n",
-                    "prefetcht0 [{x} + {pf} + 64]\n",
-                    "prefetcht0 [{x} + {pf} + 128]\n",
-                    "prefetcht0 [{x} + {pf} + 192]\n",
-                    "add {x}, 256\nadd {s}, 256\nadd {zp}, 256\nadd {o}, 64\n",
-                ),
-                "add {x}, 64\nadd {s}, 64\nadd {zp}, 64\nadd {o}, 16\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            "vzeroupper",
-            x = inout(reg) x.as_ptr() => _,
-            s = inout(reg) scale.as_ptr() => _,
-            zp = inout(reg) zero_point.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-            qmin = in(reg) qmin,
-            qmax = in(reg) qmax,
-            pf = in(reg) STREAM_AHEAD,
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// dequantize, dequantize_lanes
-
-/// One vector of `dequantize` in zmm(4+j): 16 codes widened with `$ext` (vpmovsxbd for i8
-/// codes, vpmovzxbd for u8), converted exactly, then `(q - zero_point) * scale` as two
-/// roundings like the oracle (never an FMA); scale in zmm0, zero point in zmm1.
-#[rustfmt::skip] // one instruction per line
-macro_rules! dequantize_vec {
-    ($ext:literal, $j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            $ext, " zmm", r4!($j), $kz, ", xmmword ptr [{c} + 16*", $j, "]\n",
-            "vcvtdq2ps zmm", r4!($j), ", zmm", r4!($j), "\n",
-            "vsubps zmm", r4!($j), ", zmm", r4!($j), ", zmm1\n",
-            "vmulps zmm", r4!($j), ", zmm", r4!($j), ", zmm0\n",
-            "vmovups zmmword ptr [{o} + 64*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
-}
-macro_rules! dequantize_vec_i8 {
-    ($j:tt, $kz:literal, $k:literal) => {
-        dequantize_vec!("vpmovsxbd", $j, $kz, $k)
-    };
-}
-macro_rules! dequantize_vec_u8 {
-    ($j:tt, $kz:literal, $k:literal) => {
-        dequantize_vec!("vpmovzxbd", $j, $kz, $k)
-    };
-}
-
-/// As `dequantize_vec`, with the zero point and scale of each lane read from memory.
-#[rustfmt::skip] // one instruction per line
-macro_rules! dequantize_lanes_vec {
-    ($ext:literal, $j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            $ext, " zmm", r4!($j), $kz, ", xmmword ptr [{c} + 16*", $j, "]\n",
-            "vcvtdq2ps zmm", r4!($j), ", zmm", r4!($j), "\n",
-            "vsubps zmm", r4!($j), $kz, ", zmm", r4!($j), ", zmmword ptr [{zp} + 64*", $j, "]\n",
-            "vmulps zmm", r4!($j), $kz, ", zmm", r4!($j), ", zmmword ptr [{s} + 64*", $j, "]\n",
-            "vmovups zmmword ptr [{o} + 64*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
-}
-macro_rules! dequantize_lanes_vec_i8 {
-    ($j:tt, $kz:literal, $k:literal) => {
-        dequantize_lanes_vec!("vpmovsxbd", $j, $kz, $k)
-    };
-}
-macro_rules! dequantize_lanes_vec_u8 {
-    ($j:tt, $kz:literal, $k:literal) => {
-        dequantize_lanes_vec!("vpmovzxbd", $j, $kz, $k)
-    };
-}
-
-/// The asm block of `dequantize` with the given per-vector body.
-macro_rules! dequantize_asm {
-    ($body:ident, $codes:ident, $scale:ident, $zero_point:ident, $out:ident) => {{
-        let s = Split::new($codes.len(), 16);
-        asm512!(
-            three_way!(
-                "vpbroadcastd zmm0, {scale:e}\nvpbroadcastd zmm1, {zp:e}\n",
-                $body,
-                "add {c}, 64\nadd {o}, 256\n",
-                "add {c}, 16\nadd {o}, 64\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            "vzeroupper",
-            c = inout(reg) $codes.as_ptr() => _,
-            o = inout(reg) $out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-            scale = in(reg) $scale.to_bits(),
-            zp = in(reg) $zero_point.to_bits(),
-        )
-    }};
+    // SAFETY: the CPU has AVX-512; the four slices have the same length.
+    unsafe { quantize_lanes_avx512(x, scale, zero_point, qmin, qmax, out) }
 }
 
 fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
@@ -552,40 +114,14 @@ fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut
     if !cpu_ok() {
         return scalar::dequantize(codes, signed, scale, zero_point, out);
     }
-    // SAFETY: the CPU has AVX-512 (checked above); `codes` and `out` have the same length n,
-    // and the block reads n bytes and writes n floats, the last `rest` under k1 = k2 =
-    // low_bits(rest).
+    // SAFETY: the CPU has AVX-512; `out` is as long as `codes`.
     unsafe {
         if signed {
-            dequantize_asm!(dequantize_vec_i8, codes, scale, zero_point, out);
+            dequantize_avx512::<true>(codes, scale, zero_point, out)
         } else {
-            dequantize_asm!(dequantize_vec_u8, codes, scale, zero_point, out);
+            dequantize_avx512::<false>(codes, scale, zero_point, out)
         }
     }
-}
-
-macro_rules! dequantize_lanes_asm {
-    ($body:ident, $codes:ident, $scale:ident, $zero_point:ident, $out:ident) => {{
-        let s = Split::new($codes.len(), 16);
-        asm512!(
-            three_way!(
-                "",
-                $body,
-                "add {c}, 64\nadd {s}, 256\nadd {zp}, 256\nadd {o}, 256\n",
-                "add {c}, 16\nadd {s}, 64\nadd {zp}, 64\nadd {o}, 64\n",
-                "kmovw k1, {mask:e}\nkmovw k2, {mask:e}\n"
-            ),
-            "vzeroupper",
-            c = inout(reg) $codes.as_ptr() => _,
-            s = inout(reg) $scale.as_ptr() => _,
-            zp = inout(reg) $zero_point.as_ptr() => _,
-            o = inout(reg) $out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest) as u32,
-        )
-    }};
 }
 
 fn dequantize_lanes(
@@ -601,35 +137,14 @@ fn dequantize_lanes(
     if !cpu_ok() {
         return scalar::dequantize_lanes(codes, signed, scale, zero_point, out);
     }
-    // SAFETY: the CPU has AVX-512 (checked above); the four slices have the same length n, and
-    // the block reads the first n elements of `codes`, `scale`, `zero_point` and writes n
-    // floats, the last `rest` under k1 = k2 = low_bits(rest).
+    // SAFETY: the CPU has AVX-512; the four slices have the same length.
     unsafe {
         if signed {
-            dequantize_lanes_asm!(dequantize_lanes_vec_i8, codes, scale, zero_point, out);
+            dequantize_lanes_avx512::<true>(codes, scale, zero_point, out)
         } else {
-            dequantize_lanes_asm!(dequantize_lanes_vec_u8, codes, scale, zero_point, out);
+            dequantize_lanes_avx512::<false>(codes, scale, zero_point, out)
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// pack4, unpack4, pack2, unpack2
-
-/// One vector of `pack4`: 64 codes to 32 bytes in zmm(4+j). Masked to nibbles (zmm0 = 0x0f
-/// bytes), `vpmaddubsw` with weights (1, 16) (zmm1) forms `lo | hi << 4` (at most 255) in each
-/// 16-bit lane, and `vpmovwb` keeps its low byte. Under a mask the missing odd code reads as
-/// zero, as in the oracle.
-#[rustfmt::skip] // one instruction per line
-macro_rules! pack4_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovdqu8 zmm", r4!($j), $kz, ", zmmword ptr [{c} + 64*", $j, "]\n",
-            "vpandd zmm", r4!($j), ", zmm", r4!($j), ", zmm0\n",
-            "vpmaddubsw zmm", r4!($j), ", zmm", r4!($j), ", zmm1\n",
-            "vpmovwb ymmword ptr [{o} + 32*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
 }
 
 fn pack4(codes: &[u8], out: &mut [u8]) {
@@ -637,49 +152,8 @@ fn pack4(codes: &[u8], out: &mut [u8]) {
     if !cpu_ok() {
         return scalar::pack4(codes, out);
     }
-    let s = Split::new(codes.len(), 64);
-    // SAFETY: the CPU has AVX-512 (checked above). The block reads the n codes, the last
-    // `rest` under k1 = low_bits(rest) (64 byte lanes), and writes n.div_ceil(2) ==
-    // out.len() bytes, the last rest.div_ceil(2) under k2 (32 word lanes).
-    unsafe {
-        asm512!(
-            three_way!(
-                "vpbroadcastd zmm0, {nib:e}\nvpbroadcastd zmm1, {w:e}\n",
-                pack4_vec,
-                "add {c}, 256\nadd {o}, 128\n",
-                "add {c}, 64\nadd {o}, 32\n",
-                "kmovq k1, {mask}\nkmovd k2, {omask:e}\n"
-            ),
-            "vzeroupper",
-            c = inout(reg) codes.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest),
-            omask = in(reg) low_bits(s.rest.div_ceil(2)) as u32,
-            nib = in(reg) 0x0f0f_0f0fu32,
-            w = in(reg) 0x1001_1001u32,
-        );
-    }
-}
-
-/// One vector of `unpack4`: 32 packed bytes to 64 codes in zmm(4+j). Each byte `b` widened to
-/// the 16-bit lane `b | b << 4` holds its low nibble in the low byte and its high nibble in
-/// the high byte once masked with 0x0f0f (zmm0; `vpternlogd` 0xa8 is `(a | b) & c`): element
-/// `2i` then `2i + 1` in memory order. `vpshufb` with the table in zmm1 sign-extends (or keeps)
-/// each nibble.
-#[rustfmt::skip] // one instruction per line
-macro_rules! unpack4_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vpmovzxbw zmm", r4!($j), $kz, ", ymmword ptr [{p} + 32*", $j, "]\n",
-            "vpsllw zmm", r8!($j), ", zmm", r4!($j), ", 4\n",
-            "vpternlogd zmm", r4!($j), ", zmm", r8!($j), ", zmm0, 0xa8\n",
-            "vpshufb zmm", r4!($j), ", zmm1, zmm", r4!($j), "\n",
-            "vmovdqu8 zmmword ptr [{o} + 64*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
+    // SAFETY: the CPU has AVX-512; `out` holds `codes.len().div_ceil(2)` bytes.
+    unsafe { pack4_avx512(codes, out) }
 }
 
 fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
@@ -687,49 +161,8 @@ fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
     if !cpu_ok() {
         return scalar::unpack4(packed, signed, out);
     }
-    let table = if signed { &SIGNED_NIBBLES } else { &IDENTITY };
-    let s = Split::new(out.len(), 64);
-    // SAFETY: the CPU has AVX-512 (checked above). The block writes the n = out.len() codes,
-    // the last `rest` under k2 = low_bits(rest) (64 byte lanes), and reads n.div_ceil(2) <=
-    // packed.len() bytes, the last rest.div_ceil(2) under k1 (32 word lanes), and the 16-byte
-    // table.
-    unsafe {
-        asm512!(
-            three_way!(
-                "vpbroadcastd zmm0, {nib:e}\nvbroadcasti32x4 zmm1, xmmword ptr [{t}]\n",
-                unpack4_vec,
-                "add {p}, 128\nadd {o}, 256\n",
-                "add {p}, 32\nadd {o}, 64\n",
-                "kmovd k1, {imask:e}\nkmovq k2, {mask}\n"
-            ),
-            "vzeroupper",
-            p = inout(reg) packed.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest),
-            imask = in(reg) low_bits(s.rest.div_ceil(2)) as u32,
-            nib = in(reg) 0x0f0f_0f0fu32,
-            t = in(reg) table.as_ptr(),
-        );
-    }
-}
-
-/// One vector of `pack2`: 64 codes to 16 bytes in zmm(4+j). Masked to 2 bits (zmm0),
-/// `vpmaddubsw` with (1, 4) (zmm1) then `vpmaddwd` with (1, 16) (zmm2) form
-/// `c0 | c1 << 2 | c2 << 4 | c3 << 6` in each 32-bit lane, and `vpmovdb` keeps its low byte.
-#[rustfmt::skip] // one instruction per line
-macro_rules! pack2_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vmovdqu8 zmm", r4!($j), $kz, ", zmmword ptr [{c} + 64*", $j, "]\n",
-            "vpandd zmm", r4!($j), ", zmm", r4!($j), ", zmm0\n",
-            "vpmaddubsw zmm", r4!($j), ", zmm", r4!($j), ", zmm1\n",
-            "vpmaddwd zmm", r4!($j), ", zmm", r4!($j), ", zmm2\n",
-            "vpmovdb xmmword ptr [{o} + 16*", $j, "]", $k, ", zmm", r4!($j), "\n",
-        )
-    };
+    // SAFETY: the CPU has AVX-512; `packed` holds at least `out.len().div_ceil(2)` bytes.
+    unsafe { unpack4_avx512(packed, signed, out) }
 }
 
 fn pack2(codes: &[u8], out: &mut [u8]) {
@@ -737,56 +170,8 @@ fn pack2(codes: &[u8], out: &mut [u8]) {
     if !cpu_ok() {
         return scalar::pack2(codes, out);
     }
-    let s = Split::new(codes.len(), 64);
-    // SAFETY: the CPU has AVX-512 (checked above). The block reads the n codes, the last
-    // `rest` under k1 = low_bits(rest) (64 byte lanes), and writes n.div_ceil(4) ==
-    // out.len() bytes, the last rest.div_ceil(4) under k2 (16 dword lanes).
-    unsafe {
-        asm512!(
-            three_way!(
-                concat!(
-                    "vpbroadcastd zmm0, {crumb:e}\n",
-                    "vpbroadcastd zmm1, {w8:e}\n",
-                    "vpbroadcastd zmm2, {w16:e}\n",
-                ),
-                pack2_vec,
-                "add {c}, 256\nadd {o}, 64\n",
-                "add {c}, 64\nadd {o}, 16\n",
-                "kmovq k1, {mask}\nkmovw k2, {omask:e}\n"
-            ),
-            "vzeroupper",
-            c = inout(reg) codes.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest),
-            omask = in(reg) low_bits(s.rest.div_ceil(4)) as u32,
-            crumb = in(reg) 0x0303_0303u32,
-            w8 = in(reg) 0x0401_0401u32,
-            w16 = in(reg) 0x0010_0001u32,
-        );
-    }
-}
-
-/// One vector of `unpack2`: 16 packed bytes to 64 codes in zmm(8+j). Each byte `b` widened to
-/// the 32-bit lane `b | b << 6 | b << 12 | b << 18` holds crumb `k` in the low bits of byte
-/// `k` once masked with 0x03030303 (zmm0; `vpternlogd` 0xfe is `a | b | c`, 0xa8 is
-/// `(a | b) & c`); `vpshufb` with the table in zmm1 sign-extends (or keeps) each crumb.
-#[rustfmt::skip] // one instruction per line
-macro_rules! unpack2_vec {
-    ($j:tt, $kz:literal, $k:literal) => {
-        concat!(
-            "vpmovzxbd zmm", r4!($j), $kz, ", xmmword ptr [{p} + 16*", $j, "]\n",
-            "vpslld zmm", r8!($j), ", zmm", r4!($j), ", 6\n",
-            "vpslld zmm", r12!($j), ", zmm", r4!($j), ", 12\n",
-            "vpternlogd zmm", r8!($j), ", zmm", r4!($j), ", zmm", r12!($j), ", 0xfe\n",
-            "vpslld zmm", r12!($j), ", zmm", r4!($j), ", 18\n",
-            "vpternlogd zmm", r8!($j), ", zmm", r12!($j), ", zmm0, 0xa8\n",
-            "vpshufb zmm", r8!($j), ", zmm1, zmm", r8!($j), "\n",
-            "vmovdqu8 zmmword ptr [{o} + 64*", $j, "]", $k, ", zmm", r8!($j), "\n",
-        )
-    };
+    // SAFETY: the CPU has AVX-512; `out` holds `codes.len().div_ceil(4)` bytes.
+    unsafe { pack2_avx512(codes, out) }
 }
 
 fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
@@ -794,31 +179,571 @@ fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
     if !cpu_ok() {
         return scalar::unpack2(packed, signed, out);
     }
-    let table = if signed { &SIGNED_CRUMBS } else { &IDENTITY };
-    let s = Split::new(out.len(), 64);
-    // SAFETY: the CPU has AVX-512 (checked above). The block writes the n = out.len() codes,
-    // the last `rest` under k2 = low_bits(rest) (64 byte lanes), and reads n.div_ceil(4) <=
-    // packed.len() bytes, the last rest.div_ceil(4) under k1 (16 dword lanes), and the 16-byte
-    // table.
-    unsafe {
-        asm512!(
-            three_way!(
-                "vpbroadcastd zmm0, {crumb:e}\nvbroadcasti32x4 zmm1, xmmword ptr [{t}]\n",
-                unpack2_vec,
-                "add {p}, 64\nadd {o}, 256\n",
-                "add {p}, 16\nadd {o}, 64\n",
-                "kmovw k1, {imask:e}\nkmovq k2, {mask}\n"
-            ),
-            "vzeroupper",
-            p = inout(reg) packed.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
-            nb = inout(reg) s.blocks => _,
-            nv = inout(reg) s.vectors => _,
-            tail = in(reg) s.rest,
-            mask = in(reg) low_bits(s.rest),
-            imask = in(reg) low_bits(s.rest.div_ceil(4)) as u32,
-            crumb = in(reg) 0x0303_0303u32,
-            t = in(reg) table.as_ptr(),
-        );
+    // SAFETY: the CPU has AVX-512; `packed` holds at least `out.len().div_ceil(4)` bytes.
+    unsafe { unpack2_avx512(packed, signed, out) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop, masks, and masked memory access. Helpers are inlined into the `#[target_feature]`
+// entry points (callers must have AVX-512 F/BW/DQ/VL); the load and store helpers access
+// exactly the `len` elements from `p`, which the caller must be allowed to read or write.
+
+/// The loop of every kernel over `n` elements, `W` per vector: blocks of four vectors (each
+/// after `block(i)`, which prefetches), then the whole vectors left, then the last `n % W`
+/// elements as one partial vector. `vector(i, j, len)` handles elements `i..i + len`, `len <=
+/// W` (`len < W` only for the last call); `j` is the vector's place in its block, so a kernel
+/// can keep four independent accumulators.
+#[inline(always)]
+fn three_way<const W: usize>(
+    n: usize,
+    mut block: impl FnMut(usize),
+    mut vector: impl FnMut(usize, usize, usize),
+) {
+    let mut i = 0;
+    while i + 4 * W <= n {
+        block(i);
+        for j in 0..4 {
+            vector(i + j * W, j, W);
+        }
+        i += 4 * W;
     }
+    while i + W <= n {
+        vector(i, 0, W);
+        i += W;
+    }
+    if i < n {
+        vector(i, 0, n - i);
+    }
+}
+
+/// The low `n` bits set, `n <= 64`.
+#[inline(always)]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// Prefetches the four cache lines of a block of four float vectors, `ahead` bytes past `p`.
+#[inline(always)]
+unsafe fn prefetch_block(p: *const f32, ahead: usize) {
+    for line in 0..4 {
+        prefetch(p, ahead + 64 * line);
+    }
+}
+
+/// `len <= 16` floats from `p`; the other lanes are zero and their memory is not read.
+#[inline(always)]
+unsafe fn load_ps(p: *const f32, len: usize) -> __m512 {
+    if len >= 16 {
+        _mm512_loadu_ps(p)
+    } else {
+        _mm512_maskz_loadu_ps(low_bits(len) as __mmask16, p)
+    }
+}
+
+/// `len <= 16` i32 from `p`, as [`load_ps`].
+#[inline(always)]
+unsafe fn load_epi32(p: *const i32, len: usize) -> __m512i {
+    if len >= 16 {
+        _mm512_loadu_si512(p.cast())
+    } else {
+        _mm512_maskz_loadu_epi32(low_bits(len) as __mmask16, p)
+    }
+}
+
+/// The first `len <= 16` lanes of `v` to `p`; the memory of the others is not touched.
+#[inline(always)]
+unsafe fn store_ps(p: *mut f32, len: usize, v: __m512) {
+    if len >= 16 {
+        _mm512_storeu_ps(p, v)
+    } else {
+        _mm512_mask_storeu_ps(p, low_bits(len) as __mmask16, v)
+    }
+}
+
+/// `len <= 16` bytes from `p`, as [`load_ps`].
+#[inline(always)]
+unsafe fn load_16_bytes(p: *const u8, len: usize) -> __m128i {
+    if len >= 16 {
+        _mm_loadu_si128(p.cast())
+    } else {
+        _mm_maskz_loadu_epi8(low_bits(len) as __mmask16, p.cast())
+    }
+}
+
+/// `len <= 32` bytes from `p`, as [`load_ps`].
+#[inline(always)]
+unsafe fn load_32_bytes(p: *const u8, len: usize) -> __m256i {
+    if len >= 32 {
+        _mm256_loadu_si256(p.cast())
+    } else {
+        _mm256_maskz_loadu_epi8(low_bits(len) as __mmask32, p.cast())
+    }
+}
+
+/// `len <= 64` bytes from `p`, as [`load_ps`].
+#[inline(always)]
+unsafe fn load_64_bytes(p: *const u8, len: usize) -> __m512i {
+    if len >= 64 {
+        _mm512_loadu_si512(p.cast())
+    } else {
+        _mm512_maskz_loadu_epi8(low_bits(len), p.cast())
+    }
+}
+
+/// The first `len <= 64` bytes of `v` to `p`, as [`store_ps`].
+#[inline(always)]
+unsafe fn store_64_bytes(p: *mut u8, len: usize, v: __m512i) {
+    if len >= 64 {
+        _mm512_storeu_si512(p.cast(), v)
+    } else {
+        _mm512_mask_storeu_epi8(p.cast(), low_bits(len), v)
+    }
+}
+
+/// The low byte of the first `len <= 16` i32 lanes of `v` to `p` (`vpmovdb`: the `as u8`
+/// truncation), as [`store_ps`].
+#[inline(always)]
+unsafe fn store_low_bytes32(p: *mut u8, len: usize, v: __m512i) {
+    if len >= 16 {
+        _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(v))
+    } else {
+        _mm512_mask_cvtepi32_storeu_epi8(p.cast(), low_bits(len) as __mmask16, v)
+    }
+}
+
+/// The low byte of the first `len <= 32` i16 lanes of `v` to `p` (`vpmovwb`), as [`store_ps`].
+#[inline(always)]
+unsafe fn store_low_bytes16(p: *mut u8, len: usize, v: __m512i) {
+    if len >= 32 {
+        _mm256_storeu_si256(p.cast(), _mm512_cvtepi16_epi8(v))
+    } else {
+        _mm512_mask_cvtepi16_storeu_epi8(p.cast(), low_bits(len) as __mmask32, v)
+    }
+}
+
+/// The lanes that are NaN or ±Inf (`vfpclassps` classes 0x99: QNaN, +Inf, -Inf, SNaN), which
+/// a float min/max could lose.
+#[inline(always)]
+unsafe fn nonfinite(v: __m512) -> __mmask16 {
+    _mm512_fpclass_ps_mask::<0x99>(v)
+}
+
+#[inline(always)]
+unsafe fn hmin(v: __m512) -> f32 {
+    let m = _mm512_min_ps(v, _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v));
+    let m = _mm512_min_ps(m, _mm512_shuffle_f32x4::<0b10_11_00_01>(m, m));
+    let m = _mm512_castps512_ps128(m);
+    let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps::<1>(m, m)))
+}
+
+#[inline(always)]
+unsafe fn hmax(v: __m512) -> f32 {
+    let m = _mm512_max_ps(v, _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v));
+    let m = _mm512_max_ps(m, _mm512_shuffle_f32x4::<0b10_11_00_01>(m, m));
+    let m = _mm512_castps512_ps128(m);
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))
+}
+
+/// `clamp(q, lo, hi)`: max/min with the finite bounds send ±Inf to the bounds.
+#[inline(always)]
+unsafe fn clamp(q: __m512, lo: __m512, hi: __m512) -> __m512 {
+    _mm512_min_ps(_mm512_max_ps(q, lo), hi)
+}
+
+/// The clamped quotient `v` rounded to the nearest integer, ties to even (explicitly; it
+/// cannot overflow on a clamped value), plus the zero point: the oracle's `quantize_one` up to
+/// the final truncation to a byte.
+#[inline(always)]
+unsafe fn round_add(v: __m512, zp: __m512i) -> __m512i {
+    let v = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+    _mm512_add_epi32(v, zp)
+}
+
+/// `v - rint(v)`, ties to even (`vreduceps` with `M = 0` fraction bits, round to nearest
+/// even), exact for `|v| < 2^23` and 0 above.
+#[inline(always)]
+unsafe fn tie_offset(v: __m512) -> __m512 {
+    _mm512_reduce_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+}
+
+/// The lanes of `v` whose distance `|v - rint(v)|` to the nearest integer is at least `near`,
+/// or NaN (not less than `near`, unordered: a NaN lane counts as near a tie).
+#[inline(always)]
+unsafe fn near_tie(v: __m512, near: __m512) -> __mmask16 {
+    let f = _mm512_andnot_ps(_mm512_set1_ps(-0.0), tie_offset(v));
+    _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(f, near)
+}
+
+/// Whether a lane of the four vectors is as in [`near_tie`]. `vrangeps` with imm 0b1011 is
+/// `max(|a|, |b|)`, which folds the absolute values into the maximum (of a NaN and a number it
+/// returns the number; of two NaNs a NaN, which counts as near).
+#[inline(always)]
+unsafe fn near_tie4(v: [__m512; 4], near: __m512) -> bool {
+    let ab = _mm512_range_ps::<0b1011>(tie_offset(v[0]), tie_offset(v[1]));
+    let cd = _mm512_range_ps::<0b1011>(tie_offset(v[2]), tie_offset(v[3]));
+    let f = _mm512_range_ps::<0b1011>(ab, cd);
+    _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(f, near) != 0
+}
+
+/// The codes of four vectors of quotients, clamped in the integer domain, for grids that pass
+/// [`Reciprocal::new`] (bounds within `2^14`, codes within `-128..=127` or `0..=255`).
+struct Pack64 {
+    zp16: __m512i,
+    qmin: __m512i,
+    qmax: __m512i,
+}
+
+impl Pack64 {
+    #[inline(always)]
+    unsafe fn new(p: &QParams) -> Pack64 {
+        Pack64 {
+            // Fits: `Reciprocal::new` bounds `|qmin - zero_point|`, so the zero point, by 2^14
+            // plus 128.
+            zp16: _mm512_set1_epi16(p.zero_point as i16),
+            qmin: _mm512_set1_epi8(p.qmin as i8),
+            qmax: _mm512_set1_epi8(p.qmax as i8),
+        }
+    }
+
+    /// `clamp(rint(q) + zero_point, qmin, qmax)` of each lane as a byte: the oracle's
+    /// `(rint(clamp(q, lo, hi)) + zero_point) as u8` (rounding and clamping to integer bounds
+    /// commute). `min(q, 2^30)` keeps the conversion in range (it gives `i32::MIN` below
+    /// `-2^31`); rounded to nearest even, packed to i16 with saturation, plus the zero point
+    /// with saturation and packed to bytes with signed (`SIGNED`) or unsigned saturation: each
+    /// saturation only moves values that are below `qmin` or above `qmax` to values that still
+    /// are, and the byte max/min clamp. The packs work within 128-bit lanes: lane `k` ends up
+    /// with elements `4k..4k + 4` of each vector in turn, and `vpermd` puts the dwords in order.
+    #[inline(always)]
+    unsafe fn codes<const SIGNED: bool>(&self, q: [__m512; 4]) -> __m512i {
+        let mut c = [_mm512_setzero_si512(); 4];
+        for j in 0..4 {
+            let q = _mm512_min_ps(q[j], _mm512_set1_ps(1073741824.0));
+            c[j] = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+        }
+        let ab = _mm512_adds_epi16(_mm512_packs_epi32(c[0], c[1]), self.zp16);
+        let cd = _mm512_adds_epi16(_mm512_packs_epi32(c[2], c[3]), self.zp16);
+        let bytes = if SIGNED {
+            let b = _mm512_packs_epi16(ab, cd);
+            _mm512_min_epi8(_mm512_max_epi8(b, self.qmin), self.qmax)
+        } else {
+            let b = _mm512_packus_epi16(ab, cd);
+            _mm512_min_epu8(_mm512_max_epu8(b, self.qmin), self.qmax)
+        };
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_epi32(order, bytes)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. Each reads and writes only the elements `three_way` hands its body, within the
+// common length the wrapper checked.
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn minmax_avx512(x: &[f32]) -> MinMax {
+    let p = x.as_ptr();
+    let mut mn = [_mm512_set1_ps(f32::INFINITY); 4];
+    let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    let mut bad: __mmask16 = 0;
+    three_way::<16>(
+        x.len(),
+        |i| prefetch_block(p.add(i), STREAM_AHEAD),
+        |i, j, len| {
+            // Missing lanes load as zero, which is finite; the masked min/max keep their
+            // accumulators there.
+            let v = load_ps(p.add(i), len);
+            let k = low_bits(len) as __mmask16;
+            mn[j] = _mm512_mask_min_ps(mn[j], k, mn[j], v);
+            mx[j] = _mm512_mask_max_ps(mx[j], k, mx[j], v);
+            bad |= nonfinite(v);
+        },
+    );
+    let mn = _mm512_min_ps(_mm512_min_ps(mn[0], mn[1]), _mm512_min_ps(mn[2], mn[3]));
+    let mx = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
+    MinMax {
+        min: hmin(mn),
+        max: hmax(mx),
+        finite: bad == 0,
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn minmax_lanes_avx512(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
+    let (p, lo, hi) = (x.as_ptr(), min.as_mut_ptr(), max.as_mut_ptr());
+    let mut bad: __mmask16 = 0;
+    three_way::<16>(
+        x.len(),
+        |i| prefetch_block(p.add(i), STREAM_AHEAD),
+        |i, _, len| {
+            let v = load_ps(p.add(i), len);
+            // Both loads before both stores, as the slices do not overlap.
+            let (m, n) = (load_ps(lo.add(i), len), load_ps(hi.add(i), len));
+            // `vminps v, m` returns `m` when `v` is NaN, like the oracle's `m.min(v)`.
+            store_ps(lo.add(i), len, _mm512_min_ps(v, m));
+            store_ps(hi.add(i), len, _mm512_max_ps(v, n));
+            bad |= nonfinite(v);
+        },
+    );
+    bad == 0
+}
+
+/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn quantize_div_avx512(x: &[f32], p: &QParams, out: &mut [u8]) {
+    let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
+    let scale = _mm512_set1_ps(p.scale);
+    // The oracle's bounds, computed the same way.
+    let lo = _mm512_set1_ps((p.qmin - p.zero_point) as f32);
+    let hi = _mm512_set1_ps((p.qmax - p.zero_point) as f32);
+    let zp = _mm512_set1_epi32(p.zero_point);
+    let pf = prefetch_distance(x.len());
+    three_way::<16>(
+        x.len(),
+        |i| prefetch_block(src.add(i), pf),
+        |i, _, len| {
+            let q = _mm512_div_ps(load_ps(src.add(i), len), scale);
+            store_low_bytes32(dst.add(i), len, round_add(clamp(q, lo, hi), zp));
+        },
+    );
+}
+
+/// `quantize` by the reciprocal (see [`Reciprocal`] for why the codes are the oracle's).
+/// Blocks of four vectors test `t = y` of their 64 lanes at once and are recomputed with the
+/// division if any is near a tie; [`Pack64`] clamps and packs their codes. The vectors after
+/// the last block test `t = clamp(y, lo, hi)` and are recomputed one at a time. `SIGNED` is
+/// `rcp.signed`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn quantize_rcp_avx512<const SIGNED: bool>(
+    x: &[f32],
+    p: &QParams,
+    rcp: Reciprocal,
+    out: &mut [u8],
+) {
+    let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
+    let (r, scale) = (_mm512_set1_ps(rcp.r), _mm512_set1_ps(p.scale));
+    let near = _mm512_set1_ps(rcp.near);
+    let lo = _mm512_set1_ps((p.qmin - p.zero_point) as f32);
+    let hi = _mm512_set1_ps((p.qmax - p.zero_point) as f32);
+    let zp = _mm512_set1_epi32(p.zero_point);
+    let pack = Pack64::new(p);
+    let pf = prefetch_distance(x.len());
+    let n = x.len();
+    let mut i = 0;
+    while i + 64 <= n {
+        prefetch_block(src.add(i), pf);
+        let mut x = [_mm512_setzero_ps(); 4];
+        let mut y = x;
+        for j in 0..4 {
+            x[j] = _mm512_loadu_ps(src.add(i + 16 * j));
+            y[j] = _mm512_mul_ps(x[j], r);
+        }
+        if near_tie4(y, near) {
+            for j in 0..4 {
+                y[j] = _mm512_div_ps(x[j], scale);
+            }
+        }
+        _mm512_storeu_si512(dst.add(i).cast(), pack.codes::<SIGNED>(y));
+        i += 64;
+    }
+    three_way::<16>(
+        n - i,
+        |_| {},
+        |k, _, len| {
+            let x = load_ps(src.add(i + k), len);
+            let mut v = clamp(_mm512_mul_ps(x, r), lo, hi);
+            if near_tie(v, near) != 0 {
+                v = clamp(_mm512_div_ps(x, scale), lo, hi);
+            }
+            store_low_bytes32(dst.add(i + k), len, round_add(v, zp));
+        },
+    );
+}
+
+/// As `quantize_div_avx512` with a scale and zero point per lane; the bounds are the oracle's
+/// `(qmin - zp) as f32` and `(qmax - zp) as f32` (`vcvtdq2ps` rounds to nearest like `as`).
+/// No reciprocal fast path here: with a scale per lane there is no `1 / scale` to compute once,
+/// and a per-lane `vrcp14ps` with a Newton step, range checks and a per-lane tie test measured
+/// 0.8x the speed of this division loop.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn quantize_lanes_avx512(
+    x: &[f32],
+    scale: &[f32],
+    zero_point: &[i32],
+    qmin: i32,
+    qmax: i32,
+    out: &mut [u8],
+) {
+    let (src, sp, zpp, dst) = (
+        x.as_ptr(),
+        scale.as_ptr(),
+        zero_point.as_ptr(),
+        out.as_mut_ptr(),
+    );
+    let (vqmin, vqmax) = (_mm512_set1_epi32(qmin), _mm512_set1_epi32(qmax));
+    three_way::<16>(
+        x.len(),
+        |i| prefetch_block(src.add(i), STREAM_AHEAD),
+        |i, _, len| {
+            let zp = load_epi32(zpp.add(i), len);
+            let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(vqmin, zp));
+            let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(vqmax, zp));
+            // Missing lanes divide zero by zero: NaN, never stored.
+            let q = _mm512_div_ps(load_ps(src.add(i), len), load_ps(sp.add(i), len));
+            store_low_bytes32(dst.add(i), len, round_add(clamp(q, lo, hi), zp));
+        },
+    );
+}
+
+/// Sixteen codes widened to floats, read as i8 when `SIGNED`; `len <= 16` of them.
+#[inline(always)]
+unsafe fn load_codes16<const SIGNED: bool>(p: *const u8, len: usize) -> __m512 {
+    let b = load_16_bytes(p, len);
+    let i = if SIGNED {
+        _mm512_cvtepi8_epi32(b)
+    } else {
+        _mm512_cvtepu8_epi32(b)
+    };
+    _mm512_cvtepi32_ps(i)
+}
+
+/// `(q - zero_point) * scale` as two roundings, a subtraction then a product: never an FMA,
+/// which would round once and differ from the oracle.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn dequantize_avx512<const SIGNED: bool>(
+    codes: &[u8],
+    scale: f32,
+    zero_point: f32,
+    out: &mut [f32],
+) {
+    let (src, dst) = (codes.as_ptr(), out.as_mut_ptr());
+    let (s, zp) = (_mm512_set1_ps(scale), _mm512_set1_ps(zero_point));
+    three_way::<16>(
+        codes.len(),
+        |_| {},
+        |i, _, len| {
+            let c = load_codes16::<SIGNED>(src.add(i), len);
+            store_ps(dst.add(i), len, _mm512_mul_ps(_mm512_sub_ps(c, zp), s));
+        },
+    );
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn dequantize_lanes_avx512<const SIGNED: bool>(
+    codes: &[u8],
+    scale: &[f32],
+    zero_point: &[f32],
+    out: &mut [f32],
+) {
+    let (src, sp, zpp, dst) = (
+        codes.as_ptr(),
+        scale.as_ptr(),
+        zero_point.as_ptr(),
+        out.as_mut_ptr(),
+    );
+    three_way::<16>(
+        codes.len(),
+        |_| {},
+        |i, _, len| {
+            let c = _mm512_sub_ps(
+                load_codes16::<SIGNED>(src.add(i), len),
+                load_ps(zpp.add(i), len),
+            );
+            store_ps(dst.add(i), len, _mm512_mul_ps(c, load_ps(sp.add(i), len)));
+        },
+    );
+}
+
+/// 64 codes to 32 bytes per vector: masked to nibbles, `vpmaddubsw` with weights `(1, 16)`
+/// forms `lo | hi << 4` (at most 255) in each 16-bit lane, and `vpmovwb` keeps its low byte.
+/// In the partial vector the missing odd code reads as zero, as in the oracle.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn pack4_avx512(codes: &[u8], out: &mut [u8]) {
+    let (src, dst) = (codes.as_ptr(), out.as_mut_ptr());
+    let nib = _mm512_set1_epi8(0x0f);
+    let w = _mm512_set1_epi16(0x1001);
+    three_way::<64>(
+        codes.len(),
+        |_| {},
+        |i, _, len| {
+            let c = _mm512_and_si512(load_64_bytes(src.add(i), len), nib);
+            let pairs = _mm512_maddubs_epi16(c, w);
+            store_low_bytes16(dst.add(i / 2), len.div_ceil(2), pairs);
+        },
+    );
+}
+
+/// 32 packed bytes to 64 codes per vector: each byte `b` widened to the 16-bit lane
+/// `b | b << 4` holds its low nibble in the low byte and its high nibble in the high byte once
+/// masked with `0x0f0f` (`vpternlogd` 0xa8 is `(a | b) & c`): element `2i` then `2i + 1` in
+/// memory order. `vpshufb` with a 16-entry table sign-extends (or keeps) each nibble.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn unpack4_avx512(packed: &[u8], signed: bool, out: &mut [u8]) {
+    let (src, dst) = (packed.as_ptr(), out.as_mut_ptr());
+    let table = if signed { &SIGNED_NIBBLES } else { &IDENTITY };
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr().cast()));
+    let nib = _mm512_set1_epi8(0x0f);
+    // Reads packed[i / 2 .. (i + len).div_ceil(2)], within the `out.len().div_ceil(2)` bytes
+    // the wrapper checked.
+    three_way::<64>(
+        out.len(),
+        |_| {},
+        |i, _, len| {
+            let w = _mm512_cvtepu8_epi16(load_32_bytes(src.add(i / 2), len.div_ceil(2)));
+            let t = _mm512_ternarylogic_epi32::<0xa8>(w, _mm512_slli_epi16::<4>(w), nib);
+            store_64_bytes(dst.add(i), len, _mm512_shuffle_epi8(table, t));
+        },
+    );
+}
+
+/// 64 codes to 16 bytes per vector: masked to 2 bits, `vpmaddubsw` with `(1, 4)` then
+/// `vpmaddwd` with `(1, 16)` form `c0 | c1 << 2 | c2 << 4 | c3 << 6` in each 32-bit lane, and
+/// `vpmovdb` keeps its low byte.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn pack2_avx512(codes: &[u8], out: &mut [u8]) {
+    let (src, dst) = (codes.as_ptr(), out.as_mut_ptr());
+    let crumb = _mm512_set1_epi8(0x03);
+    let w8 = _mm512_set1_epi16(0x0401);
+    let w16 = _mm512_set1_epi32(0x0010_0001);
+    three_way::<64>(
+        codes.len(),
+        |_| {},
+        |i, _, len| {
+            let c = _mm512_and_si512(load_64_bytes(src.add(i), len), crumb);
+            let quads = _mm512_madd_epi16(_mm512_maddubs_epi16(c, w8), w16);
+            store_low_bytes32(dst.add(i / 4), len.div_ceil(4), quads);
+        },
+    );
+}
+
+/// 16 packed bytes to 64 codes per vector: each byte `b` widened to the 32-bit lane
+/// `b | b << 6 | b << 12 | b << 18` holds crumb `k` in the low bits of byte `k` once masked
+/// with `0x03030303` (`vpternlogd` 0xfe is `a | b | c`, 0xa8 is `(a | b) & c`); `vpshufb` with
+/// a 16-entry table sign-extends (or keeps) each crumb.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn unpack2_avx512(packed: &[u8], signed: bool, out: &mut [u8]) {
+    let (src, dst) = (packed.as_ptr(), out.as_mut_ptr());
+    let table = if signed { &SIGNED_CRUMBS } else { &IDENTITY };
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr().cast()));
+    let crumb = _mm512_set1_epi8(0x03);
+    // Reads packed[i / 4 .. (i + len).div_ceil(4)], within the `out.len().div_ceil(4)` bytes
+    // the wrapper checked.
+    three_way::<64>(
+        out.len(),
+        |_| {},
+        |i, _, len| {
+            let w = _mm512_cvtepu8_epi32(load_16_bytes(src.add(i / 4), len.div_ceil(4)));
+            let t = _mm512_ternarylogic_epi32::<0xfe>(
+                w,
+                _mm512_slli_epi32::<6>(w),
+                _mm512_slli_epi32::<12>(w),
+            );
+            let t = _mm512_ternarylogic_epi32::<0xa8>(t, _mm512_slli_epi32::<18>(w), crumb);
+            store_64_bytes(dst.add(i), len, _mm512_shuffle_epi8(table, t));
+        },
+    );
 }

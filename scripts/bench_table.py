@@ -3,6 +3,7 @@
     make bench                                        # writes .benchmarks/latest.json
     python scripts/bench_table.py                     # reads .benchmarks/latest.json
     python scripts/bench_table.py path/to/results.json > table.md
+    python scripts/bench_table.py --summary            # one row per group (the README's table)
 
 One row per benchmark, grouped as the benchmarks are (operation, shape, dtype). "G elem/s" is
 logical elements per second from the benchmark's median time; "x NumPy", "x ORT" and "x copy"
@@ -109,11 +110,58 @@ def table_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
     return cells
 
 
-def markdown(groups: Sequence[Sequence[Row]]) -> str:
+SUMMARY_COLUMNS = (
+    "operation",
+    "shape",
+    "dtype",
+    "qfast 1T",
+    "qfast all",
+    "NumPy",
+    "best ORT",
+    "copy",
+    "1T x NumPy",
+    "1T x ORT",
+    "1T time / copy",
+)
+
+
+def summary_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
+    """One row per group: G elem/s of each implementation, and qfast-on-one-thread's ratios."""
+    cells = []
+    for rows in groups:
+
+        def best(kind: str, threads: int | None = None, rows: Sequence[Row] = rows) -> float:
+            speeds = [
+                r.elem_per_s
+                for r in rows
+                if r.kind == kind and (threads is None or (r.threads == 1) == (threads == 1))
+            ]
+            return max(speeds, default=0.0)
+
+        one, many = best("qfast", 1), best("qfast", 2)
+        numpy, ort, copy = best("numpy"), best("ort"), best("copy")
+        r = rows[0]
+        cells.append(
+            [
+                r.operation,
+                r.shape,
+                r.dtype,
+                *(f"{v / 1e9:.2f}" if v else "-" for v in (one, many, numpy, ort, copy)),
+                _ratio(one, numpy),
+                _ratio(one, ort),
+                _ratio(copy, one),
+            ]
+        )
+    return cells
+
+
+def markdown(
+    groups: Sequence[Sequence[Row]], columns: Sequence[str] = COLUMNS, summary: bool = False
+) -> str:
     """A Markdown table, padded so that it also reads well as plain text."""
-    cells = table_cells(groups)
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
-    numeric = [False] * 4 + [True] * 4
+    cells = summary_cells(groups) if summary else table_cells(groups)
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [False] * (3 if summary else 4) + [True] * (len(columns) - (3 if summary else 4))
 
     def line(values: Sequence[str]) -> str:
         padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
@@ -124,7 +172,7 @@ def markdown(groups: Sequence[Sequence[Row]]) -> str:
         "-" * (w + 1) + ":" if num else ":" + "-" * (w + 1) for w, num in zip(widths, numeric)
     ]
     rule = "|" + "|".join(dashes) + "|"
-    return "\n".join([line(COLUMNS), rule, *(line(row) for row in cells)])
+    return "\n".join([line(columns), rule, *(line(row) for row in cells)])
 
 
 def describe_machine(machine_info: dict[str, Any]) -> str:
@@ -139,6 +187,8 @@ def describe_machine(machine_info: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    summary = "--summary" in args
+    args = [a for a in args if a != "--summary"]
     if len(args) > 1 or (args and args[0] in ("-h", "--help")):
         print(__doc__)
         return 2
@@ -154,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(describe_machine(data.get("machine_info") or {}))
     print()
-    print(markdown(groups))
+    if summary:
+        print(markdown(groups, SUMMARY_COLUMNS, summary=True))
+    else:
+        print(markdown(groups))
     return 0
 
 

@@ -189,3 +189,26 @@ def test_cpu_info():
     info = qfast.cpu_info()
     assert info["isa"] in info["available"]
     assert isinstance(info["features"], list)
+
+
+def test_dequantize_into_out():
+    x = RNG.standard_normal((6, 40)).astype(np.float32)
+    q = qfast.quantize(x, 4, group_size=16, symmetric=False)
+    out = np.full((6, 40), np.nan, np.float32)
+    assert qfast.dequantize(q, out=out) is out
+    np.testing.assert_array_equal(out, q.dequantize())
+    h = np.empty((6, 40), np.float16)
+    assert q.dequantize(np.float16, out=h) is h
+    np.testing.assert_array_equal(h, q.dequantize(np.float16))
+    b = np.empty((6, 40), ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(q.dequantize(ml_dtypes.bfloat16, out=b), q.dequantize(b.dtype))
+    with pytest.raises(ValueError, match="shape"):
+        q.dequantize(out=np.empty((6, 41), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        q.dequantize(out=np.empty((6, 40), np.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        q.dequantize(out=np.empty((40, 6), np.float32).T)
+    frozen = np.empty((6, 40), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        q.dequantize(out=frozen)

@@ -1,9 +1,9 @@
 """Results never depend on the thread count, nor on concurrent calls from Python threads.
 
 The kernels split work into tasks of 65536 elements (and go parallel from 2**19 elements on),
-so the tensors here (1024 x 1024, 3000 x 700, 40 x 60 x 300) are split into many tasks. Run as a script
-(``python test_threads.py OUT.npz``) this file saves its results from a fresh process, so that
-``QFAST_NUM_THREADS`` (read at import) is tested too.
+so the tensors here (1024 x 1024, 3000 x 700, 40 x 60 x 300) are split into many tasks. Run
+as a script (``python test_threads.py OUT.npz``) this file saves its results from a fresh
+process, so that ``QFAST_NUM_THREADS`` (read at import) is tested too.
 """
 
 from __future__ import annotations

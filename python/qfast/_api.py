@@ -171,16 +171,17 @@ def quantize(
     )
 
 
-def dequantize(q: QTensor, dtype: Any = np.float32) -> np.ndarray:
+def dequantize(q: QTensor, dtype: Any = np.float32, *, out: np.ndarray | None = None) -> np.ndarray:
     """``scale * (q - zero_point)`` per element, in float32 (or float16 / bfloat16).
 
     Args:
         q: a :class:`QTensor`.
         dtype: np.float32 (default), np.float16 or ml_dtypes.bfloat16.
+        out: an existing C-contiguous array of ``q.shape`` and ``dtype`` to write into.
     """
     if not isinstance(q, QTensor):
         raise TypeError(f"dequantize expects a QTensor, got {type(q).__name__}")
-    return q.dequantize(dtype)
+    return q.dequantize(dtype, out=out)
 
 
 def _lines(arr: np.ndarray) -> tuple[tuple[int, ...], int]:

@@ -43,6 +43,7 @@ def dequantize(
     zero_point: npt.NDArray[np.float32] | None,
     g_idx: npt.NDArray[np.int32] | None,
     dtype: str,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]: ...
 def pack(codes: npt.NDArray[np.uint8], n: int, bits: int) -> npt.NDArray[np.uint8]: ...
 def unpack(

@@ -176,15 +176,31 @@ class QTensor:
         """Average storage bits per logical element, scales and zero points included."""
         return 8.0 * self.nbytes / max(self.size, 1)
 
-    def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
+    def dequantize(self, dtype: Any = np.float32, *, out: np.ndarray | None = None) -> np.ndarray:
         """``scale * (q - zero_point)`` per element, computed in float32.
 
         Args:
             dtype: np.float32 (default), np.float16 or ml_dtypes.bfloat16 (rounded to
                 nearest even from the float32 result).
+            out: an existing C-contiguous, writeable array of this shape and dtype to write
+                into (saves allocating, and the OS zeroing, fresh memory on every call).
+
+        Returns:
+            The dequantized array (``out`` when given).
         """
         name = _dtype_name(dtype)
         self._check()  # fields are public and may have been reassigned
+        flat_out = None
+        if out is not None:
+            if not isinstance(out, np.ndarray) or out.dtype.name != name:
+                raise TypeError(f"out must be a {name} ndarray, got {getattr(out, 'dtype', out)}")
+            if out.shape != self.shape:
+                raise ValueError(f"out has shape {out.shape}, expected {self.shape}")
+            if not (out.flags.c_contiguous and out.flags.writeable and out.flags.aligned):
+                raise ValueError("out must be C-contiguous, aligned and writeable")
+            flat_out = out.reshape(-1)
+            if name != "float32":
+                flat_out = flat_out.view(np.uint16)
         zp = None if self.zero_point is None else np.ascontiguousarray(self.zero_point, np.float32)
         flat = _qfast.dequantize(
             np.ascontiguousarray(self.data).view(np.uint8).reshape(-1),
@@ -197,7 +213,10 @@ class QTensor:
             None if zp is None else zp.reshape(-1),
             self.g_idx,
             name,
+            flat_out,
         )
+        if out is not None:
+            return out
         out = flat.reshape(self.shape)
         if name == "float16":
             return out.view(np.float16)

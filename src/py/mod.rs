@@ -122,10 +122,12 @@ fn quantize_view<'py, T: Element>(
     ))
 }
 
-/// Dequantizes into a fresh NumPy array (huge pages, as above), with the GIL released.
+/// Dequantizes into `out` (a flat, contiguous, writeable array of `A`) or a fresh NumPy array
+/// (huge pages, as above), with the GIL released.
 fn dequantize_array<'py, A, O>(
     py: Python<'py>,
     q: &kernels::QuantizedRef,
+    out: Option<Bound<'py, PyAny>>,
     cast: impl FnOnce(&mut [A]) -> &mut [O],
 ) -> PyResult<Bound<'py, PyAny>>
 where
@@ -133,7 +135,12 @@ where
     O: kernels::OutElement,
 {
     q.scheme.validate(q.shape).map_err(to_py)?;
-    let out = PyArray1::<A>::zeros(py, q.shape.iter().product::<usize>(), false);
+    let out = match out {
+        Some(o) => o
+            .cast_into::<PyArray1<A>>()
+            .map_err(|e| PyTypeError::new_err(format!("out has the wrong type: {e}")))?,
+        None => PyArray1::<A>::zeros(py, q.shape.iter().product::<usize>(), false),
+    };
     {
         let mut rw = out.readwrite();
         let dst = cast(rw.as_slice_mut()?);
@@ -149,7 +156,7 @@ where
 /// Kernel entry of `qfast.dequantize` (use that instead). Returns a flat float32 array, or
 /// the uint16 bits of float16/bfloat16 values when `dtype` names those.
 #[pyfunction]
-#[pyo3(signature = (codes, shape, bits, signed, axis, group_size, scale, zero_point, g_idx, dtype))]
+#[pyo3(signature = (codes, shape, bits, signed, axis, group_size, scale, zero_point, g_idx, dtype, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn dequantize<'py>(
     py: Python<'py>,
@@ -163,6 +170,7 @@ fn dequantize<'py>(
     zero_point: Option<PyReadonlyArray1<'py, f32>>,
     g_idx: Option<PyReadonlyArray1<'py, i32>>,
     dtype: &str,
+    out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let q = kernels::QuantizedRef {
         codes: codes.as_slice()?,
@@ -173,9 +181,9 @@ fn dequantize<'py>(
         g_idx: g_idx.as_ref().map(|g| g.as_slice()).transpose()?,
     };
     match dtype {
-        "float32" => dequantize_array::<f32, f32>(py, &q, |d| d),
-        "float16" => dequantize_array::<u16, f16>(py, &q, |d| d.reinterpret_cast_mut()),
-        "bfloat16" => dequantize_array::<u16, bf16>(py, &q, |d| d.reinterpret_cast_mut()),
+        "float32" => dequantize_array::<f32, f32>(py, &q, out, |d| d),
+        "float16" => dequantize_array::<u16, f16>(py, &q, out, |d| d.reinterpret_cast_mut()),
+        "bfloat16" => dequantize_array::<u16, bf16>(py, &q, out, |d| d.reinterpret_cast_mut()),
         other => Err(PyTypeError::new_err(format!(
             "cannot dequantize to {other}; pass float32, float16 or bfloat16"
         ))),

@@ -78,7 +78,8 @@ def run_bench(benchmark: Any, all_threads: int) -> Callable[..., Any]:
     """Times `fn` in its operation's group and records what the summary table needs.
 
     Call as ``run_bench(fn, op=, scheme=, shape=, dtype=, impl=, kind=, threads=None, **info)``;
-    ``kind`` is qfast, numpy, ort or copy; ``threads`` sets qfast's pool for this benchmark.
+    ``kind`` is qfast, qfast_out (into a reused array), numpy, ort or copy; ``threads`` sets
+    qfast's pool for this benchmark.
     Returns ``fn``'s result (with --benchmark-disable, ``fn`` runs exactly once).
     """
 

@@ -37,7 +37,7 @@ SCHEMES = {
     "int4_g128_sym": Scheme("int4 g128 sym packed", 4, True, group_size=128),
     "int4_g128_asym": Scheme("int4 g128 asym packed", 4, False, group_size=128),
 }
-IMPLS = ("qfast_1t", "qfast_all", "numpy", "ort_axis0", "ort_block128", "copy")
+IMPLS = ("qfast_1t", "qfast_all", "qfast_1t_out", "numpy", "ort_axis0", "ort_block128", "copy")
 CASES = [
     pytest.param((scheme_id, impl), id=f"{scheme_id}-{impl}")
     for scheme_id, scheme in SCHEMES.items()
@@ -157,6 +157,16 @@ def test_dequantize(
         threads = 1 if impl == "qfast_1t" else all_threads
         label = f"qfast {threads} thread" + ("s" if threads > 1 else "")
         run_bench(lambda: qt.dequantize(dtype), impl=label, kind="qfast", threads=threads, **common)
+    elif impl == "qfast_1t_out":
+        # Into a reused array, as ONNX Runtime's IO binding does: no fresh pages to fault in.
+        buf = np.empty(qt.shape, qt.dequantize(dtype).dtype)
+        run_bench(
+            lambda: qt.dequantize(dtype, out=buf),
+            impl="qfast 1 thread, out=",
+            kind="qfast_out",
+            threads=1,
+            **common,
+        )
     elif impl == "numpy":
         got = run_bench(lambda: numpy_dequantize(qt, dtype), impl="NumPy", kind="numpy", **common)
         assert_array_equal(got, qt.dequantize(dtype))

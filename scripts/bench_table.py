@@ -25,7 +25,7 @@ from typing import Any
 
 DEFAULT_JSON = Path(".benchmarks/latest.json")
 COLUMNS = ("operation", "shape", "dtype", "impl", "G elem/s", "x NumPy", "x ORT", "x copy")
-_KIND_ORDER = {"qfast": 0, "numpy": 1, "ort": 2, "copy": 3}
+_KIND_ORDER = {"qfast": 0, "qfast_out": 0, "numpy": 1, "ort": 2, "copy": 3}
 _OP_ORDER = {"quantize": 0, "dequantize": 1}
 
 
@@ -116,6 +116,7 @@ SUMMARY_COLUMNS = (
     "dtype",
     "qfast 1T",
     "qfast all",
+    "1T out=",
     "NumPy",
     "best ORT",
     "copy",
@@ -138,7 +139,7 @@ def summary_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
             ]
             return max(speeds, default=0.0)
 
-        one, many = best("qfast", 1), best("qfast", 2)
+        one, many, into = best("qfast", 1), best("qfast", 2), best("qfast_out")
         numpy, ort, copy = best("numpy"), best("ort"), best("copy")
         r = rows[0]
         cells.append(
@@ -146,7 +147,7 @@ def summary_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
                 r.operation,
                 r.shape,
                 r.dtype,
-                *(f"{v / 1e9:.2f}" if v else "-" for v in (one, many, numpy, ort, copy)),
+                *(f"{v / 1e9:.2f}" if v else "-" for v in (one, many, into, numpy, ort, copy)),
                 _ratio(one, numpy),
                 _ratio(one, ort),
                 _ratio(copy, one),

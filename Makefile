@@ -30,12 +30,13 @@ test: test-rust test-python ## the whole test suite
 check-stubs: build-dev ## the .pyi stubs against the compiled module
 	$(BIN)/python -m mypy.stubtest qfast._qfast --allowlist .ci/stubtest-allowlist.txt
 
-lint: install ## formatting, clippy, ruff, stubs
+lint: install ## formatting, clippy, ruff, mypy, stubs
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
+	$(BIN)/python -m mypy python/qfast
 	$(MAKE) check-stubs
 
 check-aarch64: ## the kernels' tests for aarch64 under QEMU (NEON with and without dotprod)

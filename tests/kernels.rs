@@ -11,7 +11,7 @@
 //! Codes of NaN inputs are unspecified: the call must not crash, their bytes are not compared.
 
 use qfast::kernels::params::code_range;
-use qfast::simd::{self, scalar, Isa, Kernels, QParams};
+use qfast::simd::{self, scalar, Isa, Kernels, MinMax, QParams};
 use std::fmt::Debug;
 use std::process::exit;
 
@@ -119,6 +119,11 @@ impl<T: Copy + PartialEq + Debug> Out<T> {
 
 const BYTE_FILL: u8 = 0xa5;
 const F32_FILL: f32 = -1.2345e-7;
+const MINMAX_FILL: MinMax = MinMax {
+    min: F32_FILL,
+    max: F32_FILL,
+    finite: false,
+};
 
 /// One path under test, with its counters.
 struct Check<'a> {
@@ -320,6 +325,82 @@ impl Check<'_> {
             |i| x[i].is_nan(),
             show,
         );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // minmax_groups, quantize_groups
+
+    /// `minmax_groups` against the oracle's and against this path's `minmax` group by group.
+    fn minmax_groups(&mut self, x: &[f32], group_size: usize) {
+        let n = x.len();
+        let groups = n.div_ceil(group_size);
+        let mut expected = vec![MinMax::EMPTY; groups];
+        scalar::minmax_groups(x, group_size, &mut expected);
+        let composed: Vec<MinMax> = x.chunks(group_size).map(|g| (self.k.minmax)(g)).collect();
+        let off = self.off();
+        let buf = placed(x, off, f32::NAN);
+        let mut out = Out::new(groups, self.off(), MINMAX_FILL);
+        (self.k.minmax_groups)(&buf[off..off + n], group_size, out.slice());
+        let kernel = format!("minmax_groups (group_size {group_size})");
+        self.guards(&kernel, &out, MINMAX_FILL);
+        for (what, reference) in [("scalar", &expected), ("per-slice minmax", &composed)] {
+            for (g, (e, got)) in reference.iter().zip(out.got()).enumerate() {
+                let same =
+                    e.finite == got.finite && (!e.finite || (e.min == got.min && e.max == got.max));
+                if !same || e.finite != expected[g].finite {
+                    let what = format!("group {g}: expected ({what}) {e:?}, got {got:?}");
+                    self.fail(&kernel, n, &what);
+                }
+                self.values += 1;
+            }
+        }
+        self.calls += 1;
+    }
+
+    /// `quantize_groups` against the oracle's and against this path's `quantize` group by
+    /// group.
+    fn quantize_groups(&mut self, x: &[f32], group_size: usize, grid: &[QParams]) {
+        let n = x.len();
+        let mut expected = vec![0u8; n];
+        scalar::quantize_groups(x, group_size, grid, &mut expected);
+        let mut composed = vec![0u8; n];
+        let pieces = x.chunks(group_size).zip(composed.chunks_mut(group_size));
+        for ((g, o), p) in pieces.zip(grid) {
+            (self.k.quantize)(g, p, o);
+        }
+        let (o1, o2) = (self.off(), self.off());
+        let bx = placed(x, o1, f32::NAN);
+        let bg = placed(
+            grid,
+            o2,
+            QParams {
+                scale: f32::NAN,
+                zero_point: 0,
+                qmin: 0,
+                qmax: 0,
+            },
+        );
+        let mut out = Out::new(n, self.off(), BYTE_FILL);
+        (self.k.quantize_groups)(
+            &bx[o1..o1 + n],
+            group_size,
+            &bg[o2..o2 + grid.len()],
+            out.slice(),
+        );
+        let kernel = format!("quantize_groups (group_size {group_size})");
+        self.guards(&kernel, &out, BYTE_FILL);
+        let show = |i: usize| {
+            let p = grid[i / group_size];
+            format!(
+                "group {}, x = {:e} ({:#010x}), {p:?}",
+                i / group_size,
+                x[i],
+                x[i].to_bits()
+            )
+        };
+        self.compare(&kernel, &expected, out.got(), |i| x[i].is_nan(), show);
+        let kernel = format!("{kernel} vs per-slice quantize");
+        self.compare(&kernel, &composed, out.got(), |i| x[i].is_nan(), show);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -699,6 +780,10 @@ fn minmax_data(rng: &mut Rng, kind: usize, n: usize) -> Vec<f32> {
     }
 }
 
+const GROUP_SIZES: [usize; 16] = [
+    1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 128, 129, 256,
+];
+
 const NONFINITE: [f32; 5] = [
     f32::NAN,
     f32::INFINITY,
@@ -885,6 +970,65 @@ fn run(isa: Isa) -> (u64, u64) {
     ] {
         c.dequantize(&all, false, scale, zp);
         c.dequantize(&all, true, scale, zp);
+    }
+
+    // The group kernels: every group size around the vector widths and unrolled blocks, whole
+    // and ragged last groups, a grid per group (bits, sign, zero point and scale all vary),
+    // and groups with NaN or ±Inf among finite ones.
+    for group_size in GROUP_SIZES {
+        let mut lengths = vec![0, 1, group_size, 2 * group_size, 5 * group_size];
+        lengths.extend([
+            group_size + 1,
+            3 * group_size - 1,
+            4 * group_size + group_size / 2,
+        ]);
+        lengths.push(c.rng.below(6 * group_size + 40));
+        if group_size < 64 {
+            lengths.push(40 * group_size + c.rng.below(group_size));
+        }
+        for (step, &n) in lengths.iter().enumerate() {
+            let groups = n.div_ceil(group_size);
+            let mut grid = Vec::with_capacity(groups);
+            let mut x = Vec::with_capacity(n);
+            for g in 0..groups {
+                let bits = c.rng.int(2, 8) as u32;
+                let signed = c.rng.chance(2);
+                let mut p = random_params(&mut c.rng, bits, signed);
+                if c.rng.chance(2) {
+                    p.scale = wide_scale(&mut c.rng);
+                }
+                let len = group_size.min(n - g * group_size);
+                let kind = c.rng.below(QUANT_KINDS + 2);
+                let data = if kind < QUANT_KINDS {
+                    quant_data(&mut c.rng, kind, len, &p)
+                } else {
+                    tie_data(&mut c.rng, &p, len, kind == QUANT_KINDS)
+                };
+                x.extend(data);
+                grid.push(p);
+            }
+            c.quantize_groups(&x, group_size, &grid);
+
+            let mut x: Vec<f32> = (0..groups)
+                .flat_map(|g| {
+                    let len = group_size.min(n - g * group_size);
+                    minmax_data(&mut c.rng, step + g, len)
+                })
+                .collect();
+            c.minmax_groups(&x, group_size);
+            for g in 0..groups {
+                if c.rng.chance(3) {
+                    let start = g * group_size;
+                    let i = start + c.rng.below(group_size.min(n - start));
+                    x[i] = c.rng.pick(&NONFINITE);
+                }
+            }
+            c.minmax_groups(&x, group_size);
+            // One grid for every group equals `quantize` of the whole slice.
+            let p = random_params(&mut c.rng, 4, step % 2 == 0);
+            let x = quant_data(&mut c.rng, step % QUANT_KINDS, n, &p);
+            c.quantize_groups(&x, group_size, &vec![p; groups]);
+        }
     }
 
     // A non-finite value at every position, of every kind, for the lengths around the

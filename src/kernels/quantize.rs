@@ -184,6 +184,15 @@ fn first_stop(results: Vec<TaskResult>) -> TaskResult {
     results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
 }
 
+/// Per-task buffers of the fused sweeps: a line converted to float32, its unpacked codes, and
+/// the statistics of its groups.
+#[derive(Default)]
+struct Scratch {
+    line: Vec<f32>,
+    codes: Vec<u8>,
+    stats: Vec<MinMax>,
+}
+
 struct Run<'r, 'a, T> {
     x: &'r Strided<'a, T>,
     k: &'static Kernels,
@@ -237,16 +246,15 @@ impl<T: Element> Run<'_, '_, T> {
         let results = parallel::map(items, self.x.len(), |(t, (codes, grid))| {
             let first = t * per_task;
             let count = per_task.min(blocks - first);
-            let mut buf = Vec::new();
-            let mut scratch = Vec::new();
+            let mut s = Scratch::default();
             for b in 0..count {
                 let lines = (first + b) * block_lines..(first + b + 1) * block_lines;
                 let codes = &mut codes[b * block_lines * lb..(b + 1) * block_lines * lb];
                 let grid = &mut grid[b * u.groups..(b + 1) * u.groups];
                 if block_lines == 1 {
-                    self.fused_line(lines.start, grid, computed, &mut buf, &mut scratch, codes)?;
+                    self.fused_line(lines.start, grid, computed, &mut s, codes)?;
                 } else {
-                    self.fused_block(lines, &mut grid[0], computed, &mut buf, &mut scratch, codes)?;
+                    self.fused_block(lines, &mut grid[0], computed, &mut s, codes)?;
                 }
             }
             Ok(())
@@ -255,40 +263,45 @@ impl<T: Element> Run<'_, '_, T> {
         first_stop(results)
     }
 
-    /// One line, one grid entry per group.
+    /// One line, one grid entry per group: the statistics of all its groups in one kernel
+    /// call, their grids, then the codes of all its groups in one call. The groups are checked
+    /// in order, as a group-by-group loop would stop: the first non-finite group, or the first
+    /// grid that cannot be computed, ends the task.
     fn fused_line(
         &self,
         l: usize,
         grid: &mut [QParams],
         computed: bool,
-        buf: &mut Vec<f32>,
-        scratch: &mut Vec<u8>,
+        s: &mut Scratch,
         out: &mut [u8],
     ) -> TaskResult {
         let u = self.units;
-        let line = self.x.line(l, buf);
-        let packed = self.scheme.codes_per_byte() > 1;
-        if packed {
-            scratch.resize(u.n, 0);
+        let line = self.x.line(l, &mut s.line);
+        if line.is_empty() {
+            // A per-channel line of no elements (`group_size` 0): one grid of empty stats.
+            if computed {
+                for p in grid.iter_mut() {
+                    *p = self.grid(MinMax::EMPTY)?;
+                }
+            }
+            return Ok(());
         }
-        for (j, p) in grid.iter_mut().enumerate() {
-            let seg = j * u.group_size..((j + 1) * u.group_size).min(u.n);
-            let stats = (self.k.minmax)(&line[seg.clone()]);
+        s.stats.resize(grid.len(), MinMax::EMPTY);
+        (self.k.minmax_groups)(line, u.group_size, &mut s.stats);
+        for (p, stats) in grid.iter_mut().zip(&s.stats) {
             if !stats.finite {
                 return Err(Stop::NonFinite);
             }
             if computed {
-                *p = self.grid(stats)?;
+                *p = self.grid(*stats)?;
             }
-            let dst = if packed {
-                &mut scratch[seg.clone()]
-            } else {
-                &mut out[seg.clone()]
-            };
-            (self.k.quantize)(&line[seg], p, dst);
         }
-        if packed {
-            self.pack(scratch, out);
+        if self.scheme.codes_per_byte() > 1 {
+            s.codes.resize(u.n, 0);
+            (self.k.quantize_groups)(line, u.group_size, grid, &mut s.codes);
+            self.pack(&s.codes, out);
+        } else {
+            (self.k.quantize_groups)(line, u.group_size, grid, out);
         }
         Ok(())
     }
@@ -299,13 +312,12 @@ impl<T: Element> Run<'_, '_, T> {
         lines: std::ops::Range<usize>,
         p: &mut QParams,
         computed: bool,
-        buf: &mut Vec<f32>,
-        scratch: &mut Vec<u8>,
+        s: &mut Scratch,
         out: &mut [u8],
     ) -> TaskResult {
         let mut stats = MinMax::EMPTY;
         for l in lines.clone() {
-            stats = stats.merge((self.k.minmax)(self.x.line(l, buf)));
+            stats = stats.merge((self.k.minmax)(self.x.line(l, &mut s.line)));
         }
         if !stats.finite {
             return Err(Stop::NonFinite);
@@ -315,8 +327,8 @@ impl<T: Element> Run<'_, '_, T> {
         }
         let lb = self.scheme.line_bytes(self.units.n);
         for (i, l) in lines.enumerate() {
-            let line = self.x.line(l, buf);
-            self.emit(line, p, scratch, &mut out[i * lb..(i + 1) * lb]);
+            let line = self.x.line(l, &mut s.line);
+            self.emit(line, p, &mut s.codes, &mut out[i * lb..(i + 1) * lb]);
         }
         Ok(())
     }

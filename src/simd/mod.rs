@@ -189,6 +189,9 @@ pub struct QParams {
 pub type QuantizeLanes =
     fn(x: &[f32], scale: &[f32], zero_point: &[i32], qmin: i32, qmax: i32, out: &mut [u8]);
 
+/// `quantize_groups(x, group_size, grid, out)`.
+pub type QuantizeGroups = fn(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]);
+
 /// `dequantize_lanes(codes, signed, scale, zero_point, out)`.
 pub type DequantizeLanes =
     fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]);
@@ -206,6 +209,14 @@ pub struct Kernels {
     pub quantize: fn(x: &[f32], p: &QParams, out: &mut [u8]),
     /// As `quantize`, with a scale and zero point per element.
     pub quantize_lanes: QuantizeLanes,
+    /// `minmax` of each run of `group_size` consecutive elements of `x` (the last run may be
+    /// shorter): `out[g]` covers `x[g * group_size..]`. `group_size >= 1` and
+    /// `out.len() == x.len().div_ceil(group_size)`.
+    pub minmax_groups: fn(x: &[f32], group_size: usize, out: &mut [MinMax]),
+    /// `quantize` of each run of `group_size` consecutive elements of `x` (grouped as in
+    /// `minmax_groups`) with its own grid `grid[g]`. `group_size >= 1`,
+    /// `grid.len() == x.len().div_ceil(group_size)` and `out.len() == x.len()`.
+    pub quantize_groups: QuantizeGroups,
     /// `out[i] = (q[i] - zero_point) * scale` in float32, `q` read as i8 when `signed`.
     pub dequantize: fn(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]),
     /// As `dequantize`, with a scale and zero point per element.
@@ -219,6 +230,46 @@ pub struct Kernels {
     pub pack2: fn(codes: &[u8], out: &mut [u8]),
     /// Unpacks `out.len()` 2-bit codes (sign-extended when `signed`).
     pub unpack2: fn(packed: &[u8], signed: bool, out: &mut [u8]),
+}
+
+/// Panics unless `groups` runs of `group_size >= 1` cover `n` elements, the last one possibly
+/// shorter: the contract of `minmax_groups` and `quantize_groups`, checked by every path.
+#[inline]
+pub fn check_groups(n: usize, group_size: usize, groups: usize) {
+    assert!(group_size > 0, "group_size must be at least 1");
+    assert_eq!(groups, n.div_ceil(group_size), "one entry per group");
+}
+
+/// `minmax_groups` as a loop over a per-slice `minmax`: the scalar path's kernel, and the
+/// NEON path's (its per-group overhead is one direct, inlinable call).
+#[inline(always)]
+pub fn minmax_groups_with(
+    minmax: impl Fn(&[f32]) -> MinMax,
+    x: &[f32],
+    group_size: usize,
+    out: &mut [MinMax],
+) {
+    check_groups(x.len(), group_size, out.len());
+    for (o, g) in out.iter_mut().zip(x.chunks(group_size)) {
+        *o = minmax(g);
+    }
+}
+
+/// `quantize_groups` as a loop over a per-slice `quantize`, as [`minmax_groups_with`].
+#[inline(always)]
+pub fn quantize_groups_with(
+    quantize: impl Fn(&[f32], &QParams, &mut [u8]),
+    x: &[f32],
+    group_size: usize,
+    grid: &[QParams],
+    out: &mut [u8],
+) {
+    check_groups(x.len(), group_size, grid.len());
+    assert_eq!(x.len(), out.len());
+    let groups = x.chunks(group_size).zip(out.chunks_mut(group_size));
+    for ((g, o), p) in groups.zip(grid) {
+        quantize(g, p, o);
+    }
 }
 
 #[cfg(test)]

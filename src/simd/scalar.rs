@@ -8,6 +8,8 @@ pub const KERNELS: Kernels = Kernels {
     minmax_lanes,
     quantize,
     quantize_lanes,
+    minmax_groups,
+    quantize_groups,
     dequantize,
     dequantize_lanes,
     pack4,
@@ -76,6 +78,14 @@ pub fn quantize_lanes(
     for i in 0..x.len() {
         out[i] = quantize_one(x[i], scale[i], zero_point[i], qmin, qmax);
     }
+}
+
+pub fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    super::minmax_groups_with(minmax, x, group_size, out);
+}
+
+pub fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    super::quantize_groups_with(quantize, x, group_size, grid, out);
 }
 
 #[inline(always)]

@@ -29,6 +29,8 @@ pub const KERNELS: Kernels = Kernels {
     minmax_lanes,
     quantize,
     quantize_lanes,
+    minmax_groups,
+    quantize_groups,
     dequantize,
     dequantize_lanes,
     pack4,
@@ -75,6 +77,16 @@ fn quantize_lanes(
 ) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { quantize_lanes_neon(x, scale, zero_point, qmin, qmax, out) }
+}
+
+/// Composed from the per-slice kernel: a direct call per group.
+fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    crate::simd::minmax_groups_with(minmax, x, group_size, out);
+}
+
+/// Composed from the per-slice kernel: a direct call per group.
+fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    crate::simd::quantize_groups_with(quantize, x, group_size, grid, out);
 }
 
 fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {

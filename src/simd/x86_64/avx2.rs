@@ -20,6 +20,8 @@ pub const KERNELS: Kernels = Kernels {
     minmax_lanes,
     quantize,
     quantize_lanes,
+    minmax_groups,
+    quantize_groups,
     dequantize,
     dequantize_lanes,
     pack4,
@@ -184,13 +186,26 @@ fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
         return scalar::quantize(x, p, out);
     }
     // SAFETY: the CPU has AVX2; `out` is as long as `x`.
-    unsafe {
-        match Reciprocal::new(p) {
-            Some(rcp) if rcp.signed => quantize_rcp_avx2::<true>(x, p, rcp, out),
-            Some(rcp) => quantize_rcp_avx2::<false>(x, p, rcp, out),
-            None => quantize_div_avx2(x, p, out),
-        }
+    unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
+}
+
+fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    crate::simd::check_groups(x.len(), group_size, out.len());
+    if !cpu_ok() {
+        return scalar::minmax_groups(x, group_size, out);
     }
+    // SAFETY: the CPU has AVX2; `out` holds one entry per group of `group_size >= 1`.
+    unsafe { minmax_groups_avx2(x, group_size, out) }
+}
+
+fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    crate::simd::check_groups(x.len(), group_size, grid.len());
+    assert_eq!(x.len(), out.len());
+    if !cpu_ok() {
+        return scalar::quantize_groups(x, group_size, grid, out);
+    }
+    // SAFETY: the CPU has AVX2; `out` is as long as `x`, `grid` has one entry per group.
+    unsafe { quantize_groups_avx2(x, group_size, grid, out) }
 }
 
 fn quantize_lanes(
@@ -433,6 +448,7 @@ unsafe fn table(signed: bool, signed_table: &[u8; 16]) -> __m256i {
 // `n` is the common length the wrapper checked; the scalar oracle finishes from `i`.
 
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn minmax_avx2(x: &[f32]) -> MinMax {
     let n = x.len();
     let p = x.as_ptr();
@@ -472,6 +488,36 @@ unsafe fn minmax_avx2(x: &[f32]) -> MinMax {
     body.merge(scalar::minmax(&x[i..]))
 }
 
+/// `minmax_avx2` of each group in one call: no dispatch, and the per-group body inlines.
+#[target_feature(enable = "avx2")]
+unsafe fn minmax_groups_avx2(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    for (o, g) in out.iter_mut().zip(x.chunks(group_size)) {
+        *o = minmax_avx2(g);
+    }
+}
+
+/// `quantize` of one grid, by the reciprocal where [`Reciprocal::new`] allows; `pf` is the
+/// prefetch distance in bytes. The caller must have AVX2 and `out` as long as `x`.
+#[inline(always)]
+unsafe fn quantize_one_grid(x: &[f32], p: &QParams, out: &mut [u8], pf: usize) {
+    match Reciprocal::new(p) {
+        Some(rcp) if rcp.signed => quantize_rcp_avx2::<true>(x, p, rcp, out, pf),
+        Some(rcp) => quantize_rcp_avx2::<false>(x, p, rcp, out, pf),
+        None => quantize_div_avx2(x, p, out, pf),
+    }
+}
+
+/// `quantize` of each group with its grid, prefetching one whole `x` ahead (see
+/// `quantize_groups_avx512`).
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_groups_avx2(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    let pf = prefetch_distance(x.len());
+    let groups = x.chunks(group_size).zip(out.chunks_mut(group_size));
+    for ((g, o), p) in groups.zip(grid) {
+        quantize_one_grid(g, p, o, pf);
+    }
+}
+
 #[target_feature(enable = "avx2")]
 unsafe fn minmax_lanes_avx2(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     let n = x.len();
@@ -502,9 +548,11 @@ unsafe fn minmax_lanes_avx2(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool
     body && tail
 }
 
-/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`.
+/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`; `pf` is the
+/// prefetch distance in bytes.
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_div_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
+#[inline]
+unsafe fn quantize_div_avx2(x: &[f32], p: &QParams, out: &mut [u8], pf: usize) {
     let n = x.len();
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
     let scale = _mm256_set1_ps(p.scale);
@@ -518,7 +566,6 @@ unsafe fn quantize_div_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
         };
     }
     let mut i = 0;
-    let pf = prefetch_distance(n);
     // Four independent divisions in flight hide vdivps' latency.
     while i + 32 <= n {
         prefetch(src.add(i), pf);
@@ -538,13 +585,15 @@ unsafe fn quantize_div_avx2(x: &[f32], p: &QParams, out: &mut [u8]) {
 /// Blocks of four vectors test `t = min(y, 2^30)` of their 32 lanes at once and are recomputed
 /// with the division if any is near a tie; [`Pack32`] clamps and packs their codes. The
 /// vectors after the last block test `t = clamp(y, lo, hi)` and are recomputed one at a time;
-/// the scalar oracle finishes. `SIGNED` is `rcp.signed`.
+/// the scalar oracle finishes. `SIGNED` is `rcp.signed`; `pf` is the prefetch distance in bytes.
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn quantize_rcp_avx2<const SIGNED: bool>(
     x: &[f32],
     p: &QParams,
     rcp: Reciprocal,
     out: &mut [u8],
+    pf: usize,
 ) {
     let n = x.len();
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
@@ -562,7 +611,6 @@ unsafe fn quantize_rcp_avx2<const SIGNED: bool>(
         };
     }
     let mut i = 0;
-    let pf = prefetch_distance(n);
     while i + 32 <= n {
         prefetch(src.add(i), pf);
         prefetch(src.add(i), pf + 64);

@@ -28,6 +28,8 @@ pub const KERNELS: Kernels = Kernels {
     minmax_lanes,
     quantize,
     quantize_lanes,
+    minmax_groups,
+    quantize_groups,
     dequantize,
     dequantize_lanes,
     pack4,
@@ -84,13 +86,26 @@ fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
         return scalar::quantize(x, p, out);
     }
     // SAFETY: the CPU has AVX-512; `out` is as long as `x`.
-    unsafe {
-        match Reciprocal::new(p) {
-            Some(rcp) if rcp.signed => quantize_rcp_avx512::<true>(x, p, rcp, out),
-            Some(rcp) => quantize_rcp_avx512::<false>(x, p, rcp, out),
-            None => quantize_div_avx512(x, p, out),
-        }
+    unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
+}
+
+fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    crate::simd::check_groups(x.len(), group_size, out.len());
+    if !cpu_ok() {
+        return scalar::minmax_groups(x, group_size, out);
     }
+    // SAFETY: the CPU has AVX-512; `out` holds one entry per group of `group_size >= 1`.
+    unsafe { minmax_groups_avx512(x, group_size, out) }
+}
+
+fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    crate::simd::check_groups(x.len(), group_size, grid.len());
+    assert_eq!(x.len(), out.len());
+    if !cpu_ok() {
+        return scalar::quantize_groups(x, group_size, grid, out);
+    }
+    // SAFETY: the CPU has AVX-512; `out` is as long as `x`, `grid` has one entry per group.
+    unsafe { quantize_groups_avx512(x, group_size, grid, out) }
 }
 
 fn quantize_lanes(
@@ -472,6 +487,72 @@ unsafe fn minmax_avx512(x: &[f32]) -> MinMax {
     }
 }
 
+/// `minmax_avx512` of each group in one pass: the accumulators are reset at each group start
+/// and reduced at its end; a short or ragged group ends in one masked vector.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn minmax_groups_avx512(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+    let p = x.as_ptr();
+    for (g, o) in out.iter_mut().enumerate() {
+        let start = g * group_size;
+        let q = p.add(start);
+        let mut mn = [_mm512_set1_ps(f32::INFINITY); 4];
+        let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        let mut bad: __mmask16 = 0;
+        // Reads `x[start..start + len]`, within `x`: the last group is the shorter one.
+        three_way::<16>(
+            group_size.min(x.len() - start),
+            |i| prefetch_block(q.add(i), STREAM_AHEAD),
+            |i, j, len| {
+                let v = load_ps(q.add(i), len);
+                let k = low_bits(len) as __mmask16;
+                mn[j] = _mm512_mask_min_ps(mn[j], k, mn[j], v);
+                mx[j] = _mm512_mask_max_ps(mx[j], k, mx[j], v);
+                bad |= nonfinite(v);
+            },
+        );
+        let mn = _mm512_min_ps(_mm512_min_ps(mn[0], mn[1]), _mm512_min_ps(mn[2], mn[3]));
+        let mx = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
+        *o = MinMax {
+            min: hmin(mn),
+            max: hmax(mx),
+            finite: bad == 0,
+        };
+    }
+}
+
+/// `quantize` of one grid, by the reciprocal where [`Reciprocal::new`] allows; `pf` is the
+/// prefetch distance in bytes. The caller must have AVX-512 and `out` as long as `x`.
+#[inline(always)]
+unsafe fn quantize_one_grid(x: &[f32], p: &QParams, out: &mut [u8], pf: usize) {
+    match Reciprocal::new(p) {
+        Some(rcp) if rcp.signed => quantize_rcp_avx512::<true>(x, p, rcp, out, pf),
+        Some(rcp) => quantize_rcp_avx512::<false>(x, p, rcp, out, pf),
+        None => quantize_div_avx512(x, p, out, pf),
+    }
+}
+
+/// `quantize` of each group with its grid. The prefetches run one whole `x` ahead (at most
+/// 128 KiB, see `prefetch_distance`): a caller that quantizes a line after taking its groups'
+/// statistics finds it in cache and fetches the next line meanwhile, as per channel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn quantize_groups_avx512(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+    let pf = prefetch_distance(x.len());
+    let groups = x.chunks(group_size).zip(out.chunks_mut(group_size));
+    for ((g, o), p) in groups.zip(grid) {
+        // Groups of whole blocks (`group_size` 64, 128, ...) run straight-line here; the others,
+        // and the division fallback, through the per-slice kernel.
+        match Reciprocal::new(p) {
+            Some(rcp) if g.len() % 64 == 0 && rcp.signed => {
+                rcp_blocks::<true>(g, p, rcp, o, pf);
+            }
+            Some(rcp) if g.len() % 64 == 0 => {
+                rcp_blocks::<false>(g, p, rcp, o, pf);
+            }
+            _ => quantize_one_grid(g, p, o, pf),
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 unsafe fn minmax_lanes_avx512(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     let (p, lo, hi) = (x.as_ptr(), min.as_mut_ptr(), max.as_mut_ptr());
@@ -492,16 +573,17 @@ unsafe fn minmax_lanes_avx512(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bo
     bad == 0
 }
 
-/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`.
+/// `quantize` with `vdivps`, the correctly rounded quotient like the oracle's `/`; `pf` is the
+/// prefetch distance in bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn quantize_div_avx512(x: &[f32], p: &QParams, out: &mut [u8]) {
+#[inline]
+unsafe fn quantize_div_avx512(x: &[f32], p: &QParams, out: &mut [u8], pf: usize) {
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
     let scale = _mm512_set1_ps(p.scale);
     // The oracle's bounds, computed the same way.
     let lo = _mm512_set1_ps((p.qmin - p.zero_point) as f32);
     let hi = _mm512_set1_ps((p.qmax - p.zero_point) as f32);
     let zp = _mm512_set1_epi32(p.zero_point);
-    let pf = prefetch_distance(x.len());
     three_way::<16>(
         x.len(),
         |i| prefetch_block(src.add(i), pf),
@@ -512,29 +594,22 @@ unsafe fn quantize_div_avx512(x: &[f32], p: &QParams, out: &mut [u8]) {
     );
 }
 
-/// `quantize` by the reciprocal (see [`Reciprocal`] for why the codes are the oracle's).
-/// Blocks of four vectors test `t = y` of their 64 lanes at once and are recomputed with the
-/// division if any is near a tie; [`Pack64`] clamps and packs their codes. The vectors after
-/// the last block test `t = clamp(y, lo, hi)` and are recomputed one at a time. `SIGNED` is
-/// `rcp.signed`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn quantize_rcp_avx512<const SIGNED: bool>(
+/// The whole blocks of 64 elements of `quantize_rcp_avx512` (see there); returns how many
+/// elements they covered. The caller must have AVX-512 and `out` as long as `x`.
+#[inline(always)]
+unsafe fn rcp_blocks<const SIGNED: bool>(
     x: &[f32],
     p: &QParams,
     rcp: Reciprocal,
     out: &mut [u8],
-) {
+    pf: usize,
+) -> usize {
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
     let (r, scale) = (_mm512_set1_ps(rcp.r), _mm512_set1_ps(p.scale));
     let near = _mm512_set1_ps(rcp.near);
-    let lo = _mm512_set1_ps((p.qmin - p.zero_point) as f32);
-    let hi = _mm512_set1_ps((p.qmax - p.zero_point) as f32);
-    let zp = _mm512_set1_epi32(p.zero_point);
     let pack = Pack64::new(p);
-    let pf = prefetch_distance(x.len());
-    let n = x.len();
     let mut i = 0;
-    while i + 64 <= n {
+    while i + 64 <= x.len() {
         prefetch_block(src.add(i), pf);
         let mut x = [_mm512_setzero_ps(); 4];
         let mut y = x;
@@ -550,6 +625,31 @@ unsafe fn quantize_rcp_avx512<const SIGNED: bool>(
         _mm512_storeu_si512(dst.add(i).cast(), pack.codes::<SIGNED>(y));
         i += 64;
     }
+    i
+}
+
+/// `quantize` by the reciprocal (see [`Reciprocal`] for why the codes are the oracle's).
+/// Blocks of four vectors test `t = y` of their 64 lanes at once and are recomputed with the
+/// division if any is near a tie; [`Pack64`] clamps and packs their codes. The vectors after
+/// the last block test `t = clamp(y, lo, hi)` and are recomputed one at a time. `SIGNED` is
+/// `rcp.signed`; `pf` is the prefetch distance in bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+#[inline]
+unsafe fn quantize_rcp_avx512<const SIGNED: bool>(
+    x: &[f32],
+    p: &QParams,
+    rcp: Reciprocal,
+    out: &mut [u8],
+    pf: usize,
+) {
+    let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
+    let (r, scale) = (_mm512_set1_ps(rcp.r), _mm512_set1_ps(p.scale));
+    let near = _mm512_set1_ps(rcp.near);
+    let lo = _mm512_set1_ps((p.qmin - p.zero_point) as f32);
+    let hi = _mm512_set1_ps((p.qmax - p.zero_point) as f32);
+    let zp = _mm512_set1_epi32(p.zero_point);
+    let n = x.len();
+    let i = rcp_blocks::<SIGNED>(x, p, rcp, out, pf);
     three_way::<16>(
         n - i,
         |_| {},

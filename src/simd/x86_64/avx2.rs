@@ -30,20 +30,12 @@ pub const KERNELS: Kernels = Kernels {
     unpack2,
 };
 
-/// Whether this CPU runs the path, detected once: one relaxed load per kernel call.
+/// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check
+/// before entering `#[target_feature]` code). `is_x86_feature_detected!` caches CPUID itself:
+/// this is a few relaxed loads.
 #[inline(always)]
 fn cpu_ok() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 yes, 2 no
-    match KNOWN.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let ok = super::has_avx2();
-            KNOWN.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
-            ok
-        }
-    }
+    super::has_avx2()
 }
 
 /// How far ahead (in bytes) the streaming kernels prefetch what they read: far enough for the

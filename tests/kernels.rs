@@ -11,6 +11,7 @@
 //! Codes of NaN inputs are unspecified: the call must not crash, their bytes are not compared.
 
 use qfast::kernels::params::code_range;
+use qfast::simd::gemm::{Panel, Rows, MR, NR};
 use qfast::simd::{self, scalar, Isa, Kernels, MinMax, QParams};
 use std::fmt::Debug;
 use std::process::exit;
@@ -1048,7 +1049,172 @@ fn run(isa: Isa) -> (u64, u64) {
             c.minmax_lanes(&x, &lo, &hi);
         }
     }
+    c.gemm_tiles();
     (c.calls, c.values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile kernels of matmul_int8 and linear
+
+/// Panel and activation bytes: random, or extreme (every value at one end of its range, which
+/// is where `vpmaddubsw`-style saturation and sign tricks break).
+fn gemm_bytes(rng: &mut Rng, kind: usize, n: usize, bits: u32, panel: bool) -> Vec<u8> {
+    let extreme: &[u8] = if panel {
+        &[0xff, 0x00, 0xf0, 0x0f]
+    } else {
+        &[0x80, 0x7f, 0xff]
+    };
+    match kind {
+        0 => rng.bytes(n),
+        1 => vec![extreme[0]; n],
+        2 => (0..n).map(|_| rng.pick(extreme)).collect(),
+        _ => {
+            let b = rng.bytes(n);
+            if panel && bits == 8 {
+                b.iter().map(|&v| v | 0x80).collect()
+            } else {
+                b.iter()
+                    .map(|&v| if v & 1 == 0 { 0x80 } else { v })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Random segment lengths (multiples of 8) covering `kp`.
+fn segments(rng: &mut Rng, kp: usize) -> Vec<u32> {
+    let mut segs = Vec::new();
+    let mut left = kp;
+    while left > 0 {
+        let len = 8
+            * (1 + rng
+                .below(left / 8)
+                .min(rng.pick(&[1usize, 4, 16, 64, 10_000])));
+        let len = len.min(left);
+        segs.push(len as u32);
+        left -= len;
+    }
+    segs
+}
+
+impl Check<'_> {
+    fn gemm_tiles(&mut self) {
+        let kps = [8usize, 16, 24, 32, 40, 64, 136, 264, 1024, 4096];
+        for (step, &kp) in kps.iter().cycle().take(4 * kps.len()).enumerate() {
+            for rows in 1..=MR {
+                let kind = (step + rows) % 4;
+                let bits = if (step + rows) % 2 == 0 { 8 } else { 4 };
+                self.gemm_tile(kp, rows, bits, kind);
+            }
+        }
+    }
+
+    fn gemm_tile(&mut self, kp: usize, rows: usize, nbits: u32, kind: usize) {
+        let x: Vec<i8> = gemm_bytes(&mut self.rng, kind, rows * kp, nbits, false)
+            .into_iter()
+            .map(|b| b as i8)
+            .collect();
+        let xr = Rows::new(&x, rows, kp);
+        let what = |name: &str| format!("{name}: kp {kp}, rows {rows}, bits {nbits}, data {kind}");
+
+        // matmul_int8's integer tile (8-bit panels only).
+        let panel8 = gemm_bytes(&mut self.rng, kind, kp * NR, 8, true);
+        let mut expected = [0i32; MR * NR];
+        let mut got = [0i32; MR * NR];
+        (scalar::KERNELS.dot_tile)(&panel8, &xr, &mut expected);
+        (self.k.dot_tile)(&panel8, &xr, &mut got);
+        let n = rows * NR;
+        let w = what("dot_tile");
+        self.compare(
+            "dot_tile",
+            &expected[..n],
+            &got[..n],
+            |_| false,
+            |i| w.clone() + &format!(", tile index {i}"),
+        );
+
+        // linear's tiles, integer and float mode.
+        let codes = gemm_bytes(
+            &mut self.rng,
+            kind,
+            kp * NR * nbits as usize / 8,
+            nbits,
+            true,
+        );
+        let seg_len = segments(&mut self.rng, kp);
+        let segs = seg_len.len();
+        let scale: Vec<f32> = (0..segs * NR)
+            .map(|_| random_scale(&mut self.rng))
+            .collect();
+        let zmax = (1 << nbits) - 1;
+        let zero: Vec<f32> = (0..segs * NR)
+            .map(|i| {
+                if i % 7 == 3 {
+                    self.rng.uniform(0.0, zmax as f32)
+                } else {
+                    self.rng.int(0, zmax) as f32
+                }
+            })
+            .collect();
+        let zscale: Vec<f32> = scale.iter().zip(&zero).map(|(s, z)| -s * z).collect();
+        let panel = Panel {
+            codes: &codes,
+            bits: nbits,
+            seg_len: &seg_len,
+            scale: &scale,
+            zero: &zero,
+            zscale: &zscale,
+        };
+        let mut xsum = vec![0f32; rows * segs];
+        for m in 0..rows {
+            let mut k0 = 0;
+            for (s, &len) in seg_len.iter().enumerate() {
+                let sum: i32 = x[m * kp + k0..m * kp + k0 + len as usize]
+                    .iter()
+                    .map(|&v| v as i32)
+                    .sum();
+                xsum[m * segs + s] = sum as f32;
+                k0 += len as usize;
+            }
+        }
+        let mut expected = [0f32; MR * NR];
+        let mut got = [0f32; MR * NR];
+        (scalar::KERNELS.linear_tile)(&panel, &xr, &xsum, &mut expected);
+        (self.k.linear_tile)(&panel, &xr, &xsum, &mut got);
+        let w = what("linear_tile") + &format!(", segments {seg_len:?}");
+        self.compare(
+            "linear_tile",
+            &crate::bits(&expected[..n]),
+            &crate::bits(&got[..n]),
+            |_| false,
+            |i| {
+                format!(
+                    "{w}, tile index {i}: expected {}, got {}",
+                    expected[i], got[i]
+                )
+            },
+        );
+
+        let xf: Vec<f32> = (0..rows * kp)
+            .map(|_| self.rng.uniform(-4.0, 4.0))
+            .collect();
+        let xfr = Rows::new(&xf, rows, kp);
+        (scalar::KERNELS.linear_tile_f32)(&panel, &xfr, &mut expected);
+        (self.k.linear_tile_f32)(&panel, &xfr, &mut got);
+        let w = what("linear_tile_f32");
+        self.compare(
+            "linear_tile_f32",
+            &crate::bits(&expected[..n]),
+            &crate::bits(&got[..n]),
+            |_| false,
+            |i| {
+                format!(
+                    "{w}, tile index {i}: expected {}, got {}",
+                    expected[i], got[i]
+                )
+            },
+        );
+    }
 }
 
 fn main() {

@@ -5,6 +5,7 @@
 //! A SIMD table is only ever handed out after the CPU was checked for its features, which is
 //! what makes the safe wrappers around the `#[target_feature]` functions sound.
 
+pub mod gemm;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -230,6 +231,13 @@ pub struct Kernels {
     pub pack2: fn(codes: &[u8], out: &mut [u8]),
     /// Unpacks `out.len()` 2-bit codes (sign-extended when `signed`).
     pub unpack2: fn(packed: &[u8], signed: bool, out: &mut [u8]),
+    /// Integer tile of `matmul_int8`: `out[m * NR + j] = Σ_k panel_j[k] · x_m[k]`, wrapping
+    /// int32, over an 8-bit panel (see [`gemm`] for the layouts).
+    pub dot_tile: gemm::DotTile,
+    /// Tile of `linear` in integer mode (W8A8 / W4A8), see [`gemm::LinearTile`].
+    pub linear_tile: gemm::LinearTile,
+    /// Tile of `linear` in float mode (W8A16 / W4A16), see [`gemm::LinearTileF32`].
+    pub linear_tile_f32: gemm::LinearTileF32,
 }
 
 /// Panics unless `groups` runs of `group_size >= 1` cover `n` elements, the last one possibly

@@ -16,6 +16,9 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
+    dot_tile: super::gemm::dot_tile_ref,
+    linear_tile: super::gemm::linear_tile_ref,
+    linear_tile_f32: super::gemm::linear_tile_f32_body,
 };
 
 /// Bits of `|x|` at or above this are ±Inf or NaN.

@@ -37,6 +37,9 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
+    dot_tile: crate::simd::gemm::dot_tile_ref,
+    linear_tile: crate::simd::gemm::linear_tile_ref,
+    linear_tile_f32: crate::simd::gemm::linear_tile_f32_body,
 };
 
 pub const KERNELS_DOTPROD: Kernels = Kernels {

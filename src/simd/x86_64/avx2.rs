@@ -28,6 +28,9 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
+    dot_tile: super::gemm::dot_tile_avx2,
+    linear_tile: super::gemm::linear_tile_avx2,
+    linear_tile_f32: super::gemm::linear_tile_f32_avx2,
 };
 
 /// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check

@@ -36,11 +36,17 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
+    // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
+    dot_tile: super::gemm::dot_tile_avx2,
+    linear_tile: super::gemm::linear_tile_avx2,
+    linear_tile_f32: super::gemm::linear_tile_f32_avx512,
 };
 
-/// The VNNI path differs only in the integer dot products.
+/// The VNNI path differs only in the integer dot products (`vpdpbusd`).
 pub const KERNELS_VNNI: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
+    dot_tile: super::gemm::dot_tile_vnni,
+    linear_tile: super::gemm::linear_tile_vnni,
     ..KERNELS
 };
 

@@ -3,6 +3,7 @@
 
 pub mod avx2;
 pub mod avx512;
+pub mod gemm;
 
 pub fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")

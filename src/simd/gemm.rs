@@ -1,0 +1,289 @@
+//! Packed operands and tile kernels of the integer and weight-only matrix products.
+//!
+//! The packed layouts are the same on every ISA path (a prepacked weight is valid whatever
+//! path runs it); only the tile kernels differ.
+//!
+//! **Panel.** `NR = 16` weight rows (output features) side by side, their `k` axis split into
+//! segments (groups), each a multiple of 8 long; codes are unsigned: `p = q` for unsigned
+//! codes, `p = q + 2^(b-1)` for signed ones (the zero point moves with them), so every
+//! product is `u8 × i8`, the operand order of `vpdpbusd`.
+//! - 8-bit: per quad `t` (`k = 4t..4t+4`) 64 bytes, byte `4j + c` = `p[j][4t + c]`.
+//! - 4-bit: per pair of quads `t` (`k = 8t..8t+8`) 64 bytes, byte `4j + c` =
+//!   `p[j][8t + c] | p[j][8t + 4 + c] << 4`, so one 64-byte load gives two 8-bit-layout quads
+//!   (low nibbles, then high nibbles).
+//!
+//! **Rows.** Up to `MR` activation rows of `kp` int8 codes each (row stride `kp`), padded with
+//! zeros exactly where the panel's segments are.
+//!
+//! **Accumulation order** (fixed, so that every path gives the same bits):
+//! - integer mode, per segment `s` in order: `acc = fma(scale[s][j], raw as f32, acc)`, then
+//!   `acc = fma(zscale[s][j], xsum[m][s], acc)`, where `raw = Σ p·x` over the segment (exact
+//!   int32: segments are at most [`MAX_SEGMENT`] long) and `zscale = -scale · zero`;
+//! - float mode: four partial sums per output, `acc[k % 4] = fma(x[m][k], w[j][k], acc[k % 4])`
+//!   with `w = (p - zero[s][j]) * scale[s][j]` (as `dequantize` computes it), then
+//!   `(acc[0] + acc[1]) + (acc[2] + acc[3])`.
+
+/// Weight rows (output features) per panel: one 512-bit vector of int32 or float32 lanes.
+pub const NR: usize = 16;
+/// The most activation rows in one tile.
+pub const MR: usize = 8;
+/// Longest segment: `255 · 128 · 65536 < 2^31`, so a segment's `u8 × i8` sum cannot overflow.
+pub const MAX_SEGMENT: usize = 65536;
+/// Segments are padded to a multiple of this many `k`.
+pub const K_ALIGN: usize = 8;
+
+/// Int32 output tile of `dot_tile`, `[MR][NR]`.
+pub type TileI32 = [i32; MR * NR];
+/// Float32 output tile of the `linear` tiles, `[MR][NR]`.
+pub type TileF32 = [f32; MR * NR];
+
+/// `dot_tile(panel, x, out)`: `out[m * NR + j] = Σ_k panel_j[k] · x_m[k]` (wrapping int32) for
+/// the `x.rows` rows, over an 8-bit panel of `x.kp` values of `k`; other rows of `out` are
+/// unspecified.
+pub type DotTile = fn(panel: &[u8], x: &Rows<i8>, out: &mut TileI32);
+
+/// `linear_tile(panel, x, xsum, out)`: integer mode (see the module docs); `xsum` holds
+/// `[x.rows][segments]` sums of the codes of each row over each segment.
+pub type LinearTile = fn(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32);
+
+/// `linear_tile_f32(panel, x, out)`: float mode (see the module docs), `x` float32 rows.
+pub type LinearTileF32 = fn(panel: &Panel, x: &Rows<f32>, out: &mut TileF32);
+
+/// `rows` activation rows of `kp` values each, row `m` at `data[m * kp..]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub kp: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    pub fn new(data: &'a [T], rows: usize, kp: usize) -> Self {
+        assert!((1..=MR).contains(&rows), "a tile has 1..={MR} rows");
+        assert!(data.len() >= rows * kp, "rows shorter than rows * kp");
+        assert_eq!(kp % K_ALIGN, 0, "kp must be a multiple of {K_ALIGN}");
+        Rows { data, rows, kp }
+    }
+
+    #[inline(always)]
+    pub fn row(&self, m: usize) -> &'a [T] {
+        &self.data[m * self.kp..(m + 1) * self.kp]
+    }
+}
+
+/// One packed panel of quantized weights and the grid of each of its segments.
+#[derive(Clone, Copy, Debug)]
+pub struct Panel<'a> {
+    /// The codes, segment after segment, in the layout of `bits`.
+    pub codes: &'a [u8],
+    /// 8 or 4.
+    pub bits: u32,
+    /// Length (in `k`) of each segment, each a multiple of [`K_ALIGN`], at most
+    /// [`MAX_SEGMENT`].
+    pub seg_len: &'a [u32],
+    /// `[segments][NR]` weight scales.
+    pub scale: &'a [f32],
+    /// `[segments][NR]` zero points in panel code space.
+    pub zero: &'a [f32],
+    /// `[segments][NR]`: `-scale · zero`.
+    pub zscale: &'a [f32],
+}
+
+impl Panel<'_> {
+    /// Bytes of codes per `k` (all `NR` rows).
+    #[inline(always)]
+    pub fn bytes_per_k(&self) -> usize {
+        if self.bits == 4 {
+            NR / 2
+        } else {
+            NR
+        }
+    }
+
+    /// Panics unless the panel is consistent and matches rows of `kp` values: the contract
+    /// every tile kernel relies on before it reads without bounds checks.
+    pub fn check(&self, kp: usize) {
+        assert!(
+            self.bits == 8 || self.bits == 4,
+            "panel bits must be 8 or 4"
+        );
+        let segs = self.seg_len.len();
+        let mut total = 0usize;
+        for &len in self.seg_len {
+            let len = len as usize;
+            assert!(
+                len % K_ALIGN == 0 && len <= MAX_SEGMENT,
+                "bad segment length {len}"
+            );
+            total += len;
+        }
+        assert_eq!(total, kp, "segments must cover kp");
+        assert_eq!(
+            self.codes.len(),
+            kp * self.bytes_per_k(),
+            "panel codes length"
+        );
+        assert!(self.scale.len() == segs * NR && self.zero.len() == segs * NR);
+        assert_eq!(self.zscale.len(), segs * NR);
+    }
+}
+
+/// Contract of `dot_tile`, checked by every path's wrapper.
+#[inline]
+pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
+    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp && x.kp % 4 == 0);
+    assert_eq!(panel.len(), x.kp * NR, "8-bit panel length");
+}
+
+/// Contract of `linear_tile`, checked by every path's wrapper.
+#[inline]
+pub fn check_linear(panel: &Panel, x: &Rows<i8>, xsum: &[f32]) {
+    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp);
+    panel.check(x.kp);
+    assert_eq!(
+        xsum.len(),
+        x.rows * panel.seg_len.len(),
+        "one xsum per row and segment"
+    );
+}
+
+/// Code `i` (`0..NR * kq`) of one segment of a panel, `k`-major inside each 4 or 8 `k`.
+#[inline(always)]
+pub fn panel_code(codes: &[u8], bits: u32, j: usize, k: usize) -> u8 {
+    if bits == 4 {
+        let byte = codes[(k / 8) * 64 + 4 * j + (k % 4)];
+        if k % 8 < 4 {
+            byte & 0x0f
+        } else {
+            byte >> 4
+        }
+    } else {
+        codes[(k / 4) * 64 + 4 * j + (k % 4)]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference bodies: the scalar path's kernels, written as the definitions above.
+
+pub fn dot_tile_ref(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
+    check_dot(panel, x);
+    for m in 0..x.rows {
+        let row = x.row(m);
+        for j in 0..NR {
+            let mut acc = 0i32;
+            for (k, &xv) in row.iter().enumerate() {
+                let p = panel[(k / 4) * 64 + 4 * j + (k % 4)];
+                acc = acc.wrapping_add(p as i32 * xv as i32);
+            }
+            out[m * NR + j] = acc;
+        }
+    }
+}
+
+pub fn linear_tile_ref(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
+    check_linear(panel, x, xsum);
+    let segs = panel.seg_len.len();
+    let bpk = panel.bytes_per_k();
+    for m in 0..x.rows {
+        let row = x.row(m);
+        for j in 0..NR {
+            let mut acc = 0f32;
+            let (mut k0, mut b0) = (0usize, 0usize);
+            for s in 0..segs {
+                let len = panel.seg_len[s] as usize;
+                let codes = &panel.codes[b0..b0 + len * bpk];
+                let mut raw = 0i32;
+                for k in 0..len {
+                    let p = panel_code(codes, panel.bits, j, k);
+                    raw += p as i32 * row[k0 + k] as i32;
+                }
+                acc = panel.scale[s * NR + j].mul_add(raw as f32, acc);
+                acc = panel.zscale[s * NR + j].mul_add(xsum[m * segs + s], acc);
+                k0 += len;
+                b0 += len * bpk;
+            }
+            out[m * NR + j] = acc;
+        }
+    }
+}
+
+/// `k` per chunk of the float-mode tile: its dequantized weights (`[CHUNK][NR]` floats,
+/// 16 KiB) stay in L1 while every row of the tile uses them.
+const F32_CHUNK: usize = 256;
+
+/// The float-mode tile, written once and compiled per path: each path's wrapper calls it from
+/// a `#[target_feature]` function so that its loops vectorize with that path's instructions
+/// (`mul_add` becomes a vector FMA). Inputs are checked by [`Panel::check`].
+#[inline(always)]
+pub fn linear_tile_f32_body(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
+    panel.check(x.kp);
+    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp);
+    let bpk = panel.bytes_per_k();
+    let mut acc = [[[0f32; NR]; 4]; MR];
+    let mut w = [[0f32; NR]; F32_CHUNK];
+    let (mut k0, mut b0) = (0usize, 0usize);
+    for (s, &len) in panel.seg_len.iter().enumerate() {
+        let len = len as usize;
+        let codes = &panel.codes[b0..b0 + len * bpk];
+        let scale: &[f32; NR] = panel.scale[s * NR..(s + 1) * NR].try_into().unwrap();
+        let zero: &[f32; NR] = panel.zero[s * NR..(s + 1) * NR].try_into().unwrap();
+        let mut c0 = 0;
+        while c0 < len {
+            let n = F32_CHUNK.min(len - c0);
+            dequantize_chunk(codes, panel.bits, c0, n, scale, zero, &mut w);
+            for (m, acc_m) in acc.iter_mut().enumerate().take(x.rows) {
+                let xr = &x.data[m * x.kp + k0 + c0..m * x.kp + k0 + c0 + n];
+                for (x4, w4) in xr.chunks_exact(4).zip(w.chunks_exact(4)) {
+                    for c in 0..4 {
+                        let xv = x4[c];
+                        for j in 0..NR {
+                            acc_m[c][j] = xv.mul_add(w4[c][j], acc_m[c][j]);
+                        }
+                    }
+                }
+            }
+            c0 += n;
+        }
+        k0 += len;
+        b0 += len * bpk;
+    }
+    for (m, acc_m) in acc.iter().enumerate().take(x.rows) {
+        for j in 0..NR {
+            out[m * NR + j] = (acc_m[0][j] + acc_m[1][j]) + (acc_m[2][j] + acc_m[3][j]);
+        }
+    }
+}
+
+/// `w[k][j] = (p[j][c0 + k] - zero[j]) * scale[j]` for `k < n` (`c0`, `n` multiples of 8).
+#[inline(always)]
+fn dequantize_chunk(
+    codes: &[u8],
+    bits: u32,
+    c0: usize,
+    n: usize,
+    scale: &[f32; NR],
+    zero: &[f32; NR],
+    w: &mut [[f32; NR]; F32_CHUNK],
+) {
+    if bits == 4 {
+        for t in 0..n / 8 {
+            let block: &[u8; 64] = codes[(c0 / 8 + t) * 64..][..64].try_into().unwrap();
+            for c in 0..4 {
+                for j in 0..NR {
+                    let b = block[4 * j + c];
+                    w[8 * t + c][j] = ((b & 0x0f) as f32 - zero[j]) * scale[j];
+                    w[8 * t + 4 + c][j] = ((b >> 4) as f32 - zero[j]) * scale[j];
+                }
+            }
+        }
+    } else {
+        for t in 0..n / 4 {
+            let block: &[u8; 64] = codes[(c0 / 4 + t) * 64..][..64].try_into().unwrap();
+            for c in 0..4 {
+                for j in 0..NR {
+                    w[4 * t + c][j] = (block[4 * j + c] as f32 - zero[j]) * scale[j];
+                }
+            }
+        }
+    }
+}

@@ -112,7 +112,7 @@ impl Panel<'_> {
         for &len in self.seg_len {
             let len = len as usize;
             assert!(
-                len % K_ALIGN == 0 && len <= MAX_SEGMENT,
+                len.is_multiple_of(K_ALIGN) && len <= MAX_SEGMENT,
                 "bad segment length {len}"
             );
             total += len;
@@ -131,7 +131,7 @@ impl Panel<'_> {
 /// Contract of `dot_tile`, checked by every path's wrapper.
 #[inline]
 pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
-    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp && x.kp % 4 == 0);
+    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp && x.kp.is_multiple_of(4));
     assert_eq!(panel.len(), x.kp * NR, "8-bit panel length");
 }
 

@@ -1110,11 +1110,17 @@ impl Check<'_> {
     }
 
     fn gemm_tile(&mut self, kp: usize, rows: usize, nbits: u32, kind: usize) {
-        let x: Vec<i8> = gemm_bytes(&mut self.rng, kind, rows * kp, nbits, false)
+        // Rows are a window of longer rows half of the time (as matmul's depth blocks are).
+        let stride = if kind % 2 == 0 {
+            kp
+        } else {
+            kp + 8 * (1 + self.rng.below(3))
+        };
+        let x: Vec<i8> = gemm_bytes(&mut self.rng, kind, rows * stride, nbits, false)
             .into_iter()
             .map(|b| b as i8)
             .collect();
-        let xr = Rows::new(&x, rows, kp);
+        let xr = Rows::strided(&x, rows, kp, stride);
         let what = |name: &str| format!("{name}: kp {kp}, rows {rows}, bits {nbits}, data {kind}");
 
         // matmul_int8's integer tile (8-bit panels only).
@@ -1169,7 +1175,7 @@ impl Check<'_> {
         for m in 0..rows {
             let mut k0 = 0;
             for (s, &len) in seg_len.iter().enumerate() {
-                let sum: i32 = x[m * kp + k0..m * kp + k0 + len as usize]
+                let sum: i32 = xr.row(m)[k0..k0 + len as usize]
                     .iter()
                     .map(|&v| v as i32)
                     .sum();

@@ -6,6 +6,7 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 from __future__ import annotations
 
 from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
 
@@ -16,6 +17,8 @@ __all__ = [
     "cpu_info",
     "dequantize",
     "get_num_threads",
+    "linear",
+    "matmul_int8",
     "pack_int4",
     "quantize",
     "set_num_threads",

@@ -76,6 +76,7 @@ class QTensor:
     """
 
     __slots__ = (
+        "_packed",
         "axis",
         "bits",
         "data",
@@ -112,6 +113,7 @@ class QTensor:
         self.group_size = None if group_size is None else int(group_size)
         self.g_idx = None if g_idx is None else np.asarray(g_idx, dtype=np.int32)
         self.meta = dict(meta or {})
+        self._packed: Any = None  # linear()'s packed weight, keyed on the arrays above
         self._check()
 
     def _granularity(self) -> str:

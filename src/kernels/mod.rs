@@ -3,8 +3,11 @@
 
 pub mod dequantize;
 pub mod layout;
+pub mod linear;
+pub mod matmul;
 pub mod params;
 pub mod quantize;
+mod shared;
 pub mod source;
 
 pub use dequantize::{dequantize, dequantize_into, OutElement, QuantizedRef};

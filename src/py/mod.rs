@@ -1,6 +1,8 @@
 //! The binding layer: validates and converts NumPy arrays, releases the GIL around the
 //! kernels, and maps errors to Python exceptions in one place. Nothing else touches PyO3.
 
+mod gemm;
+
 use crate::error::QfastError as CoreError;
 use crate::kernels::{self, Element, Granularity, Scheme, StaticParams, Strided};
 use half::slice::HalfBitsSliceExt;
@@ -17,7 +19,7 @@ pyo3::create_exception!(
     "qfast could not run the operation (not an argument error)."
 );
 
-fn to_py(err: CoreError) -> PyErr {
+pub(crate) fn to_py(err: CoreError) -> PyErr {
     match err {
         CoreError::InvalidArgument(_) | CoreError::NonFinite { .. } | CoreError::Overflow(_) => {
             PyValueError::new_err(err.to_string())
@@ -325,6 +327,8 @@ fn get_num_threads() -> usize {
 
 #[pymodule]
 mod _qfast {
+    #[pymodule_export]
+    use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
     #[pymodule_export]
     use super::{
         cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,

@@ -49,25 +49,50 @@ pub type LinearTile = fn(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Ti
 /// `linear_tile_f32(panel, x, out)`: float mode (see the module docs), `x` float32 rows.
 pub type LinearTileF32 = fn(panel: &Panel, x: &Rows<f32>, out: &mut TileF32);
 
-/// `rows` activation rows of `kp` values each, row `m` at `data[m * kp..]`.
+/// `rows` activation rows of `kp` values each, row `m` at `data[m * stride..]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Rows<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub kp: usize,
+    /// Elements from one row to the next, `>= kp`.
+    pub stride: usize,
 }
 
 impl<'a, T> Rows<'a, T> {
+    /// Rows stored back to back (`stride == kp`).
     pub fn new(data: &'a [T], rows: usize, kp: usize) -> Self {
+        Self::strided(data, rows, kp, kp)
+    }
+
+    /// Rows `stride` elements apart: a `kp`-wide window of longer rows.
+    pub fn strided(data: &'a [T], rows: usize, kp: usize, stride: usize) -> Self {
         assert!((1..=MR).contains(&rows), "a tile has 1..={MR} rows");
-        assert!(data.len() >= rows * kp, "rows shorter than rows * kp");
+        assert!(stride >= kp, "stride shorter than a row");
+        assert!(
+            data.len() >= (rows - 1) * stride + kp,
+            "data shorter than the rows"
+        );
         assert_eq!(kp % K_ALIGN, 0, "kp must be a multiple of {K_ALIGN}");
-        Rows { data, rows, kp }
+        Rows {
+            data,
+            rows,
+            kp,
+            stride,
+        }
     }
 
     #[inline(always)]
     pub fn row(&self, m: usize) -> &'a [T] {
-        &self.data[m * self.kp..(m + 1) * self.kp]
+        &self.data[m * self.stride..m * self.stride + self.kp]
+    }
+
+    /// Whether every row lies inside `data` (the constructors ensure it; fields are public).
+    #[inline]
+    pub fn in_bounds(&self) -> bool {
+        self.rows <= MR
+            && self.stride >= self.kp
+            && (self.rows == 0 || self.data.len() >= (self.rows - 1) * self.stride + self.kp)
     }
 }
 
@@ -131,7 +156,7 @@ impl Panel<'_> {
 /// Contract of `dot_tile`, checked by every path's wrapper.
 #[inline]
 pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
-    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp && x.kp.is_multiple_of(4));
+    assert!(x.in_bounds() && x.kp.is_multiple_of(4));
     assert_eq!(panel.len(), x.kp * NR, "8-bit panel length");
 }
 
@@ -159,6 +184,106 @@ pub fn panel_code(codes: &[u8], bits: u32, j: usize, k: usize) -> u8 {
         }
     } else {
         codes[(k / 4) * 64 + 4 * j + (k % 4)]
+    }
+}
+
+/// Runs `iters` rounds of the path's integer dot-product instruction on independent register
+/// accumulators and returns the multiply-adds done: the peak the tile kernels are measured
+/// against. `None` for paths without such a loop.
+pub fn peak_loop(isa: super::Isa, iters: u64) -> Option<u64> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512Vnni => super::x86_64::gemm::peak_vnni(iters),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+/// Packs columns `n0..n0 + panels * NR` of the int8 matrix `b [k][n]` (row-major) as 8-bit
+/// panels of `kp >= k` values of `k` each (`kp` a multiple of 4), one after the other:
+/// `p = b + 128`, zeros past the matrix. When `colsum` is given (`panels * NR` long), it
+/// receives each column's sum of `b` (zero past the matrix).
+///
+/// Rows are read once each, all panels at a time (a panel alone would touch one 16-byte
+/// piece of each row, a page apart, and miss the TLB on every quad).
+pub fn pack_i8_panels(
+    b: &[i8],
+    (k, n): (usize, usize),
+    n0: usize,
+    panels: usize,
+    kp: usize,
+    out: &mut [u8],
+    colsum: Option<&mut [i32]>,
+) {
+    assert!(b.len() == k * n && n0 < n && kp >= k && kp.is_multiple_of(4));
+    assert_eq!(out.len(), panels * kp * NR);
+    let cols = (panels * NR).min(n - n0);
+    let whole = cols / NR; // panels with all NR columns inside the matrix
+    let quads = k / 4;
+    for t in 0..kp / 4 {
+        for p in 0..panels {
+            let block = &mut out[p * kp * NR + 64 * t..p * kp * NR + 64 * t + 64];
+            if t < quads && p < whole {
+                let src = |c: usize| &b[(4 * t + c) * n + n0 + p * NR..][..NR];
+                transpose_quad([src(0), src(1), src(2), src(3)], block);
+                continue;
+            }
+            block.fill(0);
+            for c in 0..4 {
+                let kk = 4 * t + c;
+                if kk >= k {
+                    break;
+                }
+                let c0 = n0 + p * NR;
+                let width = NR.min((n0 + cols).saturating_sub(c0));
+                for (j, &v) in b[kk * n + c0..kk * n + c0 + width].iter().enumerate() {
+                    block[4 * j + c] = (v as u8) ^ 0x80;
+                }
+            }
+        }
+    }
+    if let Some(colsum) = colsum {
+        assert_eq!(colsum.len(), panels * NR);
+        colsum.fill(0);
+        for kk in 0..k {
+            let src = &b[kk * n + n0..kk * n + n0 + cols];
+            for (s, &v) in colsum.iter_mut().zip(src) {
+                *s += v as i32;
+            }
+        }
+    }
+}
+
+/// One quad of a panel: `block[4j + c] = rows[c][j] + 128`.
+#[inline(always)]
+fn transpose_quad(rows: [&[i8]; 4], block: &mut [u8]) {
+    assert!(rows.iter().all(|r| r.len() == NR) && block.len() == 64);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86_64 baseline; the four rows hold 16 bytes each and the
+    // block 64 (asserted above).
+    unsafe {
+        use core::arch::x86_64::*;
+        let flip = _mm_set1_epi8(-128);
+        let row =
+            |c: usize| _mm_xor_si128(_mm_loadu_si128(rows[c].as_ptr() as *const __m128i), flip);
+        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+        let lo01 = _mm_unpacklo_epi8(r0, r1);
+        let lo23 = _mm_unpacklo_epi8(r2, r3);
+        let hi01 = _mm_unpackhi_epi8(r0, r1);
+        let hi23 = _mm_unpackhi_epi8(r2, r3);
+        let dst = block.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(dst, _mm_unpacklo_epi16(lo01, lo23));
+        _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(lo01, lo23));
+        _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(hi01, hi23));
+        _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(hi01, hi23));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for j in 0..NR {
+        for c in 0..4 {
+            block[4 * j + c] = (rows[c][j] as u8) ^ 0x80;
+        }
     }
 }
 
@@ -217,7 +342,7 @@ const F32_CHUNK: usize = 256;
 #[inline(always)]
 pub fn linear_tile_f32_body(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
     panel.check(x.kp);
-    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp);
+    assert!(x.in_bounds());
     let bpk = panel.bytes_per_k();
     let mut acc = [[[0f32; NR]; 4]; MR];
     let mut w = [[0f32; NR]; F32_CHUNK];
@@ -232,7 +357,7 @@ pub fn linear_tile_f32_body(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
             let n = F32_CHUNK.min(len - c0);
             dequantize_chunk(codes, panel.bits, c0, n, scale, zero, &mut w);
             for (m, acc_m) in acc.iter_mut().enumerate().take(x.rows) {
-                let xr = &x.data[m * x.kp + k0 + c0..m * x.kp + k0 + c0 + n];
+                let xr = &x.row(m)[k0 + c0..k0 + c0 + n];
                 for (x4, w4) in xr.chunks_exact(4).zip(w.chunks_exact(4)) {
                     for c in 0..4 {
                         let xv = x4[c];

@@ -1,5 +1,6 @@
 //! aarch64 paths: NEON (always present on aarch64) and NEON with the dot-product extension.
 
+pub mod gemm;
 pub mod neon;
 
 pub fn has_dotprod() -> bool {

@@ -37,13 +37,15 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
-    dot_tile: crate::simd::gemm::dot_tile_ref,
-    linear_tile: crate::simd::gemm::linear_tile_ref,
-    linear_tile_f32: crate::simd::gemm::linear_tile_f32_body,
+    dot_tile: super::gemm::dot_tile_neon,
+    linear_tile: super::gemm::linear_tile_neon,
+    linear_tile_f32: super::gemm::linear_tile_f32_neon,
 };
 
 pub const KERNELS_DOTPROD: Kernels = Kernels {
     isa: Isa::NeonDotprod,
+    dot_tile: super::gemm::dot_tile_dotprod,
+    linear_tile: super::gemm::linear_tile_dotprod,
     ..KERNELS
 };
 

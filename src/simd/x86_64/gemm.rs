@@ -148,7 +148,13 @@ unsafe fn nibble_quads_vnni<const R: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn dot_vnni<const R: usize>(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    quads_vnni::<R>(panel.as_ptr(), x.data.as_ptr(), x.kp, x.kp / 4, &mut acc);
+    quads_vnni::<R>(
+        panel.as_ptr(),
+        x.data.as_ptr(),
+        x.stride,
+        x.kp / 4,
+        &mut acc,
+    );
     for (r, a) in acc.iter().enumerate() {
         let sum = _mm512_add_epi32(a[0], a[1]);
         _mm512_storeu_si512(out.as_mut_ptr().add(r * NR) as *mut _, sum);
@@ -174,9 +180,9 @@ unsafe fn linear_vnni<const R: usize, const NIBBLES: bool>(
         _mm_prefetch::<_MM_HINT_T0>(w.add(len * bpk + 1024) as *const i8);
         let mut acc = [[_mm512_setzero_si512(); 2]; R];
         if NIBBLES {
-            nibble_quads_vnni::<R>(w, xp, x.kp, len / 4, &mut acc);
+            nibble_quads_vnni::<R>(w, xp, x.stride, len / 4, &mut acc);
         } else {
-            quads_vnni::<R>(w, xp, x.kp, len / 4, &mut acc);
+            quads_vnni::<R>(w, xp, x.stride, len / 4, &mut acc);
         }
         let scale = _mm512_loadu_ps(panel.scale.as_ptr().add(s * NR));
         let zscale = _mm512_loadu_ps(panel.zscale.as_ptr().add(s * NR));
@@ -192,6 +198,35 @@ unsafe fn linear_vnni<const R: usize, const NIBBLES: bool>(
     for (r, f) in facc.iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(r * NR), *f);
     }
+}
+
+/// `iters` rounds of 16 independent `vpdpbusd` (64 multiply-adds each); the result is kept
+/// alive so the loop is not optimised away. `None` without VNNI.
+pub fn peak_vnni(iters: u64) -> Option<u64> {
+    if !(super::has_avx512() && super::has_avx512vnni()) {
+        return None;
+    }
+    // SAFETY: the CPU has AVX-512 VNNI.
+    let sink = unsafe { peak_vnni_loop(iters) };
+    std::hint::black_box(sink);
+    Some(iters * 16 * 64)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn peak_vnni_loop(iters: u64) -> i32 {
+    let a = std::hint::black_box(_mm512_set1_epi8(3));
+    let b = std::hint::black_box(_mm512_set1_epi8(-5));
+    let mut acc = [_mm512_setzero_si512(); 16];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbusd_epi32(*v, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_si512();
+    for v in acc {
+        sum = _mm512_add_epi32(sum, v);
+    }
+    _mm512_reduce_add_epi32(sum)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,8 +344,8 @@ unsafe fn dot_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     let mut r0 = 0;
     while r0 < x.rows {
         let rows = R_AVX2.min(x.rows - r0);
-        let xp = x.data.as_ptr().add(r0 * x.kp);
-        let acc = raw_avx2::<false>(panel.as_ptr(), xp, x.kp, x.kp / 4, rows);
+        let xp = x.data.as_ptr().add(r0 * x.stride);
+        let acc = raw_avx2::<false>(panel.as_ptr(), xp, x.stride, x.kp / 4, rows);
         for (r, a) in acc.iter().enumerate().take(rows) {
             let o = out.as_mut_ptr().add((r0 + r) * NR);
             _mm256_storeu_si256(o as *mut __m256i, a[0]);
@@ -337,8 +372,8 @@ unsafe fn linear_avx2<const NIBBLES: bool>(
         for s in 0..segs {
             let len = *panel.seg_len.get_unchecked(s) as usize;
             let w = panel.codes.as_ptr().add(b0);
-            let xp = x.data.as_ptr().add(r0 * x.kp + k0);
-            let acc = raw_avx2::<NIBBLES>(w, xp, x.kp, len / 4, rows);
+            let xp = x.data.as_ptr().add(r0 * x.stride + k0);
+            let acc = raw_avx2::<NIBBLES>(w, xp, x.stride, len / 4, rows);
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let xs = _mm256_set1_ps(*xsum.get_unchecked((r0 + r) * segs + s));
                 for (h, ah) in a.iter().enumerate() {

@@ -1111,7 +1111,7 @@ impl Check<'_> {
 
     fn gemm_tile(&mut self, kp: usize, rows: usize, nbits: u32, kind: usize) {
         // Rows are a window of longer rows half of the time (as matmul's depth blocks are).
-        let stride = if kind % 2 == 0 {
+        let stride = if kind.is_multiple_of(2) {
             kp
         } else {
             kp + 8 * (1 + self.rng.below(3))

@@ -122,6 +122,24 @@ def battery() -> dict[str, np.ndarray]:
         s = rng.integers(-8, 8, (3, n)).astype(np.int8)
         u = rng.integers(0, 16, (3, n)).astype(np.uint8)
         _record(out, f"pack/{n}", _packed, s, u, n)
+    # Matrix products: integers exact; linear's float results identical by its fixed order.
+    for m, k, n in [(1, 3, 1), (3, 17, 5), (9, 200, 33), (17, 1031, 20)]:
+        for adt in (np.int8, np.uint8):
+            info = np.iinfo(adt)
+            a = rng.integers(info.min, info.max + 1, (m, k)).astype(adt)
+            b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+            key = f"matmul/{m}x{k}x{n}/{adt.__name__}"
+            _record(out, key, lambda a, b: [qfast.matmul_int8(a, b)], a, b)
+            ext = np.full((m, k), info.max if adt == np.uint8 else info.min, adt)
+            _record(out, key + "/extreme", lambda a, b: [qfast.matmul_int8(a, b)], ext, -b - 1)
+    x = rng.standard_normal((19, 300)).astype(F32)
+    W = rng.standard_normal((37, 300)).astype(F32)
+    for bits in (2, 4, 5, 8):
+        for kw in ({"axis": 0}, {"group_size": 32}, {"group_size": 100, "symmetric": False}):
+            w = qfast.quantize(W, bits, **kw)
+            for compute in ("int8", "float"):
+                key = f"linear/b{bits}/{kw}/{compute}"
+                _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
     # Non-finite values: the error names the same (first) position on every path.
     for n in (17, 64, 4097):
         for pos in (0, n // 2, n - 1):

@@ -57,7 +57,8 @@ def matmul_int8(a: Any, b: Any) -> np.ndarray:
     if b2.ndim == 2:
         # One right operand: every batch of `a` is one tall matrix.
         lead = a2.shape[:-2]
-        flat = np.ascontiguousarray(a2.reshape(-1, a2.shape[-1]))
+        rows = int(np.prod(a2.shape[:-1], dtype=np.int64))
+        flat = np.ascontiguousarray(a2.reshape(rows, a2.shape[-1]))
         out = _qfast.matmul_int8(flat, np.ascontiguousarray(b2)).reshape((*lead, m, n))
     else:
         lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -86,7 +87,8 @@ def _weight_codes(w: QTensor) -> np.ndarray:
 def _pack(w: QTensor) -> Any:
     """The packed weight for `w`, built on first use and cached on the QTensor."""
     if not isinstance(w, QTensor):
-        raise TypeError(f"linear: w must be a QTensor (from qfast.quantize), got {type(w).__name__}")
+        kind = type(w).__name__
+        raise TypeError(f"linear: w must be a QTensor (from qfast.quantize), got {kind}")
     arrays = (w.data, w.scale, w.zero_point, w.g_idx)
     grid = (w.shape, w.bits, w.signed, w.axis, w.group_size)
     cached = w._packed

@@ -186,6 +186,6 @@ def _activation_error(e: ValueError, shape: tuple[int, ...]) -> str:
         head, _, rest = msg.partition("at index (")
         idx, _, tail = rest.partition(")")
         row, col = (int(v) for v in idx.split(","))
-        full = (*np.unravel_index(row, shape[:-1]), col)
-        return f"{head}at index {tuple(int(i) for i in full)}{tail}"
+        lead = tuple(int(i) for i in np.unravel_index(row, shape[:-1]))
+        return f"{head}at index {(*lead, col)}{tail}"
     return msg

@@ -1,17 +1,21 @@
 """The compiled kernels (qfast._qfast). Use the functions in `qfast` instead."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "PackedLinear",
     "QfastError",
     "__version__",
     "cpu_info",
     "dequantize",
     "get_num_threads",
+    "matmul_int8",
     "pack",
+    "pack_linear",
+    "peak_int8_gmacs",
     "quantize",
     "set_num_threads",
     "unpack",
@@ -52,3 +56,32 @@ def unpack(
 def cpu_info() -> dict[str, Any]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def matmul_int8(a: npt.NDArray[Any], b: npt.NDArray[np.int8]) -> npt.NDArray[np.int32]: ...
+
+@final
+class PackedLinear:
+    """A quantized weight packed for `linear`'s kernels (built by `pack_linear`)."""
+
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def forward(
+        self,
+        x: npt.NDArray[np.float32],
+        bias: npt.NDArray[np.float32] | None,
+        compute: str,
+    ) -> npt.NDArray[np.float32]: ...
+
+def pack_linear(
+    codes: npt.NDArray[np.uint8],
+    bits: int,
+    signed: bool,
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.float32] | None,
+    group_size: int | None,
+    g_idx: npt.NDArray[np.int32] | None,
+) -> PackedLinear: ...
+def peak_int8_gmacs() -> float | None: ...

@@ -31,8 +31,8 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use core::ptr::read_unaligned;
 
-/// Rows per pass: 4 int32x4 accumulators per row, so 16 registers for a full pass, leaving
-/// room for the row codes, the panel vectors and the constants without spilling.
+/// Rows per pass: 4 int32x4 accumulators per row, so 16 registers for a full pass, leaving the
+/// other 16 to the row codes, the panel vectors and the constants.
 const R_PASS: usize = 4;
 
 /// Runs `$body` with the constant `$R` equal to `$rows` (`1..=R_PASS`): each pass size gets
@@ -91,8 +91,8 @@ pub fn linear_tile_f32_neon(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
 
 pub fn dot_tile_dotprod(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     gemm::check_dot(panel, x);
-    // SAFETY: the CPU has dotprod (checked first; NEON is enabled at compile time); the
-    // lengths were checked above.
+    // SAFETY: the dotprod kernel runs only where the CPU has dotprod (checked just before),
+    // the NEON one anywhere (enabled at compile time); the lengths were checked above.
     unsafe {
         if super::has_dotprod() {
             dot_dotprod(panel, x, out)
@@ -104,8 +104,9 @@ pub fn dot_tile_dotprod(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
 
 pub fn linear_tile_dotprod(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
     gemm::check_linear(panel, x, xsum);
-    // SAFETY: the CPU has dotprod (checked first; NEON is enabled at compile time); the panel,
-    // rows and sums were checked above.
+    // SAFETY: the dotprod kernels run only where the CPU has dotprod (checked just before),
+    // the NEON ones anywhere (enabled at compile time); the panel, rows and sums were checked
+    // above.
     unsafe {
         match (super::has_dotprod(), panel.bits == 4) {
             (true, true) => linear_dotprod::<true>(panel, x, xsum, out),

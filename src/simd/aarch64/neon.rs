@@ -7,8 +7,8 @@
 //! lower bound like the oracle), round-half-to-even conversion, and a separate subtract and
 //! multiply (no fused multiply-add) when dequantizing.
 //!
-//! Dot products (the only place where `dotprod` matters) are not in this table yet, so the
-//! `neon-dotprod` table is the NEON one under its own name.
+//! The GEMM tiles are in `gemm.rs`; the `neon-dotprod` table differs from the NEON one only in
+//! `dot_tile` and `linear_tile` (`sdot`).
 
 use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
 use std::arch::aarch64::*;

@@ -163,7 +163,7 @@ pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
 /// Contract of `linear_tile`, checked by every path's wrapper.
 #[inline]
 pub fn check_linear(panel: &Panel, x: &Rows<i8>, xsum: &[f32]) {
-    assert!(x.rows <= MR && x.data.len() >= x.rows * x.kp);
+    assert!(x.in_bounds());
     panel.check(x.kp);
     assert_eq!(
         xsum.len(),

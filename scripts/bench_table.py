@@ -11,6 +11,16 @@ divide it by the throughput of, in the same group, the NumPy implementation, the
 Runtime op, and `X.copy()` of the float32 tensor (the memory-bandwidth yardstick). Above 1 means
 faster than the baseline. For quantize the dtype is the input's, for dequantize the output's.
 
+matmul_int8 and linear (benches/test_matmul.py, benches/test_linear.py) have tables of their
+own, in G MAC/s (multiply-accumulates per second; shapes are MxKxN), one row per group and
+thread count in the summary: qfast against NumPy float32 (its own group of the same shape and
+thread count), the best ONNX Runtime op with int8 compute (MatMulInteger,
+DynamicQuantizeMatMul, MatMulNBits accuracy_level 4) and with float compute (MatMulNBits
+accuracy_level 0), each on the same number of threads, and "% peak": qfast's share of
+peak_int8_gmacs() (the ISA's one-thread register-only dot-product peak) times its threads. The
+"cold" rows (M = 1, weights >= 4x the last-level cache per call) add GB/s of weight bytes and
+"x DRAM": that over the DRAM read bandwidth (X.max()) measured on as many threads.
+
 benches/conftest.py loads this file to print the same table at the end of a benchmark run.
 """
 
@@ -25,8 +35,10 @@ from typing import Any
 
 DEFAULT_JSON = Path(".benchmarks/latest.json")
 COLUMNS = ("operation", "shape", "dtype", "impl", "G elem/s", "x NumPy", "x ORT", "x copy")
-_KIND_ORDER = {"qfast": 0, "qfast_out": 0, "numpy": 1, "ort": 2, "copy": 3}
-_OP_ORDER = {"quantize": 0, "dequantize": 1}
+_KIND_ORDER = {"qfast": 0, "qfast_out": 0, "numpy": 1, "ort": 2, "copy": 3, "dram": 4}
+_OP_ORDER = {"quantize": 0, "dequantize": 1, "matmul_int8": 2, "linear": 3, "dram": 4}
+GEMM_OPS = ("matmul_int8", "linear")
+_SCHEME_ORDER = ("u8s8", "s8s8", "W8A8", "W4A8 g32", "W4A8 g128", "W4A16 g32", "W4A16 g128")
 
 
 @dataclass
@@ -39,10 +51,33 @@ class Row:
     threads: int
     elements: int
     median_s: float
+    op: str = ""
+    scheme: str = ""
+    macs: int = 0  # per call (matmul_int8, linear)
+    weight_bytes: int = 0  # B / W bytes read per call (bytes read for the DRAM yardstick)
+    peer: str = ""  # an ORT row's compute: "int8" or "float"
+    peak_gmacs: float = 0.0  # qfast rows: the one-thread int8 dot-product peak
+    copies: int = 1  # cold rows: distinct weights per call
 
     @property
     def elem_per_s(self) -> float:
         return self.elements / self.median_s if self.median_s > 0 else float("inf")
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / self.median_s / 1e9 if self.median_s > 0 else float("inf")
+
+    @property
+    def gbps(self) -> float:
+        return self.weight_bytes / self.median_s / 1e9 if self.median_s > 0 else float("inf")
+
+    @property
+    def is_gemm(self) -> bool:
+        return self.op in GEMM_OPS or self.kind == "dram"
+
+    @property
+    def cold(self) -> bool:
+        return self.dtype == "cold"
 
 
 def _row(bench: dict[str, Any]) -> Row | None:
@@ -59,11 +94,34 @@ def _row(bench: dict[str, Any]) -> Row | None:
         threads=int(info.get("threads") or 1),
         elements=int(info["elements"]),
         median_s=float(stats["median"]),
+        op=str(info["op"]),
+        scheme=str(info["scheme"]),
+        macs=int(info.get("macs") or 0),
+        weight_bytes=int(info.get("weight_bytes") or 0),
+        peer=str(info.get("peer") or ""),
+        peak_gmacs=float(info.get("peak_gmacs") or 0.0),
+        copies=int(info.get("copies") or 1),
     )
+
+
+def _dims(shape: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in shape.split("x"))
+    except ValueError:
+        return ()
+
+
+def _scheme_rank(scheme: str) -> int:
+    ranks = [i for i, prefix in enumerate(_SCHEME_ORDER) if scheme.startswith(prefix)]
+    return ranks[-1] if ranks else len(_SCHEME_ORDER)
 
 
 def _group_key(row: Row) -> tuple[Any, ...]:
     op = row.operation.split(" ", 1)[0]
+    if row.is_gemm:
+        dims = _dims(row.shape)
+        m, kn = (dims[0], dims[1:]) if len(dims) == 3 else (0, dims)
+        return (_OP_ORDER.get(op, 9), row.cold, kn, m, _scheme_rank(row.scheme), row.operation)
     return (_OP_ORDER.get(op, 9), row.operation, row.elements, row.dtype != "float32")
 
 
@@ -176,6 +234,269 @@ def markdown(
     return "\n".join([line(columns), rule, *(line(row) for row in cells)])
 
 
+def _render(columns: Sequence[str], cells: Sequence[Sequence[str]], text_columns: int) -> str:
+    """A padded Markdown table; the first `text_columns` columns left-aligned, numbers right."""
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [i >= text_columns for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "| " + " | ".join(padded) + " |"
+
+    dashes = [
+        "-" * (w + 1) + ":" if num else ":" + "-" * (w + 1) for w, num in zip(widths, numeric)
+    ]
+    return "\n".join([line(columns), "|" + "|".join(dashes) + "|", *(line(r) for r in cells)])
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value else "-"
+
+
+class _Peers:
+    """The yardsticks for matmul/linear rows, looked up across groups."""
+
+    def __init__(self, groups: Sequence[Sequence[Row]]) -> None:
+        rows = [r for g in groups for r in g]
+        self.numpy: dict[tuple[str, str, str, bool], float] = {}
+        self.dram: dict[bool, float] = {}
+        for r in rows:
+            if r.kind == "numpy" and r.op in GEMM_OPS:
+                key = (r.op, r.shape, r.dtype, r.threads > 1)
+                self.numpy[key] = max(self.numpy.get(key, 0.0), r.gmacs)
+            elif r.kind == "dram":
+                self.dram[r.threads > 1] = max(self.dram.get(r.threads > 1, 0.0), r.gbps)
+
+    def numpy_gmacs(self, r: Row) -> float:
+        return self.numpy.get((r.op, r.shape, r.dtype, r.threads > 1), 0.0)
+
+    def dram_gbps(self, r: Row) -> float:
+        return self.dram.get(r.threads > 1, 0.0)
+
+
+def _best(rows: Sequence[Row], many: bool, kind: str, peer: str | None = None) -> Row | None:
+    found = [
+        r
+        for r in rows
+        if r.kind == kind and (r.threads > 1) == many and (peer is None or r.peer == peer)
+    ]
+    return max(found, key=lambda r: r.gmacs, default=None)
+
+
+def _pct_peak(r: Row) -> str:
+    return f"{100 * r.gmacs / (r.peak_gmacs * r.threads):.0f}%" if r.peak_gmacs else "-"
+
+
+def _shape(r: Row) -> str:
+    return f"{r.shape} x{r.copies}" if r.cold else r.shape
+
+
+GEMM_COLUMNS = (
+    "operation",
+    "MxKxN",
+    "data",
+    "impl",
+    "G MAC/s",
+    "GB/s",
+    "x NumPy",
+    "x ORT int8",
+    "x ORT float",
+    "% peak",
+    "x DRAM",
+)
+
+
+def gemm_table_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
+    """matmul/linear rows one by one; ratios against the yardsticks on as many threads."""
+    peers = _Peers(groups)
+    cells = []
+    for rows in groups:
+        for r in rows:
+            if r.kind == "dram":
+                cells.append(
+                    [r.operation, r.shape, r.dtype, r.impl, "-", _fmt(r.gbps), *("-",) * 5]
+                )
+                continue
+            many = r.threads > 1
+            ort_int8, ort_float = (
+                _best(rows, many, "ort", "int8"),
+                _best(rows, many, "ort", "float"),
+            )
+            cells.append(
+                [
+                    r.operation,
+                    _shape(r),
+                    r.dtype,
+                    r.impl,
+                    f"{r.gmacs:.2f}",
+                    _fmt(r.gbps),
+                    _ratio(r.gmacs, peers.numpy_gmacs(r)),
+                    _ratio(r.gmacs, ort_int8.gmacs if ort_int8 else None),
+                    _ratio(r.gmacs, ort_float.gmacs if ort_float else None),
+                    _pct_peak(r) if r.kind == "qfast" else "-",
+                    _ratio(r.gbps, peers.dram_gbps(r)) if r.cold else "-",
+                ]
+            )
+    return cells
+
+
+GEMM_SUMMARY_COLUMNS = (
+    "operation",
+    "MxKxN",
+    "threads",
+    "qfast",
+    "NumPy f32",
+    "ORT int8",
+    "ORT float",
+    "x NumPy",
+    "x ORT int8",
+    "x ORT float",
+    "% peak",
+)
+COLD_SUMMARY_COLUMNS = (
+    "operation",
+    "MxKxN x copies",
+    "threads",
+    "MB/call",
+    "qfast GB/s",
+    "NumPy GB/s",
+    "ORT int8 GB/s",
+    "ORT float GB/s",
+    "DRAM GB/s",
+    "x DRAM",
+    "qfast G MAC/s",
+    "x NumPy",
+    "x ORT int8",
+    "x ORT float",
+)
+
+
+def _summary_rows(groups: Sequence[Sequence[Row]], cold: bool) -> list[tuple[Row, Sequence[Row]]]:
+    """(qfast's row, its group) per group and thread count, warm or cold groups."""
+    out = []
+    for rows in groups:
+        if not rows or not rows[0].is_gemm or rows[0].cold != cold:
+            continue
+        for many in (False, True):
+            q = _best(rows, many, "qfast")
+            if q is not None:
+                out.append((q, rows))
+    return out
+
+
+def gemm_summary_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
+    """One row per warm matmul/linear group and thread count, in G MAC/s."""
+    peers = _Peers(groups)
+    cells = []
+    for q, rows in _summary_rows(groups, cold=False):
+        many = q.threads > 1
+        numpy = peers.numpy_gmacs(q)
+        ort_int8, ort_float = _best(rows, many, "ort", "int8"), _best(rows, many, "ort", "float")
+        i8 = ort_int8.gmacs if ort_int8 else 0.0
+        fl = ort_float.gmacs if ort_float else 0.0
+        cells.append(
+            [
+                q.operation,
+                q.shape,
+                str(q.threads),
+                f"{q.gmacs:.2f}",
+                _fmt(numpy),
+                _fmt(i8),
+                _fmt(fl),
+                _ratio(q.gmacs, numpy),
+                _ratio(q.gmacs, i8),
+                _ratio(q.gmacs, fl),
+                _pct_peak(q),
+            ]
+        )
+    return cells
+
+
+def cold_summary_cells(groups: Sequence[Sequence[Row]]) -> list[list[str]]:
+    """One row per cold (beyond-LLC) group and thread count: weight GB/s against DRAM's."""
+    peers = _Peers(groups)
+    numpy_rows = {
+        (r.op, r.shape, r.threads > 1): r
+        for g in groups
+        for r in g
+        if r.kind == "numpy" and r.cold and r.op in GEMM_OPS
+    }
+    cells = []
+    for q, rows in _summary_rows(groups, cold=True):
+        many = q.threads > 1
+        numpy = numpy_rows.get((q.op, q.shape, many))
+        ort_int8, ort_float = _best(rows, many, "ort", "int8"), _best(rows, many, "ort", "float")
+        dram = peers.dram_gbps(q)
+        cells.append(
+            [
+                q.operation,
+                _shape(q),
+                str(q.threads),
+                f"{q.weight_bytes / 1e6:.0f}",
+                f"{q.gbps:.2f}",
+                _fmt(numpy.gbps if numpy else 0.0),
+                _fmt(ort_int8.gbps if ort_int8 else 0.0),
+                _fmt(ort_float.gbps if ort_float else 0.0),
+                _fmt(dram),
+                _ratio(q.gbps, dram),
+                f"{q.gmacs:.2f}",
+                _ratio(q.gmacs, numpy.gmacs if numpy else None),
+                _ratio(q.gmacs, ort_int8.gmacs if ort_int8 else None),
+                _ratio(q.gmacs, ort_float.gmacs if ort_float else None),
+            ]
+        )
+    return cells
+
+
+def describe_gemm(groups: Sequence[Sequence[Row]], machine_info: dict[str, Any]) -> str:
+    """One line: qfast's int8 peak, the last-level cache and the measured DRAM bandwidth."""
+    rows = [r for g in groups for r in g]
+    peak = max((r.peak_gmacs for r in rows), default=0.0)
+    dram = _Peers(groups).dram
+    llc = machine_info.get("last_level_cache_bytes")
+    parts = [
+        "matmul_int8 / linear: G MAC/s (median); ONNX Runtime and NumPy on the threads shown",
+        f"qfast int8 peak (1 thread, register-only) {peak:.1f} G MAC/s" if peak else "no peak",
+    ]
+    if llc:
+        parts.append(f"LLC {int(llc) / 2**20:.0f} MiB")
+    if dram:
+        parts.append(
+            "DRAM read "
+            + ", ".join(f"{v:.1f} GB/s ({'all' if k else '1'} T)" for k, v in dram.items())
+        )
+    return "; ".join(parts)
+
+
+def report(
+    groups: Sequence[Sequence[Row]],
+    summary: bool = False,
+    gemm_detail: bool = False,
+    machine_info: dict[str, Any] | None = None,
+) -> str:
+    """Every table the groups call for: quantize/dequantize, then matmul_int8/linear."""
+    elementwise = [g for g in groups if g and not g[0].is_gemm]
+    gemm = [g for g in groups if g and g[0].is_gemm]
+    parts = []
+    if elementwise:
+        if summary:
+            parts.append(markdown(elementwise, SUMMARY_COLUMNS, summary=True))
+        else:
+            parts.append(markdown(elementwise))
+    if gemm:
+        parts.append(describe_gemm(gemm, machine_info or {}))
+        if gemm_detail:
+            parts.append(_render(GEMM_COLUMNS, gemm_table_cells(gemm), 4))
+        else:
+            warm = gemm_summary_cells(gemm)
+            if warm:
+                parts.append(_render(GEMM_SUMMARY_COLUMNS, warm, 3))
+            cold = cold_summary_cells(gemm)
+            if cold:
+                parts.append(_render(COLD_SUMMARY_COLUMNS, cold, 3))
+    return "\n\n".join(parts)
+
+
 def describe_machine(machine_info: dict[str, Any]) -> str:
     """One line: the CPU and the ISA path qfast used."""
     qfast = machine_info.get("qfast") or {}
@@ -203,12 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not groups:
         print(f"{path} holds no qfast benchmarks", file=sys.stderr)
         return 1
-    print(describe_machine(data.get("machine_info") or {}))
+    machine_info = data.get("machine_info") or {}
+    print(describe_machine(machine_info))
     print()
-    if summary:
-        print(markdown(groups, SUMMARY_COLUMNS, summary=True))
-    else:
-        print(markdown(groups))
+    print(report(groups, summary=summary, gemm_detail=not summary, machine_info=machine_info))
     return 0
 
 

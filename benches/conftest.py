@@ -39,6 +39,7 @@ MS_DOMAIN = ("com.microsoft", 1)  # ONNX Runtime's contrib ops (MatMulNBits, Dyn
 COLD_ENV = "QFAST_BENCH_COLD"
 LLC_FALLBACK = 32 << 20  # where the cache sizes cannot be read
 COLD_FACTOR = 4  # the cold cases' working set, in last-level caches
+COLD_MAX_BYTES = 1_800_000_000  # and at most this (see cold_copies)
 
 
 def _load_bench_table() -> Any:
@@ -139,15 +140,18 @@ def cold_copies(llc_bytes: int) -> Callable[[int], tuple[int, str]]:
     """``cold_copies(nbytes)``: (copies, note) for a working set of >= 4x the LLC.
 
     Capped at 1/8 of RAM (ONNX Runtime's session creation briefly holds ~3 copies of its
-    initializers); the note gives the working set in LLCs and says when it was capped.
+    initializers) and at COLD_MAX_BYTES (the cold ORT models hold every copy, and a
+    serialized ONNX model must stay under protobuf's 2 GiB); the note gives the working set in
+    LLCs and says when it was capped.
     """
     ram = memory_bytes()
+    limit = min(COLD_MAX_BYTES, ram // 8) if ram else COLD_MAX_BYTES
 
     def copies(nbytes: int) -> tuple[int, str]:
         n = max(2, math.ceil(COLD_FACTOR * llc_bytes / nbytes))
-        if ram and n * nbytes > ram // 8:
-            n = max(2, ram // 8 // nbytes)
-            return n, f"{n} copies, {n * nbytes / llc_bytes:.1f}x LLC (capped at RAM / 8)"
+        if n * nbytes > limit:
+            n = max(2, limit // nbytes)
+            return n, f"{n} copies, {n * nbytes / llc_bytes:.1f}x LLC (capped)"
         return n, f"{n} copies, {n * nbytes / llc_bytes:.1f}x LLC"
 
     return copies

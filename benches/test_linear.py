@@ -33,10 +33,11 @@ node per copy) whose bytes add up to at least 4x the last-level cache, so every 
 comes from DRAM; the table reports weight GB/s next to the DRAM read bandwidth measured in the
 same run (``X.max()`` over a float32 array of 8x the LLC, on one thread and split over all).
 On the machine this was written on lscpu reports one 260 MiB L3 (a 2-vCPU KVM guest shown its
-host's cache) and 24 GB RAM: 4x LLC is ~1.1 GB a working set (65 int8 or 130 int4 4096x4096
-weights, 17 float32 ones), ORT's session creation briefly holds ~3 copies, and the bandwidth
-array is ~2.2 GB, so it fits; where 4x the LLC exceeds 1/8 of RAM the working set is capped
-there (and the extra_info says so). They run only with --benchmark-enable or QFAST_BENCH_COLD=1
+host's cache) and 24 GB RAM: 4x LLC is ~1.1 GB a working set (for 4096x4096: 65 int8 weights,
+104 / 123 int4 g32 / g128 ones with their scales, 17 float32 ones), ORT's session creation
+briefly holds ~3 copies, and the bandwidth array is ~2.2 GB, so it fits. Elsewhere the working
+set is capped at 1/8 of RAM and at 1.8 GB (a serialized ONNX model must stay under 2 GiB), and
+the benchmark's note says so. They run only with --benchmark-enable or QFAST_BENCH_COLD=1
 (QFAST_BENCH_COLD=0 or ``-k "not cold"`` skips them).
 """
 

@@ -18,7 +18,7 @@ use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
 use crate::parallel;
 use crate::simd::gemm::{Panel, Rows, TileF32, K_ALIGN, MAX_SEGMENT, MR, NR};
-use crate::simd::{self, Kernels};
+use crate::simd;
 
 /// Which input columns form each group.
 #[derive(Clone, Copy, Debug)]
@@ -307,7 +307,6 @@ impl PackedLinear {
             return Ok(());
         }
         let kern = simd::active()?;
-        check_finite(kern, x, m, k)?;
         let work = m * k * n;
         let segs = self.segments.len();
         let mut scratch = Vec::new();
@@ -318,7 +317,12 @@ impl PackedLinear {
                 let mut sx = vec![0f32; m];
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
-                    let p = params::symmetric((kern.minmax)(row), 8);
+                    // One pass gives both the grid and the finiteness check.
+                    let stats = (kern.minmax)(row);
+                    if !stats.finite {
+                        return Err(nonfinite(row, r));
+                    }
+                    let p = params::symmetric(stats, 8);
                     sx[r] = p.scale;
                     let sums = &mut xsum[r * segs..(r + 1) * segs];
                     let dst = &mut xq[r * self.kp..(r + 1) * self.kp];
@@ -348,6 +352,12 @@ impl PackedLinear {
                 )
             }
             Compute::Float => {
+                for r in 0..m {
+                    let row = &x[r * k..(r + 1) * k];
+                    if !(kern.minmax)(row).finite {
+                        return Err(nonfinite(row, r));
+                    }
+                }
                 let mut xf = vec![0f32; m * self.kp];
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
@@ -469,17 +479,11 @@ fn group_runs(k: usize, groups: usize, map: GroupMap) -> Result<(Option<Vec<u32>
     }
 }
 
-/// The first non-finite activation, as an error naming its `(row, column)`.
-fn check_finite(kern: &Kernels, x: &[f32], m: usize, k: usize) -> Result<()> {
-    for r in 0..m {
-        let row = &x[r * k..(r + 1) * k];
-        if !(kern.minmax)(row).finite {
-            let c = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(QfastError::NonFinite {
-                index: vec![r, c],
-                value: row[c],
-            });
-        }
+/// The first non-finite activation of row `r`, as an error naming its `(row, column)`.
+fn nonfinite(row: &[f32], r: usize) -> QfastError {
+    let c = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    QfastError::NonFinite {
+        index: vec![r, c],
+        value: row[c],
     }
-    Ok(())
 }

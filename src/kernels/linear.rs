@@ -17,8 +17,8 @@ use super::params;
 use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
 use crate::parallel;
-use crate::simd::gemm::{Panel, Rows, TileF32, K_ALIGN, MAX_SEGMENT, MR, NR};
 use crate::simd;
+use crate::simd::gemm::{Panel, Rows, TileF32, K_ALIGN, MAX_SEGMENT, MR, NR};
 
 /// Which input columns form each group.
 #[derive(Clone, Copy, Debug)]

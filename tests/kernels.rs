@@ -11,7 +11,7 @@
 //! Codes of NaN inputs are unspecified: the call must not crash, their bytes are not compared.
 
 use qfast::kernels::params::code_range;
-use qfast::simd::gemm::{Panel, Rows, MR, NR};
+use qfast::simd::gemm::{self, Panel, Rows, MR, NR, WIDE_PANELS, WIDE_ROWS};
 use qfast::simd::{self, scalar, Isa, Kernels, MinMax, QParams};
 use std::fmt::Debug;
 use std::process::exit;
@@ -1050,6 +1050,7 @@ fn run(isa: Isa) -> (u64, u64) {
         }
     }
     c.gemm_tiles();
+    c.pack_panels();
     (c.calls, c.values)
 }
 
@@ -1109,6 +1110,38 @@ impl Check<'_> {
         }
     }
 
+    /// `pack_panels` against the portable packer: whole and partial panels, depths that are
+    /// not multiples of 4, column windows anywhere in the matrix.
+    fn pack_panels(&mut self) {
+        for &(k, n) in &[
+            (1, 1),
+            (3, 17),
+            (8, 64),
+            (13, 100),
+            (64, 256),
+            (100, 300),
+            (517, 1040),
+        ] {
+            for _ in 0..4 {
+                let b: Vec<i8> = (0..k * n).map(|_| self.rng.int(-128, 127) as i8).collect();
+                let n0 = self.rng.below(n);
+                let panels = 1 + self.rng.below(9);
+                let kp = k.next_multiple_of(4) + 4 * self.rng.below(3);
+                let mut expected = vec![0u8; panels * kp * NR];
+                let mut got = vec![1u8; panels * kp * NR];
+                gemm::pack_i8_panels(&b, (k, n), n0, panels, kp, &mut expected);
+                (self.k.pack_panels)(&b, (k, n), n0, panels, kp, &mut got);
+                self.compare(
+                    "pack_panels",
+                    &expected,
+                    &got,
+                    |_| false,
+                    |i| format!("k {k}, n {n}, n0 {n0}, panels {panels}, kp {kp}, byte {i}"),
+                );
+            }
+        }
+    }
+
     fn gemm_tile(&mut self, kp: usize, rows: usize, nbits: u32, kind: usize) {
         // Rows are a window of longer rows half of the time (as matmul's depth blocks are).
         let stride = if kind.is_multiple_of(2) {
@@ -1138,6 +1171,24 @@ impl Check<'_> {
             |_| false,
             |i| w.clone() + &format!(", tile index {i}"),
         );
+
+        // The wide tile: WIDE_PANELS panels, up to WIDE_ROWS rows, against dot_tile_ref.
+        if let (Some(wide), true) = (self.k.dot_tile_wide, rows <= WIDE_ROWS) {
+            let panels = gemm_bytes(&mut self.rng, kind, WIDE_PANELS * kp * NR, 8, true);
+            let mut expected = [0i32; WIDE_ROWS * WIDE_PANELS * NR];
+            let mut got = [0i32; WIDE_ROWS * WIDE_PANELS * NR];
+            gemm::dot_tile_wide_ref(&panels, &xr, &mut expected);
+            wide(&panels, &xr, &mut got);
+            let n = rows * WIDE_PANELS * NR;
+            let w = what("dot_tile_wide");
+            self.compare(
+                "dot_tile_wide",
+                &expected[..n],
+                &got[..n],
+                |_| false,
+                |i| w.clone() + &format!(", tile index {i}"),
+            );
+        }
 
         // linear's tiles, integer and float mode.
         let codes = gemm_bytes(

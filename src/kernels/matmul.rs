@@ -13,7 +13,7 @@
 use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
 use crate::parallel;
-use crate::simd::gemm::{self, Rows, TileI32, K_ALIGN, MR, NR};
+use crate::simd::gemm::{self, Rows, TileI32, TileWide, K_ALIGN, MR, NR, WIDE_PANELS, WIDE_ROWS};
 use crate::simd::{self, Kernels};
 
 /// The left operand: `[M, K]` row-major.
@@ -42,9 +42,12 @@ pub fn max_depth(lhs_unsigned: bool) -> usize {
     }
 }
 
-/// Panels per task: 8 panels (128 columns) of a 4096-deep `b` are 512 KiB, which stay in L2
-/// while every tile of `a` runs over them.
-const PANELS_PER_TASK: usize = 8;
+/// Most panels per task: a task packs its columns one depth block at a time, reading
+/// `PANELS_PER_TASK · NR` contiguous bytes of each row of `b` (1 KiB: enough for the hardware
+/// prefetchers to stream the rows; 128 bytes a row left the packing bound by cache misses at
+/// 4 GB/s), into `PANELS_PER_TASK · KC · NR` bytes (1 MiB) that stay in L2 while every row
+/// tile runs over them.
+const PANELS_PER_TASK: usize = 64;
 
 /// `out[M, N] = a[M, K] @ b[K, N]`, exact, with int32 accumulation.
 pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i32]) -> Result<()> {
@@ -71,11 +74,12 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
     }
     let kern = simd::active()?;
     let kp = k.next_multiple_of(K_ALIGN);
+    let xs = gemm::row_stride(kp);
 
     // Rows of `a`, shifted into i8 and padded, and their sums.
-    let mut x = vec![0i8; m * kp];
+    let mut x = vec![0i8; m * xs];
     let mut rowsum = vec![0i32; m];
-    for (r, (xr, s)) in x.chunks_exact_mut(kp).zip(rowsum.iter_mut()).enumerate() {
+    for (r, (xr, s)) in x.chunks_exact_mut(xs).zip(rowsum.iter_mut()).enumerate() {
         *s = match a {
             Lhs::I8(a) => {
                 let src = &a[r * k..(r + 1) * k];
@@ -105,23 +109,26 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
         .collect();
 
     let panels = n.div_ceil(NR);
-    let tasks: Vec<usize> = (0..panels.div_ceil(PANELS_PER_TASK)).collect();
+    // At least two tasks per thread (when there are enough panels) to balance the load.
+    let per_task = PANELS_PER_TASK.min(panels.div_ceil(2 * parallel::num_threads()).max(1));
+    let tasks: Vec<usize> = (0..panels.div_ceil(per_task)).collect();
     let shared = SharedMut::new(out);
     let work = m * k * n;
     parallel::map(tasks, work, |t| {
-        let p0 = t * PANELS_PER_TASK;
-        let p1 = (p0 + PANELS_PER_TASK).min(panels);
+        let p0 = t * per_task;
+        let p1 = (p0 + per_task).min(panels);
         // SAFETY: tasks write disjoint column ranges `p0 * NR..p1 * NR` of `out`.
         unsafe {
             task(
-                kern, &x, &row_fix, b, m, k, n, kp, unsigned, p0, p1, &shared,
+                kern, &x, xs, &row_fix, b, m, k, n, kp, unsigned, p0, p1, &shared,
             )
         }
     })?;
     Ok(())
 }
 
-/// Packs panels `p0..p1` and runs every row tile over them.
+/// Computes columns `p0 * NR..p1 * NR` of `out`, one depth block at a time: packs the block's
+/// panels, then runs every row tile over them, adding the partial sums into `out`.
 ///
 /// # Safety
 /// No other task may write columns `p0 * NR..p1 * NR` of `out` meanwhile.
@@ -129,6 +136,7 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
 unsafe fn task(
     kern: &Kernels,
     x: &[i8],
+    xs: usize,
     row_fix: &[i32],
     b: &[i8],
     m: usize,
@@ -141,29 +149,109 @@ unsafe fn task(
     out: &SharedMut<i32>,
 ) {
     let np = p1 - p0;
+    let mut fix = vec![0i32; np * NR];
+    let mut ones = Vec::new();
+    let mut tile: TileI32 = [0; MR * NR];
+    let mut wtile: TileWide = [0; WIDE_ROWS * WIDE_PANELS * NR];
+    // The wide tile reads WIDE_PANELS panels at once: a shallower block keeps them in L1.
+    let kc_max = if kern.dot_tile_wide.is_some() {
+        KC / 2
+    } else {
+        KC
+    };
     SCRATCH.with_borrow_mut(|packed| {
-        packed.resize(np * kp * NR, 0);
-        gemm::pack_i8_panels(b, (k, n), p0 * NR, np, kp, packed, None);
-        let mut col_fix = vec![0i32; np * NR];
-        if unsigned {
-            // 128·Σb per column, from the packed panel itself: Σ_k (b + 128) over the k < K
-            // is the dot product with a row of ones, minus 128·K.
-            let mut ones = vec![0i8; kp];
-            ones[..k].fill(1);
-            let ones = Rows::new(&ones, 1, kp);
-            let mut tile: TileI32 = [0; MR * NR];
-            for (i, panel) in packed.chunks_exact(kp * NR).enumerate() {
-                (kern.dot_tile)(panel, &ones, &mut tile);
-                for (f, &s) in col_fix[i * NR..(i + 1) * NR].iter_mut().zip(&tile[..NR]) {
-                    *f = s
-                        .wrapping_sub((k as i32).wrapping_mul(128))
-                        .wrapping_mul(128);
+        // Every block starts below `k` (blocks are multiples of 8 long and kp - k < 8).
+        let mut kb = 0;
+        while kb < kp {
+            let kc = kc_max.min(kp - kb);
+            let rows_b = kc.min(k - kb); // rows of `b` in this block; the rest is padding
+            packed.resize(np * kc * NR, 0);
+            (kern.pack_panels)(
+                &b[kb * n..(kb + rows_b) * n],
+                (rows_b, n),
+                p0 * NR,
+                np,
+                kc,
+                packed,
+            );
+            // Per-column corrections of this block (none for int8 `a`).
+            for (i, f) in fix.chunks_exact_mut(NR).enumerate() {
+                let cols = NR.min(n - (p0 + i) * NR);
+                if unsigned {
+                    // 128·Σb over this block, from the packed panel itself: Σ (b + 128) is
+                    // the dot product with a row of ones, less 128 per row of `b`.
+                    ones.clear();
+                    ones.resize(kc, 0i8);
+                    ones[..rows_b].fill(1);
+                    let panel = &packed[i * kc * NR..(i + 1) * kc * NR];
+                    (kern.dot_tile)(panel, &Rows::new(&ones, 1, kc), &mut tile);
+                    let shift = (rows_b as i32).wrapping_mul(128);
+                    for (d, &s) in f[..cols].iter_mut().zip(&tile[..NR]) {
+                        *d = s.wrapping_sub(shift).wrapping_mul(128);
+                    }
                 }
             }
+            // Column blocks: groups of WIDE_PANELS panels by the wide tile where the path has
+            // one, then single panels. Each block runs every row tile of `a`.
+            let mut i = 0;
+            while i < np {
+                let width = match kern.dot_tile_wide {
+                    Some(_) if i + WIDE_PANELS <= np => WIDE_PANELS,
+                    _ => 1,
+                };
+                let n0 = (p0 + i) * NR;
+                let cols = (width * NR).min(n - n0);
+                let f = &fix[i * NR..i * NR + cols];
+                let block = &packed[i * kc * NR..(i + width) * kc * NR];
+                let mr = if width == 1 { MR } else { WIDE_ROWS };
+                let mut m0 = 0;
+                while m0 < m {
+                    let rows = mr.min(m - m0);
+                    let xr = Rows::strided(&x[m0 * xs + kb..], rows, kc, xs);
+                    let sums: &[i32] = match kern.dot_tile_wide {
+                        Some(wide) if width > 1 => {
+                            wide(block, &xr, &mut wtile);
+                            &wtile
+                        }
+                        _ => {
+                            (kern.dot_tile)(block, &xr, &mut tile);
+                            &tile
+                        }
+                    };
+                    let tile_cols = width * NR;
+                    for r in 0..rows {
+                        // SAFETY: row `m0 + r`, columns `n0..n0 + cols` belong to this task.
+                        let dst = unsafe { out.slice((m0 + r) * n + n0, cols) };
+                        let part = &sums[r * tile_cols..r * tile_cols + cols];
+                        let first = (kb == 0).then(|| row_fix[m0 + r]);
+                        add_partial(dst, part, f, first);
+                    }
+                    m0 += rows;
+                }
+                i += width;
+            }
+            kb += kc;
         }
-        // SAFETY: forwarded from this function's contract.
-        unsafe { run_tiles(kern, x, row_fix, &col_fix, packed, m, n, kp, p0, out) }
     })
+}
+
+/// Adds a depth block's partial sums `part` and column corrections `fix` into `dst`; the first
+/// block (`first`: its row correction) overwrites `dst` instead. All wrapping: exact as long
+/// as the final result fits int32.
+#[inline]
+fn add_partial(dst: &mut [i32], part: &[i32], fix: &[i32], first: Option<i32>) {
+    match first {
+        Some(rf) => {
+            for ((d, &v), &c) in dst.iter_mut().zip(part).zip(fix) {
+                *d = v.wrapping_add(rf).wrapping_add(c);
+            }
+        }
+        None => {
+            for ((d, &v), &c) in dst.iter_mut().zip(part).zip(fix) {
+                *d = d.wrapping_add(v).wrapping_add(c);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -172,61 +260,6 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs every row tile over the packed panels (starting at panel `p0`) and writes the
-/// corrected sums into `out`.
-///
-/// # Safety
-/// No other task may write the panels' columns of `out` meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_tiles(
-    kern: &Kernels,
-    x: &[i8],
-    row_fix: &[i32],
-    col_fix: &[i32],
-    packed: &[u8],
-    m: usize,
-    n: usize,
-    kp: usize,
-    p0: usize,
-    out: &SharedMut<i32>,
-) {
-    let mut tile: TileI32 = [0; MR * NR];
-    // Depth blocks: a block of a panel (KC x NR bytes) stays in L1 while every row tile runs
-    // over it; the int32 partial sums go straight into `out` (exact: wrapping adds).
-    let mut kb = 0;
-    while kb < kp {
-        let kc = KC.min(kp - kb);
-        for (i, panel) in packed.chunks_exact(kp * NR).enumerate() {
-            let block = &panel[kb * NR..(kb + kc) * NR];
-            let n0 = (p0 + i) * NR;
-            let cols = NR.min(n - n0);
-            let fix = &col_fix[i * NR..i * NR + cols];
-            let mut m0 = 0;
-            while m0 < m {
-                let rows = MR.min(m - m0);
-                let xr = Rows::strided(&x[m0 * kp + kb..], rows, kc, kp);
-                (kern.dot_tile)(block, &xr, &mut tile);
-                for r in 0..rows {
-                    // SAFETY: row `m0 + r`, columns `n0..n0 + cols` belong to this task.
-                    let dst = unsafe { out.slice((m0 + r) * n + n0, cols) };
-                    let part = &tile[r * NR..r * NR + cols];
-                    if kb == 0 {
-                        let rf = row_fix[m0 + r];
-                        for ((d, &v), &f) in dst.iter_mut().zip(part).zip(fix) {
-                            *d = v.wrapping_add(rf).wrapping_add(f);
-                        }
-                    } else {
-                        for (d, &v) in dst.iter_mut().zip(part) {
-                            *d = d.wrapping_add(v);
-                        }
-                    }
-                }
-                m0 += rows;
-            }
-        }
-        kb += kc;
-    }
-}
-
-/// Depth per block: 1024 x 16 bytes of a panel (16 KiB) in L1 next to the rows' 8 KiB.
+/// Depth per block: 1024 x 16 bytes of a panel (16 KiB) stay in L1 next to a tile's rows
+/// (8 KiB) while every row tile runs over the panel.
 const KC: usize = 1024;

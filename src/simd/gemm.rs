@@ -42,6 +42,20 @@ pub type TileF32 = [f32; MR * NR];
 /// unspecified.
 pub type DotTile = fn(panel: &[u8], x: &Rows<i8>, out: &mut TileI32);
 
+/// Panels and rows of the wide integer tile ([`DotTileWide`]).
+pub const WIDE_PANELS: usize = 4;
+pub const WIDE_ROWS: usize = 6;
+
+/// Int32 output tile of `dot_tile_wide`, `[WIDE_ROWS][WIDE_PANELS * NR]`.
+pub type TileWide = [i32; WIDE_ROWS * WIDE_PANELS * NR];
+
+/// `dot_tile_wide(panels, x, out)`: `dot_tile` over [`WIDE_PANELS`] panels at once, for up to
+/// [`WIDE_ROWS`] rows: `panels` holds the 8-bit panels back to back (`x.kp * NR` bytes each),
+/// and `out[m * WIDE_PANELS * NR + i * NR + j]` receives row `m`'s sum with column `j` of
+/// panel `i`. Paths with enough registers for it (AVX-512) provide one; `matmul_int8` runs
+/// `dot_tile` where there is none.
+pub type DotTileWide = fn(panels: &[u8], x: &Rows<i8>, out: &mut TileWide);
+
 /// `linear_tile(panel, x, xsum, out)`: integer mode (see the module docs); `xsum` holds
 /// `[x.rows][segments]` sums of the codes of each row over each segment.
 pub type LinearTile = fn(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32);
@@ -93,6 +107,18 @@ impl<'a, T> Rows<'a, T> {
         self.rows <= MR
             && self.stride >= self.kp
             && (self.rows == 0 || self.data.len() >= (self.rows - 1) * self.stride + self.kp)
+    }
+}
+
+/// The row stride for activation rows of `kp` values: `kp` plus one cache line (64 bytes of
+/// int8, 16 lines of float32 would be too much: 16 values) when `kp` is a multiple of 64
+/// elements, so that the rows of a tile do not all fall in the same L1 set (a stride of
+/// 4096 bytes put the 8 rows of a tile in one 12-way set, next to the panel).
+pub fn row_stride(kp: usize) -> usize {
+    if kp.is_multiple_of(64) {
+        kp + 64
+    } else {
+        kp
     }
 }
 
@@ -160,6 +186,13 @@ pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
     assert_eq!(panel.len(), x.kp * NR, "8-bit panel length");
 }
 
+/// Contract of `dot_tile_wide`, checked by every path's wrapper.
+#[inline]
+pub fn check_dot_wide(panels: &[u8], x: &Rows<i8>) {
+    assert!(x.in_bounds() && x.kp.is_multiple_of(4) && x.rows <= WIDE_ROWS);
+    assert_eq!(panels.len(), WIDE_PANELS * x.kp * NR, "8-bit panels length");
+}
+
 /// Contract of `linear_tile`, checked by every path's wrapper.
 #[inline]
 pub fn check_linear(panel: &Panel, x: &Rows<i8>, xsum: &[f32]) {
@@ -201,29 +234,78 @@ pub fn peak_loop(isa: super::Isa, iters: u64) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // Packing
 
-/// Packs columns `n0..n0 + panels * NR` of the int8 matrix `b [k][n]` (row-major) as 8-bit
-/// panels of `kp >= k` values of `k` each (`kp` a multiple of 4), one after the other:
-/// `p = b + 128`, zeros past the matrix. When `colsum` is given (`panels * NR` long), it
-/// receives each column's sum of `b` (zero past the matrix).
+/// `pack_panels(b, (k, n), n0, panels, kp, out)`: packs columns `n0..n0 + panels * NR` of
+/// the int8 matrix `b [k][n]` (row-major) as 8-bit panels of `kp >= k` values of `k` each
+/// (`kp` a multiple of 4), one after the other: `p = b + 128`, zeros past the matrix.
+pub type PackPanels =
+    fn(b: &[i8], kn: (usize, usize), n0: usize, panels: usize, kp: usize, out: &mut [u8]);
+
+/// One quad of four whole panels: reads 64 bytes from each of the rows `src`, `src + n`,
+/// `src + 2n`, `src + 3n` and writes the quad's 64-byte block of panel `i` at
+/// `dst + i * panel_stride` for `i` in 0..4.
+///
+/// # Safety
+/// Those reads and writes must be in bounds, and the CPU must support what the function
+/// was compiled for.
+pub type PackQuad4 = unsafe fn(src: *const i8, n: usize, dst: *mut u8, panel_stride: usize);
+
+/// The portable [`PackPanels`] (SSE2 on x86_64).
+pub fn pack_i8_panels(
+    b: &[i8],
+    kn: (usize, usize),
+    n0: usize,
+    panels: usize,
+    kp: usize,
+    out: &mut [u8],
+) {
+    pack_panels_with(b, kn, n0, panels, kp, out, None)
+}
+
+/// [`PackPanels`], with `quad4` (when given) packing each quad of four whole panels at once.
 ///
 /// Rows are read once each, all panels at a time (a panel alone would touch one 16-byte
 /// piece of each row, a page apart, and miss the TLB on every quad).
-pub fn pack_i8_panels(
+pub fn pack_panels_with(
     b: &[i8],
     (k, n): (usize, usize),
     n0: usize,
     panels: usize,
     kp: usize,
     out: &mut [u8],
-    colsum: Option<&mut [i32]>,
+    quad4: Option<PackQuad4>,
 ) {
     assert!(b.len() == k * n && n0 < n && kp >= k && kp.is_multiple_of(4));
     assert_eq!(out.len(), panels * kp * NR);
     let cols = (panels * NR).min(n - n0);
     let whole = cols / NR; // panels with all NR columns inside the matrix
     let quads = k / 4;
+    // Four whole panels at a time in short runs of quads: the run's rows (each read across
+    // all the panels) stay in L1, and each panel is written a few lines at a time.
+    let groups = if quad4.is_some() { whole / 4 } else { 0 };
+    if let Some(quad4) = quad4 {
+        let mut t0 = 0;
+        while t0 < quads {
+            let t1 = (t0 + PACK_RUN).min(quads);
+            for g in 0..groups {
+                for t in t0..t1 {
+                    // SAFETY: rows 4t..4t + 4 <= k and columns n0 + 64g .. + 64 <= n0 + cols
+                    // <= n lie in `b`; panels 4g..4g + 4 <= panels lie in `out`.
+                    unsafe {
+                        quad4(
+                            b.as_ptr().add(4 * t * n + n0 + 64 * g),
+                            n,
+                            out.as_mut_ptr().add(4 * g * kp * NR + 64 * t),
+                            kp * NR,
+                        )
+                    };
+                }
+            }
+            t0 = t1;
+        }
+    }
     for t in 0..kp / 4 {
-        for p in 0..panels {
+        let first = if t < quads { 4 * groups } else { 0 };
+        for p in first..panels {
             let block = &mut out[p * kp * NR + 64 * t..p * kp * NR + 64 * t + 64];
             if t < quads && p < whole {
                 let src = |c: usize| &b[(4 * t + c) * n + n0 + p * NR..][..NR];
@@ -236,25 +318,18 @@ pub fn pack_i8_panels(
                 if kk >= k {
                     break;
                 }
-                let c0 = n0 + p * NR;
-                let width = NR.min((n0 + cols).saturating_sub(c0));
+                let c0 = (n0 + p * NR).min(n); // panels wholly past the matrix stay zero
+                let width = NR.min(n - c0);
                 for (j, &v) in b[kk * n + c0..kk * n + c0 + width].iter().enumerate() {
                     block[4 * j + c] = (v as u8) ^ 0x80;
                 }
             }
         }
     }
-    if let Some(colsum) = colsum {
-        assert_eq!(colsum.len(), panels * NR);
-        colsum.fill(0);
-        for kk in 0..k {
-            let src = &b[kk * n + n0..kk * n + n0 + cols];
-            for (s, &v) in colsum.iter_mut().zip(src) {
-                *s += v as i32;
-            }
-        }
-    }
 }
+
+/// Quads per run of `pack_panels_with`'s four-panel path.
+const PACK_RUN: usize = 1;
 
 /// One quad of a panel: `block[4j + c] = rows[c][j] + 128`.
 #[inline(always)]
@@ -301,6 +376,19 @@ pub fn dot_tile_ref(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
                 acc = acc.wrapping_add(p as i32 * xv as i32);
             }
             out[m * NR + j] = acc;
+        }
+    }
+}
+
+/// `dot_tile_wide` by way of [`dot_tile_ref`], for the tests.
+pub fn dot_tile_wide_ref(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
+    check_dot_wide(panels, x);
+    let mut tile: TileI32 = [0; MR * NR];
+    for (i, panel) in panels.chunks_exact(x.kp * NR).enumerate() {
+        dot_tile_ref(panel, x, &mut tile);
+        for m in 0..x.rows {
+            let dst = &mut out[m * WIDE_PANELS * NR + i * NR..][..NR];
+            dst.copy_from_slice(&tile[m * NR..(m + 1) * NR]);
         }
     }
 }

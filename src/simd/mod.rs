@@ -233,7 +233,9 @@ pub struct Kernels {
     pub unpack2: fn(packed: &[u8], signed: bool, out: &mut [u8]),
     /// Integer tile of `matmul_int8`: `out[m * NR + j] = Σ_k panel_j[k] · x_m[k]`, wrapping
     /// int32, over an 8-bit panel (see [`gemm`] for the layouts).
+    pub pack_panels: gemm::PackPanels,
     pub dot_tile: gemm::DotTile,
+    pub dot_tile_wide: Option<gemm::DotTileWide>,
     /// Tile of `linear` in integer mode (W8A8 / W4A8), see [`gemm::LinearTile`].
     pub linear_tile: gemm::LinearTile,
     /// Tile of `linear` in float mode (W8A16 / W4A16), see [`gemm::LinearTileF32`].

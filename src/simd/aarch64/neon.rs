@@ -37,14 +37,18 @@ pub const KERNELS: Kernels = Kernels {
     unpack4,
     pack2,
     unpack2,
+    pack_panels: crate::simd::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_neon,
+    dot_tile_wide: None,
     linear_tile: super::gemm::linear_tile_neon,
     linear_tile_f32: super::gemm::linear_tile_f32_neon,
 };
 
 pub const KERNELS_DOTPROD: Kernels = Kernels {
     isa: Isa::NeonDotprod,
+    pack_panels: crate::simd::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_dotprod,
+    dot_tile_wide: None,
     linear_tile: super::gemm::linear_tile_dotprod,
     ..KERNELS
 };

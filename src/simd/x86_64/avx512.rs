@@ -37,7 +37,9 @@ pub const KERNELS: Kernels = Kernels {
     pack2,
     unpack2,
     // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
+    pack_panels: super::gemm::pack_i8_panels_avx512,
     dot_tile: super::gemm::dot_tile_avx2,
+    dot_tile_wide: None,
     linear_tile: super::gemm::linear_tile_avx2,
     linear_tile_f32: super::gemm::linear_tile_f32_avx512,
 };
@@ -45,7 +47,9 @@ pub const KERNELS: Kernels = Kernels {
 /// The VNNI path differs only in the integer dot products (`vpdpbusd`).
 pub const KERNELS_VNNI: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
+    pack_panels: super::gemm::pack_i8_panels_avx512,
     dot_tile: super::gemm::dot_tile_vnni,
+    dot_tile_wide: Some(super::gemm::dot_tile_wide_vnni),
     linear_tile: super::gemm::linear_tile_vnni,
     ..KERNELS
 };

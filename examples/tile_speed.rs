@@ -1,0 +1,176 @@
+//! Microkernel throughput in isolation, one thread, on the active ISA path (`QFAST_ISA`):
+//! `dot_tile` and `linear_tile` in G MAC/s with their operands in L1/L2, `pack_panels` in
+//! GB/s out of matrices in the LLC, and the `vpdpbusd` peak.
+//!
+//! `cargo run --release --example tile_speed [tiles|pack|peak]`. A tuning aid for the
+//! microkernels; the user-facing benchmarks are in `benches/`.
+
+use qfast::simd::gemm::{
+    self, Panel, Rows, TileF32, TileI32, TileWide, MR, NR, WIDE_PANELS, WIDE_ROWS,
+};
+use qfast::simd::{self, Kernels};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Depth and rows of the tile runs, panels per task: as `matmul_int8` runs them.
+const KC: usize = 1024;
+const M: usize = 128;
+const PANELS: usize = 64;
+
+/// `work` per call of `f` / the best time of a call, in G/s; samples of at least 20 ms.
+fn rate(work: f64, f: &mut dyn FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    let reps = (0.02 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    work / best / 1e9
+}
+
+fn tiles(kern: &Kernels) {
+    let stride = gemm::row_stride(KC);
+    let x: Vec<i8> = (0..M * stride).map(|i| (i * 7 % 251) as i8).collect();
+    let packed: Vec<u8> = (0..PANELS * KC * NR)
+        .map(|i| (i * 13 % 256) as u8)
+        .collect();
+    let macs = (M * KC * NR * PANELS) as f64;
+    let mut tile: TileI32 = [0; MR * NR];
+    let g = rate(macs, &mut || {
+        for p in packed.chunks_exact(KC * NR) {
+            for m0 in (0..M).step_by(MR) {
+                let xr = Rows::strided(&x[m0 * stride..], MR, KC, stride);
+                (kern.dot_tile)(black_box(p), &xr, &mut tile);
+                black_box(&tile);
+            }
+        }
+    });
+    println!("dot_tile {MR} rows x {KC} deep: {g:.1} G MAC/s");
+    if let Some(wide) = kern.dot_tile_wide {
+        for kc in [KC / 2, KC] {
+            let mut tile: TileWide = [0; WIDE_ROWS * WIDE_PANELS * NR];
+            let group = WIDE_PANELS * kc * NR;
+            let g = rate(macs, &mut || {
+                // As many MACs as above: the panels' bytes, `kc` deep groups of them.
+                for p in packed.chunks_exact(group) {
+                    for m0 in (0..M).step_by(WIDE_ROWS) {
+                        let rows = WIDE_ROWS.min(M - m0);
+                        let xr = Rows::strided(&x[m0 * stride..], rows, kc, stride);
+                        wide(black_box(p), &xr, &mut tile);
+                        black_box(&tile);
+                    }
+                }
+            });
+            println!(
+                "dot_tile_wide {WIDE_ROWS} rows x {WIDE_PANELS} panels x {kc} deep: {g:.1} G MAC/s"
+            );
+        }
+    }
+    for bits in [8u32, 4] {
+        let seg = 128;
+        let segs = KC / seg;
+        let seg_len = vec![seg as u32; segs];
+        let grid = vec![0.01f32; segs * NR];
+        let bytes = KC * NR * bits as usize / 8;
+        let xsum = vec![1.0f32; MR * segs];
+        let mut out: TileF32 = [0.0; MR * NR];
+        let g = rate(macs, &mut || {
+            for p in packed.chunks_exact(bytes).take(PANELS) {
+                let panel = Panel {
+                    codes: p,
+                    bits,
+                    seg_len: &seg_len,
+                    scale: &grid,
+                    zero: &grid,
+                    zscale: &grid,
+                };
+                for m0 in (0..M).step_by(MR) {
+                    let xr = Rows::strided(&x[m0 * stride..], MR, KC, stride);
+                    (kern.linear_tile)(&panel, &xr, &xsum, &mut out);
+                    black_box(&out);
+                }
+            }
+        });
+        println!("linear_tile W{bits}A8 g{seg}: {g:.1} G MAC/s");
+    }
+}
+
+fn pack(kern: &Kernels) {
+    // Three 4096 x 4096 matrices in turn (48 MiB: in the LLC, not in L2), packed a task's
+    // block (PANELS x KC) at a time.
+    let (k, n) = std::env::var("PACKN")
+        .map(|s| {
+            let v: usize = s.parse().unwrap();
+            (v, v)
+        })
+        .unwrap_or((4096, 4096));
+    let bs: Vec<Vec<i8>> = (0..3)
+        .map(|s| {
+            (0..k * n + 64)
+                .map(|i| ((i * 31 + s) % 256) as u8 as i8)
+                .collect()
+        })
+        .collect();
+    let boff: usize = std::env::var("BOFF")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(16);
+    let bs: Vec<&[i8]> = bs
+        .iter()
+        .map(|b| {
+            let o = (b.as_ptr().align_offset(64) + boff) % 64;
+            &b[o..o + k * n]
+        })
+        .collect();
+    let mut buf = vec![0u8; PANELS * KC * NR + 64];
+    let off = buf.as_ptr().align_offset(64)
+        + std::env::var("OFF")
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(0usize);
+    let out = &mut buf[off..off + PANELS * KC * NR];
+    let g = rate((3 * k * n) as f64, &mut || {
+        for b in bs.iter() {
+            for n0 in (0..n).step_by((PANELS * NR).min(n)) {
+                for kb in (0..k).step_by(KC.min(k)) {
+                    let kc = KC.min(k);
+                    let rows = &b[kb * n..(kb + kc) * n];
+                    (kern.pack_panels)(
+                        rows,
+                        (kc, n),
+                        n0,
+                        PANELS.min(n / NR),
+                        kc,
+                        &mut out[..PANELS.min(n / NR) * kc * NR],
+                    );
+                    black_box(&*out);
+                }
+            }
+        }
+    });
+    println!("pack_panels {PANELS} panels x {KC} deep: {g:.1} GB/s of b");
+}
+
+fn main() {
+    let kern = simd::active().expect("an ISA path");
+    let what = std::env::args().nth(1);
+    let all = what.is_none();
+    if all || what.as_deref() == Some("tiles") {
+        tiles(kern);
+    }
+    if all || what.as_deref() == Some("pack") {
+        pack(kern);
+    }
+    let isa = simd::select(None).expect("an ISA path");
+    if all || what.as_deref() == Some("peak") {
+        if let Some(ops) = gemm::peak_loop(isa, 1 << 22) {
+            let t = Instant::now();
+            gemm::peak_loop(isa, 1 << 22);
+            let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!("vpdpbusd peak: {g:.1} G MAC/s");
+        }
+    }
+}

@@ -1051,6 +1051,7 @@ fn run(isa: Isa) -> (u64, u64) {
     }
     c.gemm_tiles();
     c.pack_panels();
+    c.matmul_rows();
     (c.calls, c.values)
 }
 
@@ -1138,6 +1139,48 @@ impl Check<'_> {
                     |_| false,
                     |i| format!("k {k}, n {n}, n0 {n0}, panels {panels}, kp {kp}, byte {i}"),
                 );
+            }
+        }
+    }
+
+    /// `matmul_rows` (where the path has it) against its reference: 1..=4 rows, depths with a
+    /// partial last quad, column windows of every width up to the maximum, extreme bytes.
+    fn matmul_rows(&mut self) {
+        let Some(rows_fn) = self.k.matmul_rows else {
+            return;
+        };
+        let shapes = [
+            (1, 1),
+            (3, 17),
+            (4, 64),
+            (5, 100),
+            (17, 1030),
+            (64, 2100),
+            (131, 70),
+        ];
+        for (step, &(k, n)) in shapes.iter().enumerate() {
+            for m in 1..=gemm::ROWS_M {
+                for signed in [false, true] {
+                    let kind = (step + m) % 4;
+                    let a = gemm_bytes(&mut self.rng, kind, m * k, 8, !signed);
+                    let b: Vec<i8> = gemm_bytes(&mut self.rng, kind, k * n, 8, false)
+                        .into_iter()
+                        .map(|v| v as i8)
+                        .collect();
+                    let c0 = self.rng.below(n);
+                    let w = (1 + self.rng.below(n - c0)).min(gemm::ROWS_COLS);
+                    let mut expected = vec![0i32; m * w];
+                    let mut got = vec![7i32; m * w];
+                    gemm::matmul_rows_ref(&a, signed, m, &b, (k, n), c0, &mut expected);
+                    rows_fn(&a, signed, m, &b, (k, n), c0, &mut got);
+                    self.compare(
+                        "matmul_rows",
+                        &expected,
+                        &got,
+                        |_| false,
+                        |i| format!("m {m}, k {k}, n {n}, c0 {c0}, w {w}, signed {signed}, data {kind}, index {i}"),
+                    );
+                }
             }
         }
     }

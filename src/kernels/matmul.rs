@@ -13,7 +13,9 @@
 use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
 use crate::parallel;
-use crate::simd::gemm::{self, Rows, TileI32, TileWide, K_ALIGN, MR, NR, WIDE_PANELS, WIDE_ROWS};
+use crate::simd::gemm::{
+    self, Rows, TileI32, TileWide, K_ALIGN, MR, NR, ROWS_COLS, ROWS_M, WIDE_PANELS, WIDE_ROWS,
+};
 use crate::simd::{self, Kernels};
 
 /// The left operand: `[M, K]` row-major.
@@ -73,6 +75,9 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
         return Ok(());
     }
     let kern = simd::active()?;
+    if let (Some(rows_fn), true) = (kern.matmul_rows, m <= ROWS_M) {
+        return small_m(rows_fn, a, b, m, k, n, out);
+    }
     let kp = k.next_multiple_of(K_ALIGN);
     let xs = gemm::row_stride(kp);
 
@@ -122,6 +127,53 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
             task(
                 kern, &x, xs, &row_fix, b, m, k, n, kp, unsigned, p0, p1, &shared,
             )
+        }
+    })?;
+    Ok(())
+}
+
+/// A few rows of `a` (GEMV-like): `b` is streamed in place by the path's `matmul_rows`, in
+/// tasks of columns, with no packing (packing would cost more than the product itself).
+fn small_m(
+    rows_fn: gemm::MatmulRows,
+    a: Lhs,
+    b: &[i8],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [i32],
+) -> Result<()> {
+    let (bytes, signed): (&[u8], bool) = match a {
+        // SAFETY: i8 and u8 have the same size and alignment; every byte is valid.
+        Lhs::I8(a) => (
+            unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) },
+            true,
+        ),
+        Lhs::U8(a) => (a, false),
+    };
+    // Signed `a` comes back with 128·Σa added.
+    let fix: Vec<i32> = (0..m)
+        .map(|r| match a {
+            Lhs::I8(a) => a[r * k..(r + 1) * k]
+                .iter()
+                .fold(0i32, |s, &v| s.wrapping_add(v as i32))
+                .wrapping_mul(-128),
+            Lhs::U8(_) => 0,
+        })
+        .collect();
+    let tasks: Vec<usize> = (0..n.div_ceil(ROWS_COLS)).collect();
+    let shared = SharedMut::new(out);
+    parallel::map(tasks, m * k * n, |t| {
+        let c0 = t * ROWS_COLS;
+        let w = ROWS_COLS.min(n - c0);
+        let mut part = vec![0i32; m * w];
+        rows_fn(bytes, signed, m, b, (k, n), c0, &mut part);
+        for r in 0..m {
+            // SAFETY: tasks write disjoint column ranges `c0..c0 + w` of `out`.
+            let dst = unsafe { shared.slice(r * n + c0, w) };
+            for (d, &v) in dst.iter_mut().zip(&part[r * w..(r + 1) * w]) {
+                *d = v.wrapping_add(fix[r]);
+            }
         }
     })?;
     Ok(())

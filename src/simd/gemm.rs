@@ -56,6 +56,18 @@ pub type TileWide = [i32; WIDE_ROWS * WIDE_PANELS * NR];
 /// `dot_tile` where there is none.
 pub type DotTileWide = fn(panels: &[u8], x: &Rows<i8>, out: &mut TileWide);
 
+/// The most rows of `a` for [`MatmulRows`], and the most columns per call.
+pub const ROWS_M: usize = 4;
+pub const ROWS_COLS: usize = 1024;
+
+/// `matmul_rows(a, signed, m, b, (k, n), c0, out)`: for `m <= ROWS_M` rows of `a` (`[m][k]`
+/// bytes, int8 when `signed`, uint8 otherwise) and columns `c0..c0 + w` of the unpacked int8
+/// `b [k][n]`, where `w = out.len() / m <= ROWS_COLS`: `out[r * w + j]` receives the exact
+/// `Σ_k a[r][k]·b[k][c0 + j]` (wrapping int32), plus `128·Σ_k a[r][k]` when `signed`. Streams
+/// `b` once, with no packing: the small-M path of `matmul_int8` where a path has one.
+pub type MatmulRows =
+    fn(a: &[u8], signed: bool, m: usize, b: &[i8], kn: (usize, usize), c0: usize, out: &mut [i32]);
+
 /// `linear_tile(panel, x, xsum, out)`: integer mode (see the module docs); `xsum` holds
 /// `[x.rows][segments]` sums of the codes of each row over each segment.
 pub type LinearTile = fn(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32);
@@ -191,6 +203,51 @@ pub fn check_dot(panel: &[u8], x: &Rows<i8>) {
 pub fn check_dot_wide(panels: &[u8], x: &Rows<i8>) {
     assert!(x.in_bounds() && x.kp.is_multiple_of(4) && x.rows <= WIDE_ROWS);
     assert_eq!(panels.len(), WIDE_PANELS * x.kp * NR, "8-bit panels length");
+}
+
+/// Contract of `matmul_rows`, checked by every path's wrapper; returns the column count.
+#[inline]
+pub fn check_rows(
+    a: &[u8],
+    m: usize,
+    b: &[i8],
+    (k, n): (usize, usize),
+    c0: usize,
+    out: &[i32],
+) -> usize {
+    assert!((1..=ROWS_M).contains(&m) && a.len() == m * k && b.len() == k * n);
+    assert!(out.len().is_multiple_of(m), "out holds whole rows");
+    let w = out.len() / m;
+    assert!(w <= ROWS_COLS && c0 + w <= n, "columns inside b");
+    w
+}
+
+/// `matmul_rows` in plain Rust, for the tests.
+pub fn matmul_rows_ref(
+    a: &[u8],
+    signed: bool,
+    m: usize,
+    b: &[i8],
+    (k, n): (usize, usize),
+    c0: usize,
+    out: &mut [i32],
+) {
+    let w = check_rows(a, m, b, (k, n), c0, out);
+    for r in 0..m {
+        for j in 0..w {
+            let mut acc = 0i32;
+            for kk in 0..k {
+                let bv = b[kk * n + c0 + j];
+                let (av, bv) = if signed {
+                    (a[r * k + kk] as i8 as i32, (bv as u8 ^ 0x80) as i32)
+                } else {
+                    (a[r * k + kk] as i32, bv as i32)
+                };
+                acc = acc.wrapping_add(av * bv);
+            }
+            out[r * w + j] = acc;
+        }
+    }
 }
 
 /// Contract of `linear_tile`, checked by every path's wrapper.

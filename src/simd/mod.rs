@@ -236,6 +236,7 @@ pub struct Kernels {
     pub pack_panels: gemm::PackPanels,
     pub dot_tile: gemm::DotTile,
     pub dot_tile_wide: Option<gemm::DotTileWide>,
+    pub matmul_rows: Option<gemm::MatmulRows>,
     /// Tile of `linear` in integer mode (W8A8 / W4A8), see [`gemm::LinearTile`].
     pub linear_tile: gemm::LinearTile,
     /// Tile of `linear` in float mode (W8A16 / W4A16), see [`gemm::LinearTileF32`].

@@ -19,6 +19,7 @@ pub const KERNELS: Kernels = Kernels {
     pack_panels: super::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_ref,
     dot_tile_wide: None,
+    matmul_rows: None,
     linear_tile: super::gemm::linear_tile_ref,
     linear_tile_f32: super::gemm::linear_tile_f32_body,
 };

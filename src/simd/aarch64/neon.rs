@@ -40,6 +40,7 @@ pub const KERNELS: Kernels = Kernels {
     pack_panels: crate::simd::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_neon,
     dot_tile_wide: None,
+    matmul_rows: None,
     linear_tile: super::gemm::linear_tile_neon,
     linear_tile_f32: super::gemm::linear_tile_f32_neon,
 };
@@ -49,6 +50,7 @@ pub const KERNELS_DOTPROD: Kernels = Kernels {
     pack_panels: crate::simd::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_dotprod,
     dot_tile_wide: None,
+    matmul_rows: None,
     linear_tile: super::gemm::linear_tile_dotprod,
     ..KERNELS
 };

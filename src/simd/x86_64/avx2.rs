@@ -31,6 +31,7 @@ pub const KERNELS: Kernels = Kernels {
     pack_panels: crate::simd::gemm::pack_i8_panels,
     dot_tile: super::gemm::dot_tile_avx2,
     dot_tile_wide: None,
+    matmul_rows: None,
     linear_tile: super::gemm::linear_tile_avx2,
     linear_tile_f32: super::gemm::linear_tile_f32_avx2,
 };

@@ -40,6 +40,7 @@ pub const KERNELS: Kernels = Kernels {
     pack_panels: super::gemm::pack_i8_panels_avx512,
     dot_tile: super::gemm::dot_tile_avx2,
     dot_tile_wide: None,
+    matmul_rows: None,
     linear_tile: super::gemm::linear_tile_avx2,
     linear_tile_f32: super::gemm::linear_tile_f32_avx512,
 };
@@ -50,6 +51,7 @@ pub const KERNELS_VNNI: Kernels = Kernels {
     pack_panels: super::gemm::pack_i8_panels_avx512,
     dot_tile: super::gemm::dot_tile_vnni,
     dot_tile_wide: Some(super::gemm::dot_tile_wide_vnni),
+    matmul_rows: Some(super::gemm::matmul_rows_vnni),
     linear_tile: super::gemm::linear_tile_vnni,
     ..KERNELS
 };

@@ -294,6 +294,179 @@ pub unsafe fn pack_quad4_avx512(src: *const i8, n: usize, dst: *mut u8, panel_st
     }
 }
 
+pub fn matmul_rows_vnni(
+    a: &[u8],
+    signed: bool,
+    m: usize,
+    b: &[i8],
+    kn: (usize, usize),
+    c0: usize,
+    out: &mut [i32],
+) {
+    gemm::check_rows(a, m, b, kn, c0, out);
+    if !(super::has_avx512() && super::has_avx512vnni()) {
+        return gemm::matmul_rows_ref(a, signed, m, b, kn, c0, out);
+    }
+    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
+    unsafe {
+        match (m, signed) {
+            (1, false) => rows_vnni::<1, false>(a, b, kn, c0, out),
+            (2, false) => rows_vnni::<2, false>(a, b, kn, c0, out),
+            (3, false) => rows_vnni::<3, false>(a, b, kn, c0, out),
+            (_, false) => rows_vnni::<4, false>(a, b, kn, c0, out),
+            (1, true) => rows_vnni::<1, true>(a, b, kn, c0, out),
+            (2, true) => rows_vnni::<2, true>(a, b, kn, c0, out),
+            (3, true) => rows_vnni::<3, true>(a, b, kn, c0, out),
+            (_, true) => rows_vnni::<4, true>(a, b, kn, c0, out),
+        }
+    }
+}
+
+/// The quad of `rows` (1..=4) rows of `b` at `src` (`n` apart) in 64 columns (`mask`),
+/// interleaved in registers: lane `L` of vector `q` holds columns `16L + 4q .. + 4`, each as
+/// its 4 bytes (rows past `rows` read as zero); `b + 128` when `SIGNED`.
+#[inline(always)]
+unsafe fn interleave_quad<const SIGNED: bool>(
+    src: *const i8,
+    n: usize,
+    rows: usize,
+    mask: __mmask64,
+) -> [__m512i; 4] {
+    let mut v = [_mm512_setzero_si512(); 4];
+    for (c, v) in v.iter_mut().enumerate().take(rows) {
+        *v = _mm512_maskz_loadu_epi8(mask, src.add(c * n) as *const _);
+        if SIGNED {
+            *v = _mm512_xor_si512(*v, _mm512_set1_epi8(-128));
+        }
+    }
+    let (t0, t1) = (
+        _mm512_unpacklo_epi8(v[0], v[1]),
+        _mm512_unpackhi_epi8(v[0], v[1]),
+    );
+    let (t2, t3) = (
+        _mm512_unpacklo_epi8(v[2], v[3]),
+        _mm512_unpackhi_epi8(v[2], v[3]),
+    );
+    [
+        _mm512_unpacklo_epi16(t0, t2),
+        _mm512_unpackhi_epi16(t0, t2),
+        _mm512_unpacklo_epi16(t1, t3),
+        _mm512_unpackhi_epi16(t1, t3),
+    ]
+}
+
+/// `R` rows of `a` against up to [`gemm::ROWS_COLS`] columns of row-major `b`, read in place:
+/// per quad of `k`, each 64 columns of the four rows are interleaved into quads in registers
+/// (the first half of [`pack_quad4_avx512`]) and feed `vpdpbusd` with `a`'s quad broadcast;
+/// the accumulators, one per 16 columns and row, live in L1. Their lanes come out in the
+/// interleaved order and are put back in column order once, at the end.
+///
+/// Unsigned `a` is the `u8` operand and `b` the `s8` one, exact as they are; signed `a` is the
+/// `s8` operand against `b + 128`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn rows_vnni<const R: usize, const SIGNED: bool>(
+    a: &[u8],
+    b: &[i8],
+    (k, n): (usize, usize),
+    c0: usize,
+    out: &mut [i32],
+) {
+    let w = out.len() / R;
+    let groups = w.div_ceil(64);
+    let tail = w - 64 * (groups - 1); // columns in the last group, 1..=64
+    let tail_mask: __mmask64 = if tail == 64 { !0 } else { (1u64 << tail) - 1 };
+    let mut acc = [[_mm512_setzero_si512(); 4 * gemm::ROWS_COLS / 64]; R];
+    let bp = b.as_ptr().add(c0);
+    let ap = a.as_ptr();
+    // Quads of `a` at `k0` (`len` values, fewer than 4 only at the end), one per row.
+    let a_quads = |k0: usize, len: usize| {
+        let mut aq = [0i32; R];
+        for (r, q) in aq.iter_mut().enumerate() {
+            *q = if len == 4 {
+                read_unaligned(ap.add(r * k + k0) as *const i32)
+            } else if len == 0 {
+                0
+            } else {
+                let mut bytes = [0u8; 4];
+                bytes[..len].copy_from_slice(&a[r * k + k0..r * k + k0 + len]);
+                i32::from_le_bytes(bytes)
+            };
+        }
+        aq
+    };
+    // Each step takes QUADS quads of `k` (two in the loop, one at a time for the tail),
+    // so that every accumulator is loaded and stored once per two quads.
+    let mut step = |k0: usize, len: usize| {
+        let quads = len.div_ceil(4);
+        let aq = [
+            a_quads(k0, len.min(4)),
+            a_quads(k0 + 4, len.saturating_sub(4).min(4)),
+        ];
+        for g in 0..groups {
+            let mask = if g + 1 == groups { tail_mask } else { !0 };
+            let mut u = [[_mm512_setzero_si512(); 4]; 2];
+            for (h, u) in u.iter_mut().enumerate().take(quads) {
+                let rows = (len - 4 * h).min(4);
+                *u = interleave_quad::<SIGNED>(bp.add((k0 + 4 * h) * n + 64 * g), n, rows, mask);
+            }
+            for r in 0..R {
+                for q in 0..4 {
+                    let mut s = acc[r][4 * g + q];
+                    for h in 0..quads {
+                        let x = _mm512_set1_epi32(aq[h][r]);
+                        s = if SIGNED {
+                            _mm512_dpbusd_epi32(s, u[h][q], x)
+                        } else {
+                            _mm512_dpbusd_epi32(s, x, u[h][q])
+                        };
+                    }
+                    acc[r][4 * g + q] = s;
+                }
+            }
+        }
+    };
+    let mut k0 = 0;
+    while k0 + 8 <= k {
+        step(k0, 8);
+        k0 += 8;
+    }
+    while k0 < k {
+        let len = (k - k0).min(4);
+        step(k0, len);
+        k0 += len;
+    }
+    // Lane L of acc[4g + q] holds columns 64g + 16L + 4q .. + 4: a 4x4 transpose of the
+    // 128-bit lanes puts 64g + 16i .. + 16 in vector i.
+    for r in 0..R {
+        for g in 0..groups {
+            let u = &acc[r][4 * g..4 * g + 4];
+            let v0 = _mm512_shuffle_i64x2::<0x44>(u[0], u[1]);
+            let v1 = _mm512_shuffle_i64x2::<0xee>(u[0], u[1]);
+            let v2 = _mm512_shuffle_i64x2::<0x44>(u[2], u[3]);
+            let v3 = _mm512_shuffle_i64x2::<0xee>(u[2], u[3]);
+            let cols = [
+                _mm512_shuffle_i64x2::<0x88>(v0, v2),
+                _mm512_shuffle_i64x2::<0xdd>(v0, v2),
+                _mm512_shuffle_i64x2::<0x88>(v1, v3),
+                _mm512_shuffle_i64x2::<0xdd>(v1, v3),
+            ];
+            let base = out.as_mut_ptr().add(r * w + 64 * g);
+            let left = w - 64 * g;
+            for (i, v) in cols.into_iter().enumerate() {
+                if 16 * i >= left {
+                    break;
+                }
+                let m16: __mmask16 = if left >= 16 * (i + 1) {
+                    !0
+                } else {
+                    (1u16 << (left - 16 * i)) - 1
+                };
+                _mm512_mask_storeu_epi32(base.add(16 * i) as *mut _, m16, v);
+            }
+        }
+    }
+}
+
 /// [`gemm::PackPanels`] with [`pack_quad4_avx512`] for whole groups of four panels.
 pub fn pack_i8_panels_avx512(
     b: &[i8],

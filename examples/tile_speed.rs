@@ -97,6 +97,25 @@ fn tiles(kern: &Kernels) {
             }
         });
         println!("linear_tile W{bits}A8 g{seg}: {g:.1} G MAC/s");
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32 * 0.01).collect();
+        for rows in [1, MR] {
+            let g = rate(macs * rows as f64 / M as f64, &mut || {
+                for p in packed.chunks_exact(bytes).take(PANELS) {
+                    let panel = Panel {
+                        codes: p,
+                        bits,
+                        seg_len: &seg_len,
+                        scale: &grid,
+                        zero: &grid,
+                        zscale: &grid,
+                    };
+                    let xr = Rows::strided(&xf, rows, KC, stride);
+                    (kern.linear_tile_f32)(&panel, &xr, &mut out);
+                    black_box(&out);
+                }
+            });
+            println!("linear_tile_f32 W{bits}A16 g{seg}, {rows} rows: {g:.1} G MAC/s");
+        }
     }
 }
 

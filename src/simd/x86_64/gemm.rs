@@ -99,16 +99,157 @@ pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
 }
 
 pub fn linear_tile_f32_avx512(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
+    panel.check(x.kp);
+    assert!(x.in_bounds());
     if !super::has_avx512() {
         return gemm::linear_tile_f32_body(panel, x, out);
     }
-    // SAFETY: the CPU has AVX-512 (the body checks its inputs itself).
+    // SAFETY: the CPU has AVX-512; the panel and rows were checked above.
     unsafe { linear_f32_avx512(panel, x, out) }
 }
 
+/// Values of `k` decoded at a time by the AVX-512 float tile: 256 x 64 bytes (16 KiB) of
+/// float32 weights in L1, used by every row of the tile.
+const F32_CHUNK: usize = 256;
+/// Rows per pass over a decoded chunk (4 partial sums each: 16 accumulators).
+const F32_PASS: usize = 4;
+
+/// The float-mode tile: each chunk of a segment is decoded once (`(p - zero) * scale`, as
+/// `dequantize` computes it) into an L1 buffer, then every row runs its four partial FMA
+/// chains over it, [`F32_PASS`] rows at a time with their accumulators in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma")]
 unsafe fn linear_f32_avx512(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    gemm::linear_tile_f32_body(panel, x, out)
+    let mut buf = [_mm512_setzero_ps(); F32_CHUNK];
+    let mut acc = [[_mm512_setzero_ps(); 4]; gemm::MR];
+    let bpk = panel.bytes_per_k();
+    let (mut k0, mut b0) = (0usize, 0usize);
+    for (s, &len) in panel.seg_len.iter().enumerate() {
+        let len = len as usize;
+        let scale = _mm512_loadu_ps(panel.scale.as_ptr().add(s * NR));
+        let zero = _mm512_loadu_ps(panel.zero.as_ptr().add(s * NR));
+        let mut c0 = 0;
+        while c0 < len {
+            let n = F32_CHUNK.min(len - c0);
+            let codes = panel.codes.as_ptr().add(b0 + c0 * bpk);
+            if panel.bits == 4 {
+                decode_nibbles(codes, n, scale, zero, &mut buf);
+            } else {
+                decode_bytes(codes, n, scale, zero, &mut buf);
+            }
+            let mut m0 = 0;
+            while m0 < x.rows {
+                let rows = (x.rows - m0).min(F32_PASS);
+                let xp = x.data.as_ptr().add(m0 * x.stride + k0 + c0);
+                let acc = &mut acc[m0..m0 + rows];
+                match rows {
+                    1 => f32_pass::<1>(&buf, n, xp, x.stride, acc),
+                    2 => f32_pass::<2>(&buf, n, xp, x.stride, acc),
+                    3 => f32_pass::<3>(&buf, n, xp, x.stride, acc),
+                    _ => f32_pass::<4>(&buf, n, xp, x.stride, acc),
+                }
+                m0 += rows;
+            }
+            c0 += n;
+        }
+        k0 += len;
+        b0 += len * bpk;
+    }
+    for (m, a) in acc.iter().enumerate().take(x.rows) {
+        let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        _mm512_storeu_ps(out.as_mut_ptr().add(m * NR), sum);
+    }
+}
+
+/// `(code - zero) * scale` for 16 int32 codes.
+#[inline(always)]
+unsafe fn dequant16(codes: __m512i, scale: __m512, zero: __m512) -> __m512 {
+    _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(codes), zero), scale)
+}
+
+/// Weights `buf[k]` (16 columns) for `k < n` of an 8-bit panel chunk: column `j`'s quad is
+/// the 32-bit word `j` of each 64-byte block, byte `c` is `k = 4t + c`.
+#[inline(always)]
+unsafe fn decode_bytes(
+    codes: *const u8,
+    n: usize,
+    scale: __m512,
+    zero: __m512,
+    buf: &mut [__m512; F32_CHUNK],
+) {
+    let byte = _mm512_set1_epi32(0xff);
+    for t in 0..n / 4 {
+        let v = _mm512_loadu_si512(codes.add(64 * t) as *const _);
+        buf[4 * t] = dequant16(_mm512_and_si512(v, byte), scale, zero);
+        buf[4 * t + 1] = dequant16(
+            _mm512_and_si512(_mm512_srli_epi32::<8>(v), byte),
+            scale,
+            zero,
+        );
+        buf[4 * t + 2] = dequant16(
+            _mm512_and_si512(_mm512_srli_epi32::<16>(v), byte),
+            scale,
+            zero,
+        );
+        buf[4 * t + 3] = dequant16(_mm512_srli_epi32::<24>(v), scale, zero);
+    }
+}
+
+/// As [`decode_bytes`] for a 4-bit panel chunk: each 64-byte block holds `k = 8t..8t + 8`,
+/// the low nibbles of byte `c` being `k = 8t + c` and the high ones `8t + 4 + c`.
+#[inline(always)]
+unsafe fn decode_nibbles(
+    codes: *const u8,
+    n: usize,
+    scale: __m512,
+    zero: __m512,
+    buf: &mut [__m512; F32_CHUNK],
+) {
+    let nib = _mm512_set1_epi32(0x0f);
+    for t in 0..n / 8 {
+        let v = _mm512_loadu_si512(codes.add(64 * t) as *const _);
+        let lo = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+        let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), _mm512_set1_epi8(0x0f));
+        for (h, v) in [lo, hi].into_iter().enumerate() {
+            let w = &mut buf[8 * t + 4 * h..8 * t + 4 * h + 4];
+            w[0] = dequant16(_mm512_and_si512(v, nib), scale, zero);
+            w[1] = dequant16(
+                _mm512_and_si512(_mm512_srli_epi32::<8>(v), nib),
+                scale,
+                zero,
+            );
+            w[2] = dequant16(
+                _mm512_and_si512(_mm512_srli_epi32::<16>(v), nib),
+                scale,
+                zero,
+            );
+            w[3] = dequant16(_mm512_srli_epi32::<24>(v), scale, zero);
+        }
+    }
+}
+
+/// `R` rows (at `x`, `stride` apart) over `n` decoded values of `k`: four partial sums per
+/// row, `acc[k % 4] = fma(x[k], w[k], acc[k % 4])` (`n` is a multiple of 4 and the chunk
+/// starts at a multiple of 4).
+#[inline(always)]
+unsafe fn f32_pass<const R: usize>(
+    buf: &[__m512; F32_CHUNK],
+    n: usize,
+    x: *const f32,
+    stride: usize,
+    acc: &mut [[__m512; 4]],
+) {
+    let mut a = [[_mm512_setzero_ps(); 4]; R];
+    a.copy_from_slice(&acc[..R]);
+    for q in 0..n / 4 {
+        for c in 0..4 {
+            let w = buf[4 * q + c];
+            for (i, ai) in a.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(i * stride + 4 * q + c));
+                ai[c] = _mm512_fmadd_ps(xv, w, ai[c]);
+            }
+        }
+    }
+    acc[..R].copy_from_slice(&a);
 }
 
 /// How far ahead (bytes) the one- and two-row tiles prefetch the panel they stream: without

@@ -121,6 +121,17 @@ def all_threads() -> int:
 
 
 @pytest.fixture(scope="session")
+def thread_count(all_threads: int) -> Callable[[str], tuple[int, str]]:
+    """``thread_count("1t" | "all")`` -> (threads, "N thread(s)") for the GEMM benchmarks."""
+
+    def count(t: str) -> tuple[int, str]:
+        n = 1 if t == "1t" else all_threads
+        return n, f"{n} thread" + ("s" if n > 1 else "")
+
+    return count
+
+
+@pytest.fixture(scope="session")
 def cold_enabled(request: pytest.FixtureRequest) -> bool:
     """Whether the cold (beyond-LLC) cases run: --benchmark-enable, unless QFAST_BENCH_COLD says."""
     env = os.environ.get(COLD_ENV, "")
@@ -191,15 +202,21 @@ def _openblas_thread_setter() -> Callable[[int], None] | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def blas_threads(all_threads: int) -> Callable[[int], contextlib.AbstractContextManager[bool]]:
+@pytest.fixture(scope="session", autouse=True)
+def blas_threads(
+    all_threads: int,
+) -> Iterator[Callable[[int], contextlib.AbstractContextManager[bool]]]:
     """``with blas_threads(n) as ok:`` runs NumPy's BLAS (OpenBLAS) on n threads.
 
-    ``ok`` is False where the BLAS's thread count cannot be set (it then runs as it does by
-    default); the count goes back to `all_threads` afterwards.
+    Outside such a block the BLAS runs on one thread for the whole session: an OpenBLAS worker
+    busy-waits for a while after each call, so a reference product on all threads would take a
+    core from the benchmark timed next. ``ok`` is False where the BLAS's thread count cannot be
+    set (it then runs as it does by default).
     """
     np.ones((2, 2), np.float32) @ np.ones((2, 2), np.float32)  # load the BLAS
     setter = _openblas_thread_setter()
+    if setter is not None:
+        setter(1)
 
     @contextlib.contextmanager
     def use(n: int) -> Iterator[bool]:
@@ -210,9 +227,11 @@ def blas_threads(all_threads: int) -> Callable[[int], contextlib.AbstractContext
         try:
             yield True
         finally:
-            setter(all_threads)
+            setter(1)
 
-    return use
+    yield use
+    if setter is not None:
+        setter(all_threads)
 
 
 @pytest.fixture

@@ -56,6 +56,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qfast
 
+from .conftest import MS_DOMAIN
+
 F32 = np.float32
 M_VALUES = (1, 16, 128, 512)
 TARGET_S = 0.5  # timed seconds per benchmark (warm)
@@ -64,7 +66,6 @@ CHECK_ROWS = 4
 INT8_TOL = 3e-2  # relative Frobenius error with int8 activations (per row or per block)
 FLOAT_TOL = 1e-3  # float32 compute: accumulation order only
 NUMPY_SCHEME = "float32 x @ W.T"
-MS_DOMAIN = ("com.microsoft", 1)
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,6 @@ SHAPES = [
     pytest.param((4096, 4096), id="4096x4096"),
     pytest.param((4096, 14336), id="4096x14336", marks=pytest.mark.large),
 ]
-
-
-def _threads(t: str, all_threads: int) -> tuple[int, str]:
-    n = 1 if t == "1t" else all_threads
-    return n, f"{n} thread" + ("s" if n > 1 else "")
 
 
 def _weight_bytes(qt: qfast.QTensor) -> int:
@@ -247,14 +243,14 @@ def test_linear(
     m: int,
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     peak_gmacs: float,
     ort_session: Callable[..., Any],
     ort_bind: Callable[..., Any],
 ) -> None:
     scheme_id, impl, t = case
     scheme = SCHEMES[scheme_id]
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n = weights.k, weights.n
     x = _inputs(m, k)
     qt = weights.qtensor(scheme_id)
@@ -301,10 +297,10 @@ def test_linear_numpy(
     m: int,
     t: str,
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     blas_threads: Callable[[int], Any],
 ) -> None:
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n, w = weights.k, weights.n, weights.w
     x = _inputs(m, k)
     with blas_threads(threads) as ok:
@@ -370,7 +366,7 @@ def test_linear_cold(
     cold_base: ColdBase,
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     peak_gmacs: float,
     cold_copies: Callable[[int], tuple[int, str]],
     blas_threads: Callable[[int], Any],
@@ -379,7 +375,7 @@ def test_linear_cold(
     ort_bind: Callable[..., Any],
 ) -> None:
     scheme_id, impl, t = case
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n = cold_base.k, cold_base.n
     x = _inputs(1, k)
     common: dict[str, Any] = dict(op="linear", shape=(1, k, n), dtype="cold", threads=threads)
@@ -497,11 +493,11 @@ def test_dram_read(
     dram_array: np.ndarray,
     t: str,
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     llc_bytes: int,
 ) -> None:
     """The DRAM read bandwidth the cold GEMVs are held to: X.max() over >= 8x the LLC."""
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     x = dram_array
     common: dict[str, Any] = dict(
         op="dram read",

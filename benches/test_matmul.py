@@ -68,11 +68,6 @@ class Rotation:
         return self.last
 
 
-def _threads(t: str, all_threads: int) -> tuple[int, str]:
-    n = 1 if t == "1t" else all_threads
-    return n, f"{n} thread" + ("s" if n > 1 else "")
-
-
 def _a(m: int, k: int, dtype: type) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.random.default_rng(m).integers(info.min, info.max + 1, (m, k), dtype=dtype)
@@ -136,13 +131,13 @@ def test_matmul_int8(
     m: int,
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     peak_gmacs: float,
     ort_session: Callable[..., Any],
     ort_bind: Callable[..., Any],
 ) -> None:
     scheme, impl, t = case
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n, bs = operands.k, operands.n, operands.bs
     a = _a(m, k, A_DTYPES[scheme])
     common = dict(
@@ -186,10 +181,10 @@ def test_matmul_numpy(
     m: int,
     t: str,
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     blas_threads: Callable[[int], Any],
 ) -> None:
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n = operands.k, operands.n
     if not operands.bs_f32:
         operands.bs_f32 = [b.astype(F32) for b in operands.bs]
@@ -248,7 +243,7 @@ def test_matmul_int8_cold(
     cold_shape: ColdShape,
     case: tuple[str, str],
     run_bench: Callable[..., Any],
-    all_threads: int,
+    thread_count: Callable[[str], tuple[int, str]],
     peak_gmacs: float,
     cold_copies: Callable[[int], tuple[int, str]],
     blas_threads: Callable[[int], Any],
@@ -256,7 +251,7 @@ def test_matmul_int8_cold(
     ort_bind: Callable[..., Any],
 ) -> None:
     impl, t = case
-    threads, tlabel = _threads(t, all_threads)
+    threads, tlabel = thread_count(t)
     k, n, b = cold_shape.k, cold_shape.n, cold_shape.b
     a = _a(1, k, np.uint8)
     common: dict[str, Any] = dict(

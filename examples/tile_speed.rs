@@ -71,16 +71,22 @@ fn tiles(kern: &Kernels) {
             );
         }
     }
+    // The linear tiles run over whole panels (the layer's full depth), as `linear` does.
+    let lk = 4096;
+    let lstride = gemm::row_stride(lk);
+    let x: Vec<i8> = (0..M * lstride).map(|i| (i * 7 % 251) as i8).collect();
     for bits in [8u32, 4] {
         let seg = 128;
-        let segs = KC / seg;
+        let segs = lk / seg;
         let seg_len = vec![seg as u32; segs];
         let grid = vec![0.01f32; segs * NR];
-        let bytes = KC * NR * bits as usize / 8;
+        let bytes = lk * NR * bits as usize / 8;
+        let lpanels = packed.len() / bytes;
+        let macs = (M * lk * NR * lpanels) as f64;
         let xsum = vec![1.0f32; MR * segs];
         let mut out: TileF32 = [0.0; MR * NR];
         let g = rate(macs, &mut || {
-            for p in packed.chunks_exact(bytes).take(PANELS) {
+            for p in packed.chunks_exact(bytes) {
                 let panel = Panel {
                     codes: p,
                     bits,
@@ -90,7 +96,7 @@ fn tiles(kern: &Kernels) {
                     zscale: &grid,
                 };
                 for m0 in (0..M).step_by(MR) {
-                    let xr = Rows::strided(&x[m0 * stride..], MR, KC, stride);
+                    let xr = Rows::strided(&x[m0 * lstride..], MR, lk, lstride);
                     (kern.linear_tile)(&panel, &xr, &xsum, &mut out);
                     black_box(&out);
                 }
@@ -98,9 +104,10 @@ fn tiles(kern: &Kernels) {
         });
         println!("linear_tile W{bits}A8 g{seg}: {g:.1} G MAC/s");
         let xf: Vec<f32> = x.iter().map(|&v| v as f32 * 0.01).collect();
+        let stride = lstride;
         for rows in [1, MR] {
             let g = rate(macs * rows as f64 / M as f64, &mut || {
-                for p in packed.chunks_exact(bytes).take(PANELS) {
+                for p in packed.chunks_exact(bytes) {
                     let panel = Panel {
                         codes: p,
                         bits,
@@ -109,7 +116,7 @@ fn tiles(kern: &Kernels) {
                         zero: &grid,
                         zscale: &grid,
                     };
-                    let xr = Rows::strided(&xf, rows, KC, stride);
+                    let xr = Rows::strided(&xf, rows, lk, stride);
                     (kern.linear_tile_f32)(&panel, &xr, &mut out);
                     black_box(&out);
                 }

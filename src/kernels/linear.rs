@@ -18,7 +18,7 @@ use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
 use crate::parallel;
 use crate::simd;
-use crate::simd::gemm::{Panel, Rows, TileF32, K_ALIGN, MAX_SEGMENT, MR, NR};
+use crate::simd::gemm::{self, Panel, Rows, TileF32, K_ALIGN, MAX_SEGMENT, MR, NR};
 
 /// Which input columns form each group.
 #[derive(Clone, Copy, Debug)]
@@ -310,9 +310,11 @@ impl PackedLinear {
         let work = m * k * n;
         let segs = self.segments.len();
         let mut scratch = Vec::new();
+        // Row stride of the arranged activations (padded so a tile's rows do not share L1 sets).
+        let xs = gemm::row_stride(self.kp);
         match compute {
             Compute::Int8 => {
-                let mut xq = vec![0u8; m * self.kp];
+                let mut xq = vec![0u8; m * xs];
                 let mut xsum = vec![0f32; m * segs];
                 let mut sx = vec![0f32; m];
                 for r in 0..m {
@@ -325,7 +327,7 @@ impl PackedLinear {
                     let p = params::symmetric(stats, 8);
                     sx[r] = p.scale;
                     let sums = &mut xsum[r * segs..(r + 1) * segs];
-                    let dst = &mut xq[r * self.kp..(r + 1) * self.kp];
+                    let dst = &mut xq[r * xs..r * xs + self.kp];
                     self.arrange(row, &mut scratch, dst, |s, src, d| {
                         (kern.quantize)(src, &p, d);
                         sums[s] = d.iter().map(|&c| c as i8 as i32).sum::<i32>() as f32;
@@ -339,7 +341,7 @@ impl PackedLinear {
                     work,
                     out,
                     |tile, p, m0, rows| {
-                        let xr = Rows::new(&xq[m0 * self.kp..(m0 + rows) * self.kp], rows, self.kp);
+                        let xr = Rows::strided(&xq[m0 * xs..], rows, self.kp, xs);
                         let xs = &xsum[m0 * segs..(m0 + rows) * segs];
                         (kern.linear_tile)(&self.panel(p), &xr, xs, tile);
                         for r in 0..rows {
@@ -358,10 +360,10 @@ impl PackedLinear {
                         return Err(nonfinite(row, r));
                     }
                 }
-                let mut xf = vec![0f32; m * self.kp];
+                let mut xf = vec![0f32; m * xs];
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
-                    let dst = &mut xf[r * self.kp..(r + 1) * self.kp];
+                    let dst = &mut xf[r * xs..r * xs + self.kp];
                     self.arrange(row, &mut scratch, dst, |_, src, d| d.copy_from_slice(src));
                 }
                 self.run(
@@ -369,7 +371,7 @@ impl PackedLinear {
                     work,
                     out,
                     |tile, p, m0, rows| {
-                        let xr = Rows::new(&xf[m0 * self.kp..(m0 + rows) * self.kp], rows, self.kp);
+                        let xr = Rows::strided(&xf[m0 * xs..], rows, self.kp, xs);
                         (kern.linear_tile_f32)(&self.panel(p), &xr, tile);
                     },
                     bias,

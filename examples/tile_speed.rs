@@ -94,6 +94,7 @@ fn tiles(kern: &Kernels) {
                     scale: &grid,
                     zero: &grid,
                     zscale: &grid,
+                    zero_all: None,
                 };
                 for m0 in (0..M).step_by(MR) {
                     let xr = Rows::strided(&x[m0 * lstride..], MR, lk, lstride);
@@ -115,6 +116,8 @@ fn tiles(kern: &Kernels) {
                         scale: &grid,
                         zero: &grid,
                         zscale: &grid,
+                        zero_all: None,
+                        zero_all: None,
                     };
                     let xr = Rows::strided(&xf, rows, lk, stride);
                     (kern.linear_tile_f32)(&panel, &xr, &mut out);

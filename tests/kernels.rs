@@ -1247,9 +1247,13 @@ impl Check<'_> {
             .map(|_| random_scale(&mut self.rng))
             .collect();
         let zmax = (1 << nbits) - 1;
+        // Every other panel shares one zero point (symmetric weights: `zero_all`).
+        let shared = kind.is_multiple_of(2).then(|| self.rng.int(0, zmax) as f32);
         let zero: Vec<f32> = (0..segs * NR)
             .map(|i| {
-                if i % 7 == 3 {
+                if let Some(z) = shared {
+                    z
+                } else if i % 7 == 3 {
                     self.rng.uniform(0.0, zmax as f32)
                 } else {
                     self.rng.int(0, zmax) as f32
@@ -1264,6 +1268,7 @@ impl Check<'_> {
             scale: &scale,
             zero: &zero,
             zscale: &zscale,
+            zero_all: shared,
         };
         let mut xsum = vec![0f32; rows * segs];
         for m in 0..rows {

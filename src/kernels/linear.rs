@@ -81,6 +81,8 @@ pub struct PackedLinear {
     scale: Vec<f32>,
     zero: Vec<f32>,
     zscale: Vec<f32>,
+    /// The zero point all of the weight's rows and groups share, if they do.
+    zero_all: Option<f32>,
 }
 
 fn invalid(msg: String) -> QfastError {
@@ -215,10 +217,21 @@ impl PackedLinear {
                 b0 += seg_len[s] as usize * bpk;
             }
         }
+        // The zero point every real row shares, if any (symmetric weights).
+        let zero_all = (0..n)
+            .flat_map(|row| (0..segs).map(move |s| ((row / NR) * segs + s) * NR + row % NR))
+            .map(|at| zero[at])
+            .try_fold(None, |common: Option<f32>, z| match common {
+                Some(c) if c.to_bits() != z.to_bits() => Err(()),
+                _ => Ok(Some(z)),
+            })
+            .ok()
+            .flatten();
         Ok(PackedLinear {
             n,
             k,
             kp,
+            zero_all,
             panel_bits,
             order,
             segments,
@@ -254,6 +267,7 @@ impl PackedLinear {
             scale: &self.scale[grid.clone()],
             zero: &self.zero[grid.clone()],
             zscale: &self.zscale[grid],
+            zero_all: self.zero_all,
         }
     }
 

@@ -150,6 +150,10 @@ pub struct Panel<'a> {
     pub zero: &'a [f32],
     /// `[segments][NR]`: `-scale · zero`.
     pub zscale: &'a [f32],
+    /// `Some(z)` when every zero point of the panel is `z` (symmetric weights): then
+    /// `zscale = -(scale · z)` bit for bit, and a path may compute it instead of reading
+    /// `zscale` (a GEMV streaming group-32 weights then reads a sixth fewer bytes).
+    pub zero_all: Option<f32>,
 }
 
 impl Panel<'_> {

@@ -373,6 +373,8 @@ unsafe fn linear_vnni<const R: usize, const NIBBLES: bool>(
     let segs = panel.seg_len.len();
     let bpk = panel.bytes_per_k();
     let mut facc = [_mm512_setzero_ps(); R];
+    // -(scale · z) == scale · (-z) exactly: rounding is symmetric in sign.
+    let zero_all = panel.zero_all.map(|z| _mm512_set1_ps(-z));
     let (mut k0, mut b0) = (0usize, 0usize);
     for s in 0..segs {
         let len = *panel.seg_len.get_unchecked(s) as usize;
@@ -385,7 +387,10 @@ unsafe fn linear_vnni<const R: usize, const NIBBLES: bool>(
             quads_vnni::<R>(w, xp, x.stride, len / 4, &mut acc);
         }
         let scale = _mm512_loadu_ps(panel.scale.as_ptr().add(s * NR));
-        let zscale = _mm512_loadu_ps(panel.zscale.as_ptr().add(s * NR));
+        let zscale = match zero_all {
+            Some(neg_z) => _mm512_mul_ps(scale, neg_z),
+            None => _mm512_loadu_ps(panel.zscale.as_ptr().add(s * NR)),
+        };
         for r in 0..R {
             let raw = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], acc[r][1]));
             facc[r] = _mm512_fmadd_ps(scale, raw, facc[r]);

@@ -117,7 +117,6 @@ fn tiles(kern: &Kernels) {
                         zero: &grid,
                         zscale: &grid,
                         zero_all: None,
-                        zero_all: None,
                     };
                     let xr = Rows::strided(&xf, rows, lk, stride);
                     (kern.linear_tile_f32)(&panel, &xr, &mut out);

@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install build-dev test test-rust test-python lint check-stubs check-aarch64 \
-	check-workflows demo bench clean
+	check-workflows demo bench bench-gemm clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ demo: build-dev ## quantize all-MiniLM-L6-v2's weights; error and speed vs NumPy
 bench: build-dev ## the microbenchmarks (slow); JSON in .benchmarks/
 	$(BIN)/python -m pytest benches --benchmark-enable --benchmark-only \
 		--benchmark-json=.benchmarks/latest.json -p no:randomly -q
+
+bench-gemm: build-dev ## matmul_int8 and linear against NumPy / ONNX Runtime (about 15 minutes)
+	$(BIN)/python -m pytest benches/test_matmul.py benches/test_linear.py --benchmark-enable \
+		--benchmark-only --benchmark-json=.benchmarks/gemm.json -p no:randomly -q
 
 clean:
 	rm -rf target $(VENV) .pytest_cache .benchmarks

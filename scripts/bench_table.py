@@ -4,6 +4,7 @@
     python scripts/bench_table.py                     # reads .benchmarks/latest.json
     python scripts/bench_table.py path/to/results.json > table.md
     python scripts/bench_table.py --summary            # one row per group (the README's table)
+    python scripts/bench_table.py --summary --one-thread .benchmarks/gemm.json   # 1-thread rows
 
 One row per benchmark, grouped as the benchmarks are (operation, shape, dtype). "G elem/s" is
 logical elements per second from the benchmark's median time; "x NumPy", "x ORT" and "x copy"
@@ -510,7 +511,8 @@ def describe_machine(machine_info: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     summary = "--summary" in args
-    args = [a for a in args if a != "--summary"]
+    one_thread = "--one-thread" in args
+    args = [a for a in args if a not in ("--summary", "--one-thread")]
     if len(args) > 1 or (args and args[0] in ("-h", "--help")):
         print(__doc__)
         return 2
@@ -521,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path} not found; run `make bench` first", file=sys.stderr)
         return 1
     groups = group_rows(data.get("benchmarks", []))
+    if one_thread:
+        groups = [g for g in ([r for r in g if r.threads == 1] for g in groups) if g]
     if not groups:
         print(f"{path} holds no qfast benchmarks", file=sys.stderr)
         return 1

@@ -288,7 +288,10 @@ pub fn peak_loop(isa: super::Isa, iters: u64) -> Option<u64> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512Vnni => super::x86_64::gemm::peak_vnni(iters),
-        _ => None,
+        _ => {
+            let _ = iters; // no register-only loop for this path
+            None
+        }
     }
 }
 

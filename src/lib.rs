@@ -2,6 +2,7 @@
 //! feature) their NumPy binding.
 
 pub mod error;
+pub mod gguf;
 pub mod kernels;
 pub mod parallel;
 pub mod simd;

@@ -5,6 +5,7 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 
 from __future__ import annotations
 
+from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
 from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
@@ -17,6 +18,7 @@ __all__ = [
     "cpu_info",
     "dequantize",
     "get_num_threads",
+    "gguf",
     "linear",
     "matmul_int8",
     "pack_int4",

@@ -2,6 +2,7 @@
 //! kernels, and maps errors to Python exceptions in one place. Nothing else touches PyO3.
 
 mod gemm;
+mod gguf;
 
 use crate::error::QfastError as CoreError;
 use crate::kernels::{self, Element, Granularity, Scheme, StaticParams, Strided};
@@ -329,6 +330,8 @@ fn get_num_threads() -> usize {
 mod _qfast {
     #[pymodule_export]
     use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
+    #[pymodule_export]
+    use super::gguf::{gguf_dequantize, gguf_quantize, gguf_type_info};
     #[pymodule_export]
     use super::{
         cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,

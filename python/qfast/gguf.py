@@ -1,0 +1,171 @@
+"""GGUF (llama.cpp) tensor types, bit-exact with ggml's reference code and ``gguf.quants``.
+
+Types are named as GGUF names them (``"Q4_0"``, case-insensitive), or given as a
+``gguf.GGMLQuantizationType`` or its integer id. Shapes are in NumPy order: the blocks run along
+the last axis, so its length must be a multiple of the type's block size.
+
+- ``quantize(x, type)``: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, following each format's
+  own rounding rule (Q4_0's ``trunc(x / d + 8.5)`` with ``d = max / -8``, Q8_0's ties away
+  from zero, ...), not qfast's ties-to-even grid.
+- ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
+  and IQ4_XS.
+
+Results have the layout ``gguf.quants.quantize`` gives (and ``gguf.GGUFWriter`` takes): bytes
+``uint8 (..., row_bytes)`` for block types and BF16, ``float16`` for F16, ``float32`` for F32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _qfast
+
+__all__ = ["TypeInfo", "dequantize", "quantize", "type_info"]
+
+# ggml's ids (`enum ggml_type`) of the types qfast handles, for integer / IntEnum arguments.
+_IDS = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    6: "Q5_0",
+    7: "Q5_1",
+    8: "Q8_0",
+    10: "Q2_K",
+    11: "Q3_K",
+    12: "Q4_K",
+    13: "Q5_K",
+    14: "Q6_K",
+    20: "IQ4_NL",
+    23: "IQ4_XS",
+    30: "BF16",
+}
+
+
+class TypeInfo(NamedTuple):
+    """A GGUF tensor type: its name, ggml id, values and bytes per block."""
+
+    name: str
+    id: int
+    block_size: int
+    type_size: int
+    can_quantize: bool
+
+
+def type_info(type: Any) -> TypeInfo:
+    """The block geometry of a GGUF type (a name, ``GGMLQuantizationType`` or ggml id)."""
+    name = _name(type)
+    if name == "F32":
+        return TypeInfo("F32", 0, 1, 4, True)
+    return TypeInfo(*_qfast.gguf_type_info(name))
+
+
+def _name(type: Any) -> str:
+    if isinstance(type, str):
+        return "F32" if type.upper() == "F32" else type
+    if isinstance(type, (int, np.integer)):  # also gguf.GGMLQuantizationType (an IntEnum)
+        name = _IDS.get(int(type))
+        if name is None:
+            label = getattr(type, "name", int(type))
+            raise ValueError(
+                f"GGUF type {label} is not supported; qfast.gguf handles {', '.join(_IDS.values())}"
+            )
+        return name
+    raise TypeError(f"a GGUF type is a name such as 'Q4_0' or a GGMLQuantizationType, not {type!r}")
+
+
+def quantize(x: npt.ArrayLike, type: Any) -> npt.NDArray[Any]:
+    """Quantizes ``x`` (float, last axis a multiple of the block size) to GGUF ``type``.
+
+    Returns what ``gguf.quants.quantize(x, type)`` returns, byte for byte. NaN or Inf in ``x``
+    is an error for the block types (F16 and BF16 store them as they are).
+    """
+    info = type_info(type)
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"qfast.gguf.quantize takes a float array, not {arr.dtype}")
+    if info.name == "F32":
+        return arr.astype(np.float32)
+    if arr.ndim == 0:
+        raise ValueError(
+            "qfast.gguf.quantize needs at least one axis (the blocks run along the last)"
+        )
+    if not info.can_quantize:
+        raise ValueError(
+            f"qfast.gguf cannot quantize to {info.name} (it can read it: use dequantize); "
+            "quantize supports F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0"
+        )
+    n = arr.shape[-1]
+    if n % info.block_size:
+        raise ValueError(
+            f"{info.name} stores blocks of {info.block_size} values along the last axis, which "
+            f"has {n}; pad it to a multiple of {info.block_size} or choose another type"
+        )
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    try:
+        out = _qfast.gguf_quantize(flat, info.name)
+    except ValueError as e:
+        raise ValueError(_position(str(e), arr.shape)) from None
+    row_bytes = n // info.block_size * info.type_size
+    out = out.reshape(*arr.shape[:-1], row_bytes)
+    return out.view(np.float16) if info.name == "F16" else out
+
+
+def _position(message: str, shape: tuple[int, ...]) -> str:
+    """Rewrites a flat ``index (i,)`` in a kernel error as the index into ``shape``."""
+    import re
+
+    m = re.search(r"at index \((\d+),\)", message)
+    if m is None:
+        return message
+    index = tuple(int(i) for i in np.unravel_index(int(m.group(1)), shape))
+    return message.replace(m.group(0), f"at index {index}")
+
+
+def dequantize(
+    data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = None
+) -> npt.NDArray[np.float32]:
+    """Dequantizes GGUF ``type`` data to float32, as ``gguf.quants.dequantize`` does.
+
+    ``data``: uint8 bytes whose last axis holds whole blocks (a GGUF tensor's raw data, e.g.
+    ``GGUFReader``'s ``tensor.data``), or a float16 / float32 array for F16 / F32. The result
+    has shape ``data.shape[:-1] + (values per row,)``, or ``shape`` when given (the logical
+    shape; it must hold as many values).
+    """
+    info = type_info(type)
+    arr = np.asarray(data)
+    if info.name in ("F32", "F16") and arr.dtype == (
+        np.float32 if info.name == "F32" else np.float16
+    ):
+        out = arr.astype(np.float32)
+        return out.reshape(shape) if shape is not None else out
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"{info.name} data must be uint8 bytes (a GGUF tensor's raw data), not {arr.dtype}"
+        )
+    if arr.ndim == 0:
+        raise ValueError("GGUF data needs at least one axis")
+    row_bytes = arr.shape[-1]
+    if row_bytes % info.type_size:
+        raise ValueError(
+            f"{info.name} data rows of {row_bytes} bytes are not a whole number of "
+            f"{info.type_size}-byte blocks: truncated or corrupt data, or not {info.name}"
+        )
+    if info.name == "F32":
+        out = np.ascontiguousarray(arr).view(np.float32).copy()
+    else:
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        out = _qfast.gguf_dequantize(flat, info.name).reshape(
+            *arr.shape[:-1], row_bytes // info.type_size * info.block_size
+        )
+    if shape is not None:
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape)) != out.size:
+            raise ValueError(
+                f"shape {shape} holds {int(np.prod(shape))} values but the data holds {out.size}"
+            )
+        out = out.reshape(shape)
+    return out

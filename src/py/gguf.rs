@@ -1,0 +1,71 @@
+//! Bindings of the GGUF block formats (`qfast.gguf` wraps them with shapes and type names).
+
+use super::to_py;
+use crate::gguf::{self, GgmlType};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+fn ggml_type(name: &str) -> PyResult<GgmlType> {
+    GgmlType::from_name(name).map_err(to_py)
+}
+
+/// gguf_type_info(type)
+/// --
+///
+/// `(name, ggml id, values per block, bytes per block, quantize supported)`.
+#[pyfunction]
+pub fn gguf_type_info(name: &str) -> PyResult<(&'static str, u32, usize, usize, bool)> {
+    let t = ggml_type(name)?;
+    Ok((
+        t.name(),
+        t.id(),
+        t.block_size(),
+        t.type_size(),
+        t.can_quantize(),
+    ))
+}
+
+/// gguf_quantize(x, type)
+/// --
+///
+/// Kernel entry of `qfast.gguf.quantize`: contiguous float32 values (whole blocks) to the
+/// type's bytes.
+#[pyfunction]
+pub fn gguf_quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+    name: &str,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let t = ggml_type(name)?;
+    let xs = x.as_slice()?;
+    gguf::check_blocks(t, xs.len()).map_err(to_py)?;
+    let out = PyArray1::<u8>::zeros(py, xs.len() / t.block_size() * t.type_size(), false);
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| gguf::quantize(t, xs, dst)).map_err(to_py)?;
+    }
+    Ok(out)
+}
+
+/// gguf_dequantize(blocks, type)
+/// --
+///
+/// Kernel entry of `qfast.gguf.dequantize`: contiguous bytes (whole blocks) to float32.
+#[pyfunction]
+pub fn gguf_dequantize<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray1<'py, u8>,
+    name: &str,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let t = ggml_type(name)?;
+    let bs = blocks.as_slice()?;
+    let n = bs.len() / t.type_size() * t.block_size();
+    let out = PyArray1::<f32>::zeros(py, n, false);
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| gguf::dequantize(t, bs, dst)).map_err(to_py)?;
+    }
+    Ok(out)
+}

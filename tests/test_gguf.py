@@ -1,0 +1,281 @@
+"""qfast.gguf against the ecosystem's own reference, gguf-py's ``gguf.quants``: quantize must
+give the same bytes and dequantize the same float32 bits, on random, adversarial and real
+(SmolLM2's GGUF) data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qfast
+import qfast.gguf as qg
+
+gguf = pytest.importorskip("gguf")
+T = gguf.GGMLQuantizationType
+
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16"]
+BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+READ_TYPES = [*BLOCK_TYPES, "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+F32 = np.float32
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.shape)
+    g, w = got.view(np.uint8).reshape(-1), want.view(np.uint8).reshape(-1)
+    bad = np.flatnonzero(g != w)
+    assert bad.size == 0, (
+        f"{bad.size} bytes differ, first at byte {bad[0]}: {g[bad[0]]} != {w[bad[0]]}"
+    )
+
+
+def check_quantize(x: np.ndarray, t: str, zero_sign: bool = False) -> None:
+    want = gguf.quants.quantize(x, T[t])
+    got = qg.quantize(x, t)
+    if zero_sign and t in ("Q4_1", "Q5_1"):
+        # A block of zeros of both signs: its minimum m is a zero whose sign NumPy's min picks
+        # by its SIMD reduction order (ggml's C loop keeps the first). Everything else must match.
+        for arr in (want, got):
+            arr.reshape(-1, qg.type_info(t).type_size)[:, 3] &= 0x7F
+    assert_bits_equal(got, want)
+    # and back
+    assert_bits_equal(qg.dequantize(got, t), gguf.quants.dequantize(want, T[t]).astype(F32))
+
+
+def adversarial(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Rows of 256 values (8 blocks of 32) built to hit each format's edge cases."""
+    n = 256
+    if kind == "normal":
+        return rng.standard_normal((16, n)).astype(F32)
+    if kind == "zeros":
+        return np.zeros((4, n), F32)
+    if kind == "signed_zeros":
+        return np.where(rng.random((4, n)) < 0.5, F32(-0.0), F32(0.0))
+    if kind == "constant":
+        return np.full((4, n), F32(0.3))
+    if kind == "outlier":  # one outlier per block, either sign
+        x = rng.standard_normal((8, n)).astype(F32) * F32(0.01)
+        at = rng.integers(0, 32, (8, n // 32)) + np.arange(0, n, 32)
+        sign = np.where(rng.random(at.shape) < 0.5, -1, 1)
+        np.put_along_axis(x, at, (sign * 50).astype(F32), axis=1)
+        return x
+    if kind == "negative_max":  # the value of largest magnitude is negative
+        x = rng.uniform(-1, 1, (8, n)).astype(F32)
+        x[:, ::32] = -2.0
+        return x
+    if kind == "max_both_signs":  # |max| reached by both signs: the first one decides d's sign
+        x = rng.uniform(-1, 1, (8, n)).astype(F32)
+        x[:, ::32] = 3.0
+        x[:, 5::32] = -3.0
+        x[1::2, ::32] = -3.0
+        x[1::2, 5::32] = 3.0
+        return x
+    if kind == "ties":  # x / d lands on .5 boundaries of every format's rounding
+        base = np.arange(-16, 16, dtype=F32) / F32(2)  # -8 .. 7.5 in halves
+        x = np.tile(base, (4, n // 32))
+        x[1] *= F32(-1)
+        x[2] = np.tile(np.linspace(-127, 127, 32, dtype=F32), n // 32)
+        x[3] = np.tile(np.arange(32, dtype=F32) + F32(0.5), n // 32)
+        return x
+    if kind == "tiny":  # d below float16's normal range (and subnormal float32 values)
+        return (rng.standard_normal((4, n)) * 1e-6).astype(F32) * np.array(
+            [[1], [1e-3], [1e-30], [1e-38]], F32
+        )
+    if kind == "huge":  # d beyond float16's range: stored as inf, as ggml does
+        scale = np.array([[1e3], [1e5], [1e7], [1.5e38]])
+        return (rng.uniform(-1, 1, (4, n)) * scale).astype(F32)
+    raise ValueError(kind)
+
+
+KINDS = [
+    "normal",
+    "zeros",
+    "signed_zeros",
+    "constant",
+    "outlier",
+    "negative_max",
+    "max_both_signs",
+    "ties",
+    "tiny",
+    "huge",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("t", QUANT_TYPES)
+def test_quantize_matches_gguf(t: str, kind: str) -> None:
+    rng = np.random.default_rng(abs(hash((t, kind))) % 2**32)
+    x = adversarial(kind, rng)
+    with np.errstate(all="ignore"):
+        check_quantize(x, t, zero_sign=kind == "signed_zeros")
+
+
+@pytest.mark.parametrize("t", QUANT_TYPES)
+def test_quantize_shapes(t: str) -> None:
+    rng = np.random.default_rng(1)
+    for shape in [(32,), (3, 64), (2, 3, 96), (1, 1, 32)]:
+        check_quantize(rng.standard_normal(shape).astype(F32), t)
+    # float64 / float16 input is converted to float32 first, as gguf-py does with its input
+    x = rng.standard_normal((4, 64))
+    assert_bits_equal(qg.quantize(x, t), qg.quantize(x.astype(F32), t))
+    # non-contiguous input
+    xt = rng.standard_normal((64, 6)).astype(F32).T
+    assert_bits_equal(qg.quantize(xt, t), gguf.quants.quantize(np.ascontiguousarray(xt), T[t]))
+
+
+def _random_blocks(t: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """Random bytes for `n_blocks` blocks, with every float16 field finite."""
+    info = qg.type_info(t)
+    b = rng.integers(0, 256, (n_blocks, info.type_size), dtype=np.uint8)
+    # float16 fields: the block header (d, and dmin / m) of every type but Q6_K, whose d
+    # closes the block. Replace them with random finite values (both signs).
+    fields = {
+        "Q4_0": [0],
+        "Q4_1": [0, 2],
+        "Q5_0": [0],
+        "Q5_1": [0, 2],
+        "Q8_0": [0],
+        "Q2_K": [80, 82],
+        "Q3_K": [108],
+        "Q4_K": [0, 2],
+        "Q5_K": [0, 2],
+        "Q6_K": [208],
+        "IQ4_NL": [0],
+        "IQ4_XS": [0],
+    }[t]
+    for at in fields:
+        d = rng.uniform(-2, 2, n_blocks).astype(np.float16)
+        b[:, at : at + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return b
+
+
+@pytest.mark.parametrize("t", READ_TYPES)
+def test_dequantize_matches_gguf(t: str) -> None:
+    rng = np.random.default_rng(7)
+    info = qg.type_info(t)
+    blocks = _random_blocks(t, 3000, rng)
+    want = gguf.quants.dequantize(blocks, T[t])
+    got = qg.dequantize(blocks, t)
+    assert_bits_equal(got, want.astype(F32))
+    # edge bytes: all codes 0x00 / 0xFF around finite scales
+    for fill in (0x00, 0xFF):
+        b = _random_blocks(t, 8, rng)
+        keep = b.copy()
+        b[:] = fill
+        hdr = {"Q6_K": slice(208, 210), "Q2_K": slice(80, 84), "Q3_K": slice(108, 110)}.get(
+            t, slice(0, 4 if t in ("Q4_1", "Q5_1", "Q4_K", "Q5_K") else 2)
+        )
+        b[:, hdr] = keep[:, hdr]
+        assert_bits_equal(qg.dequantize(b, t), gguf.quants.dequantize(b, T[t]).astype(F32))
+    # N-D data and an explicit logical shape
+    two = blocks[:4].reshape(2, 2 * info.type_size)
+    assert_bits_equal(qg.dequantize(two, t), gguf.quants.dequantize(two, T[t]).astype(F32))
+    flat = qg.dequantize(blocks[:4], t, shape=(4 * info.block_size,))
+    assert flat.shape == (4 * info.block_size,)
+
+
+def test_dequantize_float_types() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 8)).astype(F32)
+    assert_bits_equal(qg.dequantize(x.astype(np.float16), "F16"), x.astype(np.float16).astype(F32))
+    assert_bits_equal(qg.dequantize(x, "F32"), x)
+    b = gguf.quants.quantize(x, T.BF16)
+    assert_bits_equal(qg.dequantize(b, "BF16"), gguf.quants.dequantize(b, T.BF16).astype(F32))
+    # special values round-trip through F16 / BF16 as gguf-py stores them
+    s = np.array([[np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4e38, 65520.0, -1.5]], F32)
+    for t in ("F16", "BF16"):
+        with np.errstate(all="ignore"):
+            assert_bits_equal(qg.quantize(s, t), gguf.quants.quantize(s, T[t]))
+
+
+def test_type_names_and_info() -> None:
+    x = np.ones((2, 32), F32)
+    ref = qg.quantize(x, "Q4_0")
+    for name in (T.Q4_0, int(T.Q4_0), "q4_0", np.int32(2)):
+        assert_bits_equal(qg.quantize(x, name), ref)
+    info = qg.type_info("Q4_K")
+    assert (info.block_size, info.type_size, info.id, info.can_quantize) == (256, 144, 12, False)
+    for t in [*READ_TYPES, "F16", "BF16", "F32"]:
+        bs, ts = gguf.GGML_QUANT_SIZES[T[t]]
+        assert (qg.type_info(t).block_size, qg.type_info(t).type_size) == (bs, ts)
+        assert qg.type_info(t).id == int(T[t])
+
+
+def test_errors() -> None:
+    x = np.ones((2, 48), F32)
+    with pytest.raises(ValueError, match=r"blocks of 32 values.*48"):
+        qg.quantize(x, "Q4_0")
+    with pytest.raises(ValueError, match="cannot quantize to Q4_K"):
+        qg.quantize(np.ones((1, 256), F32), "Q4_K")
+    with pytest.raises(ValueError, match="unknown or unsupported GGUF type"):
+        qg.quantize(np.ones((1, 32), F32), "Q9_9")
+    with pytest.raises(ValueError, match="not supported"):
+        qg.quantize(np.ones((1, 32), F32), T.IQ2_XXS)
+    with pytest.raises(TypeError, match="GGUF type"):
+        qg.quantize(np.ones((1, 32), F32), 2.5)
+    with pytest.raises(TypeError, match="float array"):
+        qg.quantize(np.ones((1, 32), np.int32), "Q8_0")
+    bad = np.ones((3, 64), F32)
+    bad[2, 40] = np.nan
+    with pytest.raises(ValueError, match=r"NaN at index \(2, 40\)"):
+        qg.quantize(bad, "Q8_0")
+    bad[2, 40] = -np.inf
+    with pytest.raises(ValueError, match=r"(-inf|-Inf) at index \(2, 40\)"):
+        qg.quantize(bad, "Q5_1")
+    blocks = qg.quantize(np.ones((2, 64), F32), "Q4_1")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        qg.dequantize(blocks[:, :-1], "Q4_1")
+    with pytest.raises(TypeError, match="uint8 bytes"):
+        qg.dequantize(blocks.astype(np.int16), "Q4_1")
+    with pytest.raises(ValueError, match="data holds 128"):
+        qg.dequantize(blocks, "Q4_1", shape=(3, 64))
+    with pytest.raises(ValueError, match="at least one axis"):
+        qg.quantize(np.float32(1), "Q8_0")
+
+
+def test_empty() -> None:
+    for t in BLOCK_TYPES:
+        got = qg.quantize(np.zeros((0, 64), F32), t)
+        assert got.shape == (0, 2 * qg.type_info(t).type_size)
+        assert qg.dequantize(got, t).shape == (0, 64)
+
+
+def test_threads_do_not_change_bytes() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 4096)).astype(F32)  # several parallel tasks
+    qfast.set_num_threads(1)
+    one = {t: qg.quantize(x, t) for t in BLOCK_TYPES}
+    qfast.set_num_threads(2)
+    for t in BLOCK_TYPES:
+        assert_bits_equal(qg.quantize(x, t), one[t])
+        assert_bits_equal(
+            qg.dequantize(one[t], t), gguf.quants.dequantize(one[t], T[t]).astype(F32)
+        )
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> object:
+    from qfast import assets
+
+    return gguf.GGUFReader(assets.smollm2_gguf())
+
+
+def test_real_gguf_dequantize(smollm2: object) -> None:
+    """Every tensor of SmolLM2-135M's GGUF (Q4_1, Q8_0, F32) dequantizes to gguf-py's bits."""
+    seen = set()
+    for tensor in smollm2.tensors:  # type: ignore[attr-defined]
+        t = T(tensor.tensor_type).name
+        want = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        got = qg.dequantize(tensor.data, tensor.tensor_type)
+        assert_bits_equal(got, want.astype(F32))
+        seen.add(t)
+    assert {"Q4_1", "Q8_0"} <= seen
+
+
+@pytest.mark.parametrize("t", QUANT_TYPES)
+def test_real_weights_quantize(smollm2: object, t: str) -> None:
+    """Real weights (SmolLM2's, dequantized) quantize to gguf-py's bytes in every format."""
+    tensors = {x.name: x for x in smollm2.tensors}  # type: ignore[attr-defined]
+    for name in ("blk.0.attn_q.weight", "blk.7.ffn_down.weight", "token_embd.weight"):
+        w = gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type)
+        w = w[:256]
+        check_quantize(np.ascontiguousarray(w, F32), t)

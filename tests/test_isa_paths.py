@@ -140,6 +140,23 @@ def battery() -> dict[str, np.ndarray]:
             for compute in ("int8", "float"):
                 key = f"linear/b{bits}/{kw}/{compute}"
                 _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
+    # GGUF block formats (SIMD quantizers on AVX-512): the same bytes and errors everywhere.
+    import qfast.gguf as qg
+
+    with np.errstate(all="ignore"):
+        for name, v in _inputs().items():
+            if v.shape[-1] % 32 == 0 or name in ("ties", "subnormal"):
+                rows = np.ascontiguousarray(v.reshape(-1, v.shape[-1]), F32)
+                rows = rows[:, : rows.shape[1] // 32 * 32] if rows.shape[1] >= 32 else None
+                if rows is None:
+                    continue
+                for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+                    _record(out, f"gguf/{name}/{t}", lambda r, t: [qg.quantize(r, t)], rows, t)
+        g = rng.standard_normal((8, 256)).astype(F32) * 10.0 ** rng.uniform(-40, 37, (8, 1))
+        g[3, 7] = np.nan
+        for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+            _record(out, f"gguf/scaled/{t}", lambda r, t: [qg.quantize(r, t)], g[:3], t)
+            _record(out, f"gguf/nonfinite/{t}", lambda r, t: [qg.quantize(r, t)], g, t)
     # Non-finite values: the error names the same (first) position on every path.
     for n in (17, 64, 4097):
         for pos in (0, n // 2, n - 1):

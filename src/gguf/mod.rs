@@ -7,6 +7,8 @@
 
 pub mod kquants;
 pub mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use crate::error::{QfastError, Result};
 use crate::parallel;
@@ -188,24 +190,81 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     check_blocks(ty, x.len())?;
     assert_eq!(out.len(), x.len() / bs * ts);
-    if ty != F16 && ty != BF16 {
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(QfastError::NonFinite {
-                index: vec![i],
-                value: x[i],
-            });
-        }
-    }
-    let tasks: Vec<(&[f32], &mut [u8])> = x
-        .chunks(bs * BLOCKS_PER_TASK)
+    let kern = crate::simd::active()?;
+    let wide = wide_kind(ty, kern.isa);
+    let check = ty != F16 && ty != BF16; // those two store NaN and Inf as they are
+    let chunk = bs * BLOCKS_PER_TASK;
+    let tasks: Vec<_> = x
+        .chunks(chunk)
         .zip(out.chunks_mut(ts * BLOCKS_PER_TASK))
+        .enumerate()
         .collect();
-    parallel::map(tasks, x.len(), |(x, out)| {
-        for (xb, ob) in x.chunks_exact(bs).zip(out.chunks_exact_mut(ts)) {
-            q(xb, ob);
+    let results = parallel::map(
+        tasks,
+        x.len(),
+        |(t, (x, out)): (usize, (&[f32], &mut [u8]))| {
+            if check && !(kern.minmax)(x).finite {
+                let i = x
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .expect("a non-finite value");
+                return Err(QfastError::NonFinite {
+                    index: vec![t * chunk + i],
+                    value: x[i],
+                });
+            }
+            if !run_wide(wide, x, out) {
+                for (xb, ob) in x.chunks_exact(bs).zip(out.chunks_exact_mut(ts)) {
+                    q(xb, ob);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    // The first error in the data's order, whatever order the tasks ran in.
+    results.into_iter().collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+type Wide = Option<x86::Kind>;
+#[cfg(not(target_arch = "x86_64"))]
+type Wide = Option<()>;
+
+/// The SIMD quantizer for `ty` on path `isa`, if there is one.
+fn wide_kind(ty: GgmlType, isa: crate::simd::Isa) -> Wide {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::Isa;
+        if !matches!(isa, Isa::Avx512 | Isa::Avx512Vnni) {
+            return None;
         }
-    })?;
-    Ok(())
+        Some(match ty {
+            Q4_0 => x86::Kind::Q4_0,
+            Q4_1 => x86::Kind::Q4_1,
+            Q5_0 => x86::Kind::Q5_0,
+            Q5_1 => x86::Kind::Q5_1,
+            Q8_0 => x86::Kind::Q8_0,
+            _ => return None,
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, isa);
+        None
+    }
+}
+
+/// Runs the SIMD quantizer when there is one; `false` if the caller must run the portable one.
+fn run_wide(wide: Wide, x: &[f32], out: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        wide.is_some_and(|kind| x86::quantize_chunk(kind, x, out))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (wide, x, out);
+        false
+    }
 }
 
 /// Dequantizes `blocks` (a whole number of blocks) into `out` (`block_size` values per block).

@@ -1,0 +1,185 @@
+//! AVX-512 quantizers of the 32-value block types: the same operations as `legacy`'s portable
+//! code, lane by lane, so the bytes are identical (tests compare both with gguf-py and with
+//! each other through `QFAST_ISA`).
+//!
+//! - `cvttps2dq` is the conversion the references compile to (truncation; `i32::MIN` for NaN
+//!   and out-of-range), and `vpmovdb` keeps its low byte, as `legacy::cvt_i32` does.
+//! - Ties and signed zeros: the block's maximum (minimum) *value* comes from a reduction, then
+//!   the first element equal to it is taken, which is what the sequential loops keep.
+//!
+//! Soundness: `quantize_chunk` checks for AVX-512 before entering `#[target_feature]` code.
+
+use super::legacy::QK;
+use core::arch::x86_64::*;
+
+/// The block types this module writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+/// Quantizes whole blocks of `x` into `out` with AVX-512; `false` (nothing written) when the
+/// CPU lacks it.
+pub fn quantize_chunk(kind: Kind, x: &[f32], out: &mut [u8]) -> bool {
+    if !crate::simd::x86_64::has_avx512() {
+        return false;
+    }
+    let ts = match kind {
+        Kind::Q4_0 => super::legacy::Q4_0_BYTES,
+        Kind::Q4_1 => super::legacy::Q4_1_BYTES,
+        Kind::Q5_0 => super::legacy::Q5_0_BYTES,
+        Kind::Q5_1 => super::legacy::Q5_1_BYTES,
+        Kind::Q8_0 => super::legacy::Q8_0_BYTES,
+    };
+    assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * ts);
+    // SAFETY: the CPU has AVX-512; each block reads 32 floats and writes `ts` bytes, in
+    // bounds by the assertion above.
+    unsafe {
+        match kind {
+            Kind::Q4_0 => blocks::<{ Kind::Q4_0 as u8 }>(x, out, ts),
+            Kind::Q4_1 => blocks::<{ Kind::Q4_1 as u8 }>(x, out, ts),
+            Kind::Q5_0 => blocks::<{ Kind::Q5_0 as u8 }>(x, out, ts),
+            Kind::Q5_1 => blocks::<{ Kind::Q5_1 as u8 }>(x, out, ts),
+            Kind::Q8_0 => blocks::<{ Kind::Q8_0 as u8 }>(x, out, ts),
+        }
+    }
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
+unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(ts)) {
+        let v = [
+            _mm512_loadu_ps(xb.as_ptr()),
+            _mm512_loadu_ps(xb.as_ptr().add(16)),
+        ];
+        let o = ob.as_mut_ptr();
+        if K == Kind::Q8_0 as u8 {
+            q8_0(v, o);
+        } else if K == Kind::Q4_0 as u8 || K == Kind::Q5_0 as u8 {
+            let (half, top) = if K == Kind::Q4_0 as u8 {
+                (8.0, 15)
+            } else {
+                (16.0, 31)
+            };
+            let d = signed_max(v, xb) / -half;
+            put_f16(o, d);
+            let id = _mm512_set1_ps(inverse(d));
+            let bias = _mm512_set1_ps(half + 0.5);
+            let c = [0, 1].map(|h| codes(_mm512_add_ps(_mm512_mul_ps(v[h], id), bias), top));
+            store_codes(c, o.add(2), K == Kind::Q5_0 as u8);
+        } else {
+            let top = if K == Kind::Q4_1 as u8 { 15 } else { 31 };
+            let (min, max) = min_max(v, xb);
+            let d = (max - min) / top as f32;
+            put_f16(o, d);
+            put_f16(o.add(2), min);
+            let id = _mm512_set1_ps(inverse(d));
+            let (m, half) = (_mm512_set1_ps(min), _mm512_set1_ps(0.5));
+            let c = [0, 1].map(|h| {
+                codes(
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[h], m), id), half),
+                    top,
+                )
+            });
+            store_codes(c, o.add(4), K == Kind::Q5_1 as u8);
+        }
+    }
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// `v` as float16 (F16C's `vcvtps2ph`, round to nearest even, as `half` and NumPy round).
+#[inline(always)]
+unsafe fn put_f16(o: *mut u8, v: f32) {
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v));
+    let bits = _mm_extract_epi16::<0>(h) as u16;
+    core::ptr::copy_nonoverlapping(bits.to_le_bytes().as_ptr(), o, 2);
+}
+
+/// The first element whose magnitude is the largest (the first element when all are zero).
+#[inline(always)]
+unsafe fn signed_max(v: [__m512; 2], xb: &[f32]) -> f32 {
+    let a = [_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])];
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(a[0], a[1]));
+    if amax == 0.0 {
+        return xb[0];
+    }
+    let t = _mm512_set1_ps(amax);
+    let hit = _mm512_cmpeq_ps_mask(a[0], t) as u32 | (_mm512_cmpeq_ps_mask(a[1], t) as u32) << 16;
+    xb[hit.trailing_zeros() as usize]
+}
+
+/// The block's minimum and maximum, each as its first occurrence (the sign of a zero).
+#[inline(always)]
+unsafe fn min_max(v: [__m512; 2], xb: &[f32]) -> (f32, f32) {
+    let lo = _mm512_reduce_min_ps(_mm512_min_ps(v[0], v[1]));
+    let hi = _mm512_reduce_max_ps(_mm512_max_ps(v[0], v[1]));
+    let first = |t: f32| {
+        let t = _mm512_set1_ps(t);
+        let hit =
+            _mm512_cmpeq_ps_mask(v[0], t) as u32 | (_mm512_cmpeq_ps_mask(v[1], t) as u32) << 16;
+        xb[hit.trailing_zeros() as usize]
+    };
+    (first(lo), first(hi))
+}
+
+/// `min(top, low byte of cvttps2dq(v))` for 16 lanes, as 16 bytes.
+#[inline(always)]
+unsafe fn codes(v: __m512, top: u8) -> __m128i {
+    let bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
+    _mm_min_epu8(bytes, _mm_set1_epi8(top as i8))
+}
+
+/// `qs[j] = c[j] & 15 | (c[j + 16] & 15) << 4`, and for 5-bit codes `qh` (bit j = bit 4 of
+/// code j) first.
+#[inline(always)]
+unsafe fn store_codes(c: [__m128i; 2], o: *mut u8, five: bool) {
+    let nib = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(c[0], nib);
+    let hi = _mm_slli_epi16::<4>(_mm_and_si128(c[1], nib));
+    let qs = _mm_or_si128(lo, hi);
+    let at = if five {
+        let sixteen = _mm_set1_epi8(16);
+        let qh = _mm_test_epi8_mask(c[0], sixteen) as u32
+            | (_mm_test_epi8_mask(c[1], sixteen) as u32) << 16;
+        core::ptr::copy_nonoverlapping(qh.to_le_bytes().as_ptr(), o, 4);
+        4
+    } else {
+        0
+    };
+    _mm_storeu_si128(o.add(at) as *mut __m128i, qs);
+}
+
+/// Q8_0: `d = max|x| / 127`, codes `roundf(x / d)` (ties away from zero: truncate, then step
+/// away from zero where the dropped fraction is at least one half).
+#[inline(always)]
+unsafe fn q8_0(v: [__m512; 2], o: *mut u8) {
+    let a = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1]));
+    let d = _mm512_reduce_max_ps(a) / 127.0;
+    put_f16(o, d);
+    let id = _mm512_set1_ps(inverse(d));
+    for (h, &vh) in v.iter().enumerate() {
+        let y = _mm512_mul_ps(vh, id);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+            _mm512_abs_ps(_mm512_sub_ps(y, t)),
+            _mm512_set1_ps(0.5),
+        );
+        // copysign(1, y) where the fraction is >= 1/2.
+        let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+        let r = _mm512_mask_add_ps(t, up, t, step);
+        let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
+        _mm_storeu_si128(o.add(2 + 16 * h) as *mut __m128i, q);
+    }
+}

@@ -279,3 +279,67 @@ def test_real_weights_quantize(smollm2: object, t: str) -> None:
         w = gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type)
         w = w[:256]
         check_quantize(np.ascontiguousarray(w, F32), t)
+
+
+@pytest.mark.parametrize("t", ["Q8_0", "Q4_0", "Q4_1"])
+def test_qtensor_round_trip(t: str) -> None:
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((6, 128)).astype(F32)
+    x[1, :32] = 0.25  # a constant block: Q4_1's d = 0
+    x[2, 32:64] *= 1e3
+    blocks = qg.quantize(x, t)
+    q = qg.to_qtensor(blocks, t)
+    assert (q.bits, q.group_size, q.shape) == (8 if t == "Q8_0" else 4, 32, x.shape)
+    want = gguf.quants.dequantize(blocks, T[t]).astype(F32)
+    got = q.dequantize()
+    if t == "Q4_1":  # d * (q - zero) against d * q + m: float32 rounding apart
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
+        assert_bits_equal(got[1, :32], want[1, :32])  # d = 0: exactly m
+    else:
+        assert_bits_equal(got, want)
+    back, name = qg.from_qtensor(q)
+    assert name == t
+    if t == "Q4_1":  # a d = 0 block comes back as d = 1 with zero codes: the same values
+        assert_bits_equal(qg.dequantize(back, t), want)
+    else:
+        assert_bits_equal(back, blocks)
+    # straight into linear: as good as the float weights it stands for
+    xin = rng.standard_normal((3, 128)).astype(F32)
+    ref = xin.astype(np.float64) @ want.T.astype(np.float64)
+    y = qfast.linear(xin, q, compute="float")
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_qtensor_conversion_errors() -> None:
+    x = np.random.default_rng(2).standard_normal((2, 64)).astype(F32)
+    with pytest.raises(ValueError, match="no QTensor form"):
+        qg.to_qtensor(qg.quantize(x, "Q5_0"), "Q5_0")
+    with pytest.raises(ValueError, match="group-32"):
+        qg.from_qtensor(qfast.quantize(x, 8, group_size=64))
+    with pytest.raises(ValueError, match="float16"):
+        qg.from_qtensor(qfast.quantize(x, 8, group_size=32))  # float32 scales
+    q = qg.to_qtensor(qg.quantize(x, "Q4_1"), "Q4_1")
+    q.zero_point = q.zero_point + np.float32(0.1)
+    with pytest.raises(ValueError, match="not a Q4_1 grid"):
+        qg.from_qtensor(q)
+    q = qfast.quantize(x, 3, group_size=32)
+    q.scale = q.scale.astype(np.float16)
+    with pytest.raises(ValueError, match="no GGUF block form"):
+        qg.from_qtensor(q)
+    with pytest.raises(ValueError, match="whole"):
+        qg.to_qtensor(np.zeros((2, 35), np.uint8), "Q8_0")
+
+
+def test_real_q4_1_weight_into_linear(smollm2: object) -> None:
+    """A real Q4_1 GGUF weight goes into qfast.linear without a float round trip."""
+    tensors = {x.name: x for x in smollm2.tensors}  # type: ignore[attr-defined]
+    w = tensors["blk.0.attn_q.weight"]
+    assert T(w.tensor_type).name == "Q4_1"
+    q = qg.to_qtensor(w.data, "Q4_1")
+    want = gguf.quants.dequantize(w.data, w.tensor_type).astype(F32)
+    x = np.random.default_rng(0).standard_normal((4, want.shape[1])).astype(F32)
+    ref = x.astype(np.float64) @ want.T.astype(np.float64)
+    for compute in ("float", "int8"):
+        y = qfast.linear(x, q, compute=compute)
+        tol = 1e-4 if compute == "float" else 2e-2
+        assert np.linalg.norm(y - ref) <= tol * np.linalg.norm(ref), compute

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from . import _qfast
 
-__all__ = ["TypeInfo", "dequantize", "quantize", "type_info"]
+__all__ = ["TypeInfo", "dequantize", "from_qtensor", "quantize", "to_qtensor", "type_info"]
 
 # ggml's ids (`enum ggml_type`) of the types qfast handles, for integer / IntEnum arguments.
 _IDS = {
@@ -169,3 +169,122 @@ def dequantize(
             )
         out = out.reshape(shape)
     return out
+
+
+# --- GGUF blocks <-> QTensor ------------------------------------------------------------------
+
+_CONVERTIBLE = ("Q8_0", "Q4_0", "Q4_1")
+
+
+def _blocks(data: npt.ArrayLike, info: TypeInfo) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.dtype != np.uint8 or arr.ndim == 0 or arr.shape[-1] % info.type_size:
+        raise ValueError(
+            f"{info.name} data must be uint8 bytes whose last axis holds whole "
+            f"{info.type_size}-byte blocks, got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = None) -> Any:
+    """A QTensor over GGUF ``data`` of type Q8_0, Q4_0 or Q4_1, without going through floats.
+
+    The result is group-32 along the last axis and holds the blocks' own codes and float16
+    scales: Q8_0 becomes signed 8-bit codes with scale ``d``; Q4_0 signed 4-bit codes
+    ``q - 8`` with scale ``d`` (negative where the block's largest value was positive, as the
+    format stores it); both dequantize to exactly ``gguf.quants.dequantize``'s values. Q4_1
+    (``d * q + m``) becomes unsigned 4-bit codes with ``scale = d`` and a float32
+    ``zero_point = -m / d`` (a block with ``d = 0``: ``scale = 1``, ``zero_point = -m``, codes
+    0), which dequantizes to within float32 rounding of the format's values.
+    ``qfast.linear`` takes the result directly.
+    """
+    from ._api import pack_int4
+    from ._qtensor import QTensor
+
+    info = type_info(type)
+    if info.name not in _CONVERTIBLE:
+        raise ValueError(
+            f"{info.name} has no QTensor form; to_qtensor converts {', '.join(_CONVERTIBLE)} "
+            "(dequantize other types)"
+        )
+    arr = _blocks(data, info)
+    n = arr.shape[-1] // info.type_size * info.block_size
+    rows = arr.shape[:-1]
+    logical = tuple(int(d) for d in shape) if shape is not None else (*rows, n)
+    if int(np.prod(logical)) != int(np.prod((*rows, n))) or (logical and logical[-1] % 32):
+        raise ValueError(f"shape {logical} does not fit {info.name} data of shape {arr.shape}")
+    b = arr.reshape(-1, info.type_size)
+    groups = (*logical[:-1], logical[-1] // 32) if logical else (1,)
+    d = np.ascontiguousarray(b[:, :2]).view(np.float16).reshape(groups)
+    if info.name == "Q8_0":
+        codes = np.ascontiguousarray(b[:, 2:]).view(np.int8).reshape(logical)
+        return QTensor(codes, logical, 8, True, d, group_size=32, meta={"gguf_type": "Q8_0"})
+    qs = b[:, 2:] if info.name == "Q4_0" else b[:, 4:]
+    nib = np.concatenate([qs & 0x0F, qs >> 4], axis=1).reshape(logical)  # value j, then j + 16
+    if info.name == "Q4_0":
+        codes = pack_int4(nib.astype(np.int8) - 8, signed=True)
+        return QTensor(codes, logical, 4, True, d, group_size=32, meta={"gguf_type": "Q4_0"})
+    m = np.ascontiguousarray(b[:, 2:4]).view(np.float16).reshape(groups).astype(np.float32)
+    df = d.astype(np.float32)
+    dead = df == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zero = np.where(dead, -m, -m / np.where(dead, 1, df)).astype(np.float32)
+    scale = np.where(dead, np.float16(1), d)
+    nib = np.where(np.repeat(dead, 32, axis=-1).reshape(logical), 0, nib).astype(np.uint8)
+    codes = pack_int4(nib, signed=False)
+    return QTensor(codes, logical, 4, False, scale, zero, group_size=32, meta={"gguf_type": "Q4_1"})
+
+
+def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
+    """GGUF blocks for a QTensor that is exactly a Q8_0, Q4_0 or Q4_1 grid: ``(data, type)``.
+
+    The QTensor must be group-32 along the last axis (no ``g_idx``), with float16-exact scales:
+    8-bit signed without zero point (Q8_0), 4-bit signed without zero point (Q4_0), or 4-bit
+    unsigned with the float zero points ``to_qtensor`` gives Q4_1 (checked by converting
+    back). Anything else is refused rather than rounded: quantize the float weights with
+    ``qfast.gguf.quantize`` instead.
+    """
+    from ._api import unpack_int4
+
+    if q.group_size != 32 or q.g_idx is not None or not q.shape or q.shape[-1] % 32:
+        raise ValueError(
+            "only group-32 QTensors (groups along the last axis, a multiple of 32 long, no "
+            "g_idx) have a GGUF block form"
+        )
+    scale32 = np.asarray(q.scale, np.float32)
+    d = scale32.astype(np.float16)
+    if not np.array_equal(d.astype(np.float32), scale32, equal_nan=True):
+        raise ValueError("the scales are not float16 values, which GGUF blocks store")
+    lead = int(np.prod(q.shape[:-1], dtype=np.int64))
+    nblocks = lead * (q.shape[-1] // 32)
+    d_bytes = d.reshape(nblocks, 1).view(np.uint8)
+    if q.bits == 8 and q.signed and q.zero_point is None:
+        codes = np.ascontiguousarray(q.data).view(np.uint8).reshape(nblocks, 32)
+        out, name = np.concatenate([d_bytes, codes], axis=1), "Q8_0"
+    elif q.bits == 4 and q.signed and q.zero_point is None:
+        c = unpack_int4(q.data, q.shape[-1], signed=True).reshape(nblocks, 32)
+        qs = ((c[:, :16] + 8) | ((c[:, 16:] + 8) << 4)).astype(np.uint8)
+        out, name = np.concatenate([d_bytes, qs], axis=1), "Q4_0"
+    elif q.bits == 4 and not q.signed and q.zero_point is not None:
+        zero = np.asarray(q.zero_point, np.float32).reshape(nblocks)
+        df = d.astype(np.float32).reshape(nblocks)
+        c = unpack_int4(q.data, q.shape[-1], signed=False).reshape(nblocks, 32)
+        m = (-zero * df).astype(np.float16)
+        qs = (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
+        m_bytes = m.reshape(nblocks, 1).view(np.uint8)
+        out, name = np.concatenate([d_bytes, m_bytes, qs], axis=1), "Q4_1"
+        back = to_qtensor(out.reshape(*q.shape[:-1], -1), "Q4_1", q.shape)
+        same = np.array_equal(np.asarray(back.zero_point, np.float32).reshape(nblocks), zero)
+        if not same or not np.array_equal(np.asarray(back.data), np.asarray(q.data)):
+            raise ValueError(
+                "this QTensor's zero points are not a Q4_1 grid (d * q + m with float16 d and "
+                "m); quantize the float weights with qfast.gguf.quantize(w, 'Q4_1') instead"
+            )
+    else:
+        raise ValueError(
+            f"a {q.bits}-bit {'signed' if q.signed else 'unsigned'} QTensor "
+            f"{'with' if q.zero_point is not None else 'without'} zero points has no GGUF "
+            "block form; Q8_0 is 8-bit signed, Q4_0 4-bit signed, Q4_1 4-bit unsigned with "
+            "zero points"
+        )
+    return out.reshape(*q.shape[:-1], -1), name

@@ -343,3 +343,43 @@ def test_real_q4_1_weight_into_linear(smollm2: object) -> None:
         y = qfast.linear(x, q, compute=compute)
         tol = 1e-4 if compute == "float" else 2e-2
         assert np.linalg.norm(y - ref) <= tol * np.linalg.norm(ref), compute
+
+
+def _dot_reference(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """NumPy float64 of the same arithmetic: exact block sums times d_w * d_x (float32)."""
+    nb = x.size // 34
+    wb = w.reshape(-1, nb, 18)
+    xb = x.reshape(nb, 34)
+    dw = wb[..., :2].copy().view(np.float16)[..., 0].astype(F32)
+    dx = xb[:, :2].copy().view(np.float16)[:, 0].astype(F32)
+    qs = wb[..., 2:]
+    q4 = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.int64) - 8
+    q8 = xb[:, 2:].view(np.int8).astype(np.int64)
+    sums = (q4 * q8).sum(-1)  # exact
+    return (sums * (dw * dx).astype(np.float64)).sum(-1)
+
+
+def test_dot_q4_0_q8_0() -> None:
+    rng = np.random.default_rng(31)
+    for rows, n in [(1, 32), (3, 64), (17, 4096), (5, 4128)]:
+        w = qg.quantize(rng.standard_normal((rows, n)).astype(F32), "Q4_0")
+        x = qg.quantize(rng.standard_normal(n).astype(F32), "Q8_0")
+        got = qg.dot(w, x)
+        want = _dot_reference(w, x)
+        assert got.shape == (rows,) and got.dtype == F32
+        # float32 accumulation over n / 32 blocks: within a few ulps of the float64 sum
+        bound = 1e-6 * np.sqrt(n / 32) * _dot_reference(np.abs(w), np.abs(x)).max() + 1e-30
+        np.testing.assert_allclose(got, want, rtol=0, atol=bound * 10)
+        # the same number as dequantizing both sides, up to float32 rounding
+        deq = gguf.quants.dequantize(w, T.Q4_0) @ gguf.quants.dequantize(x, T.Q8_0)
+        np.testing.assert_allclose(got, deq, rtol=1e-4, atol=1e-4 * np.abs(deq).max())
+    # extreme codes: all 0x00 / 0xFF nibbles and int8 -128 / 127
+    w = np.zeros((2, 2 * 18), np.uint8)
+    w[:, [0, 18]], w[:, [1, 19]] = 0x00, 0x3C  # d = 1.0
+    w[0, 2:18], w[1, 20:36] = 0xFF, 0x00
+    x = np.zeros(2 * 34, np.uint8)
+    x[[0, 34]], x[[1, 35]] = 0x00, 0x3C
+    x[2:34], x[36:68] = 0x80, 0x7F  # -128, 127
+    np.testing.assert_array_equal(qg.dot(w, x), _dot_reference(w, x).astype(F32))
+    with pytest.raises(ValueError, match="one Q8_0 row"):
+        qg.dot(w, x[:34])

@@ -157,6 +157,11 @@ def battery() -> dict[str, np.ndarray]:
         for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
             _record(out, f"gguf/scaled/{t}", lambda r, t: [qg.quantize(r, t)], g[:3], t)
             _record(out, f"gguf/nonfinite/{t}", lambda r, t: [qg.quantize(r, t)], g, t)
+        # Q4_0 . Q8_0 (AVX-512 VNNI kernel vs the portable one): the same float bits.
+        for nb in (1, 2, 3, 8, 33):
+            w = qg.quantize(rng.standard_normal((5, 32 * nb)).astype(F32), "Q4_0")
+            v = qg.quantize(rng.standard_normal(32 * nb).astype(F32) * 100, "Q8_0")
+            _record(out, f"gguf/dot/{nb}", lambda w, v: [qg.dot(w, v)], w, v)
     # Non-finite values: the error names the same (first) position on every path.
     for n in (17, 64, 4097):
         for pos in (0, n // 2, n - 1):

@@ -13,6 +13,7 @@ __all__ = [
     "dequantize",
     "get_num_threads",
     "gguf_dequantize",
+    "gguf_dot_q4_0_q8_0",
     "gguf_quantize",
     "gguf_type_info",
     "matmul_int8",
@@ -63,6 +64,9 @@ def matmul_int8(a: npt.NDArray[Any], b: npt.NDArray[np.int8]) -> npt.NDArray[np.
 def gguf_type_info(name: str) -> tuple[str, int, int, int, bool]: ...
 def gguf_quantize(x: npt.NDArray[np.float32], name: str) -> npt.NDArray[np.uint8]: ...
 def gguf_dequantize(blocks: npt.NDArray[np.uint8], name: str) -> npt.NDArray[np.float32]: ...
+def gguf_dot_q4_0_q8_0(
+    w: npt.NDArray[np.uint8], x: npt.NDArray[np.uint8], rows: int
+) -> npt.NDArray[np.float32]: ...
 
 @final
 class PackedLinear:

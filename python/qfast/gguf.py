@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from . import _qfast
 
-__all__ = ["TypeInfo", "dequantize", "from_qtensor", "quantize", "to_qtensor", "type_info"]
+__all__ = ["TypeInfo", "dequantize", "dot", "from_qtensor", "quantize", "to_qtensor", "type_info"]
 
 # ggml's ids (`enum ggml_type`) of the types qfast handles, for integer / IntEnum arguments.
 _IDS = {
@@ -288,3 +288,23 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
             "zero points"
         )
     return out.reshape(*q.shape[:-1], -1), name
+
+
+def dot(w: npt.ArrayLike, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """``Q4_0 · Q8_0`` dot products, llama.cpp's ``vec_dot`` of those types.
+
+    ``w``: Q4_0 bytes ``(..., row_bytes)`` (e.g. a weight matrix, one row per output); ``x``:
+    Q8_0 bytes of one row of the same length (e.g. ``quantize(activations, "Q8_0")``).
+    Returns float32 ``w.shape[:-1]``: per row, the exact integer sum of each block pair scaled
+    by the blocks' ``d_w * d_x``, accumulated in a fixed order (the same bits on every path).
+    """
+    wa, xa = _blocks(w, type_info("Q4_0")), _blocks(x, type_info("Q8_0"))
+    nb = xa.shape[-1] // 34
+    if xa.ndim != 1 or wa.shape[-1] != nb * 18:
+        raise ValueError(
+            f"x must be one Q8_0 row and w Q4_0 rows of as many blocks: w has rows of "
+            f"{wa.shape[-1] // 18} blocks, x has shape {xa.shape}"
+        )
+    rows = int(np.prod(wa.shape[:-1], dtype=np.int64))
+    out = _qfast.gguf_dot_q4_0_q8_0(wa.reshape(-1), xa, rows)
+    return out.reshape(wa.shape[:-1])

@@ -5,6 +5,7 @@
 //! multiple of the block size); a flat run of whole rows is a flat run of blocks, so the
 //! drivers here work on flat slices and the binding handles shapes.
 
+pub mod dot;
 pub mod kquants;
 pub mod legacy;
 #[cfg(target_arch = "x86_64")]
@@ -292,6 +293,46 @@ pub fn dequantize(ty: GgmlType, blocks: &[u8], out: &mut [f32]) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// `Q4_0 · Q8_0` per row: `w` is `rows` rows of Q4_0 blocks, `x` one row of Q8_0 blocks of the
+/// same length; `out[r]` receives row `r`'s dot product (the fixed order of [`dot`]).
+pub fn dot_q4_0_q8_0(w: &[u8], x: &[u8], out: &mut [f32]) -> Result<()> {
+    let rows = out.len();
+    let nb = x.len() / legacy::Q8_0_BYTES;
+    if !x.len().is_multiple_of(legacy::Q8_0_BYTES) || w.len() != rows * nb * legacy::Q4_0_BYTES {
+        return Err(QfastError::InvalidArgument(format!(
+            "Q4_0 rows of {} bytes do not match a Q8_0 vector of {} bytes ({} blocks each)",
+            w.len().checked_div(rows).unwrap_or(0),
+            x.len(),
+            nb
+        )));
+    }
+    let kern = crate::simd::active()?;
+    let simd = matches!(kern.isa, crate::simd::Isa::Avx512Vnni);
+    let row_bytes = nb * legacy::Q4_0_BYTES;
+    let per_task = (1 << 16) / row_bytes.max(1) + 1;
+    let tasks: Vec<_> = w
+        .chunks(per_task * row_bytes.max(1))
+        .zip(out.chunks_mut(per_task))
+        .collect();
+    parallel::map(tasks, w.len() * 2, |(w, out): (&[u8], &mut [f32])| {
+        for (o, row) in out.iter_mut().zip(w.chunks(row_bytes.max(1))) {
+            *o = row_dot(simd, row, x);
+        }
+    })?;
+    Ok(())
+}
+
+fn row_dot(simd: bool, row: &[u8], x: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        if let Some(v) = x86::dot_q4_0_q8_0(row, x) {
+            return v;
+        }
+    }
+    let _ = simd;
+    dot::dot_ref(row, x)
 }
 
 /// `n` values must be whole blocks.

@@ -183,3 +183,81 @@ unsafe fn q8_0(v: [__m512; 2], o: *mut u8) {
         _mm_storeu_si128(o.add(2 + 16 * h) as *mut __m128i, q);
     }
 }
+
+/// [`super::dot::dot_ref`] with AVX-512 VNNI, two blocks per step (same bits); `None`
+/// without VNNI.
+pub fn dot_q4_0_q8_0(x: &[u8], y: &[u8]) -> Option<f32> {
+    use super::legacy::{Q4_0_BYTES, Q8_0_BYTES};
+    if !(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni()) {
+        return None;
+    }
+    let nb = x.len() / Q4_0_BYTES;
+    assert!(x.len() == nb * Q4_0_BYTES && y.len() == nb * Q8_0_BYTES);
+    // SAFETY: the CPU has AVX-512 VNNI; every read below is inside `x` and `y` (checked).
+    Some(unsafe { dot_vnni(x, y, nb) })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
+unsafe fn dot_vnni(x: &[u8], y: &[u8], nb: usize) -> f32 {
+    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm512_set1_epi8(1);
+    let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let mut acc = _mm512_setzero_ps();
+    // Blocks b and b + 1: the 4-bit values of both, in value order, as 64 bytes
+    // [lo(b), hi(b), lo(b + 1), hi(b + 1)] against their 64 int8 values.
+    let step = |b: usize, two: bool, acc: __m512| -> __m512 {
+        let x0 = xp.add(18 * b);
+        let y0 = yp.add(34 * b);
+        let q0 = _mm_loadu_si128(x0.add(2) as *const __m128i);
+        let q1 = if two {
+            _mm_loadu_si128(x0.add(20) as *const __m128i)
+        } else {
+            _mm_setzero_si128()
+        };
+        let q = _mm256_set_m128i(q1, q0);
+        let lo = _mm256_and_si256(q, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+        let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let w = _mm512_shuffle_i64x2::<0b11_01_10_00>(w, w);
+        let a1 = if two {
+            _mm256_loadu_si256(y0.add(36) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let a = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(y0.add(2) as *const __m256i)),
+            a1,
+        );
+        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+        let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, a);
+        let p = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, _mm512_slli_epi32::<3>(sum)));
+        // [dx(b), dx(b + 1), dy(b), dy(b + 1)] in one conversion (a vector built from scratch:
+        // inserting into a register would chain every step on the accumulator).
+        let h = |p: *const u8| core::ptr::read_unaligned(p as *const i16);
+        let (dx1, dy1) = if two {
+            (h(x0.add(18)), h(y0.add(34)))
+        } else {
+            (0, 0)
+        };
+        let f = _mm_cvtph_ps(_mm_setr_epi16(h(x0), dx1, h(y0), dy1, 0, 0, 0, 0));
+        let dd = _mm_mul_ps(f, _mm_movehl_ps(f, f)); // [dx·dy (b), dx·dy (b + 1), ..]
+        let d = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dd));
+        if two {
+            _mm512_fmadd_ps(p, d, acc)
+        } else {
+            _mm512_mask3_fmadd_ps(p, d, acc, 0x00ff)
+        }
+    };
+    let mut b = 0;
+    while b + 2 <= nb {
+        acc = step(b, true, acc);
+        b += 2;
+    }
+    if b < nb {
+        acc = step(b, false, acc);
+    }
+    let mut lanes = [0f32; super::dot::LANES];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    super::dot::tree_sum(lanes)
+}

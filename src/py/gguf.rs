@@ -69,3 +69,25 @@ pub fn gguf_dequantize<'py>(
     }
     Ok(out)
 }
+
+/// gguf_dot_q4_0_q8_0(w, x, rows)
+/// --
+///
+/// Kernel entry of `qfast.gguf.dot`: `rows` contiguous rows of Q4_0 bytes by one Q8_0 row.
+#[pyfunction]
+pub fn gguf_dot_q4_0_q8_0<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray1<'py, u8>,
+    x: PyReadonlyArray1<'py, u8>,
+    rows: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (ws, xs) = (w.as_slice()?, x.as_slice()?);
+    let out = PyArray1::<f32>::zeros(py, rows, false);
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| gguf::dot_q4_0_q8_0(ws, xs, dst))
+            .map_err(to_py)?;
+    }
+    Ok(out)
+}

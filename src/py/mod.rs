@@ -331,7 +331,7 @@ mod _qfast {
     #[pymodule_export]
     use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
     #[pymodule_export]
-    use super::gguf::{gguf_dequantize, gguf_quantize, gguf_type_info};
+    use super::gguf::{gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize, gguf_type_info};
     #[pymodule_export]
     use super::{
         cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,

@@ -2,17 +2,18 @@
 //! 8-bit activation blocks, integer sums per block, scaled in float32.
 //!
 //! The float order is fixed, so every path gives the same bits: value `j` of a block
-//! (0..32, in the formats' value order) belongs to lane `j / 4`; each block adds
-//! `acc[8 · (b % 2) + lane] = fma(p, dx · dy, acc[...])` where `p` is the lane's exact integer
+//! (0..32, in the formats' value order) belongs to lane `j / 4`; block `b` adds
+//! `acc[8 · (b % 4) + lane] = fma(p, dx · dy, acc[...])` where `p` is the lane's exact integer
 //! sum `Σ (q4 - 8) · q8` and `dx · dy` the two blocks' float16 scales multiplied in float32;
-//! the 16 accumulators are then summed as a tree: `a[i] + a[i + 8]`, then `+ 4`, `+ 2`, `+ 1`.
-//! (ggml's own kernels each use their own order; this one is what a 16-lane vector does.)
+//! the 32 accumulators are then summed as a tree: `a[i] + a[i + 16]`, then `+ 8`, `+ 4`, `+ 2`,
+//! `+ 1`. (ggml's kernels each use their own order; this one is what two 16-lane vectors,
+//! two blocks each, do.)
 
 use super::legacy::{Q4_0_BYTES, Q8_0_BYTES, QK};
 use half::f16;
 
 /// Accumulator lanes of the fixed order.
-pub const LANES: usize = 16;
+pub const LANES: usize = 32;
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
@@ -51,7 +52,7 @@ pub fn dot_ref(x: &[u8], y: &[u8]) -> f32 {
                 };
                 p += (q4 as i32 - 8) * (yb[2 + j] as i8 as i32);
             }
-            let a = &mut acc[8 * (b % 2) + lane];
+            let a = &mut acc[8 * (b % 4) + lane];
             *a = (p as f32).mul_add(d, *a);
         }
     }

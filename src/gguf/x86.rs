@@ -249,15 +249,25 @@ unsafe fn dot_vnni(x: &[u8], y: &[u8], nb: usize) -> f32 {
             _mm512_mask3_fmadd_ps(p, d, acc, 0x00ff)
         }
     };
+    // Two accumulators (blocks 4k, 4k + 1 and 4k + 2, 4k + 3) halve the FMA chain.
+    let mut acc2 = _mm512_setzero_ps();
     let mut b = 0;
-    while b + 2 <= nb {
+    while b + 4 <= nb {
         acc = step(b, true, acc);
-        b += 2;
+        acc2 = step(b + 2, true, acc2);
+        b += 4;
     }
-    if b < nb {
-        acc = step(b, false, acc);
+    match nb - b {
+        3 => {
+            acc = step(b, true, acc);
+            acc2 = step(b + 2, false, acc2);
+        }
+        2 => acc = step(b, true, acc),
+        1 => acc = step(b, false, acc),
+        _ => {}
     }
     let mut lanes = [0f32; super::dot::LANES];
     _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    _mm512_storeu_ps(lanes.as_mut_ptr().add(16), acc2);
     super::dot::tree_sum(lanes)
 }

@@ -9,6 +9,11 @@ the last axis, so its length must be a multiple of the type's block size.
   from zero, ...), not qfast's ties-to-even grid.
 - ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
   and IQ4_XS.
+- ``to_qtensor`` / ``from_qtensor``: Q8_0, Q4_0 and Q4_1 blocks as group-32 QTensors (for
+  ``qfast.linear``) and back, without a float round trip.
+- ``dot(w, x)``: llama.cpp's ``Q4_0 · Q8_0`` dot products, row by row.
+- ``load(path)`` / ``save(path, tensors, metadata)``: GGUF files through the ``gguf`` package,
+  lazily memory-mapped; ``REQUIRED_KEYS`` lists what llama.cpp needs per architecture.
 
 Results have the layout ``gguf.quants.quantize`` gives (and ``gguf.GGUFWriter`` takes): bytes
 ``uint8 (..., row_bytes)`` for block types and BF16, ``float16`` for F16, ``float32`` for F32.
@@ -22,8 +27,22 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _qfast
+from ._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 
-__all__ = ["TypeInfo", "dequantize", "dot", "from_qtensor", "quantize", "to_qtensor", "type_info"]
+__all__ = [
+    "REQUIRED_KEYS",
+    "GGUFFile",
+    "GGUFTensor",
+    "TypeInfo",
+    "dequantize",
+    "dot",
+    "from_qtensor",
+    "load",
+    "quantize",
+    "save",
+    "to_qtensor",
+    "type_info",
+]
 
 # ggml's ids (`enum ggml_type`) of the types qfast handles, for integer / IntEnum arguments.
 _IDS = {

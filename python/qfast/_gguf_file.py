@@ -1,0 +1,521 @@
+"""GGUF files (llama.cpp's model format): ``load`` and ``save``, on top of gguf-py.
+
+Needs the ``gguf`` package (``pip install gguf``).
+
+``load(path)`` memory-maps a file: its metadata is decoded, its tensors are views of the file and
+nothing is dequantized until ``GGUFTensor.dequantize()`` is called. ``save(path, tensors,
+metadata)`` writes a file atomically from loaded tensors, float arrays and ``qfast.gguf.quantize``
+results; ``save(path, load(src))`` writes back the same tensors (names, types, shapes, bytes) and
+the same metadata (keys, value types, values) with the same alignment.
+
+Metadata values are plain Python values: ``str``, ``int``, ``float`` and ``bool`` for scalars and
+a ``list`` of those for arrays, numeric arrays included (e.g. ``tokenizer.ggml.token_type`` is a
+``list`` of ``int``). Their GGUF types are in ``value_types``: a ``gguf.GGUFValueType`` for a
+scalar, the pair ``(GGUFValueType.ARRAY, element type)`` for an array. ``save`` takes that same
+form; for keys it is not given it infers the type (see ``save``).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
+
+    # A scalar's GGUFValueType, or (GGUFValueType.ARRAY, element type) for an array.
+    ValueType = Union[GGUFValueType, tuple[GGUFValueType, GGUFValueType]]
+    # What ``save`` writes as a tensor.
+    TensorLike = Union["GGUFTensor", npt.NDArray[Any], tuple[Any, Any, tuple[int, ...]]]
+    # A metadata entry as GGUFWriter takes it: key, value, type, element type (arrays).
+    KeyValue = tuple[str, Any, GGUFValueType, Union[GGUFValueType, None]]
+    # A tensor as GGUFWriter takes it: name, raw bytes (rows), type.
+    RawTensor = tuple[str, npt.NDArray[np.uint8], GGMLQuantizationType]
+
+__all__ = ["REQUIRED_KEYS", "GGUFFile", "GGUFTensor", "load", "save"]
+
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    # llama.cpp refuses a Llama file without general.architecture, the context and embedding
+    # lengths, the block count, the RMS norm epsilon, the tokenizer model or the token list. The
+    # other keys it defaults, to values that make a broken model (no feed-forward, no heads) or
+    # that hide a mismatch (head_count_kv, rope dimension, token types); convert_hf_to_gguf.py
+    # writes them all. (A "gpt2" BPE tokenizer also needs tokenizer.ggml.merges; save checks it.)
+    "llama": (
+        "general.architecture",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.block_count",
+        "llama.feed_forward_length",
+        "llama.rope.dimension_count",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.attention.layer_norm_rms_epsilon",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+    ),
+}
+"""Metadata keys ``save(..., check=True)`` requires, by architecture; other architectures need
+``general.architecture`` only."""
+
+# GGUFReader's pseudo-fields for the file header: not metadata.
+_HEADER_FIELDS = frozenset({"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"})
+_DEFAULT_ALIGNMENT = 32  # gguf.GGUF_DEFAULT_ALIGNMENT
+_MAX_NAME_BYTES = 63  # llama.cpp's GGML_MAX_NAME (64) less the terminating NUL
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+# Integer keys llama.cpp reads as uint32 (it checks the type) besides the architecture's own
+# ("llama.*", where every integer is a uint32) and the token ids (tokenizer.ggml.*_token_id).
+_UINT32_KEYS = frozenset(
+    {
+        "general.alignment",
+        "general.file_type",
+        "general.quantization_version",
+        "general.base_model.count",
+        "general.dataset.count",
+        "tokenizer.ggml.token_type_count",
+    }
+)
+_INT_RANGES = {
+    "UINT8": (0, 1 << 8),
+    "INT8": (-(1 << 7), 1 << 7),
+    "UINT16": (0, 1 << 16),
+    "INT16": (-(1 << 15), 1 << 15),
+    "UINT32": (0, 1 << 32),
+    "INT32": (-(1 << 31), 1 << 31),
+    "UINT64": (0, 1 << 64),
+    "INT64": (-(1 << 63), 1 << 63),
+}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The dtype of GGUFReader's data for the types it does not give as bytes; all others are uint8.
+_PLAIN_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "F64": np.float64,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+}
+
+
+def _gguf() -> ModuleType:
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError(
+            "reading and writing GGUF files needs the gguf package: pip install gguf"
+        ) from e
+    return gguf
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class GGUFTensor:
+    """A tensor of a GGUF file.
+
+    ``type`` is its GGUF type name (``"Q4_1"``, ``"F32"``, ...), ``shape`` its logical shape in
+    NumPy order (GGUF lists dimensions the other way round), ``data`` its raw data as
+    ``gguf.GGUFReader`` maps it from the file (read-only): uint8 bytes ``(..., row_bytes)`` for
+    block types and BF16, an array of ``shape`` for F32, F16, F64, I8, I16, I32 and I64 (float32,
+    float16, ...).
+    """
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    data: npt.NDArray[Any]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the raw data in bytes."""
+        return int(self.data.nbytes)
+
+    def dequantize(self) -> npt.NDArray[np.float32]:
+        """The values as a new float32 array of ``shape`` (``qfast.gguf.dequantize``; a
+        ValueError names a type qfast cannot read)."""
+        from .gguf import dequantize
+
+        return dequantize(self.data, self.type, self.shape)
+
+    def __repr__(self) -> str:
+        return f"GGUFTensor({self.name!r}, {self.type}, shape={self.shape}, {self.nbytes:,} bytes)"
+
+
+@dataclass(repr=False, eq=False)
+class GGUFFile:
+    """A loaded GGUF file: ``metadata`` (key -> value, in file order), ``value_types`` (key ->
+    GGUF type, see the module's docstring), ``tensors`` (name -> GGUFTensor, in file order),
+    ``alignment`` of the tensor data (``general.alignment``, else 32) and ``path``."""
+
+    path: Path
+    metadata: dict[str, Any]
+    value_types: dict[str, ValueType]
+    tensors: dict[str, GGUFTensor]
+    alignment: int
+
+    @property
+    def architecture(self) -> str | None:
+        """``general.architecture`` (``"llama"``, ...), or None if the file has none."""
+        arch = self.metadata.get("general.architecture")
+        return arch if isinstance(arch, str) else None
+
+    def __repr__(self) -> str:
+        return (
+            f"GGUFFile({str(self.path)!r}, architecture={self.architecture!r}, "
+            f"{len(self.tensors)} tensors, {len(self.metadata)} metadata keys)"
+        )
+
+
+def load(path: str | os.PathLike[str]) -> GGUFFile:
+    """Opens the GGUF file at ``path``, memory-mapped: tensors are read when used.
+
+    Raises FileNotFoundError if there is no file, and ValueError for a file that is not GGUF, is
+    truncated or corrupt, is big-endian, or has a nested array (llama.cpp rejects those too).
+    """
+    path = Path(path)
+    reader = _open_reader(path)
+    metadata: dict[str, Any] = {}
+    value_types: dict[str, ValueType] = {}
+    for key, field in reader.fields.items():
+        if key not in _HEADER_FIELDS:
+            metadata[key], value_types[key] = _decode_field(path, key, field)
+    tensors = {t.name: _loaded_tensor(t) for t in reader.tensors}
+    return GGUFFile(path, metadata, value_types, tensors, int(reader.alignment))
+
+
+def _open_reader(path: Path) -> GGUFReader:
+    gguf = _gguf()
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not b'GGUF'")
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError) as e:
+        raise ValueError(
+            f"cannot read {path}: a truncated or corrupt GGUF file, or an unsupported version "
+            f"({type(e).__name__}: {e})"
+        ) from e
+    if reader.byte_order != "I":
+        raise ValueError(f"{path} is a big-endian GGUF file; qfast reads little-endian ones")
+    return reader
+
+
+def _decode_field(path: Path, key: str, field: ReaderField) -> tuple[Any, ValueType]:
+    T = _gguf().GGUFValueType
+    if field.types[0] != T.ARRAY:
+        return field.contents(), field.types[0]
+    # The element type is the array's first part (field.types lacks it for an empty array).
+    element = T(int(field.parts[3][0]))
+    if element == T.ARRAY:
+        raise ValueError(f"{path}: metadata {key!r} is a nested array, which GGUF does not allow")
+    return field.contents(), (T.ARRAY, element)
+
+
+def _loaded_tensor(t: ReaderTensor) -> GGUFTensor:
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    return GGUFTensor(t.name, t.tensor_type.name, shape, t.data)
+
+
+def save(
+    path: str | os.PathLike[str],
+    tensors: GGUFFile | Mapping[str, TensorLike],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    architecture: str | None = None,
+    alignment: int | None = None,
+    value_types: Mapping[str, ValueType] | None = None,
+    check: bool = True,
+) -> None:
+    """Writes a GGUF file at ``path``, atomically: into a temporary file beside it, then renamed.
+
+    ``tensors``: name -> one of
+
+    - a ``GGUFTensor`` (from ``load``): written with its type and raw bytes, unchanged;
+    - a float NumPy array: written as F16 if it is float16, else as F32;
+    - ``(data, type, shape)``: ``data`` as ``qfast.gguf.quantize(x, type)`` returns it (any
+      GGUF type, in the dtype GGUFReader gives it: bytes for block types), ``shape`` the logical
+      NumPy shape (``x.shape``).
+
+    Or a ``GGUFFile``, whose tensors, metadata and value types are then the defaults:
+    ``save(path, load(src))`` copies a file.
+
+    ``metadata``: key -> value (str, int, float, bool, or a list or 1-D array of one of those).
+    ``value_types`` gives a key's GGUF type (``GGUFValueType.UINT8``, ...; for an array
+    ``(GGUFValueType.ARRAY, element type)``); the others are inferred: str -> STRING, bool ->
+    BOOL, float -> FLOAT32, int -> UINT32 where llama.cpp expects one (the architecture's own
+    keys such as ``llama.block_count``, ``tokenizer.ggml.*_token_id``, ``general.file_type``,
+    ...), else INT32 if it fits, else INT64; lists of str / float / int -> arrays of STRING /
+    FLOAT32 / INT32 (INT64 if needed); NumPy arrays by their dtype.
+
+    ``architecture`` (default ``metadata["general.architecture"]``) is written as
+    ``general.architecture``; ``alignment`` of the tensor data (default
+    ``metadata["general.alignment"]``, else 32) as ``general.alignment`` (UINT32) when the
+    metadata has that key or the alignment is not GGUF's default 32. Both arguments win over the
+    metadata's values.
+
+    ``check``: require ``REQUIRED_KEYS[architecture]`` (and ``tokenizer.ggml.merges`` for a
+    "gpt2" tokenizer), or ``general.architecture`` for other architectures.
+
+    Raises ValueError (naming the key or tensor) for missing keys, values that do not fit their
+    type, and tensors whose data does not match their type and shape; nothing is written then.
+    gguf-py cannot write empty arrays: those are a ValueError too.
+    """
+    if isinstance(tensors, GGUFFile):
+        metadata = tensors.metadata if metadata is None else metadata
+        value_types = tensors.value_types if value_types is None else value_types
+        tensors = tensors.tensors
+    metadata = dict(metadata or {})
+    arch = architecture if architecture is not None else metadata.get("general.architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"general.architecture is a str, not {type(arch).__name__}")
+    arch = arch or None
+    align = alignment if alignment is not None else metadata.get("general.alignment")
+    align = _DEFAULT_ALIGNMENT if align is None else align
+    if not isinstance(align, (int, np.integer)) or align <= 0 or align & (align - 1):
+        raise ValueError(f"the alignment must be a power of two, not {align!r}")
+    if check:
+        _check_required(metadata, arch)
+    kvs = _metadata_entries(metadata, value_types or {}, arch, int(align))
+    raw = [_raw_tensor(name, tensor) for name, tensor in tensors.items()]
+    _write_atomically(Path(path), lambda tmp: _write(tmp, arch, kvs, raw))
+
+
+def _check_required(metadata: Mapping[str, Any], architecture: str | None) -> None:
+    required = list(REQUIRED_KEYS.get(architecture or "", ("general.architecture",)))
+    if architecture in REQUIRED_KEYS and metadata.get("tokenizer.ggml.model") == "gpt2":
+        required.append("tokenizer.ggml.merges")
+    present = {*metadata, "general.architecture"} if architecture else set(metadata)
+    missing = [key for key in required if key not in present]
+    if missing:
+        raise ValueError(
+            f"a {architecture or 'GGUF'} file needs the metadata keys {', '.join(missing)} "
+            "(llama.cpp cannot load it without them); pass check=False to write it anyway"
+        )
+
+
+def _metadata_entries(
+    metadata: Mapping[str, Any],
+    value_types: Mapping[str, ValueType],
+    architecture: str | None,
+    alignment: int,
+) -> list[KeyValue]:
+    """The entries to write, in order: general.architecture left out (GGUFWriter writes it
+    first, from its ``arch``), general.alignment set to ``alignment``."""
+    T = _gguf().GGUFValueType
+    items = {key: value for key, value in metadata.items() if key != "general.architecture"}
+    if "general.alignment" in items or alignment != _DEFAULT_ALIGNMENT:
+        items["general.alignment"] = alignment
+    entries: list[KeyValue] = []
+    for key, value in items.items():
+        if not isinstance(key, str) or not key or key in _HEADER_FIELDS:
+            raise ValueError(f"{key!r} is not a metadata key")
+        if key == "general.alignment":  # GGUF readers require a UINT32
+            vtype, element = T.UINT32, None
+        elif key in value_types:
+            vtype, element = _given_type(key, value, value_types[key])
+        else:
+            vtype, element = _inferred_type(key, value, architecture)
+        entries.append((key, _encode(key, value, vtype, element), vtype, element))
+    return entries
+
+
+def _given_type(key: str, value: Any, given: ValueType) -> tuple[GGUFValueType, Any]:
+    T = _gguf().GGUFValueType
+    vtype, element = given if isinstance(given, tuple) else (given, None)
+    vtype = T(vtype)
+    if vtype == T.ARRAY and element is None:
+        element = _element_type(key, value)
+    if element is not None and vtype != T.ARRAY:
+        raise ValueError(f"metadata {key!r}: an element type is for an ARRAY, not {vtype.name}")
+    return vtype, None if element is None else T(element)
+
+
+def _inferred_type(key: str, value: Any, architecture: str | None) -> tuple[GGUFValueType, Any]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return _gguf().GGUFValueType.ARRAY, _element_type(key, value)
+    prefix = key.split(".", 1)[0]
+    uint32 = (
+        key in _UINT32_KEYS
+        or prefix in (architecture, "clip")
+        or (key.startswith("tokenizer.ggml.") and key.endswith("_token_id"))
+    )
+    return _scalar_type(key, value, uint32), None
+
+
+def _scalar_type(key: str, value: Any, uint32: bool) -> GGUFValueType:
+    T = _gguf().GGUFValueType
+    if isinstance(value, (bool, np.bool_)):
+        return T.BOOL
+    if isinstance(value, (int, np.integer)):
+        if uint32 and 0 <= value < 1 << 32:
+            return T.UINT32
+        return T.INT32 if -(1 << 31) <= value < 1 << 31 else T.INT64
+    if isinstance(value, (float, np.floating)):
+        return T.FLOAT32
+    if isinstance(value, str):
+        return T.STRING
+    raise TypeError(
+        f"metadata {key!r}: GGUF stores str, int, float, bool or lists of those, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _element_type(key: str, values: Any) -> GGUFValueType:
+    T = _gguf().GGUFValueType
+    if isinstance(values, np.ndarray):
+        name = "STRING" if values.dtype.kind == "U" else values.dtype.name.upper()
+        if name not in T.__members__ or name == "ARRAY":
+            raise TypeError(f"metadata {key!r}: GGUF has no array of {values.dtype}")
+        return T[name]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(
+            f"metadata {key!r}: cannot infer the element type of {_short(values)}; "
+            "give value_types[key] = (GGUFValueType.ARRAY, element type)"
+        )
+    types = {_scalar_type(key, v, uint32=False) for v in values}
+    if len(types) == 1:
+        return types.pop()
+    if types <= {T.INT32, T.INT64, T.FLOAT32}:
+        return T.FLOAT32 if T.FLOAT32 in types else T.INT64
+    raise ValueError(f"metadata {key!r}: an array mixes {', '.join(sorted(t.name for t in types))}")
+
+
+def _encode(key: str, value: Any, vtype: GGUFValueType, element: GGUFValueType | None) -> Any:
+    """``value`` as GGUFWriter packs it (plain Python values), checked against its type."""
+    if element is None:
+        return _encode_scalar(key, value, vtype)
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ValueError(f"metadata {key!r}: an ARRAY is a list, not {_short(value)}")
+    items = value.tolist() if isinstance(value, np.ndarray) else list(value)
+    if not items:
+        raise ValueError(f"metadata {key!r}: gguf-py's GGUFWriter cannot write an empty array")
+    return [_encode_scalar(f"{key}[{i}]", v, element) for i, v in enumerate(items)]
+
+
+def _encode_scalar(where: str, value: Any, vtype: GGUFValueType) -> Any:
+    name = vtype.name
+    is_bool = isinstance(value, (bool, np.bool_))
+    if name == "STRING":
+        ok = isinstance(value, str)
+    elif name == "BOOL":
+        ok = is_bool
+    elif name in _INT_RANGES:
+        lo, hi = _INT_RANGES[name]
+        ok = isinstance(value, (int, np.integer)) and not is_bool and bool(lo <= value < hi)
+    elif name in ("FLOAT32", "FLOAT64"):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not is_bool
+        if ok and name == "FLOAT32" and math.isfinite(value):
+            ok = bool(abs(value) <= _FLOAT32_MAX)
+    else:  # an ARRAY inside an array
+        ok = False
+    if not ok:
+        raise ValueError(f"metadata {where}: {_short(value)} is not a valid {name}")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
+    if not isinstance(name, str) or not name or len(name.encode()) > _MAX_NAME_BYTES:
+        raise ValueError(
+            f"tensor name {name!r}: GGUF names are non-empty str of at most {_MAX_NAME_BYTES} bytes"
+        )
+    if isinstance(tensor, GGUFTensor):
+        data, qtype, shape = tensor.data, tensor.type, tensor.shape
+    elif isinstance(tensor, tuple) and len(tensor) == 3:
+        data, qtype, shape = tensor
+    elif isinstance(tensor, np.ndarray) and np.issubdtype(tensor.dtype, np.floating):
+        qtype = "F16" if tensor.dtype == np.float16 else "F32"
+        data, shape = tensor.astype(_PLAIN_DTYPES[qtype], copy=False), tensor.shape
+    else:
+        raise TypeError(
+            f"tensor {name!r}: expected a GGUFTensor, a float NumPy array or a (data, type, "
+            f"shape) tuple from qfast.gguf.quantize, not {_short(tensor)}"
+        )
+    return _raw_rows(name, np.asarray(data), _ggml_type(name, qtype), tuple(shape))
+
+
+def _ggml_type(name: str, qtype: Any) -> GGMLQuantizationType:
+    Q = _gguf().GGMLQuantizationType
+    try:
+        return Q[qtype.upper()] if isinstance(qtype, str) else Q(int(qtype))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"tensor {name!r}: unknown GGUF type {qtype!r}") from None
+
+
+def _raw_rows(
+    name: str, data: npt.NDArray[Any], qtype: GGMLQuantizationType, shape: tuple[int, ...]
+) -> RawTensor:
+    """The tensor's bytes, shaped ``(*shape[:-1], row_bytes)`` as GGUFWriter takes raw data."""
+    shape = tuple(int(d) for d in shape)
+    if not 1 <= len(shape) <= _MAX_DIMS or min(shape) < 0:
+        raise ValueError(f"tensor {name!r}: GGUF tensors have 1 to 4 axes, not shape {shape}")
+    block_size, type_size = _gguf().GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block_size:
+        raise ValueError(
+            f"tensor {name!r}: {qtype.name} stores blocks of {block_size} values along the last "
+            f"axis, which has {shape[-1]} (shape {shape})"
+        )
+    dtype = np.dtype(_PLAIN_DTYPES.get(qtype.name, np.uint8))
+    if data.dtype != dtype:
+        raise ValueError(
+            f"tensor {name!r}: {qtype.name} data must be {dtype} (as qfast.gguf.quantize and "
+            f"GGUFReader give it), not {data.dtype}"
+        )
+    row_bytes = shape[-1] // block_size * type_size
+    nbytes = math.prod(shape[:-1]) * row_bytes
+    if data.nbytes != nbytes:
+        raise ValueError(
+            f"tensor {name!r}: {qtype.name} data of shape {shape} takes {nbytes} bytes, but "
+            f"the data given ({data.dtype} {data.shape}) has {data.nbytes}"
+        )
+    rows = np.ascontiguousarray(data).reshape(-1).view(np.uint8).reshape(*shape[:-1], row_bytes)
+    return name, rows, qtype
+
+
+def _write(
+    path: Path, architecture: str | None, entries: list[KeyValue], tensors: list[RawTensor]
+) -> None:
+    writer = _gguf().GGUFWriter(path, arch=architecture or "")  # "": no general.architecture
+    try:
+        for key, value, vtype, element in entries:
+            if key == "general.alignment":
+                writer.add_custom_alignment(value)  # also what aligns the tensor data
+            else:
+                writer.add_key_value(key, value, vtype, sub_type=element)
+        for name, rows, qtype in tensors:
+            writer.add_tensor(name, rows, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Runs ``write`` on a temporary path beside ``path``, then renames the file to ``path``;
+    if anything fails, removes it and leaves ``path`` as it was."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

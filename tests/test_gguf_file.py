@@ -1,0 +1,533 @@
+"""qfast's GGUF files (``qfast._gguf_file``: load / save) against gguf-py's own reader: a real
+file (SmolLM2-135M's Q4_1 GGUF) loads with the metadata and tensors GGUFReader sees, writes back
+unchanged, and new files (quantized with qfast.gguf) read back with the types, shapes, bytes and
+metadata they were given."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import qfast.gguf as qg
+from qfast._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
+
+gguf = pytest.importorskip("gguf")
+V = gguf.GGUFValueType
+T = gguf.GGMLQuantizationType
+
+
+def reader_metadata(reader: Any) -> dict[str, tuple[Any, Any]]:
+    """key -> (value type, value) of every metadata field, decoded from GGUFReader's raw parts
+    (not with ``field.contents()``, which load uses): a scalar's type, or (ARRAY, element type)."""
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        items = [field.parts[i] for i in field.data]
+        if field.types[-1] == V.STRING:
+            values = [bytes(p).decode("utf-8") for p in items]
+        else:
+            values = [p.tolist()[0] for p in items]
+        if field.types[0] == V.ARRAY:
+            out[key] = ((V.ARRAY, V(int(field.parts[3][0]))), values)
+        else:
+            (value,) = values
+            out[key] = (field.types[0], value)
+    return out
+
+
+def loaded_metadata(f: GGUFFile) -> dict[str, tuple[Any, Any]]:
+    return {key: (f.value_types[key], value) for key, value in f.metadata.items()}
+
+
+def logical_shape(t: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in reversed(t.shape.tolist()))
+
+
+def raw_bytes(data: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    from qfast import assets
+
+    return Path(assets.smollm2_gguf())
+
+
+@pytest.fixture(scope="module")
+def smollm2_reader(smollm2_path: Path) -> Any:
+    return gguf.GGUFReader(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path: Path) -> GGUFFile:
+    return load(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def round_trip(smollm2: GGUFFile, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rt") / "rt.gguf"
+    save(path, smollm2)
+    return path
+
+
+# --- loading SmolLM2 ---------------------------------------------------------------------------
+
+
+def test_load_metadata(smollm2: GGUFFile, smollm2_reader: Any) -> None:
+    want = reader_metadata(smollm2_reader)
+    assert list(smollm2.metadata) == list(want)  # every key, in file order, no header fields
+    assert loaded_metadata(smollm2) == want
+    assert smollm2.architecture == "llama"
+    assert smollm2.alignment == smollm2_reader.alignment == 32
+    assert smollm2.metadata["llama.block_count"] == 30
+    assert smollm2.value_types["llama.block_count"] == V.UINT32
+    assert smollm2.value_types["tokenizer.ggml.token_type"] == (V.ARRAY, V.INT32)
+    tokens = smollm2.metadata["tokenizer.ggml.tokens"]
+    assert isinstance(tokens, list) and len(tokens) == 49152 and tokens[1] == "<|im_start|>"
+    assert isinstance(smollm2.metadata["tokenizer.ggml.add_bos_token"], bool)
+
+
+def test_load_tensors(smollm2: GGUFFile, smollm2_reader: Any) -> None:
+    assert list(smollm2.tensors) == [t.name for t in smollm2_reader.tensors]
+    for rt in smollm2_reader.tensors:
+        t = smollm2.tensors[rt.name]
+        assert isinstance(t, GGUFTensor) and t.name == rt.name
+        assert t.type == rt.tensor_type.name
+        assert t.shape == logical_shape(rt)
+        assert t.data.dtype == rt.data.dtype and t.data.shape == rt.data.shape
+        assert isinstance(t.data, np.memmap)  # a view of the file, not a copy
+        assert t.nbytes == rt.n_bytes
+        assert np.array_equal(raw_bytes(t.data), raw_bytes(rt.data))
+    types = {t.type for t in smollm2.tensors.values()}
+    assert types == {"Q4_1", "Q8_0", "F32"}
+
+
+def test_dequantize_matches_gguf_py(smollm2: GGUFFile, smollm2_reader: Any) -> None:
+    for rt in smollm2_reader.tensors:
+        t = smollm2.tensors[rt.name]
+        want = gguf.quants.dequantize(rt.data, rt.tensor_type).astype(np.float32)
+        assert_bits_equal(t.dequantize(), want.reshape(t.shape))
+
+
+def test_reprs(smollm2: GGUFFile) -> None:
+    assert repr(smollm2.tensors["blk.0.attn_q.weight"]) == (
+        "GGUFTensor('blk.0.attn_q.weight', Q4_1, shape=(576, 576), 207,360 bytes)"
+    )
+    text = repr(smollm2)
+    assert "architecture='llama'" in text and "272 tensors" in text and "33 metadata keys" in text
+
+
+# --- writing it back ---------------------------------------------------------------------------
+
+
+def test_round_trip_reads_the_same(
+    round_trip: Path, smollm2_path: Path, smollm2_reader: Any
+) -> None:
+    new = gguf.GGUFReader(round_trip)
+    assert reader_metadata(new) == reader_metadata(smollm2_reader)
+    assert list(new.fields) == list(smollm2_reader.fields)
+    assert new.alignment == smollm2_reader.alignment
+    assert len(new.tensors) == len(smollm2_reader.tensors)
+    for a, b in zip(new.tensors, smollm2_reader.tensors):
+        assert (a.name, a.tensor_type) == (b.name, b.tensor_type)
+        assert logical_shape(a) == logical_shape(b)
+        assert np.array_equal(raw_bytes(a.data), raw_bytes(b.data))
+        assert a.data_offset % new.alignment == 0
+    # gguf-py wrote SmolLM2's file: writing it back gives it byte for byte.
+    assert filecmp.cmp(round_trip, smollm2_path, shallow=False)
+
+
+def test_round_trip_loads_the_same(round_trip: Path, smollm2: GGUFFile) -> None:
+    again = load(round_trip)
+    assert loaded_metadata(again) == loaded_metadata(smollm2)
+    assert again.alignment == smollm2.alignment
+    assert [(t.name, t.type, t.shape) for t in again.tensors.values()] == [
+        (t.name, t.type, t.shape) for t in smollm2.tensors.values()
+    ]
+
+
+# --- writing new files -------------------------------------------------------------------------
+
+VOCAB, DIM = 64, 128
+
+
+def tiny_metadata() -> dict[str, Any]:
+    """A consistent one-block Llama with a 64-token BPE vocabulary."""
+    return {
+        "general.architecture": "llama",
+        "general.name": "tiny",
+        "llama.context_length": 256,
+        "llama.embedding_length": DIM,
+        "llama.block_count": 1,
+        "llama.feed_forward_length": 256,
+        "llama.rope.dimension_count": 32,
+        "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2,
+        "llama.attention.layer_norm_rms_epsilon": 1e-5,
+        "llama.rope.freq_base": 10000.0,
+        "general.file_type": 2,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": [f"t{i}" for i in range(VOCAB)],
+        "tokenizer.ggml.token_type": [3] + [1] * (VOCAB - 1),
+        "tokenizer.ggml.merges": ["t 1", "t 2"],
+        "tokenizer.ggml.scores": [float(-i) for i in range(VOCAB)],
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": True,
+        "custom.big": 1 << 40,
+        "custom.negative": -3,
+        "custom.empty_string": "",
+    }
+
+
+# The types save infers for tiny_metadata() (general.architecture: GGUFWriter's STRING).
+TINY_TYPES = {
+    "general.architecture": V.STRING,
+    "general.name": V.STRING,
+    "llama.context_length": V.UINT32,
+    "llama.embedding_length": V.UINT32,
+    "llama.block_count": V.UINT32,
+    "llama.feed_forward_length": V.UINT32,
+    "llama.rope.dimension_count": V.UINT32,
+    "llama.attention.head_count": V.UINT32,
+    "llama.attention.head_count_kv": V.UINT32,
+    "llama.attention.layer_norm_rms_epsilon": V.FLOAT32,
+    "llama.rope.freq_base": V.FLOAT32,
+    "general.file_type": V.UINT32,
+    "tokenizer.ggml.model": V.STRING,
+    "tokenizer.ggml.tokens": (V.ARRAY, V.STRING),
+    "tokenizer.ggml.token_type": (V.ARRAY, V.INT32),
+    "tokenizer.ggml.merges": (V.ARRAY, V.STRING),
+    "tokenizer.ggml.scores": (V.ARRAY, V.FLOAT32),
+    "tokenizer.ggml.bos_token_id": V.UINT32,
+    "tokenizer.ggml.add_bos_token": V.BOOL,
+    "custom.big": V.INT64,
+    "custom.negative": V.INT32,
+    "custom.empty_string": V.STRING,
+}
+
+
+def tiny_tensors(rng: np.random.Generator) -> dict[str, Any]:
+    def w(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    return {
+        "token_embd.weight": (qg.quantize(e := w(VOCAB, DIM), "Q8_0"), "Q8_0", e.shape),
+        "blk.0.attn_norm.weight": w(DIM),  # F32
+        "blk.0.attn_q.weight": (qg.quantize(q := w(DIM, DIM), "Q4_0"), "Q4_0", q.shape),
+        "blk.0.attn_k.weight": (qg.quantize(k := w(64, DIM), T.Q5_1), T.Q5_1, k.shape),
+        "blk.0.ffn_up.weight": (qg.quantize(u := w(256, DIM), "BF16"), "BF16", u.shape),
+        "blk.0.ffn_down.weight": (qg.quantize(d := w(DIM, 256), "F16"), "F16", d.shape),
+        "blk.0.ffn_gate.weight": w(256, DIM).astype(np.float16),  # F16
+        "blk.0.stacked": (qg.quantize(s := w(2, 3, 4, 32), "Q4_1"), "q4_1", s.shape),  # 4 axes
+    }
+
+
+def expected(tensor: Any) -> tuple[str, tuple[int, ...], np.ndarray]:
+    """(type name, logical shape, raw data) that save must write for a tensor argument."""
+    if isinstance(tensor, tuple):
+        data, t, shape = tensor
+        return (t if isinstance(t, str) else t.name).upper(), shape, data
+    return ("F16" if tensor.dtype == np.float16 else "F32"), tensor.shape, tensor
+
+
+def test_new_file(tmp_path: Path) -> None:
+    tensors = tiny_tensors(np.random.default_rng(0))
+    path = tmp_path / "tiny.gguf"
+    save(path, tensors, tiny_metadata())
+
+    reader = gguf.GGUFReader(path)
+    want_meta = {k: (TINY_TYPES[k], v) for k, v in tiny_metadata().items()}
+    want_meta["llama.attention.layer_norm_rms_epsilon"] = (V.FLOAT32, float(np.float32(1e-5)))
+    assert reader_metadata(reader) == want_meta
+    assert reader.alignment == 32 and "general.alignment" not in reader.fields
+
+    assert [t.name for t in reader.tensors] == list(tensors)
+    for rt in reader.tensors:
+        type_name, shape, data = expected(tensors[rt.name])
+        assert rt.tensor_type.name == type_name
+        assert logical_shape(rt) == shape
+        assert np.array_equal(raw_bytes(rt.data), raw_bytes(data))
+        assert rt.data_offset % 32 == 0
+        want = qg.dequantize(data, type_name, shape)
+        got = gguf.quants.dequantize(rt.data, rt.tensor_type).astype(np.float32)
+        assert_bits_equal(got.reshape(shape), want)
+
+    f = load(path)
+    assert f.tensors["blk.0.attn_norm.weight"].data.dtype == np.float32
+    assert np.array_equal(
+        f.tensors["blk.0.attn_norm.weight"].dequantize(), tensors["blk.0.attn_norm.weight"]
+    )
+    assert f.tensors["blk.0.stacked"].shape == (2, 3, 4, 32)
+    assert loaded_metadata(f) == reader_metadata(reader)
+
+
+def test_forced_value_types(tmp_path: Path) -> None:
+    meta = {
+        **tiny_metadata(),
+        "custom.u8": 200,
+        "custom.f64": 0.1,
+        "custom.i64": 5,
+        "custom.u16_array": [1, 2, 65535],
+        "custom.np_u64": np.array([1, 2**63], dtype=np.uint64),  # dtype decides
+        "custom.np_f32": np.float32(0.5),
+        "custom.bools": [True, False],
+        "llama.context_length": 4096,
+    }
+    forced = {
+        "custom.u8": V.UINT8,
+        "custom.f64": V.FLOAT64,
+        "custom.i64": V.INT64,
+        "custom.u16_array": (V.ARRAY, V.UINT16),
+        "llama.context_length": V.INT32,  # overrides the inferred UINT32
+    }
+    path = tmp_path / "types.gguf"
+    save(path, {"x": np.zeros(4, np.float32)}, meta, value_types=forced)
+    got = reader_metadata(gguf.GGUFReader(path))
+    assert got["custom.u8"] == (V.UINT8, 200)
+    assert got["custom.f64"] == (V.FLOAT64, 0.1)
+    assert got["custom.i64"] == (V.INT64, 5)
+    assert got["custom.u16_array"] == ((V.ARRAY, V.UINT16), [1, 2, 65535])
+    assert got["custom.np_u64"] == ((V.ARRAY, V.UINT64), [1, 2**63])
+    assert got["custom.np_f32"] == (V.FLOAT32, 0.5)
+    assert got["custom.bools"] == ((V.ARRAY, V.BOOL), [True, False])
+    assert got["llama.context_length"] == (V.INT32, 4096)
+    # and load reports them in the form save takes back
+    f = load(path)
+    assert f.value_types["custom.u16_array"] == (V.ARRAY, V.UINT16)
+    assert f.metadata["custom.u16_array"] == [1, 2, 65535]
+    save(tmp_path / "again.gguf", f.tensors, f.metadata, value_types=f.value_types)
+    assert reader_metadata(gguf.GGUFReader(tmp_path / "again.gguf")) == got
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "vtype", "match"),
+    [
+        ("custom.u8", 256, V.UINT8, r"custom\.u8: 256 is not a valid UINT8"),
+        ("custom.u32", -1, V.UINT32, r"custom\.u32: -1 is not a valid UINT32"),
+        ("custom.f32", 1e39, V.FLOAT32, "not a valid FLOAT32"),
+        ("custom.s", 3, V.STRING, "not a valid STRING"),
+        ("custom.arr", [1, 300], (V.ARRAY, V.UINT8), r"custom\.arr\[1\]: 300 is not a valid UINT8"),
+        ("custom.empty", [], (V.ARRAY, V.INT32), "cannot write an empty array"),
+        ("custom.mixed", [1, "a"], None, "mixes"),
+        ("custom.nested", [[1], [2]], None, "list"),
+        ("custom.obj", object(), None, "GGUF stores str, int, float, bool"),
+    ],
+)
+def test_bad_metadata_values(tmp_path: Path, key: str, value: Any, vtype: Any, match: str) -> None:
+    path = tmp_path / "bad.gguf"
+    forced = {} if vtype is None else {key: vtype}
+    with pytest.raises((ValueError, TypeError), match=match):
+        save(path, {"x": np.zeros(4, np.float32)}, {key: value}, value_types=forced, check=False)
+    assert not path.exists()
+
+
+def test_alignment(tmp_path: Path) -> None:
+    tensors = {"a": np.ones(3, np.float32), "b": np.ones(5, np.float16)}
+    path = tmp_path / "a64.gguf"
+    save(path, tensors, tiny_metadata(), alignment=64)
+    reader = gguf.GGUFReader(path)
+    assert reader.alignment == 64
+    assert reader_metadata(reader)["general.alignment"] == (V.UINT32, 64)
+    assert all(t.data_offset % 64 == 0 for t in reader.tensors)
+    f = load(path)
+    assert f.alignment == 64
+    save(tmp_path / "copy.gguf", f)  # keeps it
+    assert gguf.GGUFReader(tmp_path / "copy.gguf").alignment == 64
+    save(tmp_path / "a256.gguf", f, alignment=256)  # the argument wins
+    assert gguf.GGUFReader(tmp_path / "a256.gguf").alignment == 256
+    with pytest.raises(ValueError, match="power of two"):
+        save(tmp_path / "bad.gguf", f, alignment=48)
+
+
+def test_architecture_written_once(tmp_path: Path) -> None:
+    meta = {k: v for k, v in tiny_metadata().items() if k != "general.architecture"}
+    path = tmp_path / "arch.gguf"
+    save(path, {"x": np.zeros(4, np.float32)}, meta, architecture="llama")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert int(reader.fields["GGUF.kv_count"].parts[0][0]) == len(meta) + 1
+    f = load(path)
+    assert f.architecture == "llama"
+    save(tmp_path / "mistral.gguf", f, architecture="mistral")  # the argument wins
+    assert load(tmp_path / "mistral.gguf").metadata["general.architecture"] == "mistral"
+
+
+# --- REQUIRED_KEYS -----------------------------------------------------------------------------
+
+
+def test_required_keys_are_in_smollm2(smollm2: GGUFFile) -> None:
+    assert REQUIRED_KEYS["llama"][0] == "general.architecture"
+    assert len(REQUIRED_KEYS["llama"]) >= 12
+    missing = [k for k in REQUIRED_KEYS["llama"] if k not in smollm2.metadata]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "drop", ["llama.block_count", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"]
+)
+def test_missing_required_key(tmp_path: Path, drop: str) -> None:
+    meta = {k: v for k, v in tiny_metadata().items() if k != drop}
+    path = tmp_path / "m.gguf"
+    with pytest.raises(ValueError, match=drop.replace(".", r"\.")):
+        save(path, {"x": np.zeros(4, np.float32)}, meta)
+    assert not path.exists()
+    save(path, {"x": np.zeros(4, np.float32)}, meta, check=False)
+    assert drop not in gguf.GGUFReader(path).fields
+
+
+def test_required_keys_lists_every_missing_one(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs the metadata keys") as exc:
+        save(tmp_path / "m.gguf", {}, {"llama.block_count": 1}, architecture="llama")
+    for key in REQUIRED_KEYS["llama"]:
+        if key not in ("general.architecture", "llama.block_count"):
+            assert key in str(exc.value)
+
+
+def test_other_architectures_need_only_general_architecture(tmp_path: Path) -> None:
+    save(tmp_path / "m.gguf", {}, {"mamba.block_count": 2}, architecture="mamba")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["mamba.block_count"].types == [V.UINT32]
+    with pytest.raises(ValueError, match=r"general\.architecture"):
+        save(tmp_path / "none.gguf", {}, {"x": 1})
+    save(tmp_path / "none.gguf", {}, {"x": 1}, check=False)
+    assert "general.architecture" not in gguf.GGUFReader(tmp_path / "none.gguf").fields
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tensor", "match"),
+    [
+        ((np.zeros((4, 17), np.uint8), "Q4_0", (4, 32)), r"'w'.*takes 72 bytes.*has 68"),
+        ((np.zeros((4, 18), np.uint8), "Q4_0", (4, 30)), r"'w'.*blocks of 32 values"),
+        ((np.zeros((4, 32), np.float32), "Q4_0", (4, 32)), r"'w'.*must be uint8"),
+        ((np.zeros(8, np.float64), "F32", (16,)), r"'w'.*must be float32"),
+        ((np.zeros(4, np.uint8), "Q9_9", (4,)), r"'w'.*unknown GGUF type 'Q9_9'"),
+        ((np.zeros(4, np.float32), "F32", ()), r"'w'.*1 to 4 axes"),
+        ((np.zeros(32, np.float32), "F32", (2, 2, 2, 2, 2)), r"'w'.*1 to 4 axes"),
+        (np.zeros(4, np.int32), r"'w'.*expected a GGUFTensor"),
+    ],
+)
+def test_bad_tensors(tmp_path: Path, tensor: Any, match: str) -> None:
+    path = tmp_path / "bad.gguf"
+    with pytest.raises((ValueError, TypeError), match=match):
+        save(path, {"w": tensor}, check=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("name", ["", "x" * 64])
+def test_bad_tensor_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="GGUF names are non-empty"):
+        save(tmp_path / "bad.gguf", {name: np.zeros(4, np.float32)}, check=False)
+
+
+def test_not_gguf(tmp_path: Path) -> None:
+    path = tmp_path / "random.gguf"
+    path.write_bytes(np.random.default_rng(1).bytes(1000))
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        load(path)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        load(tmp_path / "empty.gguf")
+
+
+def test_truncated(tmp_path: Path, smollm2_path: Path) -> None:
+    path = tmp_path / "half.gguf"
+    with open(smollm2_path, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read(os.path.getsize(smollm2_path) // 2))
+    with pytest.raises(ValueError, match="truncated or corrupt") as exc:
+        load(path)
+    assert str(path) in str(exc.value)
+    # cut inside the metadata, too
+    path.write_bytes(smollm2_path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.gguf"
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.gguf"):
+        load(path)
+    with pytest.raises(FileNotFoundError, match="no_dir"):
+        save(tmp_path / "no_dir" / "x.gguf", {}, check=False)
+
+
+def test_dequantize_unsupported_type(tmp_path: Path) -> None:
+    path = tmp_path / "i8.gguf"
+    save(path, {"ids": (np.arange(8, dtype=np.int8), "I8", (8,))}, check=False)
+    t = load(path).tensors["ids"]
+    assert t.type == "I8" and t.data.dtype == np.int8
+    with pytest.raises(ValueError, match="I8"):
+        t.dequantize()
+
+
+def test_without_gguf_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now fails
+    with pytest.raises(ImportError, match="pip install gguf"):
+        load(tmp_path / "x.gguf")
+    with pytest.raises(ImportError, match="pip install gguf"):
+        save(tmp_path / "x.gguf", {"x": np.zeros(4, np.float32)}, architecture="x")
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def test_failed_validation_leaves_path_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"previous contents")
+    tensors = {
+        "a": np.ones(32, np.float32),
+        "b": (qg.quantize(np.ones((2, 32), np.float32), "Q8_0"), "Q8_0", (2, 32)),
+        "c": (np.zeros(10, np.uint8), "Q8_0", (32,)),  # 34 bytes expected
+    }
+    with pytest.raises(ValueError, match="'c'"):
+        save(path, tensors, check=False)
+    assert path.read_bytes() == b"previous contents"
+    assert sorted(os.listdir(tmp_path)) == ["model.gguf"]
+
+
+def test_failure_while_writing_leaves_path_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"previous model")
+
+    def fail_midway(self: Any, *args: Any, **kwargs: Any) -> None:
+        for fout in self.fout:
+            fout.write(b"\0" * 1000)  # some tensor data, then the disk fills up
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail_midway)
+    with pytest.raises(OSError, match="No space left"):
+        save(path, {"a": np.ones(1000, np.float32)}, tiny_metadata())
+    assert path.read_bytes() == b"previous model"
+    assert sorted(os.listdir(tmp_path)) == ["model.gguf"]
+    with pytest.raises(OSError, match="No space left"):
+        save(tmp_path / "new.gguf", {"a": np.ones(1000, np.float32)}, tiny_metadata())
+    assert sorted(os.listdir(tmp_path)) == ["model.gguf"]
+
+
+def test_overwrite_a_loaded_file(tmp_path: Path) -> None:
+    """Saving over the file a GGUFFile maps: the rename leaves the old mapping intact."""
+    path = tmp_path / "m.gguf"
+    x = np.arange(64, dtype=np.float32)
+    save(path, {"x": x}, tiny_metadata())
+    f = load(path)
+    save(path, f.tensors, {**f.metadata, "general.name": "renamed"}, value_types=f.value_types)
+    assert np.array_equal(f.tensors["x"].dequantize(), x)
+    g = load(path)
+    assert g.metadata["general.name"] == "renamed"
+    assert np.array_equal(g.tensors["x"].dequantize(), x)

@@ -2,7 +2,7 @@
 //! `dot_tile` and `linear_tile` in G MAC/s with their operands in L1/L2, `pack_panels` in
 //! GB/s out of matrices in the LLC, and the `vpdpbusd` peak.
 //!
-//! `cargo run --release --example tile_speed [tiles|pack|peak]`. A tuning aid for the
+//! `cargo run --release --example tile_speed [tiles|pack|peak|gguf]`. A tuning aid for the
 //! microkernels; the user-facing benchmarks are in `benches/`.
 
 use qfast::simd::gemm::{
@@ -182,6 +182,38 @@ fn pack(kern: &Kernels) {
     println!("pack_panels {PANELS} panels x {KC} deep: {g:.1} GB/s of b");
 }
 
+/// `Q4_0 · Q8_0` rows (`qfast.gguf.dot`) with both operands in L1 (one 4096-long row pair)
+/// and streaming a matrix beyond the LLC: nanoseconds and cycles-at-peak-clock per block.
+fn gguf_dot(kern: &Kernels) {
+    let _ = kern;
+    let n = 4096;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
+    let mut w = vec![0u8; n / 32 * 18];
+    let mut v = vec![0u8; n / 32 * 34];
+    qfast::gguf::quantize(qfast::gguf::GgmlType::Q4_0, &x, &mut w).unwrap();
+    qfast::gguf::quantize(qfast::gguf::GgmlType::Q8_0, &x, &mut v).unwrap();
+    let mut out = [0f32; 1];
+    let blocks = (n / 32) as f64;
+    let g = rate(blocks * 1000.0, &mut || {
+        for _ in 0..1000 {
+            qfast::gguf::dot_q4_0_q8_0(black_box(&w), &v, &mut out).unwrap();
+        }
+    });
+    println!("gguf dot Q4_0 x Q8_0, in L1: {:.2} ns per block", 1.0 / g);
+    let rows = 131072; // 300 MB of Q4_0 rows
+    let big: Vec<u8> = w.iter().cycle().take(rows * w.len()).copied().collect();
+    let mut out = vec![0f32; rows];
+    let g = rate(blocks * rows as f64, &mut || {
+        qfast::gguf::dot_q4_0_q8_0(black_box(&big), &v, &mut out).unwrap();
+    });
+    println!(
+        "gguf dot Q4_0 x Q8_0, {rows} rows from DRAM: {:.2} ns per block",
+        1.0 / g
+    );
+}
+
 fn main() {
     let kern = simd::active().expect("an ISA path");
     let what = std::env::args().nth(1);
@@ -191,6 +223,9 @@ fn main() {
     }
     if all || what.as_deref() == Some("pack") {
         pack(kern);
+    }
+    if all || what.as_deref() == Some("gguf") {
+        gguf_dot(kern);
     }
     let isa = simd::select(None).expect("an ISA path");
     if all || what.as_deref() == Some("peak") {

@@ -309,30 +309,51 @@ pub fn dot_q4_0_q8_0(w: &[u8], x: &[u8], out: &mut [f32]) -> Result<()> {
         )));
     }
     let kern = crate::simd::active()?;
-    let simd = matches!(kern.isa, crate::simd::Isa::Avx512Vnni);
     let row_bytes = nb * legacy::Q4_0_BYTES;
-    let per_task = (1 << 16) / row_bytes.max(1) + 1;
+    if row_bytes == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let rows_fn = RowDot::new(kern.isa, x);
+    let per_task = (1 << 16) / row_bytes + 1;
     let tasks: Vec<_> = w
-        .chunks(per_task * row_bytes.max(1))
+        .chunks(per_task * row_bytes)
         .zip(out.chunks_mut(per_task))
         .collect();
     parallel::map(tasks, w.len() * 2, |(w, out): (&[u8], &mut [f32])| {
-        for (o, row) in out.iter_mut().zip(w.chunks(row_bytes.max(1))) {
-            *o = row_dot(simd, row, x);
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+            *o = rows_fn.dot(row);
         }
     })?;
     Ok(())
 }
 
-fn row_dot(simd: bool, row: &[u8], x: &[u8]) -> f32 {
+/// One row's `Q4_0 · Q8_0` on the active path, the Q8_0 row prepared once.
+enum RowDot<'a> {
+    Portable(&'a [u8]),
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        if let Some(v) = x86::dot_q4_0_q8_0(row, x) {
-            return v;
+    Vnni(x86::Q8Row, &'a [u8]),
+}
+
+impl<'a> RowDot<'a> {
+    fn new(isa: crate::simd::Isa, x: &'a [u8]) -> RowDot<'a> {
+        #[cfg(target_arch = "x86_64")]
+        if isa == crate::simd::Isa::Avx512Vnni {
+            return RowDot::Vnni(x86::Q8Row::new(x), x);
+        }
+        let _ = isa;
+        RowDot::Portable(x)
+    }
+
+    fn dot(&self, row: &[u8]) -> f32 {
+        match self {
+            RowDot::Portable(x) => dot::dot_ref(row, x),
+            #[cfg(target_arch = "x86_64")]
+            RowDot::Vnni(y, x) => {
+                x86::dot_q4_0_q8_0(row, y).unwrap_or_else(|| dot::dot_ref(row, x))
+            }
         }
     }
-    let _ = simd;
-    dot::dot_ref(row, x)
 }
 
 /// `n` values must be whole blocks.

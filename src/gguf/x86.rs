@@ -184,31 +184,80 @@ unsafe fn q8_0(v: [__m512; 2], o: *mut u8) {
     }
 }
 
+/// The Q8_0 side of `Q4_0 · Q8_0`, arranged once per call for every row: the int8 values
+/// back to back (padded to an even number of blocks), each lane's `8 · Σ q8` (the `- 8` of the
+/// 4-bit codes), and the float32 scales.
+pub struct Q8Row {
+    nb: usize,
+    qs: Vec<i8>,
+    corr: Vec<i32>,
+    d: Vec<f32>,
+}
+
+impl Q8Row {
+    /// Arranges the Q8_0 row `y` (call only on a CPU with AVX-512 VNNI: `RowDot` does).
+    pub fn new(y: &[u8]) -> Q8Row {
+        use super::legacy::Q8_0_BYTES;
+        let nb = y.len() / Q8_0_BYTES;
+        let padded = nb.next_multiple_of(2);
+        let mut row = Q8Row {
+            nb,
+            qs: vec![0i8; padded * QK],
+            corr: vec![0i32; padded * 8],
+            d: vec![0f32; padded],
+        };
+        assert!(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni());
+        // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
+        // arrays sized for `padded >= nb` blocks.
+        unsafe { prepare_vnni(y, &mut row) };
+        row
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+unsafe fn prepare_vnni(y: &[u8], row: &mut Q8Row) {
+    use super::legacy::Q8_0_BYTES;
+    let ones = _mm256_set1_epi8(1);
+    for (b, yb) in y.chunks_exact(Q8_0_BYTES).enumerate() {
+        let q = _mm256_loadu_si256(yb.as_ptr().add(2) as *const __m256i);
+        _mm256_storeu_si256(row.qs.as_mut_ptr().add(QK * b) as *mut __m256i, q);
+        // 8 · Σ per lane of 4 values, exactly as the portable kernel groups them.
+        let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
+        let corr = _mm256_slli_epi32::<3>(sums);
+        _mm256_storeu_si256(row.corr.as_mut_ptr().add(8 * b) as *mut __m256i, corr);
+        let h = core::ptr::read_unaligned(yb.as_ptr() as *const i16);
+        row.d[b] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_setr_epi16(h, 0, 0, 0, 0, 0, 0, 0)));
+    }
+}
+
 /// [`super::dot::dot_ref`] with AVX-512 VNNI, two blocks per step (same bits); `None`
 /// without VNNI.
-pub fn dot_q4_0_q8_0(x: &[u8], y: &[u8]) -> Option<f32> {
-    use super::legacy::{Q4_0_BYTES, Q8_0_BYTES};
+pub fn dot_q4_0_q8_0(x: &[u8], y: &Q8Row) -> Option<f32> {
+    use super::legacy::Q4_0_BYTES;
     if !(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni()) {
         return None;
     }
-    let nb = x.len() / Q4_0_BYTES;
-    assert!(x.len() == nb * Q4_0_BYTES && y.len() == nb * Q8_0_BYTES);
-    // SAFETY: the CPU has AVX-512 VNNI; every read below is inside `x` and `y` (checked).
-    Some(unsafe { dot_vnni(x, y, nb) })
+    assert_eq!(x.len(), y.nb * Q4_0_BYTES);
+    // SAFETY: the CPU has AVX-512 VNNI; the reads below stay inside `x` and `y`'s arrays
+    // (padded to whole pairs of blocks).
+    Some(unsafe { dot_vnni(x, y) })
 }
 
+/// Bytes of Q4_0 rows the dot kernel prefetches ahead.
+const DOT_PF: usize = 4096;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-unsafe fn dot_vnni(x: &[u8], y: &[u8], nb: usize) -> f32 {
-    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+unsafe fn dot_vnni(x: &[u8], y: &Q8Row) -> f32 {
+    let nb = y.nb;
+    let xp = x.as_ptr();
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm512_set1_epi8(1);
     let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    let mut acc = _mm512_setzero_ps();
     // Blocks b and b + 1: the 4-bit values of both, in value order, as 64 bytes
     // [lo(b), hi(b), lo(b + 1), hi(b + 1)] against their 64 int8 values.
     let step = |b: usize, two: bool, acc: __m512| -> __m512 {
         let x0 = xp.add(18 * b);
-        let y0 = yp.add(34 * b);
+        // The weights stream once: fetch ahead (wrapping: a prefetch past the end is harmless).
+        _mm_prefetch::<_MM_HINT_T0>(x0.wrapping_add(DOT_PF) as *const i8);
         let q0 = _mm_loadu_si128(x0.add(2) as *const __m128i);
         let q1 = if two {
             _mm_loadu_si128(x0.add(20) as *const __m128i)
@@ -220,29 +269,17 @@ unsafe fn dot_vnni(x: &[u8], y: &[u8], nb: usize) -> f32 {
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
         let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
         let w = _mm512_shuffle_i64x2::<0b11_01_10_00>(w, w);
-        let a1 = if two {
-            _mm256_loadu_si256(y0.add(36) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
-        let a = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(y0.add(2) as *const __m256i)),
-            a1,
-        );
+        let a = _mm512_loadu_si512(y.qs.as_ptr().add(QK * b) as *const _);
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
-        let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, a);
-        let p = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, _mm512_slli_epi32::<3>(sum)));
-        // [dx(b), dx(b + 1), dy(b), dy(b + 1)] in one conversion (a vector built from scratch:
-        // inserting into a register would chain every step on the accumulator).
+        let corr = _mm512_loadu_si512(y.corr.as_ptr().add(8 * b) as *const _);
+        let p = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr));
+        // [dx(b), dx(b + 1)] in one conversion (a vector built from scratch: inserting into a
+        // register would chain every step on the accumulator), times [dy(b), dy(b + 1)].
         let h = |p: *const u8| core::ptr::read_unaligned(p as *const i16);
-        let (dx1, dy1) = if two {
-            (h(x0.add(18)), h(y0.add(34)))
-        } else {
-            (0, 0)
-        };
-        let f = _mm_cvtph_ps(_mm_setr_epi16(h(x0), dx1, h(y0), dy1, 0, 0, 0, 0));
-        let dd = _mm_mul_ps(f, _mm_movehl_ps(f, f)); // [dx·dy (b), dx·dy (b + 1), ..]
-        let d = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dd));
+        let dx1 = if two { h(x0.add(18)) } else { 0 };
+        let dx = _mm_cvtph_ps(_mm_setr_epi16(h(x0), dx1, 0, 0, 0, 0, 0, 0));
+        let dy = _mm_castpd_ps(_mm_load_sd(y.d.as_ptr().add(b) as *const f64));
+        let d = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(_mm_mul_ps(dx, dy)));
         if two {
             _mm512_fmadd_ps(p, d, acc)
         } else {
@@ -250,6 +287,7 @@ unsafe fn dot_vnni(x: &[u8], y: &[u8], nb: usize) -> f32 {
         }
     };
     // Two accumulators (blocks 4k, 4k + 1 and 4k + 2, 4k + 3) halve the FMA chain.
+    let mut acc = _mm512_setzero_ps();
     let mut acc2 = _mm512_setzero_ps();
     let mut b = 0;
     while b + 4 <= nb {

@@ -218,15 +218,21 @@ impl Q8Row {
 unsafe fn prepare_vnni(y: &[u8], row: &mut Q8Row) {
     use super::legacy::Q8_0_BYTES;
     let ones = _mm256_set1_epi8(1);
+    // Pairs of blocks as the kernel's vectors hold them: [low half of b, low half of b + 1,
+    // high half of b, high half of b + 1] (16 values or 4 lanes each).
     for (b, yb) in y.chunks_exact(Q8_0_BYTES).enumerate() {
+        let (k, h) = (b / 2, b % 2);
         let q = _mm256_loadu_si256(yb.as_ptr().add(2) as *const __m256i);
-        _mm256_storeu_si256(row.qs.as_mut_ptr().add(QK * b) as *mut __m256i, q);
+        let qs = row.qs.as_mut_ptr().add(64 * k + 16 * h) as *mut __m128i;
+        _mm_storeu_si128(qs, _mm256_castsi256_si128(q));
+        _mm_storeu_si128(qs.add(2), _mm256_extracti128_si256::<1>(q));
         // 8 · Σ per lane of 4 values, exactly as the portable kernel groups them.
-        let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
-        let corr = _mm256_slli_epi32::<3>(sums);
-        _mm256_storeu_si256(row.corr.as_mut_ptr().add(8 * b) as *mut __m256i, corr);
-        let h = core::ptr::read_unaligned(yb.as_ptr() as *const i16);
-        row.d[b] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_setr_epi16(h, 0, 0, 0, 0, 0, 0, 0)));
+        let corr = _mm256_slli_epi32::<3>(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q));
+        let cp = row.corr.as_mut_ptr().add(16 * k + 4 * h) as *mut __m128i;
+        _mm_storeu_si128(cp, _mm256_castsi256_si128(corr));
+        _mm_storeu_si128(cp.add(2), _mm256_extracti128_si256::<1>(corr));
+        let hd = core::ptr::read_unaligned(yb.as_ptr() as *const u16);
+        row.d[b] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(hd as i32)));
     }
 }
 
@@ -251,9 +257,9 @@ unsafe fn dot_vnni(x: &[u8], y: &Q8Row) -> f32 {
     let nb = y.nb;
     let xp = x.as_ptr();
     let low = _mm256_set1_epi8(0x0f);
-    let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    // Blocks b and b + 1: the 4-bit values of both, in value order, as 64 bytes
-    // [lo(b), hi(b), lo(b + 1), hi(b + 1)] against their 64 int8 values.
+    let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    // Blocks b and b + 1 (b even): their 4-bit values as 64 bytes, against `Q8Row`'s 64
+    // int8 values in the same order.
     let step = |b: usize, two: bool, acc: __m512| -> __m512 {
         let x0 = xp.add(18 * b);
         // The weights stream once: fetch ahead (wrapping: a prefetch past the end is harmless).
@@ -267,23 +273,23 @@ unsafe fn dot_vnni(x: &[u8], y: &Q8Row) -> f32 {
         let q = _mm256_set_m128i(q1, q0);
         let lo = _mm256_and_si256(q, low);
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+        // [low halves of b, b + 1 | high halves of b, b + 1]: the order `Q8Row` keeps.
         let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let w = _mm512_shuffle_i64x2::<0b11_01_10_00>(w, w);
-        let a = _mm512_loadu_si512(y.qs.as_ptr().add(QK * b) as *const _);
+        let a = _mm512_loadu_si512(y.qs.as_ptr().add(32 * b) as *const _);
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
         let corr = _mm512_loadu_si512(y.corr.as_ptr().add(8 * b) as *const _);
         let p = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr));
-        // [dx(b), dx(b + 1)] in one conversion (a vector built from scratch: inserting into a
-        // register would chain every step on the accumulator), times [dy(b), dy(b + 1)].
-        let h = |p: *const u8| core::ptr::read_unaligned(p as *const i16);
+        // [dx(b), dx(b + 1)] from one 32-bit move (a fresh register: no chain through the
+        // accumulator), times [dy(b), dy(b + 1)].
+        let h = |p: *const u8| core::ptr::read_unaligned(p as *const u16) as u32;
         let dx1 = if two { h(x0.add(18)) } else { 0 };
-        let dx = _mm_cvtph_ps(_mm_setr_epi16(h(x0), dx1, 0, 0, 0, 0, 0, 0));
+        let dx = _mm_cvtph_ps(_mm_cvtsi32_si128((h(x0) | dx1 << 16) as i32));
         let dy = _mm_castpd_ps(_mm_load_sd(y.d.as_ptr().add(b) as *const f64));
         let d = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(_mm_mul_ps(dx, dy)));
         if two {
             _mm512_fmadd_ps(p, d, acc)
         } else {
-            _mm512_mask3_fmadd_ps(p, d, acc, 0x00ff)
+            _mm512_mask3_fmadd_ps(p, d, acc, 0x0f0f)
         }
     };
     // Two accumulators (blocks 4k, 4k + 1 and 4k + 2, 4k + 3) halve the FMA chain.

@@ -50,61 +50,90 @@ pub fn quantize_chunk(kind: Kind, x: &[f32], out: &mut [u8]) -> bool {
     true
 }
 
+/// Blocks per group: each group first finds every block's grid (the reductions), then
+/// divides, converts to float16 and writes the headers 16 blocks at a time, then writes the
+/// codes; the scalar division and conversion per block were the longest chain.
+const GROUP: usize = 16;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
 unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) {
-    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(ts)) {
-        let v = [
-            _mm512_loadu_ps(xb.as_ptr()),
-            _mm512_loadu_ps(xb.as_ptr().add(16)),
-        ];
-        let o = ob.as_mut_ptr();
-        if K == Kind::Q8_0 as u8 {
-            q8_0(v, o);
-        } else if K == Kind::Q4_0 as u8 || K == Kind::Q5_0 as u8 {
-            let (half, top) = if K == Kind::Q4_0 as u8 {
-                (8.0, 15)
+    let sym = K == Kind::Q4_0 as u8 || K == Kind::Q5_0 as u8;
+    let (half, top): (f32, u8) = match K {
+        k if k == Kind::Q4_0 as u8 => (8.0, 15),
+        k if k == Kind::Q5_0 as u8 => (16.0, 31),
+        k if k == Kind::Q4_1 as u8 => (0.0, 15),
+        k if k == Kind::Q5_1 as u8 => (0.0, 31),
+        _ => (0.0, 127),
+    };
+    for (xg, og) in x.chunks(QK * GROUP).zip(out.chunks_mut(ts * GROUP)) {
+        // Pass 1: `hi` is the signed max (Q4_0, Q5_0), the max (Q4_1, Q5_1) or max|x| (Q8_0);
+        // `lo` the min (Q4_1, Q5_1).
+        let (mut hi, mut lo) = ([0f32; GROUP], [0f32; GROUP]);
+        for (i, xb) in xg.chunks_exact(QK).enumerate() {
+            let v = [
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb.as_ptr().add(16)),
+            ];
+            if K == Kind::Q8_0 as u8 {
+                let a = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1]));
+                hi[i] = _mm512_reduce_max_ps(a);
+            } else if sym {
+                hi[i] = signed_max(v, xb);
             } else {
-                (16.0, 31)
-            };
-            let d = signed_max(v, xb) / -half;
-            put_f16(o, d);
-            let id = _mm512_set1_ps(inverse(d));
-            let bias = _mm512_set1_ps(half + 0.5);
-            let c = [0, 1].map(|h| codes(_mm512_add_ps(_mm512_mul_ps(v[h], id), bias), top));
-            store_codes(c, o.add(2), K == Kind::Q5_0 as u8);
+                (lo[i], hi[i]) = min_max(v, xb);
+            }
+        }
+        // d and 1/d for the group, as the scalar code computes them (IEEE division).
+        let (hv, lv) = (_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
+        let d = if K == Kind::Q8_0 as u8 {
+            _mm512_div_ps(hv, _mm512_set1_ps(127.0))
+        } else if sym {
+            _mm512_div_ps(hv, _mm512_set1_ps(-half))
         } else {
-            let top = if K == Kind::Q4_1 as u8 { 15 } else { 31 };
-            let (min, max) = min_max(v, xb);
-            let d = (max - min) / top as f32;
-            put_f16(o, d);
-            put_f16(o.add(2), min);
-            let id = _mm512_set1_ps(inverse(d));
-            let (m, half) = (_mm512_set1_ps(min), _mm512_set1_ps(0.5));
-            let c = [0, 1].map(|h| {
-                codes(
-                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[h], m), id), half),
-                    top,
-                )
-            });
-            store_codes(c, o.add(4), K == Kind::Q5_1 as u8);
+            _mm512_div_ps(_mm512_sub_ps(hv, lv), _mm512_set1_ps(top as f32))
+        };
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+        let mut idv = [0f32; GROUP];
+        _mm512_storeu_ps(idv.as_mut_ptr(), id);
+        let mut dh = [0u16; GROUP];
+        let mut mh = [0u16; GROUP];
+        _mm256_storeu_si256(
+            dh.as_mut_ptr() as *mut __m256i,
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        _mm256_storeu_si256(
+            mh.as_mut_ptr() as *mut __m256i,
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(lv),
+        );
+        // Pass 2: headers and codes.
+        for (i, (xb, ob)) in xg.chunks_exact(QK).zip(og.chunks_exact_mut(ts)).enumerate() {
+            let v = [
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb.as_ptr().add(16)),
+            ];
+            let o = ob.as_mut_ptr();
+            core::ptr::copy_nonoverlapping(dh[i].to_le_bytes().as_ptr(), o, 2);
+            let id = _mm512_set1_ps(idv[i]);
+            if K == Kind::Q8_0 as u8 {
+                q8_0_codes(v, id, o.add(2));
+            } else if sym {
+                let bias = _mm512_set1_ps(half + 0.5);
+                let c = [0, 1].map(|h| codes(_mm512_add_ps(_mm512_mul_ps(v[h], id), bias), top));
+                store_codes(c, o.add(2), K == Kind::Q5_0 as u8);
+            } else {
+                core::ptr::copy_nonoverlapping(mh[i].to_le_bytes().as_ptr(), o.add(2), 2);
+                let (m, half) = (_mm512_set1_ps(lo[i]), _mm512_set1_ps(0.5));
+                let c = [0, 1].map(|h| {
+                    codes(
+                        _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[h], m), id), half),
+                        top,
+                    )
+                });
+                store_codes(c, o.add(4), K == Kind::Q5_1 as u8);
+            }
         }
     }
-}
-
-fn inverse(d: f32) -> f32 {
-    if d != 0.0 {
-        1.0 / d
-    } else {
-        0.0
-    }
-}
-
-/// `v` as float16 (F16C's `vcvtps2ph`, round to nearest even, as `half` and NumPy round).
-#[inline(always)]
-unsafe fn put_f16(o: *mut u8, v: f32) {
-    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v));
-    let bits = _mm_extract_epi16::<0>(h) as u16;
-    core::ptr::copy_nonoverlapping(bits.to_le_bytes().as_ptr(), o, 2);
 }
 
 /// The first element whose magnitude is the largest (the first element when all are zero).
@@ -161,14 +190,10 @@ unsafe fn store_codes(c: [__m128i; 2], o: *mut u8, five: bool) {
     _mm_storeu_si128(o.add(at) as *mut __m128i, qs);
 }
 
-/// Q8_0: `d = max|x| / 127`, codes `roundf(x / d)` (ties away from zero: truncate, then step
-/// away from zero where the dropped fraction is at least one half).
+/// Q8_0's codes `roundf(x · id)` (ties away from zero: truncate, then step away from zero
+/// where the dropped fraction is at least one half), 32 bytes at `o`.
 #[inline(always)]
-unsafe fn q8_0(v: [__m512; 2], o: *mut u8) {
-    let a = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1]));
-    let d = _mm512_reduce_max_ps(a) / 127.0;
-    put_f16(o, d);
-    let id = _mm512_set1_ps(inverse(d));
+unsafe fn q8_0_codes(v: [__m512; 2], id: __m512, o: *mut u8) {
     for (h, &vh) in v.iter().enumerate() {
         let y = _mm512_mul_ps(vh, id);
         let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
@@ -180,7 +205,7 @@ unsafe fn q8_0(v: [__m512; 2], o: *mut u8) {
         let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
         let r = _mm512_mask_add_ps(t, up, t, step);
         let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
-        _mm_storeu_si128(o.add(2 + 16 * h) as *mut __m128i, q);
+        _mm_storeu_si128(o.add(16 * h) as *mut __m128i, q);
     }
 }
 

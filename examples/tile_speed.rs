@@ -219,6 +219,27 @@ fn gguf_dot(kern: &Kernels) {
     );
 }
 
+/// GGUF quantize (`qfast.gguf.quantize`) per type: a 256 KiB tensor (in L2, repeated) and a
+/// 1 GiB one (from DRAM) into an output allocated once, in G elements/s. Run with
+/// `QFAST_NUM_THREADS=1` for the per-core figure.
+fn gguf_quantize() {
+    use qfast::gguf::GgmlType;
+    for (label, n, reps) in [("in L2", 1usize << 16, 2000), ("from DRAM", 1 << 28, 1)] {
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 1001) as f32 - 500.0) / 70.0)
+            .collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+            let mut out = vec![1u8; n / ty.block_size() * ty.type_size()];
+            let g = rate((n * reps) as f64, &mut || {
+                for _ in 0..reps {
+                    qfast::gguf::quantize(ty, black_box(&x), &mut out).unwrap();
+                }
+            });
+            println!("gguf quantize {} {label}: {g:.2} G elements/s", ty.name());
+        }
+    }
+}
+
 fn main() {
     let kern = simd::active().expect("an ISA path");
     let what = std::env::args().nth(1);
@@ -231,6 +252,7 @@ fn main() {
     }
     if all || what.as_deref() == Some("gguf") {
         gguf_dot(kern);
+        gguf_quantize();
     }
     let isa = simd::select(None).expect("an ISA path");
     if all || what.as_deref() == Some("peak") {

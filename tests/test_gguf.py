@@ -232,6 +232,22 @@ def test_errors() -> None:
         qg.quantize(np.float32(1), "Q8_0")
 
 
+@pytest.mark.parametrize("t", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_reports_first_position(t: str, bad_value: float) -> None:
+    # Two rows of 4096 blocks each: the tensor spans two parallel tasks, and the value
+    # reported is the first in the data's order whatever task finds one first.
+    x = np.random.default_rng(5).standard_normal((2, 4096 * 32)).astype(F32)
+    x[1, 7] = bad_value
+    x[1, 100_000] = np.nan
+    with pytest.raises(ValueError, match=r"at index \(1, 7\)"):
+        qg.quantize(x, t)
+    x[1, 7] = 0.0
+    x[0, 4096 * 32 - 1] = bad_value  # the last value of a block, of a row and of a task
+    with pytest.raises(ValueError, match=r"at index \(0, 131071\)"):
+        qg.quantize(x, t)
+
+
 def test_empty() -> None:
     for t in BLOCK_TYPES:
         got = qg.quantize(np.zeros((0, 64), F32), t)

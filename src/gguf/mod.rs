@@ -204,7 +204,17 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
         tasks,
         x.len(),
         |(t, (x, out)): (usize, (&[f32], &mut [u8]))| {
-            if check && !(kern.minmax)(x).finite {
+            let finite = match run_wide(wide, x, out) {
+                Some(finite) => finite,
+                None if check && !(kern.minmax)(x).finite => false,
+                None => {
+                    for (xb, ob) in x.chunks_exact(bs).zip(out.chunks_exact_mut(ts)) {
+                        q(xb, ob);
+                    }
+                    true
+                }
+            };
+            if check && !finite {
                 let i = x
                     .iter()
                     .position(|v| !v.is_finite())
@@ -213,11 +223,6 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
                     index: vec![t * chunk + i],
                     value: x[i],
                 });
-            }
-            if !run_wide(wide, x, out) {
-                for (xb, ob) in x.chunks_exact(bs).zip(out.chunks_exact_mut(ts)) {
-                    q(xb, ob);
-                }
             }
             Ok(())
         },
@@ -255,16 +260,17 @@ fn wide_kind(ty: GgmlType, isa: crate::simd::Isa) -> Wide {
     }
 }
 
-/// Runs the SIMD quantizer when there is one; `false` if the caller must run the portable one.
-fn run_wide(wide: Wide, x: &[f32], out: &mut [u8]) -> bool {
+/// Runs the SIMD quantizer when there is one (it reports whether every value was finite);
+/// `None` if the caller must run the portable one.
+fn run_wide(wide: Wide, x: &[f32], out: &mut [u8]) -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
     {
-        wide.is_some_and(|kind| x86::quantize_chunk(kind, x, out))
+        wide.and_then(|kind| x86::quantize_chunk(kind, x, out))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (wide, x, out);
-        false
+        None
     }
 }
 

@@ -228,7 +228,12 @@ fn gguf_quantize() {
         let x: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 1001) as f32 - 500.0) / 70.0)
             .collect();
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+        ] {
             let mut out = vec![1u8; n / ty.block_size() * ty.type_size()];
             let g = rate((n * reps) as f64, &mut || {
                 for _ in 0..reps {

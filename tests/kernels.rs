@@ -1322,6 +1322,64 @@ impl Check<'_> {
     }
 }
 
+/// The GGUF block formats against gguf-py's bytes (`tests/data/gguf/`, written and kept
+/// current by `tests/gguf_fixtures.py`): quantize and dequantize through the path qfast
+/// picks on this CPU (the portable code on aarch64, where gguf-py cannot run).
+fn gguf_fixtures() -> usize {
+    use qfast::gguf::{self, GgmlType};
+    fn file(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/data/gguf/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+    fn floats(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+    let fail = |what: String| -> ! {
+        println!("FAIL gguf: {what}");
+        exit(1)
+    };
+    let x = floats(&file("quantize_input.f32"));
+    let mut checked = 0;
+    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {
+        let ty = GgmlType::from_name(name).unwrap();
+        let want = file(&format!("{name}.quantized"));
+        let mut got = vec![0u8; want.len()];
+        gguf::quantize(ty, &x, &mut got).unwrap();
+        if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+            let block = i / ty.type_size();
+            fail(format!(
+                "quantize {name}: byte {i} (block {block}, input {:?}) is {} not {}",
+                &x[block * 32..block * 32 + 32],
+                got[i],
+                want[i]
+            ));
+        }
+        checked += want.len();
+    }
+    for name in [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "IQ4_XS",
+    ] {
+        let ty = GgmlType::from_name(name).unwrap();
+        let blocks = file(&format!("{name}.blocks"));
+        let want = floats(&file(&format!("{name}.dequantized.f32")));
+        let mut got = vec![0f32; want.len()];
+        gguf::dequantize(ty, &blocks, &mut got).unwrap();
+        if let Some(i) = (0..want.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            fail(format!(
+                "dequantize {name}: value {i} (block {}) is {:e} not {:e}",
+                i / ty.block_size(),
+                got[i],
+                want[i]
+            ));
+        }
+        checked += want.len();
+    }
+    checked
+}
+
 fn main() {
     let paths = simd::available();
     println!(
@@ -1341,4 +1399,9 @@ fn main() {
             isa.name()
         );
     }
+    let n = gguf_fixtures();
+    println!(
+        "gguf          ok: {n} bytes and values equal to gguf-py's ({})",
+        simd::active().map_or("?", |k| k.isa.name())
+    );
 }

@@ -399,3 +399,14 @@ def test_dot_q4_0_q8_0() -> None:
     np.testing.assert_array_equal(qg.dot(w, x), _dot_reference(w, x).astype(F32))
     with pytest.raises(ValueError, match="one Q8_0 row"):
         qg.dot(w, x[:34])
+
+
+def test_rust_fixtures_are_current() -> None:
+    # tests/kernels.rs (natively and on aarch64 under QEMU) checks qfast's Rust GGUF code
+    # against these gguf-py answers; they must be what gguf-py gives today.
+    import gguf_fixtures
+
+    want = gguf_fixtures.build()
+    stale = [n for n, data in want.items() if (gguf_fixtures.DATA / n).read_bytes() != data]
+    assert not stale, f"rerun `python tests/gguf_fixtures.py`: {stale} changed"
+    assert sorted(p.name for p in gguf_fixtures.DATA.iterdir()) == sorted(want)

@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install build-dev test test-rust test-python lint check-stubs check-aarch64 \
-	check-workflows demo bench bench-gemm clean
+	check-workflows demo bench bench-gemm bench-gguf clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench: build-dev ## the microbenchmarks (slow); JSON in .benchmarks/
 bench-gemm: build-dev ## matmul_int8 and linear against NumPy / ONNX Runtime (about 15 minutes)
 	$(BIN)/python -m pytest benches/test_matmul.py benches/test_linear.py --benchmark-enable \
 		--benchmark-only --benchmark-json=.benchmarks/gemm.json -p no:randomly -q
+
+bench-gguf: build-dev ## GGUF quantize / dequantize against gguf-py and X.copy() (about 6 minutes)
+	$(BIN)/python -m pytest benches/test_gguf.py --benchmark-enable --benchmark-only \
+		--benchmark-json=.benchmarks/gguf.json -p no:randomly -q
 
 clean:
 	rm -rf target $(VENV) .pytest_cache .benchmarks

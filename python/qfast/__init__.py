@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._gptq import gptq
+from ._hessian import Hessian
 from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
+from ._rtn import rtn
 
 __all__ = [
+    "Hessian",
     "QTensor",
     "QfastError",
     "__version__",
@@ -19,10 +23,12 @@ __all__ = [
     "dequantize",
     "get_num_threads",
     "gguf",
+    "gptq",
     "linear",
     "matmul_int8",
     "pack_int4",
     "quantize",
+    "rtn",
     "set_num_threads",
     "unpack_int4",
 ]

@@ -16,6 +16,8 @@ __all__ = [
     "gguf_dot_q4_0_q8_0",
     "gguf_quantize",
     "gguf_type_info",
+    "gptq_block",
+    "gptq_find_params",
     "matmul_int8",
     "pack",
     "pack_linear",
@@ -67,6 +69,28 @@ def gguf_dequantize(blocks: npt.NDArray[np.uint8], name: str) -> npt.NDArray[np.
 def gguf_dot_q4_0_q8_0(
     w: npt.NDArray[np.uint8], x: npt.NDArray[np.uint8], rows: int
 ) -> npt.NDArray[np.float32]: ...
+def gptq_find_params(
+    x: npt.NDArray[np.float32],
+    bits: int,
+    symmetric: bool,
+    mse: tuple[float, int, float] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def gptq_block(
+    w: npt.NDArray[np.float32],
+    hinv: npt.NDArray[np.float32],
+    i1: int,
+    i2: int,
+    bits: int,
+    symmetric: bool,
+    mse: tuple[float, int, float] | None,
+    codes: npt.NDArray[np.uint8],
+    err: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    zero: npt.NDArray[np.float32],
+    group_size: int | None,
+    static_groups: bool,
+    col_group: npt.NDArray[np.uint32],
+) -> float: ...
 
 @final
 class PackedLinear:

@@ -116,6 +116,41 @@ class QTensor:
         self._packed: Any = None  # linear()'s packed weight, keyed on the arrays above
         self._check()
 
+    @classmethod
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        bits: int,
+        signed: bool,
+        scale: np.ndarray,
+        zero_point: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> QTensor:
+        """A QTensor over integer ``codes`` of the logical shape (one per element), packed
+        as the width's storage needs (4-bit two per byte, 2-bit four per byte).
+
+        ``kwargs``: ``axis``, ``group_size``, ``g_idx``, ``meta`` as for the constructor.
+        """
+        codes = np.asarray(codes)
+        shape = tuple(codes.shape)
+        per = codes_per_byte(bits)
+        flat = np.ascontiguousarray(codes.astype(np.int8 if signed else np.uint8, copy=False))
+        if per == 1:
+            data = flat if signed else flat.view(np.uint8)
+        else:
+            n = shape[-1] if shape else 1
+            data = _qfast.pack(flat.view(np.uint8).reshape(-1), n, bits).reshape(
+                data_shape(shape, bits)
+            )
+        return cls(data, shape, bits, signed, scale, zero_point, **kwargs)
+
+    @property
+    def loss(self) -> float | None:
+        """The quantizer's own loss, where the method reports one (GPTQ: ``Σ (w - q)² / 2d²``
+        over the weights, as the reference logs it); ``meta["loss"]``."""
+        value = self.meta.get("loss")
+        return None if value is None else float(value)
+
     def _granularity(self) -> str:
         if self.group_size is not None:
             return f"group_size={self.group_size}"

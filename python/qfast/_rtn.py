@@ -1,0 +1,167 @@
+"""The GPTQ reference grid, and round-to-nearest (RTN) on it.
+
+The grid is the one IST-DASLab's ``quant.py`` (``Quantizer.find_params``) computes and
+AutoGPTQ / GPTQModel keep, so that an RTN baseline and GPTQ differ only in how they round:
+
+- the range of each row's group always includes 0: ``lo = min(min x, 0)``, ``hi = max(max x, 0)``
+  (an all-zero group gets ``[-1, 1]``);
+- asymmetric: ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``;
+- symmetric: ``hi = max(|lo|, hi)``, ``lo = -hi`` where ``lo < 0``, so
+  ``scale = 2·max|x| / (2^b - 1)`` and ``zero = 2^(b-1)``. A group with no negative value keeps
+  ``lo = 0``: its scale is half as wide and its top half clips, as in the reference;
+- codes are unsigned, ``q = clamp(round(x / scale) + zero, 0, 2^b - 1)`` (round half to even),
+  and ``x ≈ scale · (q - zero)``;
+- ``mse=True``: the reference's search over shrunk ranges ``p·[lo, hi]``,
+  ``p = 1 - i/grid`` for ``i < max_shrink·grid``, keeping the least ``Σ |q - x|^norm``
+  (``norm=2.4, grid=100, max_shrink=0.8``).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from . import _qfast
+from ._qtensor import QTensor
+
+F32 = np.float32
+
+# The reference's MSE grid search: norm, grid points, largest shrink.
+MSE_SEARCH = (2.4, 100, 0.8)
+
+
+def as_weight(W: Any, name: str = "W") -> np.ndarray:
+    """A float32 C-contiguous copy of a 2-D float weight ``[out, in]``, checked finite."""
+    arr = np.asarray(W)
+    if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+        raise TypeError(f"{name} must be a float array, got {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [out_features, in_features], got shape {arr.shape}; "
+            "reshape it (e.g. a convolution to [out, -1]) first"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    out = np.array(arr, dtype=F32, order="C")
+    check_finite(out, name)
+    return out
+
+
+def check_finite(a: np.ndarray, name: str) -> None:
+    """A ValueError naming the first NaN/Inf of ``a``, if there is one."""
+    if not np.isfinite(a).all():
+        at = np.unravel_index(int(np.argmin(np.isfinite(a).reshape(-1))), a.shape)
+        raise ValueError(
+            f"{name} contains {a[at]} at index {tuple(int(i) for i in at)}; "
+            "quantization needs finite values (replace or mask them first)"
+        )
+
+
+def check_bits(bits: Any) -> int:
+    try:
+        b = operator.index(bits)
+    except TypeError:
+        raise TypeError(f"bits must be an integer, got {bits!r}") from None
+    if not 2 <= b <= 8:
+        raise ValueError(f"bits={b} is not supported; pass bits between 2 and 8")
+    return b
+
+
+def check_group_size(group_size: Any, cols: int) -> int | None:
+    """``None`` (one grid per row) or a positive int; a last group shorter than the others is
+    allowed (``cols`` need not be a multiple)."""
+    if group_size is None or group_size == -1:  # -1: the reference scripts' "no groups"
+        return None
+    try:
+        g = operator.index(group_size)
+    except TypeError:
+        raise TypeError(f"group_size must be an integer or None, got {group_size!r}") from None
+    if g < 1:
+        raise ValueError(f"group_size must be at least 1 (or None for one per row), got {g}")
+    return min(g, cols)
+
+
+def find_params(
+    x: np.ndarray, bits: int, symmetric: bool, mse: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference grid of each row of ``x`` (``[rows, n]``): ``(scale, zero)``, float32."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    return _qfast.gptq_find_params(x, bits, symmetric, MSE_SEARCH if mse else None)
+
+
+def grid_params(
+    W: np.ndarray, bits: int, group_size: int | None, symmetric: bool, mse: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, zero)``, ``[rows, n_groups]`` float32, of each group of ``W``'s rows."""
+    cols = W.shape[1]
+    g = group_size or cols
+    scales, zeros = [], []
+    for c0 in range(0, cols, g):
+        s, z = find_params(W[:, c0 : c0 + g], bits, symmetric, mse)
+        scales.append(s)
+        zeros.append(z)
+    return np.stack(scales, 1), np.stack(zeros, 1)
+
+
+def grid_codes(
+    W: np.ndarray, scale: np.ndarray, zero: np.ndarray, g_idx: np.ndarray, bits: int
+) -> np.ndarray:
+    """``clamp(round(w / scale) + zero, 0, 2^b - 1)`` with column ``c`` on group ``g_idx[c]``."""
+    s, z = scale[:, g_idx], zero[:, g_idx]
+    q = np.clip(np.round(W / s) + z, 0, F32(2**bits - 1))
+    return q.astype(np.uint8)
+
+
+def to_qtensor(
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    g_idx: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+) -> QTensor:
+    """A QTensor over unsigned codes on the reference grid (integer zero points)."""
+    zp = zero.astype(np.int32)
+    if group_size is None:
+        return QTensor.from_codes(codes, bits, False, scale, zp, axis=0, meta=meta)
+    return QTensor.from_codes(
+        codes, bits, False, scale, zp, group_size=group_size, g_idx=g_idx, meta=meta
+    )
+
+
+def rtn(
+    W: Any,
+    bits: int = 4,
+    group_size: int | None = 128,
+    symmetric: bool = True,
+    *,
+    mse: bool = False,
+) -> QTensor:
+    """Round-to-nearest quantization of a weight on the GPTQ reference grid.
+
+    The baseline GPTQ is measured against: the same grid, each weight rounded on its own.
+
+    Args:
+        W: float ``[out_features, in_features]``.
+        bits: code width, 2 to 8.
+        group_size: one grid per this many input columns (the last group may be shorter);
+            ``None`` for one grid per output row.
+        symmetric: ``scale = 2·max|x| / (2^b - 1)`` with zero point ``2^(b-1)`` (AutoGPTQ's
+            default, ``sym=True``); ``False``: the range ``[min(x, 0), max(x, 0)]`` with a
+            rounded zero point (IST-DASLab's scripts' default).
+        mse: search shrunk ranges for the least ``Σ|q - x|^2.4`` (the reference's ``--mse``).
+
+    Returns:
+        A :class:`QTensor` with unsigned codes and int32 zero points (``scale · (q - zero)``).
+    """
+    bits = check_bits(bits)
+    W = as_weight(W)
+    group_size = check_group_size(group_size, W.shape[1])
+    scale, zero = grid_params(W, bits, group_size, symmetric, mse)
+    g_idx = np.arange(W.shape[1]) // (group_size or W.shape[1])
+    codes = grid_codes(W, scale, zero, g_idx, bits)
+    meta = {"method": "rtn", "symmetric": bool(symmetric), "mse": bool(mse)}
+    return to_qtensor(codes, scale, zero, bits, group_size, meta=meta)

@@ -1,0 +1,339 @@
+//! GPTQ's column loop (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+//! Generative Pre-trained Transformers", 2022), one block of columns at a time, with the
+//! reference grid (`quant.py`'s `Quantizer` in IST-DASLab/gptq, kept by AutoGPTQ/GPTQModel).
+//!
+//! The caller (`qfast.gptq`) owns the weights `W [rows, cols]` (columns already in processing
+//! order), the upper Cholesky factor `U` of `H⁻¹`, and the lazy update that follows each block
+//! (`W[:, i2:] -= Err @ U[i1:i2, i2:]`, a BLAS product). This kernel runs the part BLAS cannot:
+//! for each column of the block, quantize it, and spread its error over the block's remaining
+//! columns. Every row is independent of the others, so rows are split across threads and the
+//! result does not depend on the thread count.
+//!
+//! Arithmetic follows the reference's float32 operations one by one, so a NumPy transcription
+//! of the reference gives the same bits: `x / scale` is a true division, rounding is to
+//! nearest even (`torch.round`), the error update is a product then a difference (no fused
+//! multiply-add), and the MSE search sums its errors in NumPy's pairwise order.
+
+use crate::error::{QfastError, Result};
+use crate::parallel;
+
+/// The MSE grid search of the reference (`Quantizer(mse=True)`): shrink the range by
+/// `p = 1 - i / grid` for `i < max_shrink · grid`, keep the scale with the least `Σ|q - x|^norm`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mse {
+    pub norm: f32,
+    pub grid: usize,
+    pub max_shrink: f64,
+}
+
+/// The reference grid: `maxq = 2^bits - 1`; symmetric grids have zero `(maxq + 1) / 2`.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub maxq: f32,
+    pub symmetric: bool,
+    pub mse: Option<Mse>,
+}
+
+/// `(scale, zero)` of one row slice, as the reference's `find_params` computes them.
+pub fn find_params(x: &[f32], g: &Grid) -> (f32, f32) {
+    let (mut lo, mut hi) = (0f32, 0f32); // the range always includes 0
+    for &v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if g.symmetric {
+        hi = hi.max(lo.abs());
+        if lo < 0.0 {
+            lo = -hi;
+        }
+    }
+    if lo == 0.0 && hi == 0.0 {
+        (lo, hi) = (-1.0, 1.0);
+    }
+    let sym_zero = (g.maxq + 1.0) / 2.0;
+    let grid_of = |lo: f32, hi: f32| {
+        let scale = (hi - lo) / g.maxq;
+        let zero = if g.symmetric {
+            sym_zero
+        } else {
+            (-lo / scale).round_ties_even()
+        };
+        (scale, zero)
+    };
+    let (mut scale, mut zero) = grid_of(lo, hi);
+    if let Some(m) = g.mse {
+        let mut best = f32::INFINITY;
+        let mut e = vec![0f32; x.len()];
+        for i in 0..(m.max_shrink * m.grid as f64) as usize {
+            let p = (1.0 - i as f64 / m.grid as f64) as f32;
+            let (s1, z1) = grid_of(p * lo, p * hi);
+            for (ei, &v) in e.iter_mut().zip(x) {
+                *ei = (fake_quant(v, s1, z1, g.maxq) - v).abs().powf(m.norm);
+            }
+            let err = pairwise_sum(&e);
+            if err < best {
+                (best, scale, zero) = (err, s1, z1);
+            }
+        }
+    }
+    (scale, zero)
+}
+
+/// The reference's `quantize`: the code `clamp(round(x / scale) + zero, 0, maxq)`.
+#[inline(always)]
+fn code(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
+    ((x / scale).round_ties_even() + zero).clamp(0.0, maxq)
+}
+
+/// The value the code stands for, `scale · (q - zero)`.
+#[inline(always)]
+fn fake_quant(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
+    scale * (code(x, scale, zero, maxq) - zero)
+}
+
+/// NumPy's float32 `sum` of a contiguous run (its pairwise algorithm: eight interleaved
+/// partial sums per block of up to 128, blocks combined by halving), so the MSE search picks
+/// the same grid point as a NumPy transcription on near ties.
+pub fn pairwise_sum(a: &[f32]) -> f32 {
+    let n = a.len();
+    if n < 8 {
+        return a.iter().fold(-0.0, |s, &v| s + v);
+    }
+    if n <= 128 {
+        let mut r = [0f32; 8];
+        r.copy_from_slice(&a[..8]);
+        let whole = n - n % 8;
+        for c in a[8..whole].chunks_exact(8) {
+            for (ri, &v) in r.iter_mut().zip(c) {
+                *ri += v;
+            }
+        }
+        let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for &v in &a[whole..] {
+            s += v;
+        }
+        return s;
+    }
+    let mut half = n / 2;
+    half -= half % 8;
+    pairwise_sum(&a[..half]) + pairwise_sum(&a[half..])
+}
+
+/// Where each column's grid comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Groups<'a> {
+    /// One grid per row for every column (`group_size=None`): `scale[r]`, `zero[r]`.
+    PerRow { scale: &'a [f32], zero: &'a [f32] },
+    /// A new grid each `group_size` columns of the processing order, found (as the reference
+    /// does) on the weights as they stand at the start of the block, written to the outputs.
+    Dynamic { group_size: usize },
+    /// Grids fixed beforehand (`static_groups`): row `r`'s grid `g` is
+    /// `scale[r · n_groups + g]`; column `c` (processing order) uses group `col_group[c]`.
+    Static {
+        scale: &'a [f32],
+        zero: &'a [f32],
+        n_groups: usize,
+        col_group: &'a [u32],
+    },
+}
+
+/// One block of columns `i1..i2` of `w` (`rows × cols`, row-major; the block's columns and
+/// those after it as the previous blocks left them).
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'a> {
+    pub w: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// The upper Cholesky factor of `H⁻¹`, `cols × cols`, row-major.
+    pub hinv: &'a [f32],
+    pub i1: usize,
+    pub i2: usize,
+}
+
+/// What one block writes: codes of its columns (`rows × cols`, the block's columns only), the
+/// scaled errors `Err` (`rows × (i2 - i1)`) for the lazy update, and for [`Groups::Dynamic`]
+/// the grids of the groups that start in the block (`rows × n_groups`).
+pub struct BlockOut<'a> {
+    pub codes: &'a mut [u8],
+    pub err: &'a mut [f32],
+    pub scale: &'a mut [f32],
+    pub zero: &'a mut [f32],
+    pub n_groups: usize,
+}
+
+/// Rows per parallel task: enough work per task (a block is ~8K multiply-subtracts per row)
+/// to amortise the hand-off.
+const ROWS_PER_TASK: usize = 32;
+
+/// Quantizes block `b` (see the module comment); returns its share of the loss,
+/// `Σ (w - q)² / d²` over its columns (the reference's `Losses` before its halving).
+pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) -> Result<f64> {
+    check(b, groups, &out)?;
+    let count = b.i2 - b.i1;
+    let ng = out.n_groups.max(1);
+    let tasks: Vec<_> = out
+        .codes
+        .chunks_mut(ROWS_PER_TASK * b.cols)
+        .zip(out.err.chunks_mut(ROWS_PER_TASK * count))
+        .zip(out.scale.chunks_mut(ROWS_PER_TASK * ng))
+        .zip(out.zero.chunks_mut(ROWS_PER_TASK * ng))
+        .enumerate()
+        .collect();
+    let work = b.rows * count * count / 2;
+    let sums = parallel::map(tasks, work, |(t, (((codes, err), scale), zero))| {
+        let mut w1 = vec![0f32; count];
+        let mut loss = 0f64;
+        let r0 = t * ROWS_PER_TASK;
+        for (k, ((codes, err), (scale, zero))) in codes
+            .chunks_mut(b.cols)
+            .zip(err.chunks_mut(count))
+            .zip(scale.chunks_mut(ng).zip(zero.chunks_mut(ng)))
+            .enumerate()
+        {
+            let r = r0 + k;
+            let row = &b.w[r * b.cols..(r + 1) * b.cols];
+            loss += quantize_row(b, row, r, grid, groups, &mut w1, codes, err, scale, zero);
+        }
+        loss
+    })?;
+    Ok(sums.into_iter().sum())
+}
+
+/// One row of the block; returns its loss. `w1` is scratch for the block's working copy.
+#[allow(clippy::too_many_arguments)]
+fn quantize_row(
+    b: &Block,
+    row: &[f32],
+    r: usize,
+    grid: &Grid,
+    groups: &Groups,
+    w1: &mut [f32],
+    codes: &mut [u8],
+    err: &mut [f32],
+    scale_out: &mut [f32],
+    zero_out: &mut [f32],
+) -> f64 {
+    w1.copy_from_slice(&row[b.i1..b.i2]);
+    let (mut scale, mut zero) = (0f32, 0f32);
+    if let Groups::PerRow { scale: s, zero: z } = groups {
+        (scale, zero) = (s[r], z[r]);
+    }
+    if let Groups::Dynamic { group_size } = groups {
+        // A group that started in an earlier block continues here with its grid.
+        if !b.i1.is_multiple_of(*group_size) {
+            let g = b.i1 / group_size;
+            (scale, zero) = (scale_out[g], zero_out[g]);
+        }
+    }
+    let mut loss = 0f64;
+    for i in 0..w1.len() {
+        let c = b.i1 + i;
+        match groups {
+            Groups::Dynamic { group_size } if c.is_multiple_of(*group_size) => {
+                let end = (c + group_size).min(b.cols);
+                (scale, zero) = find_params(&row[c..end], grid);
+                let g = c / group_size;
+                (scale_out[g], zero_out[g]) = (scale, zero);
+            }
+            Groups::Static {
+                scale: s,
+                zero: z,
+                n_groups,
+                col_group,
+            } => {
+                let at = r * n_groups + col_group[c] as usize;
+                (scale, zero) = (s[at], z[at]);
+            }
+            _ => {}
+        }
+        let w = w1[i];
+        let q = code(w, scale, zero, grid.maxq);
+        let deq = scale * (q - zero);
+        let d = b.hinv[c * b.cols + c];
+        let e = (w - deq) / d;
+        loss += f64::from((w - deq) * (w - deq) / (d * d));
+        let h = &b.hinv[c * b.cols + b.i1..c * b.cols + b.i2];
+        for (wj, &hj) in w1[i..].iter_mut().zip(&h[i..]) {
+            *wj -= e * hj;
+        }
+        codes[c] = q as u8;
+        err[i] = e;
+    }
+    loss
+}
+
+fn check(b: &Block, groups: &Groups, out: &BlockOut) -> Result<()> {
+    let bad = |what: &str| Err(QfastError::InvalidArgument(format!("gptq block: {what}")));
+    let count = b.i2.saturating_sub(b.i1);
+    if b.i1 >= b.i2 || b.i2 > b.cols {
+        return bad("columns out of range");
+    }
+    if b.w.len() != b.rows * b.cols || b.hinv.len() != b.cols * b.cols {
+        return bad("w or hinv has the wrong size");
+    }
+    let ng = out.n_groups.max(1);
+    if out.codes.len() != b.rows * b.cols
+        || out.err.len() != b.rows * count
+        || out.scale.len() != b.rows * ng
+        || out.zero.len() != b.rows * ng
+    {
+        return bad("an output has the wrong size");
+    }
+    match *groups {
+        Groups::PerRow { scale, zero } if scale.len() != b.rows || zero.len() != b.rows => {
+            bad("per-row grids have the wrong size")
+        }
+        Groups::Dynamic { group_size } if group_size == 0 || b.cols.div_ceil(group_size) > ng => {
+            bad("group_size does not match n_groups")
+        }
+        Groups::Static {
+            scale,
+            zero,
+            n_groups,
+            col_group,
+        } if scale.len() != b.rows * n_groups
+            || zero.len() != b.rows * n_groups
+            || col_group.len() != b.cols
+            || col_group.iter().any(|&g| g as usize >= n_groups) =>
+        {
+            bad("static grids or column groups have the wrong size")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairwise_matches_numpy_small_and_large() {
+        // Exact small sums, and the split of a long run (the halves are summed separately).
+        assert_eq!(pairwise_sum(&[1.0, 2.0, 3.0]), 6.0);
+        let v: Vec<f32> = (0..1000).map(|i| (i as f32).sqrt()).collect();
+        let half = 496; // 500 rounded down to a multiple of 8
+        assert_eq!(
+            pairwise_sum(&v),
+            pairwise_sum(&v[..half]) + pairwise_sum(&v[half..])
+        );
+    }
+
+    #[test]
+    fn find_params_reference_grid() {
+        let g = Grid {
+            maxq: 15.0,
+            symmetric: false,
+            mse: None,
+        };
+        // Range [0.0, 3.0] (0 included): scale 0.2, zero 0.
+        assert_eq!(find_params(&[1.0, 3.0], &g), (0.2, 0.0));
+        // All zero: [-1, 1].
+        assert_eq!(find_params(&[0.0, 0.0], &g), (2.0 / 15.0, 8.0));
+        let s = Grid {
+            symmetric: true,
+            ..g
+        };
+        // Symmetric: scale 2·max|x| / 15, zero 8.
+        assert_eq!(find_params(&[-3.0, 1.5], &s), (6.0 / 15.0, 8.0));
+    }
+}

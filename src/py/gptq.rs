@@ -1,0 +1,130 @@
+//! Binding of GPTQ's column loop (`qfast.gptq` runs the factorisation, the block order and the
+//! lazy BLAS updates in Python/NumPy).
+
+use super::to_py;
+use crate::algo::gptq::{self, Block, BlockOut, Grid, Groups, Mse};
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+fn grid(bits: u32, symmetric: bool, mse: Option<(f32, usize, f64)>) -> PyResult<Grid> {
+    if !(1..=8).contains(&bits) {
+        return Err(PyValueError::new_err(format!("bits={bits}: use 1 to 8")));
+    }
+    Ok(Grid {
+        maxq: ((1u32 << bits) - 1) as f32,
+        symmetric,
+        mse: mse.map(|(norm, grid, max_shrink)| Mse {
+            norm,
+            grid,
+            max_shrink,
+        }),
+    })
+}
+
+/// gptq_find_params(x, bits, symmetric, mse)
+/// --
+///
+/// The reference grid of each row of `x` (`[rows, n]` float32): `(scale, zero)`, float32
+/// `[rows]` each. `mse`: `None` or `(norm, grid, max_shrink)`.
+#[pyfunction]
+#[pyo3(signature = (x, bits, symmetric, mse=None))]
+#[allow(clippy::type_complexity)]
+pub fn gptq_find_params<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    bits: u32,
+    symmetric: bool,
+    mse: Option<(f32, usize, f64)>,
+) -> PyResult<(
+    Bound<'py, numpy::PyArray1<f32>>,
+    Bound<'py, numpy::PyArray1<f32>>,
+)> {
+    let g = grid(bits, symmetric, mse)?;
+    let n = x.shape()[1];
+    let xs = x.as_slice()?;
+    let params: Vec<(f32, f32)> = py.detach(|| {
+        if n == 0 {
+            return vec![];
+        }
+        xs.chunks(n).map(|row| gptq::find_params(row, &g)).collect()
+    });
+    let (s, z): (Vec<f32>, Vec<f32>) = params.into_iter().unzip();
+    Ok((
+        numpy::PyArray1::from_vec(py, s),
+        numpy::PyArray1::from_vec(py, z),
+    ))
+}
+
+/// gptq_block(w, hinv, i1, i2, bits, symmetric, mse, codes, err, scale, zero, group_size,
+///            static_groups, col_group)
+/// --
+///
+/// GPTQ's column loop over columns `i1..i2` of `w` (`[rows, cols]` float32, processing
+/// order; `hinv` the upper Cholesky factor of `H⁻¹`). Writes the block's codes into `codes`
+/// (`[rows, cols]` uint8), the scaled errors into `err` (`[rows, i2 - i1]`) and, for dynamic
+/// groups, the grids of the groups that start in the block into `scale` / `zero`
+/// (`[rows, n_groups]`). Grids: `group_size=None` and not `static_groups`: `scale` / `zero`
+/// hold one grid per row (`[rows, 1]`), read only; `static_groups`: they hold every group's
+/// grid, read only, and column `c` uses group `col_group[c]`. Returns the block's loss.
+#[pyfunction]
+#[pyo3(signature = (w, hinv, i1, i2, bits, symmetric, mse, codes, err, scale, zero,
+                    group_size, static_groups, col_group))]
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_block<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray2<'py, f32>,
+    hinv: PyReadonlyArray2<'py, f32>,
+    i1: usize,
+    i2: usize,
+    bits: u32,
+    symmetric: bool,
+    mse: Option<(f32, usize, f64)>,
+    mut codes: PyReadwriteArray2<'py, u8>,
+    mut err: PyReadwriteArray2<'py, f32>,
+    mut scale: PyReadwriteArray2<'py, f32>,
+    mut zero: PyReadwriteArray2<'py, f32>,
+    group_size: Option<usize>,
+    static_groups: bool,
+    col_group: PyReadonlyArray1<'py, u32>,
+) -> PyResult<f64> {
+    let g = grid(bits, symmetric, mse)?;
+    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+    let n_groups = scale.shape()[1];
+    let col_group = col_group.as_slice()?;
+    let (ws, hs) = (w.as_slice()?, hinv.as_slice()?);
+    let (s, z) = (scale.as_slice_mut()?, zero.as_slice_mut()?);
+    let (codes, err) = (codes.as_slice_mut()?, err.as_slice_mut()?);
+    let block = Block {
+        w: ws,
+        rows,
+        cols,
+        hinv: hs,
+        i1,
+        i2,
+    };
+    let fixed_s = s.to_vec();
+    let fixed_z = z.to_vec();
+    let groups = match (group_size, static_groups) {
+        (_, true) => Groups::Static {
+            scale: &fixed_s,
+            zero: &fixed_z,
+            n_groups,
+            col_group,
+        },
+        (Some(group_size), false) => Groups::Dynamic { group_size },
+        (None, false) => Groups::PerRow {
+            scale: &fixed_s,
+            zero: &fixed_z,
+        },
+    };
+    let out = BlockOut {
+        codes,
+        err,
+        scale: s,
+        zero: z,
+        n_groups,
+    };
+    py.detach(|| gptq::quantize_block(&block, &g, &groups, out))
+        .map_err(to_py)
+}

@@ -87,6 +87,18 @@ def hessian(batches):
     return H
 
 
+def hinv(H, percdamp=0.01):
+    """The damped Hessian's ``H⁻¹`` upper Cholesky factor, as ``fasterquant`` computes it."""
+    H = np.array(H, dtype=F32)
+    damp = F32(percdamp) * np.mean(np.diag(H))
+    diag = np.arange(H.shape[0])
+    H[diag, diag] += damp
+    L = np.linalg.cholesky(H)
+    Linv = np.linalg.inv(L)
+    H = Linv.T @ Linv  # torch.cholesky_inverse
+    return np.linalg.cholesky(H).T  # torch.linalg.cholesky(H, upper=True)
+
+
 def fasterquant(
     W,
     H,
@@ -126,14 +138,7 @@ def fasterquant(
     Losses = np.zeros_like(W)
     Q = np.zeros_like(W)
 
-    damp = F32(percdamp) * np.mean(np.diag(H))
-    diag = np.arange(columns)
-    H[diag, diag] += damp
-    L = np.linalg.cholesky(H)
-    Linv = np.linalg.inv(L)
-    H = Linv.T @ Linv  # torch.cholesky_inverse
-    H = np.linalg.cholesky(H).T  # torch.linalg.cholesky(H, upper=True)
-    Hinv = H
+    Hinv = hinv(H, percdamp)
 
     scales, zeros = [], []
     for i1 in range(0, columns, blocksize):

@@ -1,0 +1,17 @@
+"""Small NumPy models whose real activations calibrate and evaluate qfast's quantizers.
+
+- :class:`Bert` (``qfast.models.bert``): a BERT encoder forward pass (all-MiniLM-L6-v2 by
+  default) that captures the inputs of its linear layers and evaluates replaced weights.
+- :func:`calibration_paragraphs` / :func:`heldout_paragraphs` (``qfast.models.text``): disjoint
+  sets of English Wikipedia paragraphs to calibrate on and to measure on.
+
+Importing this package needs only NumPy; loading a model needs the optional packages
+``safetensors`` and ``tokenizers`` (``pip install 'qfast[models]'``), imported on first use.
+"""
+
+from __future__ import annotations
+
+from .bert import Bert, BertConfig
+from .text import calibration_paragraphs, heldout_paragraphs
+
+__all__ = ["Bert", "BertConfig", "calibration_paragraphs", "heldout_paragraphs"]

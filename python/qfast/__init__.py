@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._hqq import hqq
 from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
@@ -19,6 +20,7 @@ __all__ = [
     "dequantize",
     "get_num_threads",
     "gguf",
+    "hqq",
     "linear",
     "matmul_int8",
     "pack_int4",

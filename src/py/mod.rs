@@ -3,6 +3,7 @@
 
 mod gemm;
 mod gguf;
+mod hqq;
 
 use crate::error::QfastError as CoreError;
 use crate::kernels::{self, Element, Granularity, Scheme, StaticParams, Strided};
@@ -332,6 +333,8 @@ mod _qfast {
     use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
     #[pymodule_export]
     use super::gguf::{gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize, gguf_type_info};
+    #[pymodule_export]
+    use super::hqq::{hqq_codes, hqq_error, hqq_init, hqq_step};
     #[pymodule_export]
     use super::{
         cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,

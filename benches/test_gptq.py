@@ -29,7 +29,7 @@ import qfast
 from qfast import _gptq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import gptq_reference as ref  # noqa: E402
+import gptq_reference as ref
 
 F32 = np.float32
 TOKENS = 4096

@@ -9,6 +9,7 @@ from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
 from ._gptq import gptq
 from ._hessian import Hessian
+from ._hqq import hqq
 from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
@@ -24,6 +25,7 @@ __all__ = [
     "get_num_threads",
     "gguf",
     "gptq",
+    "hqq",
     "linear",
     "matmul_int8",
     "pack_int4",

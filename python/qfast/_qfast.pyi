@@ -18,6 +18,10 @@ __all__ = [
     "gguf_type_info",
     "gptq_block",
     "gptq_find_params",
+    "hqq_codes",
+    "hqq_error",
+    "hqq_init",
+    "hqq_step",
     "matmul_int8",
     "pack",
     "pack_linear",
@@ -55,6 +59,32 @@ def dequantize(
     dtype: str,
     out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]: ...
+def hqq_init(
+    w: npt.NDArray[np.float32], shape: list[int], group_size: int, bits: int, round_zero: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def hqq_step(
+    w: npt.NDArray[np.float32],
+    group_size: int,
+    bits: int,
+    scale: npt.NDArray[np.float32],
+    zero: npt.NDArray[np.float32],
+    beta: float,
+    lp_norm: float,
+) -> tuple[npt.NDArray[np.float32], float]: ...
+def hqq_codes(
+    w: npt.NDArray[np.float32],
+    group_size: int,
+    bits: int,
+    scale: npt.NDArray[np.float32],
+    zero: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.uint8], float]: ...
+def hqq_error(
+    w: npt.NDArray[np.float32],
+    group_size: int,
+    bits: int,
+    scale: npt.NDArray[np.float32],
+    zero: npt.NDArray[np.float32],
+) -> float: ...
 def pack(codes: npt.NDArray[np.uint8], n: int, bits: int) -> npt.NDArray[np.uint8]: ...
 def unpack(
     packed: npt.NDArray[np.uint8], line_bytes: int, n: int, bits: int, signed: bool

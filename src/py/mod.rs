@@ -4,6 +4,7 @@
 mod gemm;
 mod gguf;
 mod gptq;
+mod hqq;
 
 use crate::error::QfastError as CoreError;
 use crate::kernels::{self, Element, Granularity, Scheme, StaticParams, Strided};
@@ -335,6 +336,8 @@ mod _qfast {
     use super::gguf::{gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize, gguf_type_info};
     #[pymodule_export]
     use super::gptq::{gptq_block, gptq_find_params};
+    #[pymodule_export]
+    use super::hqq::{hqq_codes, hqq_error, hqq_init, hqq_step};
     #[pymodule_export]
     use super::{
         cpu_info, dequantize, get_num_threads, pack, quantize, set_num_threads, unpack, QfastError,

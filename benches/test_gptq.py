@@ -39,7 +39,7 @@ OPTS = dict(bits=4, group_size=128, symmetric=True, act_order=True)
 
 class Layer:
     def __init__(self, shape: tuple[int, int]) -> None:
-        rows, cols = shape
+        cols = shape[1]
         rng = np.random.default_rng(0)
         self.W = rng.standard_normal(shape, dtype=F32)
         # Correlated channels of different scales, as real activations.

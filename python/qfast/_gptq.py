@@ -35,31 +35,52 @@ F32 = np.float32
 
 # Triangular inverses below this size are one LAPACK call.
 _TRI_LEAF = 256
+# Columns per panel of the blocked Cholesky factorisation.
+_CHOL_BLOCK = 512
 # Damping is doubled at most this many times before giving up.
 _DAMP_RETRIES = 8
 
 
-def _inv_upper(R: np.ndarray) -> np.ndarray:
-    """The inverse of an upper-triangular ``R``, by halves, so the work is BLAS products."""
+def _inv_upper(R: np.ndarray, out: np.ndarray) -> None:
+    """Writes the inverse of an upper-triangular ``R`` into the upper triangle of ``out``, by
+    halves, so the work is BLAS products: ``[[A, B], [0, C]]⁻¹ = [[A⁻¹, -A⁻¹ B C⁻¹], [0, C⁻¹]]``."""
     n = R.shape[0]
     if n <= _TRI_LEAF:
-        return np.triu(np.linalg.inv(R))
+        out[...] = np.triu(np.linalg.inv(R))
+        return
     h = n // 2
-    a_inv, c_inv = _inv_upper(R[:h, :h]), _inv_upper(R[h:, h:])
-    out = np.zeros_like(R)
-    out[:h, :h] = a_inv
-    out[h:, h:] = c_inv
-    out[:h, h:] = -(a_inv @ (R[:h, h:] @ c_inv))
-    return out
+    _inv_upper(R[:h, :h], out[:h, :h])
+    _inv_upper(R[h:, h:], out[h:, h:])
+    out[:h, h:] = -(out[:h, :h] @ (R[:h, h:] @ out[h:, h:]))
+
+
+def _cholesky_in_place(A: np.ndarray) -> None:
+    """Overwrites ``A`` with its lower Cholesky factor, by panels of ``_CHOL_BLOCK`` columns:
+    the trailing updates are BLAS products (NumPy's own ``cholesky`` ran at about a quarter
+    of the BLAS rate here), and no second matrix is allocated (fresh memory is slow to fault
+    in). Raises ``LinAlgError`` when ``A`` is not positive definite."""
+    n = A.shape[0]
+    for k in range(0, n, _CHOL_BLOCK):
+        e = min(k + _CHOL_BLOCK, n)
+        left = A[k:e, :k]
+        Lkk = np.linalg.cholesky(A[k:e, k:e] - left @ left.T)
+        A[k:e, k:e] = Lkk
+        A[k:e, e:] = 0
+        if e < n:
+            A[e:, k:e] = (A[e:, k:e] - A[e:, :k] @ left.T) @ np.linalg.inv(Lkk).T
 
 
 def _upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
     """``U`` upper-triangular with ``H⁻¹ = Uᵀ U`` (torch: ``cholesky(cholesky_inverse(
     cholesky(H)), upper=True)``). With ``J`` the reversal, ``cholesky(J H J) = M`` gives
-    ``H = R Rᵀ``, ``R = J M J`` upper, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and ``U = R⁻¹``."""
-    M = np.linalg.cholesky(H[::-1, ::-1])
-    R = np.ascontiguousarray(M[::-1, ::-1])
-    return np.ascontiguousarray(_inv_upper(R), dtype=F32)
+    ``H = R Rᵀ``, ``R = J M J`` upper, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and ``U = R⁻¹``. ``H`` (a
+    scratch copy) is overwritten."""
+    M = np.ascontiguousarray(H[::-1, ::-1])
+    _cholesky_in_place(M)
+    np.copyto(H, M[::-1, ::-1])  # R, in H's memory
+    M.fill(0)
+    _inv_upper(H, M)
+    return M
 
 
 def hinv_factor(H: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
@@ -185,7 +206,7 @@ def gptq(
         raise ValueError(f"damp must be a positive fraction (e.g. 0.01), got {damp}")
     if static_groups and group_size is None:
         raise ValueError("static_groups needs a group_size")
-    H = _hessian_matrix(hessian, X, cols).copy()
+    H = _hessian_matrix(hessian, X, cols)  # a fresh array: gptq may modify it
     mse_arg = MSE_SEARCH if mse else None
 
     n_groups = 1 if group_size is None else -(-cols // group_size)
@@ -203,7 +224,7 @@ def gptq(
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(cols)
     if act_order:
         W = np.ascontiguousarray(W[:, perm])
-        H = H[perm][:, perm]
+        H = H[np.ix_(perm, perm)]
     U, damp_used = hinv_factor(H, float(damp))
     del H
 
@@ -211,16 +232,22 @@ def gptq(
     if static_groups and group_size is not None:
         col_group = (perm // group_size).astype(np.uint32)
     codes = np.zeros((rows, cols), np.uint8)
+    # One buffer for every block's lazy update: fresh arrays of this size cost more in page
+    # faults than the product itself.
+    update = np.empty(rows * max(cols - block_size, 0), F32)
+    err_buf = np.empty(rows * block_size, F32)
     loss = 0.0
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        err = np.empty((rows, i2 - i1), F32)
+        err = err_buf[: rows * (i2 - i1)].reshape(rows, i2 - i1)
         loss += _qfast.gptq_block(
             W, U, i1, i2, bits, bool(symmetric), mse_arg, codes, err, scale, zero,
             group_size, bool(static_groups), col_group,
         )  # fmt: skip
         if i2 < cols:
-            W[:, i2:] -= err @ U[i1:i2, i2:]
+            tmp = update[: rows * (cols - i2)].reshape(rows, cols - i2)
+            np.matmul(err, U[i1:i2, i2:], out=tmp)
+            np.subtract(W[:, i2:], tmp, out=W[:, i2:])
         if progress is not None:
             progress(i2, cols)
 

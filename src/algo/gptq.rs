@@ -14,6 +14,7 @@
 //! nearest even (`torch.round`), the error update is a product then a difference (no fused
 //! multiply-add), and the MSE search sums its errors in NumPy's pairwise order.
 
+use super::Path;
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
@@ -161,8 +162,8 @@ pub struct BlockOut<'a> {
     pub n_groups: usize,
 }
 
-/// Rows per parallel task: enough work per task (a block is ~8K multiply-subtracts per row)
-/// to amortise the hand-off.
+/// Rows per parallel task (a multiple of [`LANES`]): enough work per task (a block is ~8K
+/// multiply-subtracts per row) to amortise the hand-off.
 const ROWS_PER_TASK: usize = 32;
 
 /// Quantizes block `b` (see the module comment); returns its share of the loss,
@@ -180,86 +181,206 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
         .enumerate()
         .collect();
     let work = b.rows * count * count / 2;
+    let path = Path::active()?;
+    // The block's square of the factor, transposed and contiguous: row `i` holds column `i`,
+    // the coefficients the column pulls from the earlier ones (and its diagonal). In place its
+    // rows lie `cols` floats apart, a stride that maps them onto few cache sets.
+    let hb: Vec<f32> = (b.i1..b.i2)
+        .flat_map(|c| (b.i1..b.i2).map(move |k| b.hinv[k * b.cols + c]))
+        .collect();
+    let hb = &hb[..];
     let sums = parallel::map(tasks, work, |(t, (((codes, err), scale), zero))| {
-        let mut w1 = vec![0f32; count];
-        let mut loss = 0f64;
-        let r0 = t * ROWS_PER_TASK;
-        for (k, ((codes, err), (scale, zero))) in codes
-            .chunks_mut(b.cols)
-            .zip(err.chunks_mut(count))
-            .zip(scale.chunks_mut(ng).zip(zero.chunks_mut(ng)))
-            .enumerate()
-        {
-            let r = r0 + k;
-            let row = &b.w[r * b.cols..(r + 1) * b.cols];
-            loss += quantize_row(b, row, r, grid, groups, &mut w1, codes, err, scale, zero);
-        }
-        loss
+        let rows = Rows {
+            r0: t * ROWS_PER_TASK,
+            codes,
+            err,
+            scale,
+            zero,
+            n_groups: ng,
+        };
+        path.rows(b, hb, grid, groups, rows)
     })?;
     Ok(sums.into_iter().sum())
 }
 
-/// One row of the block; returns its loss. `w1` is scratch for the block's working copy.
-#[allow(clippy::too_many_arguments)]
-fn quantize_row(
-    b: &Block,
-    row: &[f32],
-    r: usize,
-    grid: &Grid,
-    groups: &Groups,
-    w1: &mut [f32],
-    codes: &mut [u8],
-    err: &mut [f32],
-    scale_out: &mut [f32],
-    zero_out: &mut [f32],
-) -> f64 {
-    w1.copy_from_slice(&row[b.i1..b.i2]);
-    let (mut scale, mut zero) = (0f32, 0f32);
-    if let Groups::PerRow { scale: s, zero: z } = groups {
-        (scale, zero) = (s[r], z[r]);
+/// A task's rows of the outputs, from row `r0`.
+struct Rows<'a> {
+    r0: usize,
+    codes: &'a mut [u8],
+    err: &'a mut [f32],
+    scale: &'a mut [f32],
+    zero: &'a mut [f32],
+    n_groups: usize,
+}
+
+/// The block's column loop over a task's rows, [`LANES`] rows at a time; returns their loss.
+#[inline(always)]
+fn rows_task(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
+    let count = b.i2 - b.i1;
+    let ng = rows.n_groups;
+    let mut w1 = vec![[0f32; LANES]; count];
+    let mut loss = 0f64;
+    for (t, (((codes, err), scale), zero)) in rows
+        .codes
+        .chunks_mut(LANES * b.cols)
+        .zip(rows.err.chunks_mut(LANES * count))
+        .zip(rows.scale.chunks_mut(LANES * ng))
+        .zip(rows.zero.chunks_mut(LANES * ng))
+        .enumerate()
+    {
+        let tile = Tile {
+            r0: rows.r0 + t * LANES,
+            n: codes.len() / b.cols,
+            codes,
+            err,
+            scale,
+            zero,
+            n_groups: ng,
+        };
+        loss += quantize_tile(b, hb, grid, groups, &mut w1, tile);
     }
-    if let Groups::Dynamic { group_size } = groups {
-        // A group that started in an earlier block continues here with its grid.
-        if !b.i1.is_multiple_of(*group_size) {
-            let g = b.i1 / group_size;
-            (scale, zero) = (scale_out[g], zero_out[g]);
+    loss
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{rows_task, Block, Grid, Groups, Rows};
+
+    #[target_feature(enable = "avx2")]
+    pub fn rows_avx2(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
+        rows_task(b, hb, grid, groups, rows)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub fn rows_avx512(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
+        rows_task(b, hb, grid, groups, rows)
+    }
+}
+
+impl Path {
+    fn rows(self, b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
+        match self {
+            Path::Portable => rows_task(b, hb, grid, groups, rows),
+            // SAFETY: these paths come from `simd::active()`, which only selects an ISA after
+            // checking that the CPU has its features (AVX2; AVX-512 F and BW).
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { x86::rows_avx2(b, hb, grid, groups, rows) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { x86::rows_avx512(b, hb, grid, groups, rows) },
         }
     }
-    let mut loss = 0f64;
-    for i in 0..w1.len() {
-        let c = b.i1 + i;
+}
+
+/// Rows quantized together: the error update of a column is then one vector operation per
+/// later column, whatever the block's width (row by row, its loop was too short to vectorise
+/// well).
+const LANES: usize = 16;
+
+/// Up to [`LANES`] rows of a task's outputs, from row `r0` (`n` of them).
+struct Tile<'a> {
+    r0: usize,
+    n: usize,
+    codes: &'a mut [u8],
+    err: &'a mut [f32],
+    scale: &'a mut [f32],
+    zero: &'a mut [f32],
+    n_groups: usize,
+}
+
+/// One tile of rows through the block; returns its loss (rows summed in order). `hb` is the
+/// block's square of the factor, transposed (`count × count`); `w1` scratch for the block's working copy,
+/// column by column, a lane per row (lanes past `n` hold zeros and are not written out).
+#[inline(always)]
+fn quantize_tile(
+    b: &Block,
+    hb: &[f32],
+    grid: &Grid,
+    groups: &Groups,
+    w1: &mut [[f32; LANES]],
+    t: Tile,
+) -> f64 {
+    let count = b.i2 - b.i1;
+    let row = |l: usize| &b.w[(t.r0 + l) * b.cols..(t.r0 + l + 1) * b.cols];
+    w1.fill([0.0; LANES]);
+    for l in 0..t.n {
+        for (col, &v) in w1.iter_mut().zip(&row(l)[b.i1..b.i2]) {
+            col[l] = v;
+        }
+    }
+    // Lanes past `n` keep the grid (1, 0): finite arithmetic on their zeros.
+    let (mut scale, mut zero) = ([1f32; LANES], [0f32; LANES]);
+    let ng = t.n_groups;
+    for l in 0..t.n {
         match groups {
-            Groups::Dynamic { group_size } if c.is_multiple_of(*group_size) => {
-                let end = (c + group_size).min(b.cols);
-                (scale, zero) = find_params(&row[c..end], grid);
-                let g = c / group_size;
-                (scale_out[g], zero_out[g]) = (scale, zero);
+            Groups::PerRow { scale: s, zero: z } => {
+                (scale[l], zero[l]) = (s[t.r0 + l], z[t.r0 + l])
             }
-            Groups::Static {
-                scale: s,
-                zero: z,
-                n_groups,
-                col_group,
-            } => {
-                let at = r * n_groups + col_group[c] as usize;
-                (scale, zero) = (s[at], z[at]);
+            // A group that started in an earlier block continues here with its grid.
+            Groups::Dynamic { group_size } if !b.i1.is_multiple_of(*group_size) => {
+                let g = b.i1 / group_size;
+                (scale[l], zero[l]) = (t.scale[l * ng + g], t.zero[l * ng + g]);
             }
             _ => {}
         }
-        let w = w1[i];
-        let q = code(w, scale, zero, grid.maxq);
-        let deq = scale * (q - zero);
-        let d = b.hinv[c * b.cols + c];
-        let e = (w - deq) / d;
-        loss += f64::from((w - deq) * (w - deq) / (d * d));
-        let h = &b.hinv[c * b.cols + b.i1..c * b.cols + b.i2];
-        for (wj, &hj) in w1[i..].iter_mut().zip(&h[i..]) {
-            *wj -= e * hj;
-        }
-        codes[c] = q as u8;
-        err[i] = e;
     }
-    loss
+    let mut loss = [0f64; LANES];
+    let (mut qs, mut es) = (vec![[0u8; LANES]; count], vec![[0f32; LANES]; count]);
+    for i in 0..count {
+        let c = b.i1 + i;
+        for l in 0..t.n {
+            match groups {
+                Groups::Dynamic { group_size } if c.is_multiple_of(*group_size) => {
+                    let end = (c + group_size).min(b.cols);
+                    let (s, z) = find_params(&row(l)[c..end], grid);
+                    let g = c / group_size;
+                    (scale[l], zero[l]) = (s, z);
+                    (t.scale[l * ng + g], t.zero[l * ng + g]) = (s, z);
+                }
+                Groups::Static {
+                    scale: s,
+                    zero: z,
+                    n_groups,
+                    col_group,
+                } => {
+                    let at = (t.r0 + l) * n_groups + col_group[c] as usize;
+                    (scale[l], zero[l]) = (s[at], z[at]);
+                }
+                _ => {}
+            }
+        }
+        // The updates of the earlier columns, pulled in their order: the same roundings as the
+        // reference's push (`W1[:, i:] -= err ⊗ U[i, i:]` column after column), but a loop
+        // the compiler keeps across lanes (pushed, it vectorised across columns with gathers).
+        let mut w = w1[i];
+        for (ek, k) in es[..i].iter().zip(0..) {
+            let h = hb[i * count + k];
+            for l in 0..LANES {
+                w[l] -= ek[l] * h;
+            }
+        }
+        let d = hb[i * count + i];
+        let (mut q, mut e) = ([0f32; LANES], [0f32; LANES]);
+        for l in 0..LANES {
+            q[l] = code(w[l], scale[l], zero[l], grid.maxq);
+            let deq = scale[l] * (q[l] - zero[l]);
+            e[l] = (w[l] - deq) / d;
+            loss[l] += f64::from((w[l] - deq) * (w[l] - deq) / (d * d));
+        }
+        qs[i] = q.map(|v| v as u8);
+        es[i] = e;
+    }
+    // Out row by row (stores across the tile's rows, column by column, were scattered).
+    for l in 0..t.n {
+        let codes = &mut t.codes[l * b.cols + b.i1..l * b.cols + b.i2];
+        for (c, q) in codes.iter_mut().zip(qs.iter()) {
+            *c = q[l];
+        }
+        for (e, ei) in t.err[l * count..(l + 1) * count].iter_mut().zip(es.iter()) {
+            *e = ei[l];
+        }
+    }
+    loss[..t.n].iter().sum()
 }
 
 fn check(b: &Block, groups: &Groups, out: &BlockOut) -> Result<()> {

@@ -16,6 +16,8 @@
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
+use super::Path;
+
 /// hqq clamps `scale` to this (it keeps float16 copies finite); a group with `max == min`
 /// gets it.
 pub const MAX_SCALE: f32 = 2e4;
@@ -571,30 +573,7 @@ mod x86 {
     }
 }
 
-/// Which compilation of the per-group loops runs, from the active ISA path (`QFAST_ISA`).
-/// aarch64 needs no variant: NEON is part of its baseline.
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 impl Path {
-    fn active() -> Result<Path> {
-        use crate::simd::Isa;
-        let isa = crate::simd::active()?.isa;
-        Ok(match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Avx512Vnni => Path::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Path::Avx2,
-            _ => Path::Portable,
-        })
-    }
-
     fn step(
         self,
         w: &[f32],

@@ -1,6 +1,7 @@
 //! qfast: fast quantization kernels with runtime ISA dispatch, and (with the `python`
 //! feature) their NumPy binding.
 
+pub mod algo;
 pub mod error;
 pub mod gguf;
 pub mod kernels;

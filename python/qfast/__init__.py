@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._awq import AWQResult, awq
 from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
 
 __all__ = [
+    "AWQResult",
     "QTensor",
     "QfastError",
     "__version__",
+    "awq",
     "cpu_info",
     "dequantize",
     "get_num_threads",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import gguf
 from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._awq import AWQResult, awq
 from ._gptq import gptq
 from ._hessian import Hessian
 from ._hqq import hqq
@@ -16,10 +17,12 @@ from ._qtensor import QTensor
 from ._rtn import rtn
 
 __all__ = [
+    "AWQResult",
     "Hessian",
     "QTensor",
     "QfastError",
     "__version__",
+    "awq",
     "cpu_info",
     "dequantize",
     "get_num_threads",

@@ -9,6 +9,9 @@ __all__ = [
     "PackedLinear",
     "QfastError",
     "__version__",
+    "awq_clip_search",
+    "awq_pseudo_quantize",
+    "awq_quantize",
     "cpu_info",
     "dequantize",
     "get_num_threads",
@@ -85,6 +88,26 @@ def hqq_error(
     scale: npt.NDArray[np.float32],
     zero: npt.NDArray[np.float32],
 ) -> float: ...
+def awq_pseudo_quantize(
+    w: npt.NDArray[np.float32],
+    group_size: int,
+    bits: int,
+    symmetric: bool,
+    scales: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+) -> None: ...
+def awq_quantize(
+    w: npt.NDArray[np.float32], group_size: int, bits: int, symmetric: bool
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32]]: ...
+def awq_clip_search(
+    w: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    group_size: int,
+    bits: int,
+    symmetric: bool,
+    n_grid: int,
+    n_shrink: int,
+) -> npt.NDArray[np.float32]: ...
 def pack(codes: npt.NDArray[np.uint8], n: int, bits: int) -> npt.NDArray[np.uint8]: ...
 def unpack(
     packed: npt.NDArray[np.uint8], line_bytes: int, n: int, bits: int, signed: bool

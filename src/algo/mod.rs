@@ -2,6 +2,7 @@
 //! at the speed of the hardware (column loops, grid searches, iterations). `kernels` applies a
 //! given or min/max grid; these search for one.
 
+pub mod awq;
 pub mod gptq;
 pub mod hqq;
 

@@ -1,6 +1,7 @@
 //! The binding layer: validates and converts NumPy arrays, releases the GIL around the
 //! kernels, and maps errors to Python exceptions in one place. Nothing else touches PyO3.
 
+mod awq;
 mod gemm;
 mod gguf;
 mod gptq;
@@ -330,6 +331,8 @@ fn get_num_threads() -> usize {
 
 #[pymodule]
 mod _qfast {
+    #[pymodule_export]
+    use super::awq::{awq_clip_search, awq_pseudo_quantize, awq_quantize};
     #[pymodule_export]
     use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
     #[pymodule_export]

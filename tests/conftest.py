@@ -93,6 +93,28 @@ def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
     return python
 
 
+@pytest.fixture(scope="session")
+def isa_outputs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., dict[str, dict[str, np.ndarray]]]:
+    """``isa_outputs(script, num_threads=None)``: runs ``python script OUT.npz`` once per ISA
+    path this CPU can run (``QFAST_ISA`` set) and returns each path's arrays by path name; the
+    script saves them with ``np.savez(sys.argv[1], ...)``."""
+
+    def run(script: Any, num_threads: str | int | None = KEEP) -> dict[str, dict[str, np.ndarray]]:
+        tmp = tmp_path_factory.mktemp("isa")
+        out = {}
+        for isa in qfast.cpu_info()["available"]:
+            path = tmp / f"{isa}.npz"
+            proc = python([str(script), str(path)], make_env(isa, num_threads))
+            assert proc.returncode == 0, f"QFAST_ISA={isa}: {proc.stderr}"
+            with np.load(path) as f:
+                out[isa] = {k: f[k] for k in f.files}
+        return out
+
+    return run
+
+
 def snapshot(q: Any, prefix: str = "") -> dict[str, np.ndarray]:
     """Everything a QTensor holds and gives back (codes, grid, dequantized values)."""
     import ml_dtypes

@@ -234,14 +234,8 @@ def test_thread_count_does_not_change_results(same_bytes):
 
 
 @pytest.mark.skipif(len(AVAILABLE) < 2, reason="only one ISA path on this CPU")
-def test_every_isa_path_gives_the_same_bytes(tmp_path, isa_env, run_python, same_bytes):
-    outs = {}
-    for isa in AVAILABLE:
-        path = tmp_path / f"{isa}.npz"
-        proc = run_python([str(Path(__file__).resolve()), str(path)], isa_env(isa, 2))
-        assert proc.returncode == 0, proc.stderr
-        with np.load(path) as f:
-            outs[isa] = {k: f[k] for k in f.files}
+def test_every_isa_path_gives_the_same_bytes(isa_outputs, same_bytes):
+    outs = isa_outputs(Path(__file__).resolve(), 2)
     for isa in AVAILABLE:
         same_bytes(outs[isa], outs["scalar"], f"{isa} vs scalar")
 

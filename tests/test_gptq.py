@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import gptq_reference as ref
 import numpy as np
 import pytest
 
 import qfast
+
+from conftest import snapshot
 
 F32 = np.float32
 
@@ -198,6 +202,29 @@ def test_threads_do_not_change_results() -> None:
     assert runs[0][3] == runs[1][3]
 
 
+def isa_battery() -> dict[str, np.ndarray]:
+    """GPTQ's outputs on cases that exercise every branch of the Rust column loop."""
+    out = {}
+    cases = [
+        ("ao", dict(group_size=32, act_order=True)),
+        ("static", dict(group_size=48, act_order=True, static_groups=True)),
+        ("row", dict(group_size=None, symmetric=False, bits=3)),
+        ("mse", dict(group_size=64, act_order=False, mse=True, block_size=40)),
+    ]
+    for name, opts in cases:
+        W, X = layer(37, 192, 400, seed=len(name))
+        q = qfast.gptq(W, X, **opts)
+        out.update({f"{name}.{k}": v for k, v in snapshot(q).items()})
+    return out
+
+
+def test_every_isa_path_gives_the_same_bytes(isa_outputs, same_bytes) -> None:
+    outs = isa_outputs(Path(__file__).resolve())
+    for isa, got in outs.items():
+        same_bytes(got, outs["scalar"], f"gptq on {isa} vs scalar")
+    same_bytes(isa_battery(), outs["scalar"], "gptq here vs scalar")
+
+
 def test_dead_columns() -> None:
     W, X = layer(16, 64, 256, seed=8)
     X[:, [3, 40]] = 0  # inputs that never fire: H[i, i] == 0
@@ -283,3 +310,7 @@ def test_errors() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         q = qfast.gptq(W, X[:2])
     assert np.isfinite(q.dequantize()).all()
+
+
+if __name__ == "__main__":  # the ISA-path test runs this file under each QFAST_ISA
+    np.savez(sys.argv[1], **isa_battery())

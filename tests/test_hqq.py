@@ -194,18 +194,12 @@ np.savez(sys.argv[1], isa=np.array(qfast.cpu_info()["isa"]), **out)
 
 
 @pytest.fixture(scope="module")
-def isa_results(tmp_path_factory, isa_env, run_python) -> dict[str, dict[str, np.ndarray]]:
-    tmp = tmp_path_factory.mktemp("hqq_isa")
-    script = tmp / "hqq_isa.py"
+def isa_results(tmp_path_factory, isa_outputs) -> dict[str, dict[str, np.ndarray]]:
+    script = tmp_path_factory.mktemp("hqq_isa") / "hqq_isa.py"
     script.write_text(ISA_SCRIPT)
-    results = {}
-    for isa in AVAILABLE:
-        path = tmp / f"{isa}.npz"
-        proc = run_python([str(script), str(path)], isa_env(isa))
-        assert proc.returncode == 0, proc.stderr
-        with np.load(path) as f:
-            results[isa] = {k: f[k] for k in f.files}
-        assert str(results[isa]["isa"]) == isa
+    results = isa_outputs(script)
+    for isa, got in results.items():
+        assert str(got["isa"]) == isa
     return results
 
 

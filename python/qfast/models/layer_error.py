@@ -104,7 +104,7 @@ def layer_errors(
         for m in methods:
             deq, scales = quantize_layer(m, W, Xc, hessians[key], name, bits, group_size)
             errors[m] = _error(Xh, W, deq, scales)
-        out.append(LayerError(name, tuple(W.shape), errors))  # type: ignore[arg-type]
+        out.append(LayerError(name, (W.shape[0], W.shape[1]), errors))
     return out
 
 

@@ -14,7 +14,7 @@
 //! nearest even (`torch.round`), the error update is a product then a difference (no fused
 //! multiply-add), and the MSE search sums its errors in NumPy's pairwise order.
 
-use super::Path;
+use super::{pairwise_sum, Path};
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
@@ -90,34 +90,6 @@ fn code(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
 #[inline(always)]
 fn fake_quant(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
     scale * (code(x, scale, zero, maxq) - zero)
-}
-
-/// NumPy's float32 `sum` of a contiguous run (its pairwise algorithm: eight interleaved
-/// partial sums per block of up to 128, blocks combined by halving), so the MSE search picks
-/// the same grid point as a NumPy transcription on near ties.
-pub fn pairwise_sum(a: &[f32]) -> f32 {
-    let n = a.len();
-    if n < 8 {
-        return a.iter().fold(-0.0, |s, &v| s + v);
-    }
-    if n <= 128 {
-        let mut r = [0f32; 8];
-        r.copy_from_slice(&a[..8]);
-        let whole = n - n % 8;
-        for c in a[8..whole].chunks_exact(8) {
-            for (ri, &v) in r.iter_mut().zip(c) {
-                *ri += v;
-            }
-        }
-        let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for &v in &a[whole..] {
-            s += v;
-        }
-        return s;
-    }
-    let mut half = n / 2;
-    half -= half % 8;
-    pairwise_sum(&a[..half]) + pairwise_sum(&a[half..])
 }
 
 /// Where each column's grid comes from.
@@ -432,7 +404,7 @@ mod tests {
         // Exact small sums, and the split of a long run (the halves are summed separately).
         assert_eq!(pairwise_sum(&[1.0, 2.0, 3.0]), 6.0);
         let v: Vec<f32> = (0..1000).map(|i| (i as f32).sqrt()).collect();
-        let half = 496; // 500 rounded down to a multiple of 8
+        let half = super::super::tree_split(1000); // 500 rounded down to a multiple of 8
         assert_eq!(
             pairwise_sum(&v),
             pairwise_sum(&v[..half]) + pairwise_sum(&v[half..])
@@ -448,8 +420,8 @@ mod tests {
         };
         // Range [0.0, 3.0] (0 included): scale 0.2, zero 0.
         assert_eq!(find_params(&[1.0, 3.0], &g), (0.2, 0.0));
-        // All zero: [-1, 1].
-        assert_eq!(find_params(&[0.0, 0.0], &g), (2.0 / 15.0, 8.0));
+        // All zero: [-1, 1]; 1 / (2/15 in float32) = 7.4999996 rounds to 7.
+        assert_eq!(find_params(&[0.0, 0.0], &g), (2.0 / 15.0, 7.0));
         let s = Grid {
             symmetric: true,
             ..g

@@ -16,7 +16,7 @@
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
-use super::Path;
+use super::{pairwise_sum, tree_split, Path};
 
 /// hqq clamps `scale` to this (it keeps float16 copies finite); a group with `max == min`
 /// gets it.
@@ -258,12 +258,6 @@ pub fn error_f32(w: &[f32], grid: &Grid, scale: &[f32], zero: &[f32]) -> Result<
 /// Subtrees of NumPy's pairwise recursion of at most this many values are one task.
 const TREE_TASK: usize = 1 << 16;
 
-/// The split point of NumPy's pairwise recursion for `n > 128` values.
-fn tree_split(n: usize) -> usize {
-    let half = n / 2;
-    half - half % 8
-}
-
 /// The `(start, len)` subtrees of at most [`TREE_TASK`] values, in order.
 fn split_tree(start: usize, n: usize, out: &mut Vec<(usize, usize)>) {
     if n <= TREE_TASK {
@@ -443,34 +437,6 @@ fn shrunk_terms(
 ) {
     for l in 0..LANES {
         t[l] = q[l] - (x[l] - shrink.apply(d[l])) * s;
-    }
-}
-
-/// NumPy's float32 summation (`pairwise_sum_FLOAT`), operation for operation: runs of at most
-/// 128 values summed in 8 lanes folded as `((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7))`, then the
-/// rest one by one; longer runs split in two at a multiple of 8. The order of a float32 mean
-/// is arbitrary (torch's differs again), but sharing NumPy's lets the tests hold the zero
-/// points to a NumPy transcription of hqq bit for bit: a different rounding of one mean can
-/// flip a code next iteration, and the zero point with it by `1 / group_size`.
-fn pairwise_sum(a: &[f32]) -> f32 {
-    const BLOCK: usize = 128;
-    let n = a.len();
-    if n < 8 {
-        a.iter().fold(-0.0, |r, &v| r + v)
-    } else if n <= BLOCK {
-        let mut r = [0f32; 8];
-        r.copy_from_slice(&a[..8]);
-        let full = n - n % 8;
-        for block in a[8..full].chunks_exact(8) {
-            for j in 0..8 {
-                r[j] += block[j];
-            }
-        }
-        let res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        a[full..].iter().fold(res, |r, &v| r + v)
-    } else {
-        let split = tree_split(n);
-        pairwise_sum(&a[..split]) + pairwise_sum(&a[split..])
     }
 }
 

@@ -312,5 +312,36 @@ def test_errors() -> None:
     assert np.isfinite(q.dequantize()).all()
 
 
+@pytest.fixture(scope="module")
+def minilm_layer0() -> dict[str, np.ndarray]:
+    pytest.importorskip("tokenizers")
+    from qfast.models import Bert, calibration_paragraphs
+
+    bert = Bert.load()
+    names = ["encoder.layer.0.attention.self.query", "encoder.layer.0.intermediate.dense"]
+    X = bert.capture_linear_inputs(calibration_paragraphs(12))
+    out = {}
+    for n in names:
+        out[n + ".W"] = np.asarray(bert.linear_weight(n), F32)
+        out[n + ".X"] = X[n]
+    return out
+
+
+@pytest.mark.parametrize("ao", [False, True])
+@pytest.mark.parametrize("layer_name", ["attention.self.query", "intermediate.dense"])
+def test_real_layer_matches_reference(minilm_layer0, layer_name: str, ao: bool) -> None:
+    # all-MiniLM-L6-v2's weights and their real inputs (Wikipedia text through the model).
+    name = f"encoder.layer.0.{layer_name}"
+    W, X = minilm_layer0[name + ".W"], minilm_layer0[name + ".X"]
+    H = ref.hessian([X])
+    q = qfast.gptq(W, hessian=H, group_size=64, symmetric=False, act_order=ao)
+    want, Q, *_ = ref_codes(W, H, sym=False, groupsize=64, actorder=ao)
+    same = np.mean(qcodes(q) == want)
+    assert same >= (0.99 if ao else 0.999), same
+    err = np.linalg.norm(X @ (W - q.dequantize()).T) ** 2
+    err_ref = np.linalg.norm(X @ (W - Q).T) ** 2
+    assert abs(err - err_ref) <= 0.01 * err_ref
+
+
 if __name__ == "__main__":  # the ISA-path test runs this file under each QFAST_ISA
     np.savez(sys.argv[1], **isa_battery())

@@ -19,7 +19,6 @@ they stand at the start of the block that reaches it, as the reference takes it.
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,15 @@ import numpy as np
 from . import _qfast
 from ._hessian import Hessian
 from ._qtensor import QTensor
-from ._rtn import MSE_SEARCH, as_weight, check_bits, check_group_size, grid_params, to_qtensor
+from ._rtn import (
+    MSE_SEARCH,
+    as_int,
+    as_weight,
+    check_bits,
+    check_group_size,
+    grid_params,
+    to_qtensor,
+)
 
 F32 = np.float32
 
@@ -140,16 +147,6 @@ def _hessian_matrix(hessian: Any, X: Any, cols: int) -> np.ndarray:
     return H
 
 
-def _positive(value: Any, name: str) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be at least 1, got {v}")
-    return v
-
-
 def gptq(
     W: Any,
     X: Any = None,
@@ -201,7 +198,7 @@ def gptq(
     W = as_weight(W)
     rows, cols = W.shape
     group_size = check_group_size(group_size, cols)
-    block_size = _positive(block_size, "block_size")
+    block_size = as_int(block_size, "block_size", minimum=1)
     if not (np.isfinite(damp) and damp > 0):
         raise ValueError(f"damp must be a positive fraction (e.g. 0.01), got {damp}")
     if static_groups and group_size is None:

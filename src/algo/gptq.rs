@@ -164,6 +164,7 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
     let sums = parallel::map(tasks, work, |(t, (((codes, err), scale), zero))| {
         let rows = Rows {
             r0: t * ROWS_PER_TASK,
+            n: codes.len() / b.cols,
             codes,
             err,
             scale,
@@ -175,9 +176,10 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
     Ok(sums.into_iter().sum())
 }
 
-/// A task's rows of the outputs, from row `r0`.
+/// Rows `r0..r0 + n` of the outputs (a task's, or a tile's of [`LANES`]).
 struct Rows<'a> {
     r0: usize,
+    n: usize,
     codes: &'a mut [u8],
     err: &'a mut [f32],
     scale: &'a mut [f32],
@@ -200,7 +202,7 @@ fn rows_task(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) ->
         .zip(rows.zero.chunks_mut(LANES * ng))
         .enumerate()
     {
-        let tile = Tile {
+        let tile = Rows {
             r0: rows.r0 + t * LANES,
             n: codes.len() / b.cols,
             codes,
@@ -249,20 +251,10 @@ impl Path {
 /// well).
 const LANES: usize = 16;
 
-/// Up to [`LANES`] rows of a task's outputs, from row `r0` (`n` of them).
-struct Tile<'a> {
-    r0: usize,
-    n: usize,
-    codes: &'a mut [u8],
-    err: &'a mut [f32],
-    scale: &'a mut [f32],
-    zero: &'a mut [f32],
-    n_groups: usize,
-}
-
-/// One tile of rows through the block; returns its loss (rows summed in order). `hb` is the
-/// block's square of the factor, transposed (`count × count`); `w1` scratch for the block's working copy,
-/// column by column, a lane per row (lanes past `n` hold zeros and are not written out).
+/// One tile of at most [`LANES`] rows through the block; returns its loss (rows summed in
+/// order). `hb` is the block's square of the factor, transposed (`count × count`); `w1`
+/// scratch for the block's working copy, column by column, a lane per row (lanes past `n`
+/// hold zeros and are not written out).
 #[inline(always)]
 fn quantize_tile(
     b: &Block,
@@ -270,7 +262,7 @@ fn quantize_tile(
     grid: &Grid,
     groups: &Groups,
     w1: &mut [[f32; LANES]],
-    t: Tile,
+    t: Rows,
 ) -> f64 {
     let count = b.i2 - b.i1;
     let row = |l: usize| &b.w[(t.r0 + l) * b.cols..(t.r0 + l + 1) * b.cols];

@@ -305,6 +305,12 @@ def test_errors() -> None:
         qfast.Hessian(64).matrix()
     with pytest.warns(RuntimeWarning, match="rank-deficient"):
         qfast.gptq(W, X[:10])
+    with pytest.raises(ValueError, match="overflows float32"):
+        qfast.gptq(W, X * F32(1e20))
+    # a single input column (a 1x1 Hessian) and a single row
+    q = qfast.gptq(W[:, :1], X[:, :1])
+    np.testing.assert_array_equal(q.dequantize(), qfast.rtn(W[:, :1]).dequantize())
+    assert qfast.gptq(W[:1], X).shape == (1, 64)
     # a Hessian with far fewer rows than columns still quantizes, thanks to damping
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

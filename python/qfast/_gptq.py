@@ -82,7 +82,7 @@ def _upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
     cholesky(H)), upper=True)``). With ``J`` the reversal, ``cholesky(J H J) = M`` gives
     ``H = R Rᵀ``, ``R = J M J`` upper, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and ``U = R⁻¹``. ``H`` (a
     scratch copy) is overwritten."""
-    M = np.ascontiguousarray(H[::-1, ::-1])
+    M = np.array(H[::-1, ::-1], order="C")  # a copy (ascontiguousarray may return a view)
     _cholesky_in_place(M)
     np.copyto(H, M[::-1, ::-1])  # R, in H's memory
     M.fill(0)
@@ -138,12 +138,21 @@ def _hessian_matrix(hessian: Any, X: Any, cols: int) -> np.ndarray:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return hessian.matrix()
+        H = hessian.matrix()
+        if not np.isfinite(H).all():
+            raise ValueError(
+                "the Hessian overflows float32 (calibration inputs up to "
+                f"{hessian.max_abs:.3g}); scale the inputs down"
+            )
+        return H
     H = np.array(hessian, dtype=F32, order="C")
     if H.shape != (cols, cols):
         raise ValueError(f"hessian has shape {H.shape}; W needs ({cols}, {cols})")
     if not np.isfinite(H).all():
-        raise ValueError("hessian contains NaN or Inf; check the calibration inputs")
+        raise ValueError(
+            "hessian contains NaN or Inf (in float32); check the calibration inputs, or scale "
+            "them down if they are very large"
+        )
     return H
 
 

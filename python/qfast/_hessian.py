@@ -39,6 +39,7 @@ class Hessian:
         self.in_features = n
         self._sum = np.zeros((n, n), np.float64)
         self.n_samples = 0
+        self.max_abs = 0.0  # the largest |x| seen (for the overflow message)
 
     def add(self, x: Any) -> Hessian:
         """Adds a batch of inputs ``x`` (``[..., in_features]``, any float dtype); returns self."""
@@ -54,7 +55,9 @@ class Hessian:
         if rows.shape[0] == 0:
             return self
         check_finite(rows, "calibration inputs")
-        self._sum += rows.T @ rows
+        self.max_abs = max(self.max_abs, float(np.abs(rows).max()))
+        with np.errstate(over="ignore"):  # too large for float32: gptq says so, by name
+            self._sum += rows.T @ rows
         self.n_samples += rows.shape[0]
         return self
 
@@ -62,7 +65,8 @@ class Hessian:
         """``H`` as float32 ``[in_features, in_features]``."""
         if self.n_samples == 0:
             raise ValueError("the Hessian has no samples yet; add() calibration inputs first")
-        return (self._sum * (2.0 / self.n_samples)).astype(F32)
+        with np.errstate(over="ignore"):
+            return (self._sum * (2.0 / self.n_samples)).astype(F32)
 
     def __repr__(self) -> str:
         return f"Hessian(in_features={self.in_features}, n_samples={self.n_samples})"

@@ -265,6 +265,24 @@ def test_linear_runs_gptq_weights() -> None:
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "awq-sym", "hqq", "hqq-3bit"])
+def test_linear_runs_every_method(method: str) -> None:
+    # Each method's QTensor (unsigned codes with int or float zero points, g_idx, signed
+    # AWQ codes) goes straight into qfast.linear, as accurate as its dequantized weight.
+    W, X = layer(48, 128, 300, seed=13)
+    q = {
+        "rtn": lambda: qfast.rtn(W, group_size=64),
+        "gptq": lambda: qfast.gptq(W, X, group_size=64),
+        "awq": lambda: qfast.awq(W, X, group_size=64).qweights[0],
+        "awq-sym": lambda: qfast.awq(W, X, group_size=64, symmetric=True).qweights[0],
+        "hqq": lambda: qfast.hqq(W, 4, 64),
+        "hqq-3bit": lambda: qfast.hqq(W, 3, 64),
+    }[method]()
+    want = X[:8] @ q.dequantize().T
+    got = qfast.linear(X[:8], q, compute="float")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 def test_errors() -> None:
     W, X = layer(8, 64, 128, seed=12)
     with pytest.raises(ValueError, match="exactly one of X"):

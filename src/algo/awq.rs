@@ -361,40 +361,6 @@ fn clip_rows(
     }
 }
 
-/// Defines `$name(isa, args..)`, which runs `$body(args..)` compiled for the ISA path `isa`
-/// (AVX2, AVX-512, or the build's baseline elsewhere). The body is the same code on every
-/// path, without FMA, so every path gives the same bits.
-macro_rules! per_isa {
-    ($name:ident => $body:ident($($arg:ident: $ty:ty),*)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name(isa: Isa, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                match isa {
-                    // SAFETY: simd::active() picks a path only where the CPU has its
-                    // features (AVX2 for `avx2`, AVX-512 F/BW/VL/DQ for the AVX-512 paths).
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    // SAFETY: as above.
-                    Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
-                    _ => {}
-                }
-            }
-            let _ = isa;
-            $body($($arg),*)
-        }
-    };
-}
-
 per_isa!(pseudo_quantize_isa => pseudo_quantize_rows(
     w: &[f32], layout: Layout, grid: Grid, scales: Option<&[f32]>, out: &mut [f32]));
 per_isa!(quantize_isa => quantize_rows(

@@ -14,7 +14,7 @@
 //! nearest even (`torch.round`), the error update is a product then a difference (no fused
 //! multiply-add), and the MSE search sums its errors in NumPy's pairwise order.
 
-use super::{pairwise_sum, Path};
+use super::pairwise_sum;
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
@@ -153,7 +153,7 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
         .enumerate()
         .collect();
     let work = b.rows * count * count / 2;
-    let path = Path::active()?;
+    let isa = crate::simd::active()?.isa;
     // The block's square of the factor, transposed and contiguous: row `i` holds column `i`,
     // the coefficients the column pulls from the earlier ones (and its diagonal). In place its
     // rows lie `cols` floats apart, a stride that maps them onto few cache sets.
@@ -171,7 +171,7 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
             zero,
             n_groups: ng,
         };
-        path.rows(b, hb, grid, groups, rows)
+        rows_isa(isa, b, hb, grid, groups, rows)
     })?;
     Ok(sums.into_iter().sum())
 }
@@ -216,35 +216,8 @@ fn rows_task(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) ->
     loss
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{rows_task, Block, Grid, Groups, Rows};
-
-    #[target_feature(enable = "avx2")]
-    pub fn rows_avx2(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
-        rows_task(b, hb, grid, groups, rows)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub fn rows_avx512(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
-        rows_task(b, hb, grid, groups, rows)
-    }
-}
-
-impl Path {
-    fn rows(self, b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
-        match self {
-            Path::Portable => rows_task(b, hb, grid, groups, rows),
-            // SAFETY: these paths come from `simd::active()`, which only selects an ISA after
-            // checking that the CPU has its features (AVX2; AVX-512 F and BW).
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => unsafe { x86::rows_avx2(b, hb, grid, groups, rows) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => unsafe { x86::rows_avx512(b, hb, grid, groups, rows) },
-        }
-    }
-}
+per_isa!(rows_isa => rows_task(
+    b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64);
 
 /// Rows quantized together: the error update of a column is then one vector operation per
 /// later column, whatever the block's width (row by row, its loop was too short to vectorise

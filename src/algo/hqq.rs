@@ -16,7 +16,7 @@
 use crate::error::{QfastError, Result};
 use crate::parallel;
 
-use super::{pairwise_sum, tree_split, Path};
+use super::{pairwise_sum, tree_split};
 
 /// hqq clamps `scale` to this (it keeps float16 copies finite); a group with `max == min`
 /// gets it.
@@ -193,7 +193,7 @@ pub fn step(
     shrink: &Shrink,
 ) -> Result<(Vec<f32>, f64)> {
     grid.check_params(w.len(), scale, zero)?;
-    let path = Path::active()?;
+    let isa = crate::simd::active()?.isa;
     let gpt = grid.groups_per_task();
     let mut new_zero = vec![0f32; zero.len()];
     let items: Vec<_> = w
@@ -203,7 +203,7 @@ pub fn step(
         .zip(new_zero.chunks_mut(gpt))
         .collect();
     let sums = parallel::map(items, w.len(), |(((w, s), z), out)| {
-        path.step(w, grid, s, z, out, shrink)
+        step_isa(isa, w, grid, s, z, out, shrink)
     })?;
     Ok((new_zero, sums.into_iter().sum()))
 }
@@ -220,7 +220,7 @@ pub fn codes(w: &[f32], grid: &Grid, scale: &[f32], zero: &[f32], out: &mut [u8]
             out.len()
         )));
     }
-    let path = Path::active()?;
+    let isa = crate::simd::active()?.isa;
     let gpt = grid.groups_per_task();
     let items: Vec<_> = w
         .chunks(gpt * grid.group_size)
@@ -229,7 +229,7 @@ pub fn codes(w: &[f32], grid: &Grid, scale: &[f32], zero: &[f32], out: &mut [u8]
         .zip(out.chunks_mut(gpt * grid.group_size))
         .collect();
     let sums = parallel::map(items, w.len(), |(((w, s), z), out)| {
-        path.codes(w, grid, s, z, out)
+        codes_isa(isa, w, grid, s, z, out)
     })?;
     Ok(sums.into_iter().sum())
 }
@@ -498,81 +498,10 @@ fn codes_task(w: &[f32], grid: &Grid, scale: &[f32], zero: &[f32], out: &mut [u8
 
 // --- ISA paths -------------------------------------------------------------------------
 
-/// The same Rust code compiled for wider vectors: the arithmetic is identical, only the
-/// instruction selection differs (LLVM never contracts or reorders float operations).
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{codes_task, step_task, Grid, Shrink};
-
-    #[target_feature(enable = "avx2")]
-    pub fn step_avx2(
-        w: &[f32],
-        grid: &Grid,
-        s: &[f32],
-        z: &[f32],
-        out: &mut [f32],
-        sh: &Shrink,
-    ) -> f64 {
-        step_task(w, grid, s, z, out, sh)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn codes_avx2(w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [u8]) -> f64 {
-        codes_task(w, grid, s, z, out)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub fn step_avx512(
-        w: &[f32],
-        grid: &Grid,
-        s: &[f32],
-        z: &[f32],
-        out: &mut [f32],
-        sh: &Shrink,
-    ) -> f64 {
-        step_task(w, grid, s, z, out, sh)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub fn codes_avx512(w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [u8]) -> f64 {
-        codes_task(w, grid, s, z, out)
-    }
-}
-
-impl Path {
-    fn step(
-        self,
-        w: &[f32],
-        grid: &Grid,
-        s: &[f32],
-        z: &[f32],
-        out: &mut [f32],
-        sh: &Shrink,
-    ) -> f64 {
-        match self {
-            Path::Portable => step_task(w, grid, s, z, out, sh),
-            // SAFETY: these paths come from `simd::active()`, which only selects an ISA after
-            // checking that the CPU has its features (AVX2; AVX-512 F and BW).
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => unsafe { x86::step_avx2(w, grid, s, z, out, sh) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => unsafe { x86::step_avx512(w, grid, s, z, out, sh) },
-        }
-    }
-
-    fn codes(self, w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [u8]) -> f64 {
-        match self {
-            Path::Portable => codes_task(w, grid, s, z, out),
-            // SAFETY: as in `step`.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => unsafe { x86::codes_avx2(w, grid, s, z, out) },
-            // SAFETY: as in `step`.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => unsafe { x86::codes_avx512(w, grid, s, z, out) },
-        }
-    }
-}
+per_isa!(step_isa => step_task(
+    w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [f32], sh: &Shrink) -> f64);
+per_isa!(codes_isa => codes_task(
+    w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [u8]) -> f64);
 
 // --- errors ------------------------------------------------------------------------------
 

@@ -2,38 +2,45 @@
 //! at the speed of the hardware (column loops, grid searches, iterations). `kernels` applies a
 //! given or min/max grid; these search for one.
 
+/// Defines `$name(isa, args..)`, which runs `$body(args..)` compiled for the ISA path `isa`
+/// (AVX2, AVX-512, or the build's baseline elsewhere; aarch64 needs no variant: NEON is part
+/// of its baseline). The body is the same Rust code on every path, and LLVM never contracts
+/// or reorders float operations, so every path gives the same bits.
+macro_rules! per_isa {
+    ($name:ident => $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: crate::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::simd::Isa;
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match isa {
+                    // SAFETY: simd::active() picks a path only where the CPU has its
+                    // features (AVX2 for `avx2`, AVX-512 F/BW/VL/DQ for the AVX-512 paths).
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    // SAFETY: as above.
+                    Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
+                    _ => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod awq;
 pub mod gptq;
 pub mod hqq;
-
-use crate::error::Result;
-
-/// Which compilation of a module's loops runs, from the active ISA path (`QFAST_ISA`): the
-/// same Rust code compiled for wider vectors. The arithmetic is identical on every path (LLVM
-/// never contracts or reorders float operations), only the instruction selection differs.
-/// aarch64 needs no variant: NEON is part of its baseline.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Path {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Path {
-    pub(crate) fn active() -> Result<Path> {
-        use crate::simd::Isa;
-        let isa = crate::simd::active()?.isa;
-        Ok(match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Avx512Vnni => Path::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Path::Avx2,
-            _ => Path::Portable,
-        })
-    }
-}
 
 /// NumPy's float32 summation (`pairwise_sum_FLOAT`), operation for operation: runs of at most
 /// 128 values summed in 8 lanes folded as `((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7))`, then the

@@ -144,14 +144,16 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
     check(b, groups, &out)?;
     let count = b.i2 - b.i1;
     let ng = out.n_groups.max(1);
-    let tasks: Vec<_> = out
-        .codes
-        .chunks_mut(ROWS_PER_TASK * b.cols)
-        .zip(out.err.chunks_mut(ROWS_PER_TASK * count))
-        .zip(out.scale.chunks_mut(ROWS_PER_TASK * ng))
-        .zip(out.zero.chunks_mut(ROWS_PER_TASK * ng))
-        .enumerate()
-        .collect();
+    let all = Rows {
+        r0: 0,
+        n: b.rows,
+        codes: out.codes,
+        err: out.err,
+        scale: out.scale,
+        zero: out.zero,
+        n_groups: ng,
+    };
+    let tasks = all.split(ROWS_PER_TASK, b.cols, count);
     let work = b.rows * count * count / 2;
     let isa = crate::simd::active()?.isa;
     // The block's square of the factor, transposed and contiguous: row `i` holds column `i`,
@@ -161,18 +163,7 @@ pub fn quantize_block(b: &Block, grid: &Grid, groups: &Groups, out: BlockOut) ->
         .flat_map(|c| (b.i1..b.i2).map(move |k| b.hinv[k * b.cols + c]))
         .collect();
     let hb = &hb[..];
-    let sums = parallel::map(tasks, work, |(t, (((codes, err), scale), zero))| {
-        let rows = Rows {
-            r0: t * ROWS_PER_TASK,
-            n: codes.len() / b.cols,
-            codes,
-            err,
-            scale,
-            zero,
-            n_groups: ng,
-        };
-        rows_isa(isa, b, hb, grid, groups, rows)
-    })?;
+    let sums = parallel::map(tasks, work, |rows| rows_isa(isa, b, hb, grid, groups, rows))?;
     Ok(sums.into_iter().sum())
 }
 
@@ -187,30 +178,37 @@ struct Rows<'a> {
     n_groups: usize,
 }
 
+impl<'a> Rows<'a> {
+    /// Runs of `k` rows (the last may be shorter), rows holding `cols` codes and `count`
+    /// errors.
+    fn split(self, k: usize, cols: usize, count: usize) -> Vec<Rows<'a>> {
+        let (r0, ng) = (self.r0, self.n_groups);
+        self.codes
+            .chunks_mut(k * cols)
+            .zip(self.err.chunks_mut(k * count))
+            .zip(self.scale.chunks_mut(k * ng))
+            .zip(self.zero.chunks_mut(k * ng))
+            .enumerate()
+            .map(|(t, (((codes, err), scale), zero))| Rows {
+                r0: r0 + t * k,
+                n: codes.len() / cols,
+                codes,
+                err,
+                scale,
+                zero,
+                n_groups: ng,
+            })
+            .collect()
+    }
+}
+
 /// The block's column loop over a task's rows, [`LANES`] rows at a time; returns their loss.
 #[inline(always)]
 fn rows_task(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64 {
     let count = b.i2 - b.i1;
-    let ng = rows.n_groups;
     let mut w1 = vec![[0f32; LANES]; count];
     let mut loss = 0f64;
-    for (t, (((codes, err), scale), zero)) in rows
-        .codes
-        .chunks_mut(LANES * b.cols)
-        .zip(rows.err.chunks_mut(LANES * count))
-        .zip(rows.scale.chunks_mut(LANES * ng))
-        .zip(rows.zero.chunks_mut(LANES * ng))
-        .enumerate()
-    {
-        let tile = Rows {
-            r0: rows.r0 + t * LANES,
-            n: codes.len() / b.cols,
-            codes,
-            err,
-            scale,
-            zero,
-            n_groups: ng,
-        };
+    for tile in rows.split(LANES, b.cols, count) {
         loss += quantize_tile(b, hb, grid, groups, &mut w1, tile);
     }
     loss

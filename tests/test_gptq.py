@@ -253,6 +253,8 @@ def test_progress_and_meta() -> None:
     q = qfast.gptq(W, X, block_size=128, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(128, 300), (256, 300), (300, 300)]
     assert q.meta["method"] == "gptq" and q.meta["block_size"] == 128
+    assert "symmetric grid, unsigned codes" in repr(q)
+    assert "asymmetric" in repr(qfast.gptq(W, X, symmetric=False))
     assert q.group_size == 128 and q.scale.shape == (8, 3)  # a ragged last group of 44
 
 

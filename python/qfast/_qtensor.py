@@ -313,7 +313,12 @@ class QTensor:
 
     def __repr__(self) -> str:
         gran = self._granularity()
-        scheme = "symmetric" if self.signed else "asymmetric"
+        if self.signed:
+            scheme = "symmetric"
+        elif self.meta.get("symmetric"):  # GPTQ's symmetric grid: unsigned codes, zero 2^(b-1)
+            scheme = "symmetric grid, unsigned codes"
+        else:
+            scheme = "asymmetric"
         return (
             f"QTensor(shape={self.shape}, bits={self.bits}, {scheme}, {gran}, "
             f"{self.bits_per_weight:.3g} bits/weight)"

@@ -315,16 +315,10 @@ def _qtensor(w: np.ndarray, g: int, bits: int, sym: bool, per_row: bool) -> QTen
     """`w` quantized on AutoAWQ's grid as a QTensor (codes packed for 2 and 4 bits)."""
     rows, n = w.shape
     codes, scale, zero = _qfast.awq_quantize(w, g, bits, sym)
-    if bits in (2, 4):
-        data = _qfast.pack(codes, n, bits).reshape(rows, -1)
-    else:
-        data = codes.reshape(rows, n)
-        if sym:
-            data = data.view(np.int8)
+    codes = codes.reshape(rows, n)  # signed codes as two's complement bytes
     shape = (rows, n // g)
-    return QTensor(
-        data,
-        (rows, n),
+    return QTensor.from_codes(
+        codes.view(np.int8) if sym else codes,
         bits,
         sym,
         scale.reshape(shape),

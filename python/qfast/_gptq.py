@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
+from ._api import _as_int
 from ._hessian import Hessian
 from ._qtensor import QTensor
 from ._rtn import (
     MSE_SEARCH,
-    as_int,
     as_weight,
     check_bits,
     check_group_size,
@@ -207,7 +207,9 @@ def gptq(
     W = as_weight(W)
     rows, cols = W.shape
     group_size = check_group_size(group_size, cols)
-    block_size = as_int(block_size, "block_size", minimum=1)
+    block_size = _as_int(block_size, "block_size")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
     if not (np.isfinite(damp) and damp > 0):
         raise ValueError(f"damp must be a positive fraction (e.g. 0.01), got {damp}")
     if static_groups and group_size is None:

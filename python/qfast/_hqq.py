@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _qfast
 from ._api import _as_int
-from ._qtensor import QTensor, data_shape, param_shape
+from ._qtensor import QTensor, param_shape
 
 _FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
 
@@ -155,8 +155,6 @@ def hqq(
     codes, err_sum = _qfast.hqq_codes(flat, gs, bits, scale, zero)
 
     pshape = param_shape(shape, None, gs)
-    per = {4: 2, 2: 4}.get(bits)
-    data = codes if per is None else _qfast.pack(codes, shape[-1], bits)
     meta = {
         "method": "hqq",
         "lp_norm": lp_norm,
@@ -169,9 +167,8 @@ def hqq(
         "iters_run": iters_run,
         "error": err_sum / flat.size,
     }
-    return QTensor(
-        data.reshape(data_shape(shape, bits)),
-        shape,
+    return QTensor.from_codes(
+        codes.reshape(shape),
         bits,
         False,
         (np.float32(1) / scale).reshape(pshape),

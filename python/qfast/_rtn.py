@@ -18,12 +18,12 @@ AutoGPTQ / GPTQModel keep, so that an RTN baseline and GPTQ differ only in how t
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
 from . import _qfast
+from ._api import _as_int
 from ._qtensor import QTensor
 
 F32 = np.float32
@@ -59,19 +59,8 @@ def check_finite(a: np.ndarray, name: str) -> None:
         )
 
 
-def as_int(value: Any, name: str, minimum: int | None = None) -> int:
-    """``value`` as an int (a TypeError otherwise), at least ``minimum`` if given."""
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {v}")
-    return v
-
-
 def check_bits(bits: Any) -> int:
-    b = as_int(bits, "bits")
+    b = _as_int(bits, "bits")
     if not 2 <= b <= 8:
         raise ValueError(f"bits={b} is not supported; pass bits between 2 and 8")
     return b
@@ -82,7 +71,7 @@ def check_group_size(group_size: Any, cols: int) -> int | None:
     allowed (``cols`` need not be a multiple)."""
     if group_size is None or group_size == -1:  # -1: the reference scripts' "no groups"
         return None
-    g = as_int(group_size, "group_size (or None for one grid per row)")
+    g = _as_int(group_size, "group_size (or None for one grid per row)")
     if g < 1:
         raise ValueError(f"group_size must be at least 1 (or None for one per row), got {g}")
     return min(g, cols)

@@ -20,6 +20,7 @@ import numpy as np
 from . import _qfast
 from ._api import _as_int
 from ._qtensor import QTensor
+from ._rtn import check_finite
 
 F32 = np.float32
 
@@ -63,16 +64,6 @@ def _float32(a: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=F32)
 
 
-def _check_finite(a: np.ndarray, name: str) -> None:
-    bad = ~np.isfinite(a)
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} contains {a[pos]} at index {pos}; AWQ needs finite values "
-            "(replace or mask them first, e.g. np.nan_to_num)"
-        )
-
-
 def _weights(W: Any) -> list[np.ndarray]:
     items = [W] if isinstance(W, np.ndarray) and W.ndim == 2 else list(W)
     if not items:
@@ -83,7 +74,7 @@ def _weights(W: Any) -> list[np.ndarray]:
         arr = _float32(w, name)
         if arr.ndim != 2:
             raise ValueError(f"{name} must be a 2-D [out, in] weight, got shape {arr.shape}")
-        _check_finite(arr, name)
+        check_finite(arr, name)
         out.append(arr)
     if len({w.shape[1] for w in out}) > 1:
         shapes = [w.shape for w in out]
@@ -101,7 +92,7 @@ def _inputs(X: Any, n_in: int) -> np.ndarray:
     x = x.reshape(-1, n_in)
     if x.shape[0] == 0:
         raise ValueError("X has no tokens; pass calibration inputs of shape [tokens, in]")
-    _check_finite(x, "X")
+    check_finite(x, "X")
     if x.shape[0] < MIN_RELIABLE_TOKENS:
         warnings.warn(
             f"X has only {x.shape[0]} tokens; AWQ's search needs a few hundred "

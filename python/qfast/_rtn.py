@@ -55,7 +55,7 @@ def check_finite(a: np.ndarray, name: str) -> None:
         at = np.unravel_index(int(np.argmin(np.isfinite(a).reshape(-1))), a.shape)
         raise ValueError(
             f"{name} contains {a[at]} at index {tuple(int(i) for i in at)}; "
-            "quantization needs finite values (replace or mask them first)"
+            "quantization needs finite values (replace or mask them first, e.g. np.nan_to_num)"
         )
 
 

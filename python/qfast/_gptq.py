@@ -141,8 +141,8 @@ def _hessian_matrix(hessian: Any, X: Any, cols: int) -> np.ndarray:
         H = hessian.matrix()
         if not np.isfinite(H).all():
             raise ValueError(
-                "the Hessian overflows float32 (calibration inputs up to "
-                f"{hessian.max_abs:.3g}); scale the inputs down"
+                "the Hessian overflows float32: the calibration inputs are too large "
+                "(|x|² summed over tokens passes 3.4e38); scale them down"
             )
         return H
     H = np.array(hessian, dtype=F32, order="C")

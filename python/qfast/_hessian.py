@@ -39,7 +39,6 @@ class Hessian:
         self.in_features = n
         self._sum = np.zeros((n, n), np.float64)
         self.n_samples = 0
-        self.max_abs = 0.0  # the largest |x| seen (for the overflow message)
 
     def add(self, x: Any) -> Hessian:
         """Adds a batch of inputs ``x`` (``[..., in_features]``, any float dtype); returns self."""
@@ -55,7 +54,6 @@ class Hessian:
         if rows.shape[0] == 0:
             return self
         check_finite(rows, "calibration inputs")
-        self.max_abs = max(self.max_abs, float(np.abs(rows).max()))
         with np.errstate(over="ignore"):  # too large for float32: gptq says so, by name
             self._sum += rows.T @ rows
         self.n_samples += rows.shape[0]

@@ -479,4 +479,4 @@ def test_import_qfast_does_not_need_tokenizers() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert "pip install 'qfast[models]'" in out.stdout
+    assert "pip install 'qfast-quant[models]'" in out.stdout

@@ -342,7 +342,7 @@ def test_error_without_safetensors(
     synthetic(src)
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
-    expect_error(capsys, ["inspect", src], r"pip install 'qfast\[models\]'")
+    expect_error(capsys, ["inspect", src], r"pip install 'qfast-quant\[models\]'")
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,7 @@ safetensors file in which every 2-D floating-point weight is a QTensor (stored w
 :meth:`QTensor.to_dict` under ``NAME.``); ``qfast inspect FILE`` lists what a file holds.
 
 Every error prints one line on stderr and exits with status 2. Reading and writing safetensors
-files needs the optional ``safetensors`` package (``pip install 'qfast[models]'``).
+files needs the optional ``safetensors`` package (``pip install 'qfast-quant[models]'``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _safetensors() -> ModuleType:
     except ImportError:
         raise CLIError(
             f"{PROG}: error: reading and writing .safetensors files needs the 'safetensors' "
-            "package: pip install 'qfast[models]'"
+            "package: pip install 'qfast-quant[models]'"
         ) from None
     return safetensors.numpy
 

@@ -6,7 +6,7 @@
   sets of English Wikipedia paragraphs to calibrate on and to measure on.
 
 Importing this package needs only NumPy; loading a model needs the optional packages
-``safetensors`` and ``tokenizers`` (``pip install 'qfast[models]'``), imported on first use.
+``safetensors`` and ``tokenizers`` (``pip install 'qfast-quant[models]'``), imported on first use.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Its purpose is to give qfast's quantizers (GPTQ, AWQ, HQQ) the real inputs of ev
 sentence-transformers (mean pooling over the real tokens, then L2 normalisation, as the model
 directory's ``modules.json`` and ``1_Pooling/config.json`` say).
 
-Needs the optional packages ``safetensors`` and ``tokenizers``: ``pip install 'qfast[models]'``.
+Needs the optional packages ``safetensors``, ``tokenizers``: ``pip install 'qfast-quant[models]'``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _require(module: str) -> Any:
     except ImportError:
         package = module.partition(".")[0]
         raise ImportError(
-            f"qfast.models needs the optional package '{package}': pip install 'qfast[models]'"
+            f"qfast.models needs the package '{package}': pip install 'qfast-quant[models]'"
         ) from None
 
 

@@ -17,10 +17,8 @@ form; for keys it is not given it infers the type (see ``save``).
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 import numpy.typing as npt
+
+from ._files import atomic_write
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
@@ -507,15 +507,6 @@ def _write(
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Runs ``write`` on a temporary path beside ``path``, then renames the file to ``path``;
-    if anything fails, removes it and leaves ``path`` as it was."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
+    if anything fails, removes it and leaves ``path`` as it was (``qfast._files.atomic_write``)."""
+    with atomic_write(path) as tmp:
         write(tmp)
-        with open(tmp, "r+b") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -80,13 +80,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600
-        except (AttributeError, OSError):  # no fchmod (Windows), or a file system without modes
-            pass
         os.close(fd)
         fd = -1
         yield tmp
+        # After the write: mkstemp creates 0600, and some writers (safetensors) replace the
+        # file they are given with their own temporary file.
+        with contextlib.suppress(OSError, NotImplementedError):  # a file system without modes
+            os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

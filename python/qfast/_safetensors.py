@@ -203,10 +203,10 @@ def split(entries: Mapping[str, np.ndarray], where: str = "the file") -> dict[st
             i += 1
     out: dict[str, Tensor] = {}
     for key, value in entries.items():
-        prefix = owner.get(key)
-        if prefix is None:
+        if key not in owner:
             out[key] = value
             continue
+        prefix = owner[key]
         name = prefix[:-1] if prefix.endswith(".") else prefix
         if name in out:
             continue

@@ -45,7 +45,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import atomic_write, atomic_write_bytes
+try:
+    from ._files import atomic_write, atomic_write_bytes
+except ImportError:  # this file loaded on its own, outside the qfast package: _files by path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "qfast_files_standalone", Path(__file__).with_name("_files.py")
+    )
+    assert _spec is not None and _spec.loader is not None
+    _files = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_files)
+    atomic_write, atomic_write_bytes = _files.atomic_write, _files.atomic_write_bytes
 
 __all__ = [
     "ASSETS",

@@ -94,7 +94,9 @@ def _save(path: Path, tensors: dict[str, Any], metadata: dict[str, str], prog: s
     except ValueError as e:
         raise CLIError(f"{prog}: error: {e}") from None
     except FileNotFoundError as e:
-        where = e.filename or path.parent
+        if path.parent.is_dir():  # /proc: no new files there
+            raise CLIError(f"{prog}: error: cannot write {path}: {_os_reason(e)}") from None
+        where = path.parent
         raise CLIError(f"{prog}: error: {path}: directory {where} does not exist") from None
     except IsADirectoryError:
         raise CLIError(f"{prog}: error: {path} is a directory; give a file name") from None

@@ -239,6 +239,35 @@ def test_quantize_inspect_minilm(
     assert "int64" in ids
 
 
+def test_bert_loads_quantized_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, minilm: Path
+) -> None:
+    """`qfast quantize`'s output in a model directory: Bert.load reads it (its QTensors
+    dequantized) and computes what the original model computes with the dequantized weights."""
+    from qfast.models import Bert
+
+    model_dir = tmp_path / "minilm-int8"
+    model_dir.mkdir()
+    for p in minilm.parent.iterdir():
+        if p.name != "model.safetensors":
+            (model_dir / p.name).symlink_to(p)
+    code, _, err = run(capsys, "quantize", minilm, model_dir / "model.safetensors")
+    assert code == 0, err
+    quantized = Bert.load(model_dir)
+    original = Bert.load(minilm.parent)
+    src = st.load_file(str(minilm))
+    overrides = {
+        k: qfast.quantize(v, 8, axis=0).dequantize()
+        for k, v in src.items()
+        if v.ndim == 2 and v.dtype == np.float32
+    }
+    text = ["qfast quantizes weights.", "A second sentence."]
+    got = quantized.embed(text)
+    want = original.embed(text, weights=overrides)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, original.embed(text))  # it is the quantized model
+
+
 # --------------------------------------------------------------------------------------------
 # errors: one line on stderr, exit status 2
 

@@ -631,3 +631,65 @@ def test_kept_blocks_not_used_for_a_changed_grid() -> None:
     assert b[1, :4].view(np.float16).tolist() == [0.0, 2.0]
     assert not np.signbit(b[1, :2].view(np.float16)[0])
     assert np.array_equal(np.delete(b, 1, axis=0), np.delete(blocks.reshape(-1, 20), 1, axis=0))
+
+
+# --- a file that shrinks under its memory map ---------------------------------------------------
+
+_SHRINK = """
+import os, sys
+import numpy as np
+import qfast
+import qfast.gguf as qg
+from qfast._gguf_file import load, save
+
+path, out = sys.argv[1], sys.argv[2]
+f = load(path)
+size = os.path.getsize(path)
+os.truncate(path, size // 2)  # a download or a copy still in progress, or cut short
+for name, t in f.tensors.items():
+    try:
+        t.dequantize()
+        print("read", name)  # lies before the cut: fine
+    except qfast.QfastError as e:
+        print("refused", name, "|", e)
+try:
+    save(out, f)
+    print("saved")
+except qfast.QfastError as e:
+    print("save refused |", e)
+"""
+
+
+def test_truncated_after_load(tmp_path: Path) -> None:
+    """Truncating a loaded file, then dequantizing: a QfastError naming the file (not SIGBUS,
+    which would kill the process: hence the subprocess), for the tensors past the cut; the
+    tensors before it still read; save refuses without leaving a file."""
+    import subprocess
+
+    path, out = tmp_path / "m.gguf", tmp_path / "copy.gguf"
+    tensors = {f"t{i}": np.full((4, 1024), i, np.float32) for i in range(4)}
+    save(path, tensors, tiny_metadata())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = (
+        str(Path(qg.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", _SHRINK, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, (res.returncode, res.stderr)  # -7: killed by SIGBUS
+    lines = res.stdout.splitlines()
+    assert "read t0" in lines
+    refused = [line for line in lines if line.startswith("refused")]
+    assert refused and "refused t3 |" in "\n".join(refused)
+    assert (
+        "shrank to" in refused[0]
+        and str(path) in refused[0]
+        and "load the file again" in (refused[0])
+    )
+    assert any(line.startswith("save refused |") for line in lines)
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["m.gguf"]

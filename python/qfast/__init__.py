@@ -15,6 +15,7 @@ from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._qtensor import QTensor
 from ._rtn import rtn
+from ._safetensors import load, save
 
 __all__ = [
     "AWQResult",
@@ -30,10 +31,12 @@ __all__ = [
     "gptq",
     "hqq",
     "linear",
+    "load",
     "matmul_int8",
     "pack_int4",
     "quantize",
     "rtn",
+    "save",
     "set_num_threads",
     "unpack_int4",
 ]

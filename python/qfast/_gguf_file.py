@@ -17,18 +17,19 @@ form; for keys it is not given it infers the type (see ``save``).
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 import numpy.typing as npt
+
+from ._files import atomic_write
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
@@ -118,6 +119,36 @@ def _gguf() -> ModuleType:
     return gguf
 
 
+class _MappedFile:
+    """The memory map of a loaded file, to check its size before its bytes are read: a file
+    truncated under a map raises SIGBUS on access, which kills the process."""
+
+    def __init__(self, path: Path, data: Any) -> None:
+        self.path = path
+        self.mmap = getattr(data, "_mmap", None)  # np.memmap's mmap.mmap (it holds an fd)
+        self.loaded_size = self._size()
+
+    def _size(self) -> int | None:
+        try:
+            if self.mmap is not None:
+                return int(self.mmap.size())  # fstat of the mapped file itself
+            return os.stat(self.path).st_size
+        except (OSError, ValueError):
+            return None
+
+    def check(self, name: str, end: int) -> None:
+        size = self._size()
+        if size is not None and size < end:
+            from ._qfast import QfastError
+
+            raise QfastError(
+                f"{self.path} shrank to {size:,} bytes since it was loaded "
+                f"({self.loaded_size:,} bytes then); tensor {name!r} lies up to byte {end:,}. "
+                "Reading it through the memory map would crash the process (SIGBUS): load "
+                "the file again once it is complete"
+            )
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class GGUFTensor:
     """A tensor of a GGUF file.
@@ -133,17 +164,29 @@ class GGUFTensor:
     type: str
     shape: tuple[int, ...]
     data: npt.NDArray[Any]
+    # The mapped file and the end of this tensor's bytes in it (``load`` sets it).
+    _source: _MappedFile | None = _field(default=None, compare=False)
+    _end: int = _field(default=0, compare=False)
 
     @property
     def nbytes(self) -> int:
         """Size of the raw data in bytes."""
         return int(self.data.nbytes)
 
+    def check_mapped(self) -> None:
+        """Raises QfastError if the file this tensor is mapped from has shrunk below the
+        tensor's bytes since ``load`` (reading them would kill the process with SIGBUS).
+        ``dequantize`` and ``save`` call it; call it before reading ``data`` yourself."""
+        if self._source is not None:
+            self._source.check(self.name, self._end)
+
     def dequantize(self) -> npt.NDArray[np.float32]:
         """The values as a new float32 array of ``shape`` (``qfast.gguf.dequantize``; a
-        ValueError names a type qfast cannot read)."""
+        ValueError names a type qfast cannot read, a QfastError a file that shrank since it
+        was loaded)."""
         from .gguf import dequantize
 
+        self.check_mapped()
         return dequantize(self.data, self.type, self.shape)
 
     def __repr__(self) -> str:
@@ -188,7 +231,8 @@ def load(path: str | os.PathLike[str]) -> GGUFFile:
     for key, field in reader.fields.items():
         if key not in _HEADER_FIELDS:
             metadata[key], value_types[key] = _decode_field(path, key, field)
-    tensors = {t.name: _loaded_tensor(t) for t in reader.tensors}
+    source = _MappedFile(path, reader.data)
+    tensors = {t.name: _loaded_tensor(t, source) for t in reader.tensors}
     return GGUFFile(path, metadata, value_types, tensors, int(reader.alignment))
 
 
@@ -221,9 +265,10 @@ def _decode_field(path: Path, key: str, field: ReaderField) -> tuple[Any, ValueT
     return field.contents(), (T.ARRAY, element)
 
 
-def _loaded_tensor(t: ReaderTensor) -> GGUFTensor:
+def _loaded_tensor(t: ReaderTensor, source: _MappedFile) -> GGUFTensor:
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    return GGUFTensor(t.name, t.tensor_type.name, shape, t.data)
+    end = int(t.data_offset) + int(t.n_bytes)
+    return GGUFTensor(t.name, t.tensor_type.name, shape, t.data, source, end)
 
 
 def save(
@@ -434,6 +479,7 @@ def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
             f"tensor name {name!r}: GGUF names are non-empty str of at most {_MAX_NAME_BYTES} bytes"
         )
     if isinstance(tensor, GGUFTensor):
+        tensor.check_mapped()
         data, qtype, shape = tensor.data, tensor.type, tensor.shape
     elif isinstance(tensor, tuple) and len(tensor) == 3:
         data, qtype, shape = tensor
@@ -507,15 +553,6 @@ def _write(
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Runs ``write`` on a temporary path beside ``path``, then renames the file to ``path``;
-    if anything fails, removes it and leaves ``path`` as it was."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
+    if anything fails, removes it and leaves ``path`` as it was (``qfast._files.atomic_write``)."""
+    with atomic_write(path) as tmp:
         write(tmp)
-        with open(tmp, "r+b") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

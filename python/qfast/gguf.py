@@ -216,10 +216,11 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
     ``zero_point = -m / d`` (a block with ``d = 0``: ``scale = 1``, ``zero_point = -m``, codes
     0), which dequantizes to within float32 rounding of the format's values.
     ``qfast.linear`` takes the result directly.
-    """
-    from ._api import pack_int4
-    from ._qtensor import QTensor
 
+    ``from_qtensor`` gives back the same bytes, byte for byte: the few blocks whose bytes the
+    QTensor form cannot tell (a Q4_1 block with ``d = -0``, or ``d = 0`` and nonzero codes,
+    or ``d = 1`` and all codes 0) are kept in ``meta["gguf_blocks"]`` as ``[index, hex]``.
+    """
     info = type_info(type)
     if info.name not in _CONVERTIBLE:
         raise ValueError(
@@ -233,25 +234,104 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
     if int(np.prod(logical)) != int(np.prod((*rows, n))) or (logical and logical[-1] % 32):
         raise ValueError(f"shape {logical} does not fit {info.name} data of shape {arr.shape}")
     b = arr.reshape(-1, info.type_size)
+    q = _qtensor_of_blocks(b, info.name, logical)
+    back, _ = _canonical_blocks(q)
+    odd = np.flatnonzero(np.any(back != b, axis=1))
+    if odd.size:
+        q.meta["gguf_blocks"] = [[int(i), b[i].tobytes().hex()] for i in odd]
+    return q
+
+
+def _qtensor_of_blocks(b: np.ndarray, name: str, logical: tuple[int, ...]) -> Any:
+    """The QTensor of GGUF blocks ``b`` (``[nblocks, type_size]`` bytes)."""
+    from ._api import pack_int4
+    from ._qtensor import QTensor
+
     groups = (*logical[:-1], logical[-1] // 32) if logical else (1,)
     d = np.ascontiguousarray(b[:, :2]).view(np.float16).reshape(groups)
-    if info.name == "Q8_0":
+    if name == "Q8_0":
         codes = np.ascontiguousarray(b[:, 2:]).view(np.int8).reshape(logical)
         return QTensor(codes, logical, 8, True, d, group_size=32, meta={"gguf_type": "Q8_0"})
-    qs = b[:, 2:] if info.name == "Q4_0" else b[:, 4:]
+    qs = b[:, 2:] if name == "Q4_0" else b[:, 4:]
     nib = np.concatenate([qs & 0x0F, qs >> 4], axis=1).reshape(logical)  # value j, then j + 16
-    if info.name == "Q4_0":
+    if name == "Q4_0":
         codes = pack_int4(nib.astype(np.int8) - 8, signed=True)
         return QTensor(codes, logical, 4, True, d, group_size=32, meta={"gguf_type": "Q4_0"})
     m = np.ascontiguousarray(b[:, 2:4]).view(np.float16).reshape(groups).astype(np.float32)
     df = d.astype(np.float32)
     dead = df == 0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         zero = np.where(dead, -m, -m / np.where(dead, 1, df)).astype(np.float32)
     scale = np.where(dead, np.float16(1), d)
     nib = np.where(np.repeat(dead, 32, axis=-1).reshape(logical), 0, nib).astype(np.uint8)
     codes = pack_int4(nib, signed=False)
     return QTensor(codes, logical, 4, False, scale, zero, group_size=32, meta={"gguf_type": "Q4_1"})
+
+
+def _canonical_blocks(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
+    """The blocks ``[nblocks, type_size]`` of a group-32 QTensor's grid, without the kept
+    ``meta["gguf_blocks"]``; ValueError if it has no block form."""
+    from ._api import unpack_int4
+
+    if q.group_size != 32 or q.g_idx is not None or not q.shape or q.shape[-1] % 32:
+        raise ValueError(
+            "only group-32 QTensors (groups along the last axis, a multiple of 32 long, no "
+            "g_idx) have a GGUF block form"
+        )
+    scale32 = np.asarray(q.scale, np.float32)
+    with np.errstate(over="ignore"):
+        d = scale32.astype(np.float16)
+    if not np.array_equal(d.astype(np.float32), scale32, equal_nan=True):
+        raise ValueError("the scales are not float16 values, which GGUF blocks store")
+    lead = int(np.prod(q.shape[:-1], dtype=np.int64))
+    nblocks = lead * (q.shape[-1] // 32)
+    d_bytes = d.reshape(nblocks, 1).view(np.uint8)
+    if q.bits == 8 and q.signed and q.zero_point is None:
+        codes = np.ascontiguousarray(q.data).view(np.uint8).reshape(nblocks, 32)
+        return np.concatenate([d_bytes, codes], axis=1), "Q8_0"
+    if q.bits == 4 and q.signed and q.zero_point is None:
+        c = unpack_int4(q.data, q.shape[-1], signed=True).reshape(nblocks, 32)
+        qs = ((c[:, :16] + 8) | ((c[:, 16:] + 8) << 4)).astype(np.uint8)
+        return np.concatenate([d_bytes, qs], axis=1), "Q4_0"
+    if q.bits == 4 and not q.signed and q.zero_point is not None:
+        zero = np.asarray(q.zero_point, np.float32).reshape(nblocks)
+        df = d.astype(np.float32).reshape(nblocks)
+        c = unpack_int4(q.data, q.shape[-1], signed=False).reshape(nblocks, 32)
+        # to_qtensor's form of a d = 0 block (value m everywhere): scale 1, codes 0
+        dead = (df == 1) & ~np.any(c, axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            m = np.where(dead, -zero, -zero * df).astype(np.float16)
+        d_bytes = np.where(dead, np.float16(0), d.reshape(nblocks)).reshape(nblocks, 1)
+        qs = (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
+        m_bytes = m.reshape(nblocks, 1).view(np.uint8)
+        return np.concatenate([d_bytes.view(np.uint8), m_bytes, qs], axis=1), "Q4_1"
+    raise ValueError(
+        f"a {q.bits}-bit {'signed' if q.signed else 'unsigned'} QTensor "
+        f"{'with' if q.zero_point is not None else 'without'} zero points has no GGUF "
+        "block form; Q8_0 is 8-bit signed, Q4_0 4-bit signed, Q4_1 4-bit unsigned with "
+        "zero points"
+    )
+
+
+def _same_block(a: Any, b: Any, i: int) -> bool:
+    """Whether group ``i`` of QTensors ``a`` and ``b`` (same layout) holds the same grid."""
+    from ._api import unpack_int4
+
+    def group(q: Any) -> list[np.ndarray]:
+        out = [np.asarray(q.scale, np.float32).reshape(-1)[i : i + 1]]
+        if q.zero_point is not None:
+            out.append(np.asarray(q.zero_point, np.float32).reshape(-1)[i : i + 1])
+        codes = (
+            np.asarray(q.data) if q.bits == 8 else unpack_int4(q.data, q.shape[-1], signed=q.signed)
+        )
+        out.append(codes.reshape(-1, 32)[i])
+        return out
+
+    ga, gb = group(a), group(b)
+    return all(
+        x.shape == y.shape and np.array_equal(x.view(np.uint8), y.view(np.uint8))
+        for x, y in zip(ga, gb)
+    )
 
 
 def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
@@ -261,52 +341,65 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     8-bit signed without zero point (Q8_0), 4-bit signed without zero point (Q4_0), or 4-bit
     unsigned with the float zero points ``to_qtensor`` gives Q4_1 (checked by converting
     back). Anything else is refused rather than rounded: quantize the float weights with
-    ``qfast.gguf.quantize`` instead.
+    ``qfast.gguf.quantize`` instead. A QTensor from ``to_qtensor`` gives back its bytes, byte
+    for byte (``d = 0`` blocks, negative zeros and subnormal ``d`` / ``m`` included).
     """
-    from ._api import unpack_int4
-
-    if q.group_size != 32 or q.g_idx is not None or not q.shape or q.shape[-1] % 32:
-        raise ValueError(
-            "only group-32 QTensors (groups along the last axis, a multiple of 32 long, no "
-            "g_idx) have a GGUF block form"
+    out, name = _canonical_blocks(q)
+    info = type_info(name)
+    kept = q.meta.get("gguf_blocks") if isinstance(q.meta, dict) else None
+    if kept and q.meta.get("gguf_type") == name:
+        # Blocks whose bytes the grid cannot tell, kept by to_qtensor: used where the grid
+        # still is the one those bytes make (the QTensor was not changed there).
+        try:
+            index = np.array([int(i) for i, _ in kept], np.int64)
+            raw = np.frombuffer(bytes.fromhex("".join(h for _, h in kept)), np.uint8)
+            raw = raw.reshape(len(kept), info.type_size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "meta['gguf_blocks'] is corrupt: it should be [[block index, hex bytes], ...] "
+                "as to_qtensor writes it; delete it to write the grid's own bytes"
+            ) from None
+        if index.size and (index.min() < 0 or index.max() >= out.shape[0]):
+            raise ValueError("meta['gguf_blocks'] names a block this QTensor does not have")
+        groups = (*q.shape[:-1], q.shape[-1] // 32)
+        for j, i in enumerate(index):
+            block = raw[j : j + 1]
+            logical = (1,) * (len(q.shape) - 1) + (32,)
+            one = _qtensor_of_blocks(block, name, logical)
+            mine = _one_group(q, int(i), groups)
+            if _same_block(one, mine, 0):
+                out[i] = block[0]
+    if name == "Q4_1":
+        back = _qtensor_of_blocks(out, "Q4_1", tuple(q.shape))
+        zero = np.asarray(q.zero_point, np.float32).reshape(-1)
+        same = np.array_equal(
+            np.asarray(back.zero_point, np.float32).reshape(-1), zero, equal_nan=True
         )
-    scale32 = np.asarray(q.scale, np.float32)
-    d = scale32.astype(np.float16)
-    if not np.array_equal(d.astype(np.float32), scale32, equal_nan=True):
-        raise ValueError("the scales are not float16 values, which GGUF blocks store")
-    lead = int(np.prod(q.shape[:-1], dtype=np.int64))
-    nblocks = lead * (q.shape[-1] // 32)
-    d_bytes = d.reshape(nblocks, 1).view(np.uint8)
-    if q.bits == 8 and q.signed and q.zero_point is None:
-        codes = np.ascontiguousarray(q.data).view(np.uint8).reshape(nblocks, 32)
-        out, name = np.concatenate([d_bytes, codes], axis=1), "Q8_0"
-    elif q.bits == 4 and q.signed and q.zero_point is None:
-        c = unpack_int4(q.data, q.shape[-1], signed=True).reshape(nblocks, 32)
-        qs = ((c[:, :16] + 8) | ((c[:, 16:] + 8) << 4)).astype(np.uint8)
-        out, name = np.concatenate([d_bytes, qs], axis=1), "Q4_0"
-    elif q.bits == 4 and not q.signed and q.zero_point is not None:
-        zero = np.asarray(q.zero_point, np.float32).reshape(nblocks)
-        df = d.astype(np.float32).reshape(nblocks)
-        c = unpack_int4(q.data, q.shape[-1], signed=False).reshape(nblocks, 32)
-        m = (-zero * df).astype(np.float16)
-        qs = (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
-        m_bytes = m.reshape(nblocks, 1).view(np.uint8)
-        out, name = np.concatenate([d_bytes, m_bytes, qs], axis=1), "Q4_1"
-        back = to_qtensor(out.reshape(*q.shape[:-1], -1), "Q4_1", q.shape)
-        same = np.array_equal(np.asarray(back.zero_point, np.float32).reshape(nblocks), zero)
         if not same or not np.array_equal(np.asarray(back.data), np.asarray(q.data)):
             raise ValueError(
                 "this QTensor's zero points are not a Q4_1 grid (d * q + m with float16 d and "
                 "m); quantize the float weights with qfast.gguf.quantize(w, 'Q4_1') instead"
             )
-    else:
-        raise ValueError(
-            f"a {q.bits}-bit {'signed' if q.signed else 'unsigned'} QTensor "
-            f"{'with' if q.zero_point is not None else 'without'} zero points has no GGUF "
-            "block form; Q8_0 is 8-bit signed, Q4_0 4-bit signed, Q4_1 4-bit unsigned with "
-            "zero points"
-        )
     return out.reshape(*q.shape[:-1], -1), name
+
+
+def _one_group(q: Any, i: int, groups: tuple[int, ...]) -> Any:
+    """Group ``i`` of a group-32 QTensor as a QTensor of 32 values."""
+    from ._api import pack_int4, unpack_int4
+    from ._qtensor import QTensor
+
+    logical = (1,) * (len(q.shape) - 1) + (32,)
+    g = (*logical[:-1], 1)
+    scale = np.asarray(q.scale).reshape(-1)[i : i + 1].reshape(g)
+    zero = None
+    if q.zero_point is not None:
+        zero = np.asarray(q.zero_point).reshape(-1)[i : i + 1].reshape(g)
+    if q.bits == 8:
+        codes = np.asarray(q.data).reshape(-1, 32)[i].reshape(logical)
+    else:
+        c = unpack_int4(q.data, q.shape[-1], signed=q.signed).reshape(-1, 32)[i]
+        codes = pack_int4(c.reshape(logical), signed=q.signed)
+    return QTensor(codes, logical, q.bits, q.signed, scale, zero, group_size=32)
 
 
 def dot(w: npt.ArrayLike, x: npt.ArrayLike) -> npt.NDArray[np.float32]:

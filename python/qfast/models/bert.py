@@ -57,6 +57,15 @@ _POOLING_MODES = ("mean", "cls")
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
 
+def _load_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A checkpoint's tensors, with the QTensors of a ``qfast quantize`` / ``qfast.save``
+    file dequantized (``qfast.load`` finds them)."""
+    from .._qtensor import QTensor
+    from .._safetensors import load
+
+    return {name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()}
+
+
 def _require(module: str) -> Any:
     """Imports an optional dependency, or says how to install it."""
     import importlib
@@ -213,8 +222,13 @@ class Bert:
         Raises:
             ImportError: ``safetensors`` or ``tokenizers`` is not installed.
             FileNotFoundError: a required file is missing.
+
+        ``model.safetensors`` may also be the output of ``qfast quantize`` (or ``qfast.save``):
+        its QTensors are dequantized to float32, so the model computes with the quantized
+        weights' values (to run the layers on the codes, load the file with ``qfast.load``
+        and use ``qfast.linear``).
         """
-        st = _require("safetensors.numpy")
+        _require("safetensors.numpy")
         tokenizers = _require("tokenizers")
         if path is None:
             from .. import assets
@@ -225,7 +239,7 @@ class Bert:
             if not (path / required).is_file():
                 raise FileNotFoundError(f"{path / required} not found: not a BERT model directory")
         config = BertConfig.from_dict(_read_json(path / "config.json"))
-        tensors = st.load_file(str(path / "model.safetensors"))
+        tensors = _load_tensors(path / "model.safetensors")
         tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
         pooling, normalize = cls._sentence_transformers_head(path)
         max_seq_length = 256

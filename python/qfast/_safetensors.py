@@ -9,7 +9,7 @@ Because a QTensor owns every entry whose name starts with ``NAME.``, no other te
 start with ``NAME.`` (e.g. a QTensor ``a`` and an array ``a.data``): ``save`` refuses such a
 collision with a ValueError naming both, rather than writing a file that reads back wrong.
 
-Needs the optional ``safetensors`` package (``pip install 'qfast[models]'``).
+Needs the optional ``safetensors`` package (``pip install 'qfast-quant[models]'``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _safetensors() -> ModuleType:
     except ImportError as e:
         raise ImportError(
             "reading and writing .safetensors files needs the 'safetensors' and 'ml_dtypes' "
-            "packages: pip install 'qfast[models]'"
+            "packages: pip install 'qfast-quant[models]'"
         ) from e
     return safetensors.numpy
 

@@ -408,7 +408,7 @@ def _qtensor_dict(qt: QTensor, prefix: str) -> dict[str, np.ndarray]:
     through ``np.ascontiguousarray``, which turns the ``()`` scale of a per-tensor grid into
     ``(1,)``, a shape ``from_dict`` then refuses)."""
     d = qt.to_dict(prefix=prefix)
-    for field in ("scale", "zero_point"):
+    for field in ("scale",):  # zero points are stored packed, in their own shape
         value = getattr(qt, field)
         if value is not None and d[prefix + field].shape != value.shape:
             d[prefix + field] = d[prefix + field].reshape(value.shape)

@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
-from ._qtensor import QTensor, data_shape, param_shape
+from ._qtensor import (
+    QTensor,
+    as_scale_dtype,
+    data_shape,
+    param_shape,
+    round_scale,
+    scale_dtype_name,
+)
 
 _FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
 
@@ -85,6 +92,18 @@ def _grid_array(value: Any, want: tuple[int, ...], name: str, codes: tuple[int, 
     return out
 
 
+def _rounded_given_scale(scale: np.ndarray, sdtype: str) -> np.ndarray:
+    """A caller's (checked, float32) scale rounded to ``scale_dtype``, still positive finite."""
+    r = round_scale(scale, sdtype)
+    bad = ~np.isfinite(r)
+    if bad.any():
+        raise ValueError(
+            f"scale {scale[bad.argmax()]!r} is too large for {sdtype}; pass "
+            "scale_dtype=np.float32 (or bfloat16)"
+        )
+    return r
+
+
 def quantize(
     x: Any,
     bits: int = 8,
@@ -94,6 +113,7 @@ def quantize(
     group_size: int | None = None,
     scale: Any = None,
     zero_point: Any = None,
+    scale_dtype: Any = np.float32,
 ) -> QTensor:
     """Quantizes a float array to ``bits``-wide integer codes.
 
@@ -112,6 +132,11 @@ def quantize(
         scale, zero_point: a given grid (static quantization), shaped like the result's
             ``scale``; ``zero_point`` is required for, and only allowed with,
             ``symmetric=False``.
+        scale_dtype: the dtype the scales are stored in: np.float32 (default), np.float16
+            or ml_dtypes.bfloat16 (or their names). Each scale is rounded (to nearest even)
+            as its grid is computed, and the zero point and codes are computed against the
+            rounded scale, so they are exact for the scale as stored. A given ``scale`` is
+            rounded the same way first.
 
     Returns:
         A :class:`QTensor`.
@@ -149,12 +174,15 @@ def quantize(
         raise ValueError("symmetric=False with a given scale also needs zero_point")
     pshape = param_shape(shape, axis, group_size)
     codes_range = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    sdtype = scale_dtype_name(scale_dtype)
     given_scale = None if scale is None else _grid_array(scale, pshape, "scale", codes_range)
+    if given_scale is not None and sdtype != "float32":
+        given_scale = _rounded_given_scale(given_scale, sdtype)
     given_zp = (
         None if zero_point is None else _grid_array(zero_point, pshape, "zero_point", codes_range)
     )
     codes, out_scale, out_zp = _qfast.quantize(
-        arr, dtype, bits, signed, axis, group_size, given_scale, given_zp
+        arr, dtype, bits, signed, axis, group_size, given_scale, given_zp, sdtype
     )
     data = codes.reshape(data_shape(shape, bits))
     if signed and bits not in (2, 4):
@@ -164,7 +192,7 @@ def quantize(
         shape,
         bits,
         signed,
-        out_scale.reshape(pshape),
+        as_scale_dtype(out_scale.reshape(pshape), sdtype),
         None if out_zp is None else out_zp.reshape(pshape),
         axis=axis,
         group_size=group_size,

@@ -28,7 +28,7 @@ import numpy as np
 from . import _qfast
 from ._api import _as_int
 from ._hessian import Hessian
-from ._qtensor import QTensor
+from ._qtensor import QTensor, scale_dtype_name
 from ._rtn import (
     MSE_SEARCH,
     as_weight,
@@ -170,6 +170,7 @@ def gptq(
     block_size: int = 128,
     mse: bool = False,
     progress: Callable[[int, int], Any] | None = None,
+    scale_dtype: Any = np.float32,
 ) -> QTensor:
     """Quantizes a linear layer's weight with GPTQ, as the reference does.
 
@@ -197,6 +198,10 @@ def gptq(
         block_size: columns per lazy-update block (the reference's ``blocksize``).
         mse: the reference's MSE grid search (norm 2.4, 100 points, shrink to 0.8).
         progress: called as ``progress(columns_done, columns)`` after each block.
+        scale_dtype: np.float32 (default), np.float16 (as GPTQ checkpoints store scales) or
+            ml_dtypes.bfloat16: each group's scale is rounded to it where the column loop
+            finds the grid, so the codes, and the errors GPTQ spreads, are those of the
+            scale as stored.
 
     Returns:
         A :class:`QTensor` (unsigned codes, int32 zero points, ``g_idx`` with act_order and
@@ -204,6 +209,7 @@ def gptq(
         ``q.meta`` records the options and the damping used.
     """
     bits = check_bits(bits)
+    sdtype = scale_dtype_name(scale_dtype)
     W = as_weight(W)
     rows, cols = W.shape
     group_size = check_group_size(group_size, cols)
@@ -221,13 +227,13 @@ def gptq(
     scale = np.zeros((rows, n_groups), F32)
     zero = np.zeros((rows, n_groups), F32)
     if group_size is None:  # the reference finds it before dead columns are zeroed
-        scale, zero = grid_params(W, bits, None, symmetric, mse)
+        scale, zero = grid_params(W, bits, None, symmetric, mse, sdtype)
 
     dead = np.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
     if static_groups:
-        scale, zero = grid_params(W, bits, group_size, symmetric, mse)
+        scale, zero = grid_params(W, bits, group_size, symmetric, mse, sdtype)
 
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(cols)
     if act_order:
@@ -250,7 +256,7 @@ def gptq(
         err = err_buf[: rows * (i2 - i1)].reshape(rows, i2 - i1)
         loss += _qfast.gptq_block(
             W, U, i1, i2, bits, bool(symmetric), mse_arg, codes, err, scale, zero,
-            group_size, bool(static_groups), col_group,
+            group_size, bool(static_groups), col_group, sdtype,
         )  # fmt: skip
         if i2 < cols:
             tmp = update[: rows * (cols - i2)].reshape(rows, cols - i2)
@@ -275,4 +281,4 @@ def gptq(
         "block_size": block_size,
         "mse": bool(mse),
     }
-    return to_qtensor(codes, scale, zero, bits, group_size, g_idx, meta)
+    return to_qtensor(codes, scale, zero, bits, group_size, g_idx, meta, sdtype)

@@ -89,7 +89,7 @@ def _pack(w: QTensor) -> Any:
     if not isinstance(w, QTensor):
         kind = type(w).__name__
         raise TypeError(f"linear: w must be a QTensor (from qfast.quantize), got {kind}")
-    arrays = (w.data, w.scale, w.zero_point, w.g_idx)
+    arrays = w._stored
     grid = (w.shape, w.bits, w.signed, w.axis, w.group_size)
     cached = w._packed
     if cached is not None:
@@ -115,8 +115,9 @@ def _pack(w: QTensor) -> Any:
             "channel (axis=0) or per group (group_size=...) instead"
         )
     zero = None
-    if w.zero_point is not None:
-        zero = np.broadcast_to(np.asarray(w.zero_point, dtype=np.float32), w.scale.shape)
+    zero_point = w.zero_point
+    if zero_point is not None:
+        zero = np.broadcast_to(np.asarray(zero_point, dtype=np.float32), w.scale.shape)
         zero = np.ascontiguousarray(np.broadcast_to(zero.reshape(n, -1), scale.shape))
     packed = _qfast.pack_linear(
         np.ascontiguousarray(_weight_codes(w)),

@@ -48,6 +48,7 @@ def quantize(
     group_size: int | None = None,
     scale: npt.NDArray[np.float32] | None = None,
     zero_point: npt.NDArray[np.int32] | None = None,
+    scale_dtype: str = "float32",
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32] | None]: ...
 def dequantize(
     codes: npt.NDArray[np.uint8],
@@ -127,6 +128,7 @@ def gptq_find_params(
     bits: int,
     symmetric: bool,
     mse: tuple[float, int, float] | None = None,
+    scale_dtype: str = "float32",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def gptq_block(
     w: npt.NDArray[np.float32],
@@ -143,6 +145,7 @@ def gptq_block(
     group_size: int | None,
     static_groups: bool,
     col_group: npt.NDArray[np.uint32],
+    scale_dtype: str = "float32",
 ) -> float: ...
 
 @final

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _qfast
 from ._api import _as_int
-from ._qtensor import QTensor
+from ._qtensor import QTensor, as_scale_dtype, scale_dtype_name
 
 F32 = np.float32
 
@@ -78,22 +78,29 @@ def check_group_size(group_size: Any, cols: int) -> int | None:
 
 
 def find_params(
-    x: np.ndarray, bits: int, symmetric: bool, mse: bool = False
+    x: np.ndarray, bits: int, symmetric: bool, mse: bool = False, scale_dtype: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The reference grid of each row of ``x`` (``[rows, n]``): ``(scale, zero)``, float32."""
+    """The reference grid of each row of ``x`` (``[rows, n]``): ``(scale, zero)``, float32,
+    the scale rounded to ``scale_dtype`` (and the zero point computed against it)."""
     x = np.ascontiguousarray(x, dtype=F32)
-    return _qfast.gptq_find_params(x, bits, symmetric, MSE_SEARCH if mse else None)
+    mse_arg = MSE_SEARCH if mse else None
+    return _qfast.gptq_find_params(x, bits, symmetric, mse_arg, scale_dtype)
 
 
 def grid_params(
-    W: np.ndarray, bits: int, group_size: int | None, symmetric: bool, mse: bool = False
+    W: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    mse: bool = False,
+    scale_dtype: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, zero)``, ``[rows, n_groups]`` float32, of each group of ``W``'s rows."""
     cols = W.shape[1]
     g = group_size or cols
     scales, zeros = [], []
     for c0 in range(0, cols, g):
-        s, z = find_params(W[:, c0 : c0 + g], bits, symmetric, mse)
+        s, z = find_params(W[:, c0 : c0 + g], bits, symmetric, mse, scale_dtype)
         scales.append(s)
         zeros.append(z)
     return np.stack(scales, 1), np.stack(zeros, 1)
@@ -116,8 +123,16 @@ def to_qtensor(
     group_size: int | None,
     g_idx: np.ndarray | None = None,
     meta: dict[str, Any] | None = None,
+    scale_dtype: str = "float32",
 ) -> QTensor:
-    """A QTensor over unsigned codes on the reference grid (integer zero points)."""
+    """A QTensor over unsigned codes on the reference grid (integer zero points), its float32
+    scales (already rounded to ``scale_dtype``) stored as ``scale_dtype``."""
+    if not np.isfinite(scale).all():
+        raise ValueError(
+            f"the weights' range needs scales larger than {scale_dtype} can hold; pass "
+            "scale_dtype=np.float32 (or bfloat16)"
+        )
+    scale = as_scale_dtype(scale, scale_dtype)
     zp = zero.astype(np.int32)
     if group_size is None:
         return QTensor.from_codes(codes, bits, False, scale, zp, axis=0, meta=meta)
@@ -133,6 +148,7 @@ def rtn(
     symmetric: bool = True,
     *,
     mse: bool = False,
+    scale_dtype: Any = np.float32,
 ) -> QTensor:
     """Round-to-nearest quantization of a weight on the GPTQ reference grid.
 
@@ -147,15 +163,20 @@ def rtn(
             default, ``sym=True``); ``False``: the range ``[min(x, 0), max(x, 0)]`` with a
             rounded zero point (IST-DASLab's scripts' default).
         mse: search shrunk ranges for the least ``Σ|q - x|^2.4`` (the reference's ``--mse``).
+        scale_dtype: np.float32 (default), np.float16 (as GPTQ checkpoints store scales) or
+            ml_dtypes.bfloat16: each scale is rounded to it as it is found, and the zero point
+            and codes are computed against the rounded scale.
 
     Returns:
-        A :class:`QTensor` with unsigned codes and int32 zero points (``scale · (q - zero)``).
+        A :class:`QTensor` with unsigned codes and integer zero points (``scale · (q -
+        zero)``).
     """
     bits = check_bits(bits)
+    sdtype = scale_dtype_name(scale_dtype)
     W = as_weight(W)
     group_size = check_group_size(group_size, W.shape[1])
-    scale, zero = grid_params(W, bits, group_size, symmetric, mse)
+    scale, zero = grid_params(W, bits, group_size, symmetric, mse, sdtype)
     g_idx = np.arange(W.shape[1]) // (group_size or W.shape[1])
     codes = grid_codes(W, scale, zero, g_idx, bits)
     meta = {"method": "rtn", "symmetric": bool(symmetric), "mse": bool(mse)}
-    return to_qtensor(codes, scale, zero, bits, group_size, meta=meta)
+    return to_qtensor(codes, scale, zero, bits, group_size, meta=meta, scale_dtype=sdtype)

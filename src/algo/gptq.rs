@@ -16,6 +16,7 @@
 
 use super::pairwise_sum;
 use crate::error::{QfastError, Result};
+use crate::kernels::ScaleDtype;
 use crate::parallel;
 
 /// The MSE grid search of the reference (`Quantizer(mse=True)`): shrink the range by
@@ -28,11 +29,14 @@ pub struct Mse {
 }
 
 /// The reference grid: `maxq = 2^bits - 1`; symmetric grids have zero `(maxq + 1) / 2`.
+/// Each scale is rounded to `scale_dtype` where it is made (the zero point, the MSE search's
+/// errors and the codes then use the scale as stored; float32 leaves the reference's bits).
 #[derive(Clone, Copy, Debug)]
 pub struct Grid {
     pub maxq: f32,
     pub symmetric: bool,
     pub mse: Option<Mse>,
+    pub scale_dtype: ScaleDtype,
 }
 
 /// `(scale, zero)` of one row slice, as the reference's `find_params` computes them.
@@ -53,7 +57,7 @@ pub fn find_params(x: &[f32], g: &Grid) -> (f32, f32) {
     }
     let sym_zero = (g.maxq + 1.0) / 2.0;
     let grid_of = |lo: f32, hi: f32| {
-        let scale = (hi - lo) / g.maxq;
+        let scale = g.scale_dtype.round((hi - lo) / g.maxq);
         let zero = if g.symmetric {
             sym_zero
         } else {
@@ -380,6 +384,7 @@ mod tests {
             maxq: 15.0,
             symmetric: false,
             mse: None,
+            scale_dtype: ScaleDtype::F32,
         };
         // Range [0.0, 3.0] (0 included): scale 0.2, zero 0.
         assert_eq!(find_params(&[1.0, 3.0], &g), (0.2, 0.0));
@@ -391,5 +396,13 @@ mod tests {
         };
         // Symmetric: scale 2·max|x| / 15, zero 8.
         assert_eq!(find_params(&[-3.0, 1.5], &s), (6.0 / 15.0, 8.0));
+        // float16 scales: the zero point is computed against the rounded scale.
+        let h = Grid {
+            scale_dtype: ScaleDtype::F16,
+            ..g
+        };
+        let s16 = half::f16::from_f32(3.3 / 15.0).to_f32();
+        let (scale, zero) = find_params(&[-1.1, 2.2], &h);
+        assert_eq!((scale, zero), (s16, (1.1f32 / s16).round_ties_even()));
     }
 }

@@ -12,5 +12,6 @@ pub mod source;
 
 pub use dequantize::{dequantize, dequantize_into, OutElement, QuantizedRef};
 pub use layout::{Granularity, Scheme};
-pub use quantize::{codes_len, quantize, quantize_into, Quantized, StaticParams};
+pub use params::ScaleDtype;
+pub use quantize::{codes_len, quantize, quantize_into, quantize_into_as, Quantized, StaticParams};
 pub use source::{Element, Strided};

@@ -13,6 +13,71 @@ pub fn code_range(bits: u32, signed: bool) -> (i32, i32) {
     }
 }
 
+/// The float format a grid's scales are stored in. Grids are computed in float32, then each
+/// scale is rounded to this format (to nearest, ties to even) before anything uses it, so the
+/// codes, and the zero point, are exact for the scale as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScaleDtype {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl ScaleDtype {
+    /// `"float32"`, `"float16"` or `"bfloat16"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "float32" => Ok(ScaleDtype::F32),
+            "float16" => Ok(ScaleDtype::F16),
+            "bfloat16" => Ok(ScaleDtype::BF16),
+            other => Err(QfastError::InvalidArgument(format!(
+                "scale_dtype {other} is not supported; pass float32, float16 or bfloat16"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleDtype::F32 => "float32",
+            ScaleDtype::F16 => "float16",
+            ScaleDtype::BF16 => "bfloat16",
+        }
+    }
+
+    /// `s` rounded to the format, as a float32. A positive scale that would round to zero
+    /// becomes the format's smallest positive value; one past the format's range becomes
+    /// infinite (see [`Self::check`]).
+    pub fn round(self, s: f32) -> f32 {
+        let r = match self {
+            ScaleDtype::F32 => return s,
+            ScaleDtype::F16 => half::f16::from_f32(s).to_f32(),
+            ScaleDtype::BF16 => half::bf16::from_f32(s).to_f32(),
+        };
+        if r == 0.0 && s > 0.0 {
+            match self {
+                ScaleDtype::F16 => half::f16::from_bits(1).to_f32(),
+                _ => half::bf16::from_bits(1).to_f32(),
+            }
+        } else {
+            r
+        }
+    }
+
+    /// [`Self::round`], as an error when the scale does not fit the format.
+    pub fn round_checked(self, s: f32) -> Result<f32> {
+        let r = self.round(s);
+        if s.is_finite() && !r.is_finite() {
+            return Err(QfastError::Overflow(format!(
+                "a scale of {s:e} is larger than {} can hold; use scale_dtype=float32 (or \
+                 bfloat16), or quantize per channel or per group",
+                self.name()
+            )));
+        }
+        Ok(r)
+    }
+}
+
 /// A zero range gives scale 1; a scale that would be subnormal is raised to the smallest
 /// normal float32, so that `x / scale` never overflows for finite `x` in range.
 fn sanitize_scale(scale: f32) -> f32 {
@@ -28,19 +93,28 @@ fn sanitize_scale(scale: f32) -> f32 {
 /// Symmetric grid: `scale = max|x| / (2^(b-1) - 1)`, `zero_point = 0`.
 pub fn symmetric(stats: MinMax, bits: u32) -> QParams {
     let (qmin, qmax) = code_range(bits, true);
-    let absmax = stats.min.abs().max(stats.max.abs());
-    let absmax = if absmax.is_finite() { absmax } else { 0.0 }; // empty input
     QParams {
-        scale: sanitize_scale(absmax / qmax as f32),
+        scale: symmetric_scale(stats, qmax),
         zero_point: 0,
         qmin,
         qmax,
     }
 }
 
+fn symmetric_scale(stats: MinMax, qmax: i32) -> f32 {
+    let absmax = stats.min.abs().max(stats.max.abs());
+    let absmax = if absmax.is_finite() { absmax } else { 0.0 }; // empty input
+    sanitize_scale(absmax / qmax as f32)
+}
+
 /// Asymmetric grid: the range widened to include 0, `scale = (max - min) / (2^b - 1)`,
 /// `zero_point = clamp(rint(-min / scale), 0, 2^b - 1)`.
 pub fn asymmetric(stats: MinMax, bits: u32) -> Result<QParams> {
+    asymmetric_as(stats, bits, ScaleDtype::F32)
+}
+
+/// [`asymmetric`] with the scale rounded to `dtype` before the zero point is computed.
+fn asymmetric_as(stats: MinMax, bits: u32, dtype: ScaleDtype) -> Result<QParams> {
     let (qmin, qmax) = code_range(bits, false);
     let lo = stats.min.min(0.0);
     let hi = stats.max.max(0.0);
@@ -51,7 +125,7 @@ pub fn asymmetric(stats: MinMax, bits: u32) -> Result<QParams> {
              use symmetric=True, or quantize per channel or per group"
         )));
     }
-    let scale = sanitize_scale(width / qmax as f32);
+    let scale = dtype.round_checked(sanitize_scale(width / qmax as f32))?;
     let zero_point = (-lo / scale)
         .round_ties_even()
         .clamp(qmin as f32, qmax as f32) as i32;
@@ -63,12 +137,18 @@ pub fn asymmetric(stats: MinMax, bits: u32) -> Result<QParams> {
     })
 }
 
-/// The grid of `qfast.quantize` for the given scheme.
-pub fn compute(stats: MinMax, bits: u32, signed: bool) -> Result<QParams> {
+/// The grid of `qfast.quantize` for the given scheme, its scale rounded to `dtype`.
+pub fn compute(stats: MinMax, bits: u32, signed: bool, dtype: ScaleDtype) -> Result<QParams> {
     if signed {
-        Ok(symmetric(stats, bits))
+        let (qmin, qmax) = code_range(bits, true);
+        Ok(QParams {
+            scale: dtype.round_checked(symmetric_scale(stats, qmax))?,
+            zero_point: 0,
+            qmin,
+            qmax,
+        })
     } else {
-        asymmetric(stats, bits)
+        asymmetric_as(stats, bits, dtype)
     }
 }
 
@@ -106,6 +186,24 @@ mod tests {
         let p = asymmetric(mm(-3.162_277_6, std::f32::consts::PI), 8).unwrap();
         assert!((p.scale - 0.024_721_08).abs() < 1e-7);
         assert_eq!(p.zero_point, 128);
+    }
+
+    #[test]
+    fn rounded_scales() {
+        let s = 0.1f32;
+        assert_eq!(ScaleDtype::F32.round(s), s);
+        assert_eq!(ScaleDtype::F16.round(s), half::f16::from_f32(s).to_f32());
+        assert_eq!(ScaleDtype::BF16.round(s), half::bf16::from_f32(s).to_f32());
+        // Too small for float16: its smallest subnormal, never zero.
+        assert_eq!(ScaleDtype::F16.round(1e-30), 2f32.powi(-24));
+        assert!(ScaleDtype::F16.round_checked(1e5).is_err());
+        // The zero point is computed against the rounded scale.
+        let stats = mm(-1.0, 2.0);
+        let p = compute(stats, 4, false, ScaleDtype::F16).unwrap();
+        assert_eq!(p.scale, half::f16::from_f32(3.0 / 15.0).to_f32());
+        assert_eq!(p.zero_point, (1.0 / p.scale).round_ties_even() as i32);
+        let q = compute(stats, 4, true, ScaleDtype::BF16).unwrap();
+        assert_eq!(q.scale, half::bf16::from_f32(2.0 / 7.0).to_f32());
     }
 
     #[test]

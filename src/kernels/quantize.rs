@@ -2,7 +2,7 @@
 //! in chunks of lines whose results do not depend on the thread count.
 
 use super::layout::{split_mut, Scheme, Units, TASK_ELEMS};
-use super::params::{self, code_range};
+use super::params::{self, code_range, ScaleDtype};
 use super::source::{Element, Strided};
 use crate::error::{QfastError, Result};
 use crate::parallel;
@@ -68,6 +68,18 @@ pub fn quantize_into<T: Element>(
     given: Option<StaticParams>,
     codes: &mut [u8],
 ) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
+    quantize_into_as(x, scheme, given, ScaleDtype::F32, codes)
+}
+
+/// As [`quantize_into`], with computed scales rounded to `scale_dtype` as each grid is made,
+/// so the codes are computed against the scale as stored (a given grid is used as it is).
+pub fn quantize_into_as<T: Element>(
+    x: &Strided<T>,
+    scheme: &Scheme,
+    given: Option<StaticParams>,
+    scale_dtype: ScaleDtype,
+    codes: &mut [u8],
+) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
     scheme.validate(x.shape())?;
     let kernels = simd::active()?;
     let units = Units::new(x.shape(), scheme.granularity);
@@ -89,6 +101,7 @@ pub fn quantize_into<T: Element>(
         k: kernels,
         scheme,
         units: &units,
+        scale_dtype,
     };
     let outcome = if units.lanes {
         run.lanes(&mut grid, computed, codes)
@@ -198,6 +211,7 @@ struct Run<'r, 'a, T> {
     k: &'static Kernels,
     scheme: &'r Scheme,
     units: &'r Units,
+    scale_dtype: ScaleDtype,
 }
 
 impl<T: Element> Run<'_, '_, T> {
@@ -221,7 +235,12 @@ impl<T: Element> Run<'_, '_, T> {
     }
 
     fn grid(&self, stats: MinMax) -> Result<QParams> {
-        params::compute(stats, self.scheme.bits, self.scheme.signed)
+        params::compute(
+            stats,
+            self.scheme.bits,
+            self.scheme.signed,
+            self.scale_dtype,
+        )
     }
 
     /// Channels (or groups) that each cover a contiguous run of lines: statistics and codes

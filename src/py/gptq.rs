@@ -3,11 +3,18 @@
 
 use super::to_py;
 use crate::algo::gptq::{self, Block, BlockOut, Grid, Groups, Mse};
+use crate::kernels::ScaleDtype;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-fn grid(bits: u32, symmetric: bool, mse: Option<(f32, usize, f64)>) -> PyResult<Grid> {
+fn grid(
+    bits: u32,
+    symmetric: bool,
+    mse: Option<(f32, usize, f64)>,
+    scale_dtype: &str,
+) -> PyResult<Grid> {
+    let scale_dtype = ScaleDtype::from_name(scale_dtype).map_err(to_py)?;
     if !(1..=8).contains(&bits) {
         return Err(PyValueError::new_err(format!("bits={bits}: use 1 to 8")));
     }
@@ -19,16 +26,18 @@ fn grid(bits: u32, symmetric: bool, mse: Option<(f32, usize, f64)>) -> PyResult<
             grid,
             max_shrink,
         }),
+        scale_dtype,
     })
 }
 
-/// gptq_find_params(x, bits, symmetric, mse)
+/// gptq_find_params(x, bits, symmetric, mse, scale_dtype)
 /// --
 ///
 /// The reference grid of each row of `x` (`[rows, n]` float32): `(scale, zero)`, float32
-/// `[rows]` each. `mse`: `None` or `(norm, grid, max_shrink)`.
+/// `[rows]` each. `mse`: `None` or `(norm, grid, max_shrink)`. Scales are rounded to
+/// `scale_dtype` (float32, float16 or bfloat16) as they are made.
 #[pyfunction]
-#[pyo3(signature = (x, bits, symmetric, mse=None))]
+#[pyo3(signature = (x, bits, symmetric, mse=None, scale_dtype="float32"))]
 #[allow(clippy::type_complexity)]
 pub fn gptq_find_params<'py>(
     py: Python<'py>,
@@ -36,11 +45,12 @@ pub fn gptq_find_params<'py>(
     bits: u32,
     symmetric: bool,
     mse: Option<(f32, usize, f64)>,
+    scale_dtype: &str,
 ) -> PyResult<(
     Bound<'py, numpy::PyArray1<f32>>,
     Bound<'py, numpy::PyArray1<f32>>,
 )> {
-    let g = grid(bits, symmetric, mse)?;
+    let g = grid(bits, symmetric, mse, scale_dtype)?;
     let n = x.shape()[1];
     let xs = x.as_slice()?;
     let params: Vec<(f32, f32)> = py.detach(|| {
@@ -57,7 +67,7 @@ pub fn gptq_find_params<'py>(
 }
 
 /// gptq_block(w, hinv, i1, i2, bits, symmetric, mse, codes, err, scale, zero, group_size,
-///            static_groups, col_group)
+///            static_groups, col_group, scale_dtype)
 /// --
 ///
 /// GPTQ's column loop over columns `i1..i2` of `w` (`[rows, cols]` float32, processing
@@ -66,10 +76,11 @@ pub fn gptq_find_params<'py>(
 /// groups, the grids of the groups that start in the block into `scale` / `zero`
 /// (`[rows, n_groups]`). Grids: `group_size=None` and not `static_groups`: `scale` / `zero`
 /// hold one grid per row (`[rows, 1]`), read only; `static_groups`: they hold every group's
-/// grid, read only, and column `c` uses group `col_group[c]`. Returns the block's loss.
+/// grid, read only, and column `c` uses group `col_group[c]`. Dynamic groups' scales are
+/// rounded to `scale_dtype` as they are made. Returns the block's loss.
 #[pyfunction]
 #[pyo3(signature = (w, hinv, i1, i2, bits, symmetric, mse, codes, err, scale, zero,
-                    group_size, static_groups, col_group))]
+                    group_size, static_groups, col_group, scale_dtype="float32"))]
 #[allow(clippy::too_many_arguments)]
 pub fn gptq_block<'py>(
     py: Python<'py>,
@@ -87,8 +98,9 @@ pub fn gptq_block<'py>(
     group_size: Option<usize>,
     static_groups: bool,
     col_group: PyReadonlyArray1<'py, u32>,
+    scale_dtype: &str,
 ) -> PyResult<f64> {
-    let g = grid(bits, symmetric, mse)?;
+    let g = grid(bits, symmetric, mse, scale_dtype)?;
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let n_groups = scale.shape()[1];
     let col_group = col_group.as_slice()?;

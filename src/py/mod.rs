@@ -8,7 +8,7 @@ mod gptq;
 mod hqq;
 
 use crate::error::QfastError as CoreError;
-use crate::kernels::{self, Element, Granularity, Scheme, StaticParams, Strided};
+use crate::kernels::{self, Element, Granularity, ScaleDtype, Scheme, StaticParams, Strided};
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1};
@@ -70,14 +70,16 @@ type QuantizeOut<'py> = (
     Option<Bound<'py, PyArray1<i32>>>,
 );
 
-/// quantize(x, dtype, bits, signed, axis, group_size, scale, zero_point)
+/// quantize(x, dtype, bits, signed, axis, group_size, scale, zero_point, scale_dtype)
 /// --
 ///
 /// Kernel entry of `qfast.quantize` (use that instead). `x` is a float32/float64 array, or
 /// a uint16 view of float16/bfloat16 data named by `dtype`. Returns the codes (flat bytes,
-/// lines x line_bytes), the scales and the zero points (None for signed codes).
+/// lines x line_bytes), the scales (float32 values, rounded to `scale_dtype` when computed)
+/// and the zero points (None for signed codes).
 #[pyfunction]
-#[pyo3(signature = (x, dtype, bits, signed, axis=None, group_size=None, scale=None, zero_point=None))]
+#[pyo3(signature = (x, dtype, bits, signed, axis=None, group_size=None, scale=None,
+                    zero_point=None, scale_dtype="float32"))]
 #[allow(clippy::too_many_arguments)]
 fn quantize<'py>(
     py: Python<'py>,
@@ -89,16 +91,18 @@ fn quantize<'py>(
     group_size: Option<usize>,
     scale: Option<PyReadonlyArray1<'py, f32>>,
     zero_point: Option<PyReadonlyArray1<'py, i32>>,
+    scale_dtype: &str,
 ) -> PyResult<QuantizeOut<'py>> {
     let scheme = scheme(bits, signed, axis, group_size);
+    let sd = ScaleDtype::from_name(scale_dtype).map_err(to_py)?;
     let scale = scale.as_ref().map(|s| s.as_slice()).transpose()?;
     let zero_point = zero_point.as_ref().map(|z| z.as_slice()).transpose()?;
     let given = scale.map(|scale| StaticParams { scale, zero_point });
     match dtype {
-        "float32" => with_view!(x, f32, f32, |v| quantize_view(py, &v, &scheme, given)),
-        "float64" => with_view!(x, f64, f64, |v| quantize_view(py, &v, &scheme, given)),
-        "float16" => with_view!(x, u16, f16, |v| quantize_view(py, &v, &scheme, given)),
-        "bfloat16" => with_view!(x, u16, bf16, |v| quantize_view(py, &v, &scheme, given)),
+        "float32" => with_view!(x, f32, f32, |v| quantize_view(py, &v, &scheme, given, sd)),
+        "float64" => with_view!(x, f64, f64, |v| quantize_view(py, &v, &scheme, given, sd)),
+        "float16" => with_view!(x, u16, f16, |v| quantize_view(py, &v, &scheme, given, sd)),
+        "bfloat16" => with_view!(x, u16, bf16, |v| quantize_view(py, &v, &scheme, given, sd)),
         other => Err(PyTypeError::new_err(format!(
             "cannot quantize {other} data; pass float32, float64, float16 or bfloat16"
         ))),
@@ -112,13 +116,14 @@ fn quantize_view<'py, T: Element>(
     x: &Strided<T>,
     scheme: &Scheme,
     given: Option<StaticParams>,
+    scale_dtype: ScaleDtype,
 ) -> PyResult<QuantizeOut<'py>> {
     scheme.validate(x.shape()).map_err(to_py)?;
     let codes = PyArray1::<u8>::zeros(py, kernels::codes_len(x.shape(), scheme), false);
     let (scale, zero_point) = {
         let mut rw = codes.readwrite();
         let out = rw.as_slice_mut()?;
-        py.detach(|| kernels::quantize_into(x, scheme, given, out))
+        py.detach(|| kernels::quantize_into_as(x, scheme, given, scale_dtype, out))
             .map_err(to_py)?
     };
     Ok((

@@ -330,6 +330,36 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(raw[k], v)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("granularity", ["tensor", "axis0", "axis-1", "group"])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", ["float32", "float16", "bfloat16"])
+def test_save_load_every_grid(
+    tmp_path: Path, bits: int, granularity: str, symmetric: bool, scale_dtype: str
+) -> None:
+    """Every width, granularity and scale dtype comes back with the same fields and values
+    (a per-tensor grid's 0-d scale and a packed zero point keep their shapes)."""
+    kw: dict[str, Any] = {
+        "tensor": {},
+        "axis0": {"axis": 0},
+        "axis-1": {"axis": -1},
+        "group": {"group_size": 4},
+    }[granularity]
+    x = np.random.default_rng(bits).standard_normal((6, 11), dtype=np.float32)
+    q = qfast.quantize(x, bits, symmetric=symmetric, scale_dtype=scale_dtype, **kw)
+    path = tmp_path / "g.safetensors"
+    qfast.save(path, {"w": q})
+    got = qfast.load(path)["w"]
+    assert isinstance(got, QTensor)
+    assert got.scale.dtype == q.scale.dtype and got.scale.shape == q.scale.shape
+    np.testing.assert_array_equal(got.data, q.data)
+    if q.zero_point is None:
+        assert got.zero_point is None
+    else:
+        np.testing.assert_array_equal(got.zero_point, q.zero_point)
+    np.testing.assert_array_equal(got.dequantize(), q.dequantize())
+
+
 def test_load_plain_safetensors(tmp_path: Path) -> None:
     path = tmp_path / "plain.safetensors"
     arrays = {"a": np.ones((2, 3), np.float16), "b": np.arange(4, dtype=np.int32)}

@@ -48,19 +48,6 @@ def _safetensors() -> ModuleType:
     return safetensors.numpy
 
 
-def _qtensor_entries(qt: QTensor, prefix: str) -> dict[str, np.ndarray]:
-    """``qt.to_dict(prefix)``, with each entry's shape as in the QTensor (``to_dict`` may turn
-    the ``()`` scale of a per-tensor grid into ``(1,)``, a shape ``from_dict`` then refuses)."""
-    d = qt.to_dict(prefix=prefix)
-    for field in ("scale", "zero_point"):
-        value = getattr(qt, field, None)
-        key = prefix + field
-        if isinstance(value, np.ndarray) and key in d and d[key].shape != value.shape:
-            if d[key].size == value.size:
-                d[key] = d[key].reshape(value.shape)
-    return d
-
-
 def check_names(names: list[str], qtensor_names: list[str]) -> None:
     """No tensor's name may start with a QTensor's ``NAME.`` (its entries live there)."""
     ordered = sorted(names)
@@ -109,7 +96,7 @@ def _entries(tensors: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
         if isinstance(value, QTensor):
-            out.update(_qtensor_entries(value, name + "."))
+            out.update(value.to_dict(prefix=name + "."))
         else:
             out[name] = _plain_array(name, value)
     return out

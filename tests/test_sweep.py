@@ -625,6 +625,7 @@ LAYOUT_FUNCS: dict[str, Callable[[np.ndarray], Any]] = {
     "hqq": lambda a: qfast.hqq(a, 4, group_size=4),
     "linear": lambda a: qfast.linear(a, qfast.quantize(rand((3, 8), seed=1), 4, group_size=4)),
     "gguf-quantize": lambda a: qg.quantize(a, "Q4_1"),
+    "awq": lambda a: qfast.awq(a, rand((32, 8), seed=1), group_size=4),
 }
 for _fname, _f in LAYOUT_FUNCS.items():
     for _lname, _l in LAYOUTS.items():
@@ -636,6 +637,7 @@ for _fname, _f in LAYOUT_FUNCS.items():
             ("linear", "unaligned"),
             ("linear", "negstride"),
             ("gguf-quantize", "unaligned"),
+            ("awq", "unaligned"),
             ("gguf-quantize", "strided"),
         }:
             continue
@@ -1936,6 +1938,34 @@ bad(
 )
 
 
+def _raise_key_error(done: int, total: int) -> None:
+    raise KeyError("stop")
+
+
+# A progress callback's exception aborts the run and reaches the caller as it is.
+bad(
+    "algo",
+    "gptq-progress-raises",
+    lambda: qfast.gptq(rand(), rand((32, 8)), group_size=4, progress=_raise_key_error),
+    KeyError,
+    "stop",
+)
+bad(
+    "algo",
+    "awq-progress-raises",
+    lambda: qfast.awq(rand(), rand((32, 8)), group_size=4, progress=_raise_key_error),
+    KeyError,
+    "stop",
+)
+bad(
+    "algo",
+    "hqq-progress-raises",
+    lambda: qfast.hqq(rand(), group_size=4, progress=_raise_key_error),
+    KeyError,
+    "stop",
+)
+
+
 def _awq_ok(shape: tuple[int, ...]) -> Callable[[Any], None]:
     def check(r: Any) -> None:
         assert isinstance(r, qfast.AWQResult), type(r)
@@ -1993,6 +2023,11 @@ bad(
 )
 for _name, _fn, _shape in (
     ("rtn-zero", lambda: qfast.rtn(np.zeros((4, 8), F32), 4, group_size=4), (4, 8)),
+    (
+        "gptq-range-overflow",
+        lambda: qfast.gptq(np.array([[-3e38, 3e38]], F32), np.ones((4, 2), F32)),
+        (1, 2),
+    ),
     ("rtn-one-column", lambda: qfast.rtn(rand((4, 1)), 4, group_size=4), (4, 1)),
     ("rtn-huge-values", lambda: qfast.rtn(np.full((4, 8), 3e38, F32), 4, group_size=4), (4, 8)),
     (

@@ -62,7 +62,7 @@ def _not_positive(name: str, value: Any) -> ValueError:
 
 
 def check_positive(value: Any, name: str) -> float:
-    """``value`` as a positive finite float (a damping fraction, a penalty weight, ...)."""
+    """``value`` as a float above 0 and below infinity (a damping fraction, a penalty weight)."""
     v = as_float(value, name)
     if not (math.isfinite(v) and v > 0):
         raise _not_positive(name, value)

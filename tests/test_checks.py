@@ -31,11 +31,13 @@ FLOAT_MESSAGE = (
 )
 
 
-def error(fn: Callable[[], Any]) -> tuple[type, str]:
-    """The exception type and message ``fn()`` raises."""
-    with pytest.raises(Exception) as info:
-        fn()
-    return info.type, str(info.value)
+def error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[type, str]:
+    """The exception type and message ``fn(*args, **kwargs)`` raises."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:
+        return type(e), str(e)
+    raise AssertionError(f"{fn} did not raise")
 
 
 # --- one argument, every function that takes it ------------------------------------------------
@@ -70,11 +72,7 @@ BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize(("arg", "bad", "exc", "message"), BAD_ARGUMENTS)
 def test_same_bad_argument_same_error_everywhere(arg: str, bad: Any, exc: type, message: str):
-    got = {
-        name: error(lambda: fn(**{arg: bad}))
-        for name, (fn, takes) in FUNCTIONS.items()
-        if arg in takes
-    }
+    got = {name: error(fn, **{arg: bad}) for name, (fn, takes) in FUNCTIONS.items() if arg in takes}
     assert len(got) >= 4
     for name, (kind, text) in got.items():
         assert (kind, text) == (exc, message), name
@@ -101,14 +99,14 @@ def test_same_float_input_rule_everywhere(dtype: Any):
     for name, (arg, fn) in FLOAT_INPUTS.items():
         bad = W.astype(dtype)
         want = FLOAT_MESSAGE.format(arg, np.dtype(dtype))
-        assert error(lambda: fn(bad)) == (TypeError, want), name
+        assert error(fn, bad) == (TypeError, want), name
 
 
 def test_qtensor_input_is_refused_everywhere():
     q = qfast.quantize(W, 8)
     for name, (arg, fn) in FLOAT_INPUTS.items():
         want = f"{arg} is already a QTensor; dequantize it first"
-        assert error(lambda: fn(q)) == (TypeError, want), name
+        assert error(fn, q) == (TypeError, want), name
 
 
 def _as(dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -178,7 +176,7 @@ def test_gguf_quantize_takes_bfloat16_like_quantize():
 
 @pytest.mark.parametrize("bad", [3.7, 64.0, "128", b"64", True, np.float64(64), None, [64]])
 def test_hessian_size_must_be_an_integer(bad: Any):
-    assert error(lambda: qfast.Hessian(bad)) == (
+    assert error(qfast.Hessian, bad) == (
         TypeError,
         f"in_features must be an integer, got {bad!r}",
     )
@@ -186,7 +184,7 @@ def test_hessian_size_must_be_an_integer(bad: Any):
 
 def test_hessian_size_range_and_numpy_integers():
     assert qfast.Hessian(np.int64(3)).in_features == 3
-    assert error(lambda: qfast.Hessian(0)) == (ValueError, "in_features must be at least 1, got 0")
+    assert error(qfast.Hessian, 0) == (ValueError, "in_features must be at least 1, got 0")
 
 
 @pytest.mark.parametrize(
@@ -207,7 +205,7 @@ def test_hessian_size_range_and_numpy_integers():
 )
 def test_every_flag_is_a_bool(call: Callable[[Any], Any], arg: str):
     for bad in ("no", "False", 0, 1.0):
-        assert error(lambda: call(bad)) == (TypeError, f"{arg} must be True or False, got {bad!r}")
+        assert error(call, bad) == (TypeError, f"{arg} must be True or False, got {bad!r}")
     call(np.bool_(False))
 
 
@@ -228,10 +226,10 @@ def test_symmetric_false_is_not_symmetric_true():
 )
 def test_positive_numbers(call: Callable[[Any], Any], arg: str):
     for bad in ("0.01", True, None):
-        assert error(lambda: call(bad)) == (TypeError, f"{arg} must be a number, got {bad!r}")
+        assert error(call, bad) == (TypeError, f"{arg} must be a number, got {bad!r}")
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         want = f"{arg} must be a positive finite number, got {bad!r}"
-        assert error(lambda: call(bad)) == (ValueError, want)
+        assert error(call, bad) == (ValueError, want)
     call(np.float32(0.5))
 
 
@@ -250,10 +248,10 @@ def test_group_must_divide_the_same_way(g: int):
         f"group_size={g} does not divide the input size 64 (the last axis); pass one of "
         "[1, 2, 4, 8, 16, 32, 64], or None for one group per row"
     )
-    assert error(lambda: qfast.awq(W, X, group_size=g)) == (ValueError, want)
-    assert error(lambda: qfast.hqq(W, group_size=g)) == (ValueError, want)
+    assert error(qfast.awq, W, X, group_size=g) == (ValueError, want)
+    assert error(qfast.hqq, W, group_size=g) == (ValueError, want)
     # Rust's AWQ and HQQ entry points word it the same way
-    assert error(lambda: _qfast.awq_quantize(W, g, 4, False)) == (ValueError, want)
+    assert error(_qfast.awq_quantize, W, g, 4, False) == (ValueError, want)
 
 
 def test_rust_entry_points_take_the_same_bits():
@@ -261,11 +259,11 @@ def test_rust_entry_points_take_the_same_bits():
     flat = W.reshape(-1)
     for b in (0, 1, 9):
         want = (ValueError, BITS_MESSAGE.format(b))
-        assert error(lambda: _qfast.gptq_find_params(W, b, True)) == want
-        assert error(lambda: _qfast.hqq_init(flat, [8, 64], 64, b, False)) == want
-        assert error(lambda: _qfast.awq_quantize(W, 64, b, False)) == want
-        assert error(lambda: _qfast.quantize(W, "float32", b, True)) == want
-    assert error(lambda: _qfast.hqq_init(flat, [8, 64], 0, 4, False)) == (
+        assert error(_qfast.gptq_find_params, W, b, True) == want
+        assert error(_qfast.hqq_init, flat, [8, 64], 64, b, False) == want
+        assert error(_qfast.awq_quantize, W, 64, b, False) == want
+        assert error(_qfast.quantize, W, "float32", b, True) == want
+    assert error(_qfast.hqq_init, flat, [8, 64], 0, 4, False) == (
         ValueError,
         "group_size must be at least 1, got 0",
     )
@@ -274,14 +272,14 @@ def test_rust_entry_points_take_the_same_bits():
 def test_rust_words_axis_and_scale_as_python():
     for axis in (2, 5):
         want = (ValueError, f"axis={axis} is out of range for an array with 2 dimensions")
-        assert error(lambda: qfast.quantize(W, 8, axis=axis)) == want
-        assert error(lambda: _qfast.quantize(W, "float32", 8, True, axis)) == want
-    assert error(lambda: qfast.quantize(W, 8, scale=-2.0)) == (
+        assert error(qfast.quantize, W, 8, axis=axis) == want
+        assert error(_qfast.quantize, W, "float32", 8, True, axis) == want
+    assert error(qfast.quantize, W, 8, scale=-2.0) == (
         ValueError,
         "scale must be a positive finite number, got -2.0",
     )
     bad = np.full(1, -2.0, F32)
-    assert error(lambda: _qfast.quantize(W, "float32", 8, True, None, None, bad)) == (
+    assert error(_qfast.quantize, W, "float32", 8, True, None, None, bad) == (
         ValueError,
         "scale must be a positive finite number, got -2",  # Rust prints floats this way
     )

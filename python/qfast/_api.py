@@ -18,6 +18,7 @@ from ._checks import (
 )
 from ._qtensor import QTensor, data_shape, param_shape
 
+
 def _grid_array(value: Any, want: tuple[int, ...], name: str, codes: tuple[int, int]) -> np.ndarray:
     """A caller's scale (float32) or zero_point (int32 within the code range `codes`) as a flat
     array in the layout the kernels expect."""

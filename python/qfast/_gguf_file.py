@@ -422,7 +422,8 @@ def _encode_scalar(where: str, value: Any, vtype: GGUFValueType) -> Any:
     else:  # an ARRAY inside an array
         ok = False
     if not ok:
-        fit = f" (from {_INT_RANGES[name][0]} to {_INT_RANGES[name][1] - 1})" if name in _INT_RANGES else ""
+        lo, hi = _INT_RANGES.get(name, (0, 0))
+        fit = f" (from {lo} to {hi - 1})" if name in _INT_RANGES else ""
         raise ValueError(f"metadata {where}: {_short(value)} is not a valid {name}{fit}")
     return value.item() if isinstance(value, np.generic) else value
 

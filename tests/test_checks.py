@@ -285,6 +285,25 @@ def test_rust_words_axis_and_scale_as_python():
     )
 
 
+def test_gguf_integers_are_integers(tmp_path: Path):
+    data = qg.quantize(np.ones((2, 32), F32), "Q8_0")
+    assert error(qg.quantize, W, True)[0] is TypeError  # True used to mean F16 (ggml id 1)
+    assert error(qg.dequantize, data, "Q8_0", (2.0, 32)) == (
+        TypeError,
+        "shape must be an integer, got 2.0",
+    )
+    assert error(qg.to_qtensor, data, "Q8_0", (2, "32")) == (
+        TypeError,
+        "shape must be an integer, got '32'",
+    )
+    pytest.importorskip("gguf")
+    assert error(qg.save, tmp_path / "m.gguf", {"t": (data, "Q8_0", (2, 32.0))}, check=False) == (
+        TypeError,
+        "tensor 't': shape must be an integer, got 32.0",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- gguf.save writes every integer as a type it fits ------------------------------------------
 
 

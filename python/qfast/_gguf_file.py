@@ -465,7 +465,7 @@ def _raw_rows(
     name: str, data: npt.NDArray[Any], qtype: GGMLQuantizationType, shape: tuple[int, ...]
 ) -> RawTensor:
     """The tensor's bytes, shaped ``(*shape[:-1], row_bytes)`` as GGUFWriter takes raw data."""
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(as_int(d, f"tensor {name!r}: shape") for d in shape)
     if not 1 <= len(shape) <= _MAX_DIMS or min(shape) < 0:
         raise ValueError(f"tensor {name!r}: GGUF tensors have 1 to 4 axes, not shape {shape}")
     block_size, type_size = _gguf().GGML_QUANT_SIZES[qtype]

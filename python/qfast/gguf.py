@@ -86,7 +86,7 @@ def type_info(type: Any) -> TypeInfo:
 def _name(type: Any) -> str:
     if isinstance(type, str):
         return "F32" if type.upper() == "F32" else type
-    if isinstance(type, (int, np.integer)):  # also gguf.GGMLQuantizationType (an IntEnum)
+    if isinstance(type, (int, np.integer)) and not isinstance(type, bool):  # also an IntEnum
         name = _IDS.get(int(type))
         if name is None:
             label = getattr(type, "name", int(type))

@@ -61,8 +61,8 @@ class AWQResult:
 
 
 def _weights(W: Any) -> list[np.ndarray]:
-    group = isinstance(W, (list, tuple)) or (isinstance(W, np.ndarray) and W.ndim != 2)
-    items = list(W) if group else [W]
+    single = isinstance(W, QTensor) or (isinstance(W, np.ndarray) and W.ndim == 2)
+    items = [W] if single else list(W)
     if not items:
         raise ValueError("W is empty; pass one [out, in] weight or a sequence of them")
     out = []

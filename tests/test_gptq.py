@@ -319,7 +319,7 @@ def test_errors() -> None:
         qfast.gptq(W[0], X)
     with pytest.raises(TypeError, match="float array"):
         qfast.gptq(W.astype(np.int32), X)
-    with pytest.raises(TypeError, match="must be float"):
+    with pytest.raises(TypeError, match="must be a float array"):
         qfast.Hessian(64).add(X.astype(np.int64))
     with pytest.raises(ValueError, match="no samples yet"):
         qfast.Hessian(64).matrix()

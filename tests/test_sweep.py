@@ -2476,7 +2476,13 @@ def _shrink_under_map(tmp: Path) -> Any:
         p.unlink()
 
 
-either("gguf", "load-shrunk-under-map", _shrink_under_map, None, (ValueError, OSError, QfastError))
+either(
+    "gguf",
+    "load-shrunk-under-map",
+    _shrink_under_map,
+    None,
+    (ValueError, OSError, qfast.QfastError),
+)
 
 SAVE_OK = {"general.architecture": "test"}
 

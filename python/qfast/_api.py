@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
 from . import _qfast
+from ._checks import (
+    as_bool,
+    as_int,
+    check_bits,
+    check_group_size,
+    check_positive_array,
+    float_input,
+    normalize_axis,
+)
 from ._qtensor import (
     QTensor,
     as_scale_dtype,
@@ -16,47 +24,6 @@ from ._qtensor import (
     round_scale,
     scale_dtype_name,
 )
-
-_FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-
-
-def _float_input(x: Any) -> tuple[np.ndarray, str]:
-    """The array to hand to the kernels (float16/bfloat16 as a uint16 view) and its dtype."""
-    if isinstance(x, QTensor):
-        raise TypeError("x is already a QTensor; dequantize it first")
-    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
-    if not isinstance(x, np.ndarray) and arr.dtype.kind in "iub":
-        arr = arr.astype(np.float32)
-    name = arr.dtype.name
-    if name not in _FLOAT_NAMES:
-        raise TypeError(
-            f"quantize expects float32, float64, float16 or bfloat16 data, got {arr.dtype}; "
-            "convert it first, e.g. x.astype(np.float32)"
-        )
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    if not arr.flags.aligned:
-        arr = arr.copy()
-    if name in ("float16", "bfloat16"):
-        return arr.view(np.uint16), name
-    return arr, name
-
-
-def _normalize_axis(axis: Any, ndim: int) -> int:
-    axis = _as_int(axis, "axis")
-    nd = max(ndim, 1)
-    if not -nd <= axis < nd:
-        raise ValueError(f"axis={axis} is out of range for an array with {ndim} dimensions")
-    return axis % nd
 
 
 def _grid_array(value: Any, want: tuple[int, ...], name: str, codes: tuple[int, int]) -> np.ndarray:
@@ -84,11 +51,7 @@ def _grid_array(value: Any, want: tuple[int, ...], name: str, codes: tuple[int, 
             raise ValueError(f"zero_point {bad} is outside the code range [{lo}, {hi}]")
         return np.ascontiguousarray(arr, dtype=np.int32).reshape(-1)
     out = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
-    bad = ~(np.isfinite(out) & (out > 0))
-    if bad.any():
-        raise ValueError(
-            f"scale must be a positive finite float32, got {arr.reshape(-1)[bad.argmax()]!r}"
-        )
+    check_positive_array(out, "scale")
     return out
 
 
@@ -146,10 +109,11 @@ def quantize(
             axis, group_size or grid shapes.
         TypeError: non-float input.
     """
-    bits = _as_int(bits, "bits")
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits} is not supported; pass bits between 2 and 8")
-    arr, dtype = _float_input(x)
+    bits = check_bits(bits)
+    arr = float_input(x, "x")
+    dtype = arr.dtype.name
+    if dtype in ("float16", "bfloat16"):
+        arr = arr.view(np.uint16)  # the kernels take 16-bit floats as their bits
     shape = tuple(arr.shape)
     if group_size is not None:
         if axis is not None:
@@ -157,15 +121,13 @@ def quantize(
                 "pass either axis (per-channel) or group_size (groups along the last axis), "
                 "not both"
             )
-        group_size = _as_int(group_size, "group_size")
-        if group_size < 1:
-            raise ValueError(f"group_size must be at least 1, got {group_size}")
+        group_size = check_group_size(group_size)
         if group_size > 2**31:
             # Any group_size >= n means one group per row; keep it within the kernels' range.
             group_size = max(shape[-1] if shape else 1, 1)
     elif axis is not None:
-        axis = _normalize_axis(axis, arr.ndim)
-    signed = bool(symmetric)
+        axis = normalize_axis(axis, arr.ndim)
+    signed = as_bool(symmetric, "symmetric")
     if zero_point is not None and signed:
         raise ValueError("zero_point was given with symmetric=True; pass symmetric=False")
     if zero_point is not None and scale is None:
@@ -233,8 +195,7 @@ def pack_int4(q: Any, *, signed: bool | None = None) -> np.ndarray:
     arr = np.asarray(q)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"pack_int4 expects integer codes, got {arr.dtype}")
-    if signed is None:
-        signed = arr.dtype.kind == "i"
+    signed = arr.dtype.kind == "i" if signed is None else as_bool(signed, "signed")
     lo, hi = (-8, 7) if signed else (0, 15)
     if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
         raise ValueError(
@@ -260,10 +221,11 @@ def unpack_int4(p: Any, n: int, *, signed: bool = True) -> np.ndarray:
     arr = np.asarray(p)
     if arr.dtype != np.uint8:
         raise TypeError(f"unpack_int4 expects uint8 packed codes, got {arr.dtype}")
-    n = _as_int(n, "n")
+    n = as_int(n, "n")
+    signed = as_bool(signed, "signed")
     lead, m = _lines(arr)
     if n < 0 or -(-n // 2) > m:
         raise ValueError(f"{m} packed bytes per row cannot hold n={n} codes")
     flat = np.ascontiguousarray(arr).reshape(-1)
-    out = _qfast.unpack(flat, m, n, 4, bool(signed)).reshape((*lead, n))
+    out = _qfast.unpack(flat, m, n, 4, signed).reshape((*lead, n))
     return out.view(np.int8) if signed else out

@@ -18,9 +18,16 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
-from ._api import _as_int
+from ._checks import (
+    as_bool,
+    as_float,
+    check_at_least,
+    check_bits,
+    check_finite,
+    check_group_divides,
+    float32_input,
+)
 from ._qtensor import QTensor
-from ._rtn import check_finite
 
 F32 = np.float32
 
@@ -53,25 +60,15 @@ class AWQResult:
     clip_max: tuple[np.ndarray, ...] | None
 
 
-def _float32(a: Any, name: str) -> np.ndarray:
-    """`a` as a C-contiguous float32 array; TypeError for non-float data."""
-    arr = np.asarray(a)
-    if arr.dtype.kind != "f":
-        raise TypeError(
-            f"{name} must be a float array, got {arr.dtype}; convert it first, "
-            f"e.g. {name}.astype(np.float32)"
-        )
-    return np.ascontiguousarray(arr, dtype=F32)
-
-
 def _weights(W: Any) -> list[np.ndarray]:
-    items = [W] if isinstance(W, np.ndarray) and W.ndim == 2 else list(W)
+    single = isinstance(W, QTensor) or (isinstance(W, np.ndarray) and W.ndim == 2)
+    items = [W] if single else list(W)
     if not items:
         raise ValueError("W is empty; pass one [out, in] weight or a sequence of them")
     out = []
     for k, w in enumerate(items):
         name = "W" if len(items) == 1 else f"W[{k}]"
-        arr = _float32(w, name)
+        arr = float32_input(w, name)
         if arr.ndim != 2:
             raise ValueError(f"{name} must be a 2-D [out, in] weight, got shape {arr.shape}")
         check_finite(arr, name)
@@ -83,7 +80,7 @@ def _weights(W: Any) -> list[np.ndarray]:
 
 
 def _inputs(X: Any, n_in: int) -> np.ndarray:
-    x = _float32(X, "X")
+    x = float32_input(X, "X")
     if x.ndim < 1 or x.shape[-1] != n_in:
         raise ValueError(
             f"X has shape {x.shape} but the weights have input size {n_in}; "
@@ -101,20 +98,6 @@ def _inputs(X: Any, n_in: int) -> np.ndarray:
             stacklevel=3,
         )
     return x
-
-
-def _group_size(group_size: Any, n_in: int) -> int:
-    if group_size is None:
-        return n_in
-    g = _as_int(group_size, "group_size")
-    if g < 1 or n_in % g:
-        divisors = [d for d in (32, 64, 128, 256) if n_in % d == 0]
-        hint = f"e.g. {divisors}" if divisors else "or None (one group per row)"
-        raise ValueError(
-            f"group_size={group_size} does not divide the input size {n_in}; AWQ quantizes "
-            f"whole groups: pass a divisor of {n_in}, {hint}"
-        )
-    return g
 
 
 def _w_mean(weights: list[np.ndarray], group_size: int) -> np.ndarray:
@@ -219,15 +202,13 @@ def awq(
             tokens, a ``group_size`` that does not divide ``in``, bad ``bits``/``n_grid``.
         TypeError: integer (non-float) W or X.
     """
-    bits = _as_int(bits, "bits")
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits} is not supported; pass bits between 2 and 8")
-    n_grid = _as_int(n_grid, "n_grid")
-    if n_grid < 1:
-        raise ValueError(f"n_grid must be at least 1, got {n_grid}")
-    n_sample_tokens = _as_int(n_sample_tokens, "n_sample_tokens")
-    if n_sample_tokens < 1:
-        raise ValueError(f"n_sample_tokens must be at least 1, got {n_sample_tokens}")
+    bits = check_bits(bits)
+    sym = as_bool(symmetric, "symmetric")
+    duo_scaling = as_bool(duo_scaling, "duo_scaling")
+    clip = as_bool(clip, "clip")
+    n_grid = check_at_least(n_grid, "n_grid", 1)
+    n_sample_tokens = check_at_least(n_sample_tokens, "n_sample_tokens", 1)
+    max_shrink = as_float(max_shrink, "max_shrink")
     n_shrink = int(max_shrink * n_grid)
     if clip and n_shrink < 1:
         raise ValueError(
@@ -237,8 +218,7 @@ def awq(
     weights = _weights(W)
     n_in = weights[0].shape[1]
     x = _inputs(X, n_in)
-    g = _group_size(group_size, n_in)
-    sym = bool(symmetric)
+    g = n_in if group_size is None else check_group_divides(group_size, n_in)
     total = n_grid + (len(weights) if clip else 0)
 
     def kernel(w: np.ndarray, scales: np.ndarray | None, out: np.ndarray) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
+from ._checks import as_bool, as_int
 from ._files import atomic_write
 
 if TYPE_CHECKING:
@@ -299,7 +300,8 @@ def save(
     ``(GGUFValueType.ARRAY, element type)``); the others are inferred: str -> STRING, bool ->
     BOOL, float -> FLOAT32, int -> UINT32 where llama.cpp expects one (the architecture's own
     keys such as ``llama.block_count``, ``tokenizer.ggml.*_token_id``, ``general.file_type``,
-    ...), else INT32 if it fits, else INT64; lists of str / float / int -> arrays of STRING /
+    ...; a value outside UINT32's range is an error there, ``check=False`` or not), else INT32
+    if it fits, else INT64; lists of str / float / int -> arrays of STRING /
     FLOAT32 / INT32 (INT64 if needed); NumPy arrays by their dtype.
 
     ``architecture`` (default ``metadata["general.architecture"]``) is written as
@@ -325,10 +327,10 @@ def save(
         raise TypeError(f"general.architecture is a str, not {type(arch).__name__}")
     arch = arch or None
     align = alignment if alignment is not None else metadata.get("general.alignment")
-    align = _DEFAULT_ALIGNMENT if align is None else align
-    if not isinstance(align, (int, np.integer)) or align <= 0 or align & (align - 1):
+    align = _DEFAULT_ALIGNMENT if align is None else as_int(align, "alignment")
+    if align <= 0 or align & (align - 1):
         raise ValueError(f"the alignment must be a power of two, not {align!r}")
-    if check:
+    if as_bool(check, "check"):
         _check_required(metadata, arch)
     kvs = _metadata_entries(metadata, value_types or {}, arch, int(align))
     raw = [_raw_tensor(name, tensor) for name, tensor in tensors.items()]
@@ -402,8 +404,8 @@ def _scalar_type(key: str, value: Any, uint32: bool) -> GGUFValueType:
     if isinstance(value, (bool, np.bool_)):
         return T.BOOL
     if isinstance(value, (int, np.integer)):
-        if uint32 and 0 <= value < 1 << 32:
-            return T.UINT32
+        if uint32:  # llama.cpp reads it as a UINT32 (and refuses any other type)
+            return T.UINT32  # _encode_scalar refuses a value outside its range
         return T.INT32 if -(1 << 31) <= value < 1 << 31 else T.INT64
     if isinstance(value, (float, np.floating)):
         return T.FLOAT32
@@ -464,7 +466,9 @@ def _encode_scalar(where: str, value: Any, vtype: GGUFValueType) -> Any:
     else:  # an ARRAY inside an array
         ok = False
     if not ok:
-        raise ValueError(f"metadata {where}: {_short(value)} is not a valid {name}")
+        lo, hi = _INT_RANGES.get(name, (0, 0))
+        fit = f" (from {lo} to {hi - 1})" if name in _INT_RANGES else ""
+        raise ValueError(f"metadata {where}: {_short(value)} is not a valid {name}{fit}")
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -506,7 +510,7 @@ def _raw_rows(
     name: str, data: npt.NDArray[Any], qtype: GGMLQuantizationType, shape: tuple[int, ...]
 ) -> RawTensor:
     """The tensor's bytes, shaped ``(*shape[:-1], row_bytes)`` as GGUFWriter takes raw data."""
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(as_int(d, f"tensor {name!r}: shape") for d in shape)
     if not 1 <= len(shape) <= _MAX_DIMS or min(shape) < 0:
         raise ValueError(f"tensor {name!r}: GGUF tensors have 1 to 4 axes, not shape {shape}")
     block_size, type_size = _gguf().GGML_QUANT_SIZES[qtype]

@@ -26,17 +26,10 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
-from ._api import _as_int
+from ._checks import as_bool, check_at_least, check_bits, check_positive
 from ._hessian import Hessian
 from ._qtensor import QTensor, scale_dtype_name
-from ._rtn import (
-    MSE_SEARCH,
-    as_weight,
-    check_bits,
-    check_group_size,
-    grid_params,
-    to_qtensor,
-)
+from ._rtn import MSE_SEARCH, as_weight, grid_params, rows_group_size, to_qtensor
 
 F32 = np.float32
 
@@ -210,14 +203,15 @@ def gptq(
     """
     bits = check_bits(bits)
     sdtype = scale_dtype_name(scale_dtype)
+    symmetric = as_bool(symmetric, "symmetric")
+    act_order = as_bool(act_order, "act_order")
+    static_groups = as_bool(static_groups, "static_groups")
+    mse = as_bool(mse, "mse")
     W = as_weight(W)
     rows, cols = W.shape
-    group_size = check_group_size(group_size, cols)
-    block_size = _as_int(block_size, "block_size")
-    if block_size < 1:
-        raise ValueError(f"block_size must be at least 1, got {block_size}")
-    if not (np.isfinite(damp) and damp > 0):
-        raise ValueError(f"damp must be a positive fraction (e.g. 0.01), got {damp}")
+    group_size = rows_group_size(group_size, cols)
+    block_size = check_at_least(block_size, "block_size", 1)
+    damp = check_positive(damp, "damp")
     if static_groups and group_size is None:
         raise ValueError("static_groups needs a group_size")
     H = _hessian_matrix(hessian, X, cols)  # a fresh array: gptq may modify it
@@ -239,7 +233,7 @@ def gptq(
     if act_order:
         W = np.ascontiguousarray(W[:, perm])
         H = H[np.ix_(perm, perm)]
-    U, damp_used = hinv_factor(H, float(damp))
+    U, damp_used = hinv_factor(H, damp)
     del H
 
     col_group = np.zeros(cols, np.uint32)
@@ -255,8 +249,8 @@ def gptq(
         i2 = min(i1 + block_size, cols)
         err = err_buf[: rows * (i2 - i1)].reshape(rows, i2 - i1)
         loss += _qfast.gptq_block(
-            W, U, i1, i2, bits, bool(symmetric), mse_arg, codes, err, scale, zero,
-            group_size, bool(static_groups), col_group, sdtype,
+            W, U, i1, i2, bits, symmetric, mse_arg, codes, err, scale, zero,
+            group_size, static_groups, col_group, sdtype,
         )  # fmt: skip
         if i2 < cols:
             tmp = update[: rows * (cols - i2)].reshape(rows, cols - i2)
@@ -274,11 +268,11 @@ def gptq(
     meta = {
         "method": "gptq",
         "loss": loss / 2,
-        "symmetric": bool(symmetric),
-        "act_order": bool(act_order),
-        "static_groups": bool(static_groups),
+        "symmetric": symmetric,
+        "act_order": act_order,
+        "static_groups": static_groups,
         "damp": damp_used,
         "block_size": block_size,
-        "mse": bool(mse),
+        "mse": mse,
     }
     return to_qtensor(codes, scale, zero, bits, group_size, g_idx, meta, sdtype)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._rtn import check_finite
+from ._checks import check_at_least, check_finite, float32_input
 
 F32 = np.float32
 
@@ -33,24 +33,20 @@ class Hessian:
     """
 
     def __init__(self, in_features: int) -> None:
-        n = int(in_features)
-        if n < 1:
-            raise ValueError(f"in_features must be at least 1, got {in_features}")
+        n = check_at_least(in_features, "in_features", 1)
         self.in_features = n
         self._sum = np.zeros((n, n), np.float64)
         self.n_samples = 0
 
     def add(self, x: Any) -> Hessian:
         """Adds a batch of inputs ``x`` (``[..., in_features]``, any float dtype); returns self."""
-        arr = np.asarray(x)
-        if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
-            raise TypeError(f"calibration inputs must be float, got {arr.dtype}")
+        arr = float32_input(x, "calibration inputs")
         if arr.ndim == 0 or arr.shape[-1] != self.in_features:
             raise ValueError(
                 f"calibration inputs have shape {arr.shape}; the last axis must be "
                 f"in_features={self.in_features} (the layer's input width)"
             )
-        rows = np.ascontiguousarray(arr.reshape(-1, self.in_features), dtype=F32)
+        rows = arr.reshape(-1, self.in_features)
         if rows.shape[0] == 0:
             return self
         check_finite(rows, "calibration inputs")

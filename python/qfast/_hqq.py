@@ -3,16 +3,21 @@ a proximal solver, with no calibration data."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
 
 from . import _qfast
-from ._api import _as_int
+from ._checks import (
+    as_bool,
+    as_float,
+    check_at_least,
+    check_bits,
+    check_group_divides,
+    check_positive,
+    float32_input,
+)
 from ._qtensor import QTensor, param_shape
-
-_FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
 
 # hqq's early stopping compares against this before the first iteration (a float the first
 # error is expected to beat; a tensor whose mean error is larger stops after one iteration).
@@ -26,39 +31,12 @@ _NEAR_TIE = 1.5e-5
 
 def _weights(w: Any) -> np.ndarray:
     """``w`` as a C-contiguous float32 array of at least one dimension and one value."""
-    if isinstance(w, QTensor):
-        raise TypeError("W is already a QTensor; dequantize it first")
-    arr = w if isinstance(w, np.ndarray) else np.asarray(w)
-    if arr.dtype.name not in _FLOAT_NAMES:
-        raise TypeError(
-            f"hqq expects float32, float64, float16 or bfloat16 weights, got {arr.dtype}; "
-            "convert them first, e.g. W.astype(np.float32)"
-        )
+    arr = float32_input(w, "W")
     if arr.ndim == 0:
         raise ValueError("hqq needs an array of at least one dimension, got a scalar")
     if arr.size == 0:
         raise ValueError(f"hqq needs at least one weight, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _group_size(group_size: Any, n: int) -> int:
-    if group_size is None:
-        return n
-    gs = _as_int(group_size, "group_size")
-    if gs < 1 or n % gs:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise ValueError(
-            f"group_size={gs} does not divide the last axis of W ({n} values); pass one of "
-            f"{divisors}, or None for one group per row"
-        )
-    return gs
-
-
-def _positive(value: Any, name: str) -> float:
-    x = float(value)
-    if not (math.isfinite(x) and x > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return x
+    return arr
 
 
 def hqq(
@@ -131,26 +109,25 @@ def hqq(
     """
     arr = _weights(W)
     shape = tuple(arr.shape)
-    bits = _as_int(bits, "bits")
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits} is not supported; pass 2 to 8 (QTensor's code widths)")
-    gs = _group_size(group_size, shape[-1])
-    lp_norm = float(lp_norm)
+    bits = check_bits(bits)
+    gs = shape[-1] if group_size is None else check_group_divides(group_size, shape[-1])
+    lp_norm = as_float(lp_norm, "lp_norm")
     if not 0 < lp_norm <= 1:
         raise ValueError(f"lp_norm must be in (0, 1], got {lp_norm!r}")
-    beta0, kappa = _positive(beta, "beta"), _positive(kappa, "kappa")
-    iters = _as_int(iters, "iters")
-    if iters < 0:
-        raise ValueError(f"iters must be 0 or more, got {iters}")
+    beta0, kappa = check_positive(beta, "beta"), check_positive(kappa, "kappa")
+    iters = check_at_least(iters, "iters", 0)
+    early_stop = as_bool(early_stop, "early_stop")
+    optimize = as_bool(optimize, "optimize")
+    round_zero = as_bool(round_zero, "round_zero")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable as progress(done, total), got {progress!r}")
 
     flat = arr.reshape(-1)
-    scale, zero = _qfast.hqq_init(flat, list(shape), gs, bits, bool(round_zero))
+    scale, zero = _qfast.hqq_init(flat, list(shape), gs, bits, round_zero)
     iters_run = 0
     if optimize:
         zero, iters_run = _solve(
-            flat, gs, bits, scale, zero, lp_norm, beta0, kappa, iters, bool(early_stop), progress
+            flat, gs, bits, scale, zero, lp_norm, beta0, kappa, iters, early_stop, progress
         )
     codes, err_sum = _qfast.hqq_codes(flat, gs, bits, scale, zero)
 
@@ -161,9 +138,9 @@ def hqq(
         "beta": beta0,
         "kappa": kappa,
         "iters": iters,
-        "early_stop": bool(early_stop),
-        "optimize": bool(optimize),
-        "round_zero": bool(round_zero),
+        "early_stop": early_stop,
+        "optimize": optimize,
+        "round_zero": round_zero,
         "iters_run": iters_run,
         "error": err_sum / flat.size,
     }

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
+from ._checks import float32_input
 from ._qtensor import QTensor
 
 _COMPUTE = ("int8", "float")
@@ -157,15 +158,13 @@ def linear(x: Any, w: QTensor, bias: Any = None, *, compute: str = "int8") -> np
     if compute not in _COMPUTE:
         raise ValueError(f'linear: compute must be "int8" or "float", not {compute!r}')
     packed = _pack(w)
-    arr = np.asarray(x)
-    if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
-        raise TypeError(f"linear: x must be floating point, got {arr.dtype}")
+    arr = float32_input(x, "linear: x")
     if arr.ndim == 0:
         raise ValueError("linear: x is 0-d; pass activations of shape [..., in]")
     n, k = w.shape
     if arr.shape[-1] != k:
         raise ValueError(f"linear: x has {arr.shape[-1]} features, the weight takes {k}")
-    x2 = np.ascontiguousarray(arr.reshape(-1, k), dtype=np.float32)
+    x2 = arr.reshape(-1, k)
     b = None
     if bias is not None:
         b = np.ascontiguousarray(bias, dtype=np.float32)

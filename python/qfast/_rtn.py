@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
-from ._api import _as_int
+from ._checks import (
+    as_bool,
+    as_int,
+    check_bits,
+    check_finite,
+    check_group_size,
+    float_input,
+)
 from ._qtensor import QTensor, as_scale_dtype, scale_dtype_name
 
 F32 = np.float32
@@ -34,47 +41,26 @@ MSE_SEARCH = (2.4, 100, 0.8)
 
 def as_weight(W: Any, name: str = "W") -> np.ndarray:
     """A float32 C-contiguous copy of a 2-D float weight ``[out, in]``, checked finite."""
-    arr = np.asarray(W)
-    if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
-        raise TypeError(f"{name} must be a float array, got {arr.dtype}")
-    if arr.ndim != 2:
+    out = np.array(float_input(W, name), dtype=F32, order="C")
+    if out.ndim != 2:
         raise ValueError(
-            f"{name} must be 2-D [out_features, in_features], got shape {arr.shape}; "
+            f"{name} must be 2-D [out_features, in_features], got shape {out.shape}; "
             "reshape it (e.g. a convolution to [out, -1]) first"
         )
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
-    out = np.array(arr, dtype=F32, order="C")
+    if out.size == 0:
+        raise ValueError(f"{name} is empty (shape {out.shape})")
     check_finite(out, name)
     return out
 
 
-def check_finite(a: np.ndarray, name: str) -> None:
-    """A ValueError naming the first NaN/Inf of ``a``, if there is one."""
-    if not np.isfinite(a).all():
-        at = np.unravel_index(int(np.argmin(np.isfinite(a).reshape(-1))), a.shape)
-        raise ValueError(
-            f"{name} contains {a[at]} at index {tuple(int(i) for i in at)}; "
-            "quantization needs finite values (replace or mask them first, e.g. np.nan_to_num)"
-        )
-
-
-def check_bits(bits: Any) -> int:
-    b = _as_int(bits, "bits")
-    if not 2 <= b <= 8:
-        raise ValueError(f"bits={b} is not supported; pass bits between 2 and 8")
-    return b
-
-
-def check_group_size(group_size: Any, cols: int) -> int | None:
-    """``None`` (one grid per row) or a positive int; a last group shorter than the others is
-    allowed (``cols`` need not be a multiple)."""
-    if group_size is None or group_size == -1:  # -1: the reference scripts' "no groups"
+def rows_group_size(group_size: Any, cols: int) -> int | None:
+    """``None`` (one grid per row; also -1, the reference scripts' "no groups") or a group
+    size of at most ``cols``; a last group shorter than the others is allowed (``cols`` need
+    not be a multiple)."""
+    if group_size is None:
         return None
-    g = _as_int(group_size, "group_size (or None for one grid per row)")
-    if g < 1:
-        raise ValueError(f"group_size must be at least 1 (or None for one per row), got {g}")
-    return min(g, cols)
+    g = as_int(group_size, "group_size")
+    return None if g == -1 else min(check_group_size(g), cols)
 
 
 def find_params(
@@ -173,10 +159,12 @@ def rtn(
     """
     bits = check_bits(bits)
     sdtype = scale_dtype_name(scale_dtype)
+    symmetric = as_bool(symmetric, "symmetric")
+    mse = as_bool(mse, "mse")
     W = as_weight(W)
-    group_size = check_group_size(group_size, W.shape[1])
+    group_size = rows_group_size(group_size, W.shape[1])
     scale, zero = grid_params(W, bits, group_size, symmetric, mse, sdtype)
     g_idx = np.arange(W.shape[1]) // (group_size or W.shape[1])
     codes = grid_codes(W, scale, zero, g_idx, bits)
-    meta = {"method": "rtn", "symmetric": bool(symmetric), "mse": bool(mse)}
+    meta = {"method": "rtn", "symmetric": symmetric, "mse": mse}
     return to_qtensor(codes, scale, zero, bits, group_size, meta=meta, scale_dtype=sdtype)

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _qfast
+from ._checks import as_int, float_input
 from ._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 
 __all__ = [
@@ -85,7 +86,7 @@ def type_info(type: Any) -> TypeInfo:
 def _name(type: Any) -> str:
     if isinstance(type, str):
         return "F32" if type.upper() == "F32" else type
-    if isinstance(type, (int, np.integer)):  # also gguf.GGMLQuantizationType (an IntEnum)
+    if isinstance(type, (int, np.integer)) and not isinstance(type, bool):  # also an IntEnum
         name = _IDS.get(int(type))
         if name is None:
             label = getattr(type, "name", int(type))
@@ -97,15 +98,14 @@ def _name(type: Any) -> str:
 
 
 def quantize(x: npt.ArrayLike, type: Any) -> npt.NDArray[Any]:
-    """Quantizes ``x`` (float, last axis a multiple of the block size) to GGUF ``type``.
+    """Quantizes ``x`` (float32, float64, float16 or bfloat16; last axis a multiple of the block
+    size) to GGUF ``type``.
 
     Returns what ``gguf.quants.quantize(x, type)`` returns, byte for byte. NaN or Inf in ``x``
     is an error for the block types (F16 and BF16 store them as they are).
     """
     info = type_info(type)
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise TypeError(f"qfast.gguf.quantize takes a float array, not {arr.dtype}")
+    arr = float_input(x, "x")
     if info.name == "F32":
         return arr.astype(np.float32)
     if arr.ndim == 0:
@@ -181,7 +181,7 @@ def dequantize(
             *arr.shape[:-1], row_bytes // info.type_size * info.block_size
         )
     if shape is not None:
-        shape = tuple(int(d) for d in shape)
+        shape = tuple(as_int(d, "shape") for d in shape)
         if int(np.prod(shape)) != out.size:
             raise ValueError(
                 f"shape {shape} holds {int(np.prod(shape))} values but the data holds {out.size}"
@@ -230,7 +230,7 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
     arr = _blocks(data, info)
     n = arr.shape[-1] // info.type_size * info.block_size
     rows = arr.shape[:-1]
-    logical = tuple(int(d) for d in shape) if shape is not None else (*rows, n)
+    logical = tuple(as_int(d, "shape") for d in shape) if shape is not None else (*rows, n)
     if int(np.prod(logical)) != int(np.prod((*rows, n))) or (logical and logical[-1] % 32):
         raise ValueError(f"shape {logical} does not fit {info.name} data of shape {arr.shape}")
     b = arr.reshape(-1, info.type_size)

@@ -42,11 +42,7 @@ pub struct Grid {
 
 impl Grid {
     pub fn new(bits: u32, symmetric: bool) -> Result<Grid> {
-        if !(2..=8).contains(&bits) {
-            return Err(QfastError::InvalidArgument(format!(
-                "bits={bits} is not supported; pass bits between 2 and 8"
-            )));
-        }
+        let bits = crate::checks::check_bits(bits)?;
         Ok(Grid { bits, symmetric })
     }
 
@@ -73,11 +69,7 @@ impl Layout {
     /// Checks that `group_size` divides `n` (AutoAWQ reshapes `[rows, n]` into whole groups)
     /// and that `len` elements make `rows` rows.
     pub fn new(rows: usize, n: usize, group_size: usize, len: usize) -> Result<Layout> {
-        if group_size == 0 || !n.is_multiple_of(group_size) {
-            return Err(QfastError::InvalidArgument(format!(
-                "group_size={group_size} does not divide the input size {n}"
-            )));
-        }
+        crate::checks::check_group_divides(group_size, n)?;
         if rows.checked_mul(n) != Some(len) {
             return Err(QfastError::InvalidArgument(format!(
                 "{len} weights do not make {rows} rows of {n}"

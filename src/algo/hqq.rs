@@ -48,14 +48,11 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// The grid of `len` values in groups of `group_size`, with `bits`-wide codes (1 to 8).
+    /// The grid of `len` values in groups of `group_size`, with `bits`-wide codes (2 to 8).
     pub fn new(len: usize, group_size: usize, bits: u32) -> Result<Grid> {
-        if !(1..=8).contains(&bits) {
-            return Err(QfastError::InvalidArgument(format!(
-                "bits={bits} is not supported; pass 1 to 8"
-            )));
-        }
-        if group_size == 0 || !len.is_multiple_of(group_size) {
+        let bits = crate::checks::check_bits(bits)?;
+        let group_size = crate::checks::check_group_size(group_size)?;
+        if !len.is_multiple_of(group_size) {
             return Err(QfastError::InvalidArgument(format!(
                 "{len} values do not split into groups of {group_size}"
             )));
@@ -103,11 +100,7 @@ pub struct Shrink {
 impl Shrink {
     /// The operator for `beta > 0` and `0 < lp_norm <= 1`.
     pub fn new(beta: f64, lp_norm: f64) -> Result<Shrink> {
-        if !(beta.is_finite() && beta > 0.0) {
-            return Err(QfastError::InvalidArgument(format!(
-                "beta must be positive and finite, got {beta}"
-            )));
-        }
+        crate::checks::check_positive(beta, "beta")?;
         if !(lp_norm > 0.0 && lp_norm <= 1.0) {
             return Err(QfastError::InvalidArgument(format!(
                 "lp_norm must be in (0, 1], got {lp_norm}"

@@ -1,6 +1,7 @@
 //! How a tensor splits into quantization units and how codes are laid out in memory.
 
-use crate::error::{QfastError, Result};
+use crate::checks;
+use crate::error::Result;
 
 /// Which elements share a scale (and zero point).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,24 +30,11 @@ pub const TASK_ELEMS: usize = 1 << 16;
 
 impl Scheme {
     pub fn validate(&self, shape: &[usize]) -> Result<()> {
-        if !(2..=8).contains(&self.bits) {
-            return Err(QfastError::InvalidArgument(format!(
-                "bits={} is not supported; pass bits between 2 and 8",
-                self.bits
-            )));
-        }
+        checks::check_bits(self.bits)?;
         match self.granularity {
             Granularity::PerTensor => Ok(()),
-            Granularity::PerChannel { axis } if axis >= shape.len().max(1) => {
-                Err(QfastError::InvalidArgument(format!(
-                    "axis={axis} is out of range for an array of shape {shape:?}"
-                )))
-            }
-            Granularity::PerChannel { .. } => Ok(()),
-            Granularity::PerGroup { group_size: 0 } => Err(QfastError::InvalidArgument(
-                "group_size must be at least 1".to_string(),
-            )),
-            Granularity::PerGroup { .. } => Ok(()),
+            Granularity::PerChannel { axis } => checks::check_axis(axis, shape.len()).map(drop),
+            Granularity::PerGroup { group_size } => checks::check_group_size(group_size).map(drop),
         }
     }
 

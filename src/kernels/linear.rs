@@ -94,12 +94,7 @@ impl PackedLinear {
     /// scales, group indices).
     pub fn new(w: &Weight) -> Result<PackedLinear> {
         let (n, k) = (w.n, w.k);
-        if !(2..=8).contains(&w.bits) {
-            return Err(invalid(format!(
-                "linear supports 2..8-bit weights, not {}",
-                w.bits
-            )));
-        }
+        crate::checks::check_bits(w.bits)?;
         if w.codes.len() != n * k {
             return Err(invalid(format!(
                 "weight codes hold {} values, expected {n} x {k}",

@@ -142,10 +142,8 @@ fn static_grid(scheme: &Scheme, units: &Units, given: StaticParams) -> Result<Ve
             given.scale.len()
         )));
     }
-    if let Some(bad) = given.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        return Err(QfastError::InvalidArgument(format!(
-            "scale must be positive and finite, got {bad}"
-        )));
+    for &s in given.scale {
+        crate::checks::check_positive(s, "scale")?;
     }
     let zero_point: Vec<i32> = match (given.zero_point, scheme.signed) {
         (Some(_), true) => {

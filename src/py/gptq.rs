@@ -5,7 +5,6 @@ use super::to_py;
 use crate::algo::gptq::{self, Block, BlockOut, Grid, Groups, Mse};
 use crate::kernels::ScaleDtype;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 fn grid(
@@ -15,9 +14,7 @@ fn grid(
     scale_dtype: &str,
 ) -> PyResult<Grid> {
     let scale_dtype = ScaleDtype::from_name(scale_dtype).map_err(to_py)?;
-    if !(1..=8).contains(&bits) {
-        return Err(PyValueError::new_err(format!("bits={bits}: use 1 to 8")));
-    }
+    crate::checks::check_bits(bits).map_err(to_py)?;
     Ok(Grid {
         maxq: ((1u32 << bits) - 1) as f32,
         symmetric,

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
+from .._checks import check_at_least
 from ._special import gelu, gelu_tanh
 
 __all__ = ["Bert", "BertConfig"]
@@ -548,8 +549,7 @@ class Bert:
             (per batch the indices of its texts, ids, mask) with ids / mask padded to the
             longest of all texts; each batch is cut to its own longest text by the caller.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = check_at_least(batch_size, "batch_size", 1)
         ids, mask = self.tokenize(texts, max_length)
         order = np.argsort(mask.sum(axis=1), kind="stable")
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)], ids, mask

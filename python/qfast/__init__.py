@@ -6,7 +6,7 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 from __future__ import annotations
 
 from . import gguf
-from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._api import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
 from ._awq import AWQResult, awq
 from ._gptq import gptq
 from ._hessian import Hessian
@@ -31,9 +31,11 @@ __all__ = [
     "hqq",
     "linear",
     "matmul_int8",
+    "pack",
     "pack_int4",
     "quantize",
     "rtn",
     "set_num_threads",
+    "unpack",
     "unpack_int4",
 ]

@@ -235,6 +235,7 @@ fn gather<const B: usize>(codes: &[u8]) -> u64 {
 }
 
 /// Byte `b` repeated in every byte of a word.
+#[inline(always)]
 const fn splat(b: u64) -> u64 {
     b * 0x0101_0101_0101_0101
 }
@@ -274,18 +275,31 @@ fn scatter8<const B: usize, const SIGNED: bool>(word: u64) -> [u8; 8] {
     x.to_le_bytes()
 }
 
+/// `dst[..n] = src[..n]` byte by byte: short copies stay inline (`copy_from_slice` may become
+/// a `memmove` call per chunk where the standard library's helper is not inlined).
+#[inline(always)]
+fn copy_bytes(dst: &mut [u8], src: &[u8], n: usize) {
+    for j in 0..n {
+        dst[j] = src[j];
+    }
+}
+
 #[inline(always)]
 fn pack_bits_n<const B: usize>(codes: &[u8], out: &mut [u8]) {
     let full = codes.len() / 8;
-    for c in 0..full {
-        let src: &[u8; 8] = codes[8 * c..8 * c + 8].try_into().unwrap();
-        let dst: &mut [u8; B] = (&mut out[B * c..B * c + B]).try_into().unwrap();
-        dst.copy_from_slice(&gather8::<B>(src).to_le_bytes()[..B]);
+    for (c, src) in codes[..full * 8].chunks_exact(8).enumerate() {
+        let mut a = [0u8; 8];
+        copy_bytes(&mut a, src, 8);
+        copy_bytes(
+            &mut out[B * c..B * c + B],
+            &gather8::<B>(&a).to_le_bytes(),
+            B,
+        );
     }
     let tail = &mut out[full * B..];
     if !tail.is_empty() {
         let n = tail.len();
-        tail.copy_from_slice(&gather::<B>(&codes[full * 8..]).to_le_bytes()[..n]);
+        copy_bytes(tail, &gather::<B>(&codes[full * 8..]).to_le_bytes(), n);
     }
 }
 
@@ -311,21 +325,23 @@ fn unpack_bits_n<const B: usize, const SIGNED: bool>(packed: &[u8], out: &mut [u
     } else {
         0
     };
-    for c in 0..wide {
-        let word = u64::from_le_bytes(packed[B * c..B * c + 8].try_into().unwrap());
-        out[8 * c..8 * c + 8].copy_from_slice(&scatter8::<B, SIGNED>(word));
+    for (c, dst) in out[..wide * 8].chunks_exact_mut(8).enumerate() {
+        let mut a = [0u8; 8];
+        copy_bytes(&mut a, &packed[B * c..B * c + 8], 8);
+        copy_bytes(dst, &scatter8::<B, SIGNED>(u64::from_le_bytes(a)), 8);
     }
     for c in wide..full {
-        let mut word = [0u8; 8];
-        word[..B].copy_from_slice(&packed[B * c..B * c + B]);
-        out[8 * c..8 * c + 8].copy_from_slice(&scatter8::<B, SIGNED>(u64::from_le_bytes(word)));
+        let mut a = [0u8; 8];
+        copy_bytes(&mut a, &packed[B * c..B * c + B], B);
+        let codes = scatter8::<B, SIGNED>(u64::from_le_bytes(a));
+        copy_bytes(&mut out[8 * c..8 * c + 8], &codes, 8);
     }
     let rest = &mut out[full * 8..];
     if !rest.is_empty() {
         let n = stream_bytes(rest.len(), B as u32);
-        let mut word = [0u8; 8];
-        word[..n].copy_from_slice(&packed[full * B..full * B + n]);
-        let word = u64::from_le_bytes(word);
+        let mut a = [0u8; 8];
+        copy_bytes(&mut a, &packed[full * B..full * B + n], n);
+        let word = u64::from_le_bytes(a);
         for (i, d) in rest.iter_mut().enumerate() {
             *d = field::<B, SIGNED>(word, i);
         }

@@ -278,6 +278,7 @@ fn scatter8<const B: usize, const SIGNED: bool>(word: u64) -> [u8; 8] {
 /// `dst[..n] = src[..n]` byte by byte: short copies stay inline (`copy_from_slice` may become
 /// a `memmove` call per chunk where the standard library's helper is not inlined).
 #[inline(always)]
+#[allow(clippy::manual_memcpy)] // deliberately not `copy_from_slice`, see above
 fn copy_bytes(dst: &mut [u8], src: &[u8], n: usize) {
     for j in 0..n {
         dst[j] = src[j];

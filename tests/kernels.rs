@@ -10,6 +10,7 @@
 //! the slice is finite (otherwise they are unspecified and only `finite == false` is checked).
 //! Codes of NaN inputs are unspecified: the call must not crash, their bytes are not compared.
 
+use qfast::kernels::layout::{line_bytes, pack_line, unpack_line};
 use qfast::kernels::params::code_range;
 use qfast::simd::gemm::{self, Panel, Rows, MR, NR, WIDE_PANELS, WIDE_ROWS};
 use qfast::simd::{self, scalar, Isa, Kernels, MinMax, QParams};
@@ -511,6 +512,50 @@ impl Check<'_> {
         }
     }
 
+    /// `layout::pack_line` / `unpack_line` of `bits`-bit codes on this path against the
+    /// documented bit stream, built and read one bit at a time: code `i` in bits
+    /// `[i * bits, (i + 1) * bits)`, bit 0 the lowest bit of byte 0, zero padding.
+    fn dense(&mut self, codes: &[u8], bits: u32) {
+        let n = codes.len();
+        let b = bits as usize;
+        let m = line_bytes(n, bits);
+        let mut expected = vec![0u8; m];
+        for (i, &c) in codes.iter().enumerate() {
+            for j in 0..b {
+                let at = i * b + j;
+                expected[at / 8] |= ((c >> j) & 1) << (at % 8);
+            }
+        }
+        let mut got = vec![0xa5u8; m];
+        pack_line(self.k, bits, codes, &mut got);
+        let kernel = format!("pack_line ({bits}-bit)");
+        let show = |i: usize| format!("byte {i} of {n} codes {:x?}", &codes[..n.min(16)]);
+        self.compare(&kernel, &expected, &got, |_| false, show);
+        for signed in [false, true] {
+            let want: Vec<u8> = codes
+                .iter()
+                .map(|&c| {
+                    let v = c & ((1u16 << bits) - 1) as u8;
+                    if signed && bits < 8 && v >> (bits - 1) == 1 {
+                        v.wrapping_sub((1u16 << bits) as u8)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let mut back = vec![0x5au8; n];
+            unpack_line(self.k, bits, &expected, signed, &mut back);
+            let kernel = format!("unpack_line ({bits}-bit, signed: {signed})");
+            self.compare(
+                &kernel,
+                &want,
+                &back,
+                |_| false,
+                |i| format!("code {:#04x}", codes[i]),
+            );
+        }
+    }
+
     /// Valid codes of `bits` (2 or 4) survive this path's pack then unpack.
     fn round_trip(&mut self, n: usize, bits: u32) {
         for signed in [false, true] {
@@ -876,6 +921,7 @@ fn run(isa: Isa) -> (u64, u64) {
             c.pack_unpack(&codes, 4);
             c.round_trip(n, 4);
             c.round_trip(n, 2);
+            c.dense(&codes, 2 + (step % 7) as u32);
         }
     }
 

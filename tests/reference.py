@@ -94,16 +94,33 @@ def reference_quantize(x, bits=8, symmetric=True, axis=None, group_size=None):
     return codes.reshape(x.shape), scale, zp
 
 
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """The documented layout, built bit by bit with NumPy: each line of the last axis is one
+    little-endian bit stream (code ``i`` in bits ``[i * bits, (i + 1) * bits)``, bit 0 the
+    lowest bit of byte 0, two's complement for negative codes), zero-padded to whole bytes.
+    A 0-d array is one line of one code."""
+    c = np.asarray(codes).astype(np.int64)
+    c = c.reshape(1) if c.ndim == 0 else c
+    lead, n = c.shape[:-1], c.shape[-1]
+    fields = ((c[..., None] >> np.arange(bits)) & 1).astype(np.uint8)  # [..., n, bits]
+    stream = fields.reshape(*lead, n * bits)
+    pad = -(n * bits) % 8
+    stream = np.concatenate([stream, np.zeros((*lead, pad), np.uint8)], axis=-1)
+    return np.packbits(stream, axis=-1, bitorder="little")
+
+
 def unpack_codes(data: np.ndarray, bits: int, n: int, signed: bool) -> np.ndarray:
-    """Codes as int32 from a QTensor's data (independent of qfast's unpacker)."""
+    """Codes as int32 from a QTensor's data (independent of qfast's unpacker): 8-bit codes one
+    per byte, narrower ones read from each line's little-endian bit stream with
+    ``np.unpackbits``."""
     data = np.asarray(data)
-    if bits not in (2, 4):
-        return data.astype(np.int32)
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    b = data.view(np.uint8).astype(np.int32)
-    parts = [(b >> (bits * j)) & mask for j in range(per)]
-    codes = np.stack(parts, axis=-1).reshape(*b.shape[:-1], -1)[..., :n]
+    if bits == 8:
+        return data.view(np.int8 if signed else np.uint8).astype(np.int32)
+    b = data.view(np.uint8)
+    b = b.reshape(1) if b.ndim == 0 else b
+    stream = np.unpackbits(b, axis=-1, bitorder="little")[..., : n * bits]
+    fields = stream.reshape(*b.shape[:-1], n, bits).astype(np.int32)
+    codes = (fields << np.arange(bits, dtype=np.int32)).sum(axis=-1, dtype=np.int32)
     if signed:
         codes = np.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes)
     return codes

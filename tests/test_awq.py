@@ -20,6 +20,8 @@ import pytest
 import qfast
 import qfast.assets
 
+from reference import unpack_codes
+
 F32 = np.float32
 AVAILABLE = qfast.cpu_info()["available"]
 
@@ -37,12 +39,9 @@ def weights(rng, count, out, n_in):
 
 
 def codes_of(q):
-    """The integer codes of a QTensor, ``[out, in]`` int32."""
-    if q.bits == 4:
-        c = qfast.unpack_int4(q.data, q.shape[1], signed=q.signed)
-    else:
-        c = q.data
-    return c.astype(np.int32)
+    """The integer codes of a QTensor, ``[out, in]`` int32 (read from the dense layout by
+    NumPy, independently of qfast's unpacker)."""
+    return unpack_codes(q.data, q.bits, q.shape[1], q.signed)
 
 
 def assert_matches_reference(got, want, weights_in, bits, symmetric):

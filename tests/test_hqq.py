@@ -21,6 +21,8 @@ import pytest
 import qfast
 from qfast import assets
 
+from reference import unpack_codes
+
 F32 = np.float32
 ZERO_RTOL = 1e-5
 CODES_AGREE = 0.999
@@ -29,15 +31,9 @@ AVAILABLE = qfast.cpu_info()["available"]
 
 
 def codes_of(q: qfast.QTensor) -> np.ndarray:
-    """The unsigned codes of a QTensor, one per element, shaped like the tensor."""
-    n = q.shape[-1]
-    if q.bits == 4:
-        return qfast.unpack_int4(q.data, n, signed=False)
-    if q.bits == 2:
-        d = np.asarray(q.data)
-        parts = np.stack([(d >> (2 * k)) & 3 for k in range(4)], axis=-1)
-        return parts.reshape(*d.shape[:-1], -1)[..., :n]
-    return np.asarray(q.data)
+    """The unsigned codes of a QTensor, one per element, shaped like the tensor (read from the
+    dense layout by NumPy, independently of qfast's unpacker)."""
+    return unpack_codes(q.data, q.bits, q.shape[-1], False)
 
 
 def mean_abs_error(w: np.ndarray, deq: np.ndarray) -> float:

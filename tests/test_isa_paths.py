@@ -96,6 +96,11 @@ def _packed(s, u, n):
     return [ps, pu, qfast.unpack_int4(ps, n), qfast.unpack_int4(pu, n, signed=False)]
 
 
+def _dense(c, bits, n):
+    p = qfast.pack(c, bits)
+    return [p, qfast.unpack(p, n, bits), qfast.unpack(p, n, bits, signed=False)]
+
+
 def battery() -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, base in _inputs().items():
@@ -122,6 +127,10 @@ def battery() -> dict[str, np.ndarray]:
         s = rng.integers(-8, 8, (3, n)).astype(np.int8)
         u = rng.integers(0, 16, (3, n)).astype(np.uint8)
         _record(out, f"pack/{n}", _packed, s, u, n)
+        for bits in (3, 5, 6, 7):
+            lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1)
+            c = rng.integers(lo, hi, (3, n)).astype(np.int8)
+            _record(out, f"pack/{n}/b{bits}", _dense, c, bits, n)
     # Matrix products: integers exact; linear's float results identical by its fixed order.
     for m, k, n in [(1, 3, 1), (3, 17, 5), (9, 200, 33), (17, 1031, 20)]:
         for adt in (np.int8, np.uint8):

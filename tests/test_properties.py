@@ -81,7 +81,7 @@ def check_qtensor(q, x, codes, scale, zero_point, bits, symmetric, axis, group_s
     assert q.shape == shape and q.bits == bits and q.signed == symmetric
     assert q.group_size == group_size
     assert q.axis == (None if axis is None else axis % max(len(shape), 1))
-    want_dtype = np.int8 if symmetric and bits not in (2, 4) else np.uint8
+    want_dtype = np.int8 if symmetric and bits == 8 else np.uint8
     assert q.data.dtype == want_dtype
     got = codes_of(q)
     np.testing.assert_array_equal(got, codes.reshape(shape))

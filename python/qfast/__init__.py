@@ -6,7 +6,7 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 from __future__ import annotations
 
 from . import gguf
-from ._api import dequantize, pack_int4, quantize, unpack_int4
+from ._api import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
 from ._awq import AWQResult, awq
 from ._gptq import gptq
 from ._hessian import Hessian
@@ -33,10 +33,12 @@ __all__ = [
     "linear",
     "load",
     "matmul_int8",
+    "pack",
     "pack_int4",
     "quantize",
     "rtn",
     "save",
     "set_num_threads",
+    "unpack",
     "unpack_int4",
 ]

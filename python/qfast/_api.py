@@ -1,4 +1,4 @@
-"""The public array API: quantize, dequantize, pack_int4, unpack_int4."""
+"""The public array API: quantize, dequantize, pack, unpack, pack_int4, unpack_int4."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ._qtensor import (
     QTensor,
     as_scale_dtype,
     data_shape,
+    line_bytes,
     param_shape,
     round_scale,
     scale_dtype_name,
@@ -85,8 +86,10 @@ def quantize(
     Args:
         x: float32, float64, float16 or bfloat16 (ml_dtypes) array-like of any shape and
             strides; float64 and 16-bit inputs are converted to float32 first.
-        bits: code width, 2 to 8. 8-bit codes are stored one per byte, 4-bit and 2-bit packed
-            along the last axis, 3/5/6/7-bit one per byte.
+        bits: code width, 2 to 8. Codes are stored densely, ``ceil(n * bits / 8)`` bytes per
+            line of ``n`` along the last axis: each line one little-endian bit stream (see
+            :func:`pack`; 8-bit one byte per code, 4-bit two per byte, 3-bit eight codes in
+            three bytes).
         symmetric: signed codes in ``[-2^(b-1), 2^(b-1) - 1]`` with ``scale = max|x| /
             (2^(b-1) - 1)``; else unsigned codes in ``[0, 2^b - 1]`` with a zero point.
         axis: one scale per index of this axis (per-channel); ``None`` for per-tensor.
@@ -147,7 +150,7 @@ def quantize(
         arr, dtype, bits, signed, axis, group_size, given_scale, given_zp, sdtype
     )
     data = codes.reshape(data_shape(shape, bits))
-    if signed and bits not in (2, 4):
+    if signed and bits == 8:
         data = data.view(np.int8)
     return QTensor(
         data,
@@ -179,8 +182,86 @@ def _lines(arr: np.ndarray) -> tuple[tuple[int, ...], int]:
     return shape[:-1], shape[-1]
 
 
+def pack(codes: Any, bits: int, *, signed: bool | None = None) -> np.ndarray:
+    """Packs integer codes of ``bits`` bits (2 to 8) densely along the last axis.
+
+    Each line (the last axis) becomes one little-endian bit stream: code ``i`` occupies bits
+    ``[i * bits, (i + 1) * bits)`` of the line's bytes, bit 0 being the least significant bit
+    of byte 0; the line is padded with zero bits to a whole byte. Signed codes are stored two's
+    complement in their ``bits``-wide field. For 4-bit this is element ``2i`` in the low nibble
+    of byte ``i``; 8-bit codes are one byte each. This is how :class:`QTensor` stores ``data``.
+    A 0-d array is one line of one code.
+
+    Args:
+        codes: integer codes, in ``[-2^(bits-1), 2^(bits-1) - 1]`` when signed, ``[0,
+            2^bits - 1]`` otherwise.
+        bits: the code width, 2 to 8.
+        signed: the code range; by default, signed for signed integer dtypes.
+
+    Returns:
+        uint8 array of shape ``codes.shape[:-1] + (ceil(n * bits / 8),)``.
+
+    Raises:
+        TypeError: non-integer codes.
+        ValueError: codes outside the range, or bits outside 2..8.
+    """
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"pack expects integer codes, got {arr.dtype}; round and cast them first")
+    bits = check_bits(bits)
+    signed = arr.dtype.kind == "i" if signed is None else as_bool(signed, "signed")
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    # Contiguous first: a broadcast view of absurd size fails here, at once, with MemoryError
+    # rather than after a scan of every element.
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        bad = (arr < lo) | (arr > hi)
+        if bad.any():
+            at = np.unravel_index(int(bad.argmax()), arr.shape)
+            raise ValueError(
+                f"code {arr[at]} at index {tuple(int(i) for i in at)} is outside the "
+                f"{'signed' if signed else 'unsigned'} {bits}-bit range [{lo}, {hi}]; clip the "
+                f"codes to the range (or pass signed={not signed} if they use the other one)"
+            )
+    lead, n = _lines(arr)
+    flat = arr.astype(np.int8 if signed else np.uint8, copy=False)
+    packed = _qfast.pack(flat.view(np.uint8).reshape(-1), n, bits)
+    return packed.reshape((*lead, line_bytes(n, bits)))
+
+
+def unpack(p: Any, n: int, bits: int, *, signed: bool = True) -> np.ndarray:
+    """Unpacks ``n`` codes of ``bits`` bits per line from the layout :func:`pack` writes.
+
+    Args:
+        p: uint8 array, ``(..., m)`` with ``m >= ceil(n * bits / 8)`` (extra bytes are
+            ignored).
+        n: the logical length of the last axis.
+        bits: the code width, 2 to 8.
+        signed: sign-extend the codes to int8 (default) or return uint8 in ``[0, 2^bits - 1]``.
+
+    Returns:
+        int8 (signed) or uint8 array of shape ``p.shape[:-1] + (n,)``.
+    """
+    arr = np.asarray(p)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"unpack expects uint8 packed codes, got {arr.dtype}")
+    n = as_int(n, "n")
+    bits = check_bits(bits)
+    signed = as_bool(signed, "signed")
+    lead, m = _lines(arr)
+    if n < 0 or line_bytes(n, bits) > m:
+        raise ValueError(
+            f"{m} packed bytes per line cannot hold n={n} {bits}-bit codes "
+            f"(that needs ceil(n * {bits} / 8) = {line_bytes(max(n, 0), bits)}); pass the "
+            "logical length of the last axis"
+        )
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    out = _qfast.unpack(flat, m, n, bits, signed).reshape((*lead, n))
+    return out.view(np.int8) if signed else out
+
+
 def pack_int4(q: Any, *, signed: bool | None = None) -> np.ndarray:
-    """Packs 4-bit codes two per byte along the last axis.
+    """Packs 4-bit codes two per byte along the last axis: :func:`pack` with ``bits=4``.
 
     Element ``2i`` goes to the low nibble of byte ``i``, ``2i + 1`` to the high nibble; an odd
     last axis is padded with a zero code. Signed codes are stored two's complement.
@@ -192,23 +273,11 @@ def pack_int4(q: Any, *, signed: bool | None = None) -> np.ndarray:
     Returns:
         uint8 array of shape ``q.shape[:-1] + (ceil(n / 2),)``.
     """
-    arr = np.asarray(q)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"pack_int4 expects integer codes, got {arr.dtype}")
-    signed = arr.dtype.kind == "i" if signed is None else as_bool(signed, "signed")
-    lo, hi = (-8, 7) if signed else (0, 15)
-    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
-        raise ValueError(
-            f"codes outside the {'signed' if signed else 'unsigned'} 4-bit range [{lo}, {hi}]"
-        )
-    lead, n = _lines(arr)
-    flat = np.ascontiguousarray(arr.astype(np.int8 if signed else np.uint8, copy=False))
-    packed = _qfast.pack(flat.view(np.uint8).reshape(-1), n, 4)
-    return packed.reshape((*lead, -(-n // 2)))
+    return pack(q, 4, signed=signed)
 
 
 def unpack_int4(p: Any, n: int, *, signed: bool = True) -> np.ndarray:
-    """Unpacks 4-bit codes packed by :func:`pack_int4`.
+    """Unpacks 4-bit codes packed by :func:`pack_int4`: :func:`unpack` with ``bits=4``.
 
     Args:
         p: uint8 array, ``(..., m)`` with ``m >= ceil(n / 2)``.
@@ -218,14 +287,4 @@ def unpack_int4(p: Any, n: int, *, signed: bool = True) -> np.ndarray:
     Returns:
         int8 (signed) or uint8 array of shape ``p.shape[:-1] + (n,)``.
     """
-    arr = np.asarray(p)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"unpack_int4 expects uint8 packed codes, got {arr.dtype}")
-    n = as_int(n, "n")
-    signed = as_bool(signed, "signed")
-    lead, m = _lines(arr)
-    if n < 0 or -(-n // 2) > m:
-        raise ValueError(f"{m} packed bytes per row cannot hold n={n} codes")
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    out = _qfast.unpack(flat, m, n, 4, signed).reshape((*lead, n))
-    return out.view(np.int8) if signed else out
+    return unpack(p, n, 4, signed=signed)

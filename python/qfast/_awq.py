@@ -283,7 +283,7 @@ def _search_scales(
 
 
 def _qtensor(w: np.ndarray, g: int, bits: int, sym: bool, per_row: bool) -> QTensor:
-    """`w` quantized on AutoAWQ's grid as a QTensor (codes packed for 2 and 4 bits)."""
+    """`w` quantized on AutoAWQ's grid as a QTensor (codes packed densely below 8 bits)."""
     rows, n = w.shape
     codes, scale, zero = _qfast.awq_quantize(w, g, bits, sym)
     codes = codes.reshape(rows, n)  # signed codes as two's complement bytes

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _qfast
 from ._checks import float32_input
-from ._qtensor import QTensor
+from ._qtensor import QTensor, line_bytes
 
 _COMPUTE = ("int8", "float")
 
@@ -76,13 +76,10 @@ def matmul_int8(a: Any, b: Any) -> np.ndarray:
 
 
 def _weight_codes(w: QTensor) -> np.ndarray:
-    """The codes as ``[N, K]`` bytes, one per code (two's complement when signed)."""
+    """The stored codes as ``[N, line_bytes]`` uint8: each row's codes one packed bit stream,
+    read by the kernel as they are (no unpacked copy of the weight)."""
     n, k = w.shape
-    data = np.ascontiguousarray(w.data).view(np.uint8)
-    if w.bits in (4, 2):
-        flat = _qfast.unpack(data.reshape(-1), data.shape[-1], k, w.bits, w.signed)
-        return flat.reshape(n, k)
-    return data.reshape(n, k)
+    return np.ascontiguousarray(w.data).view(np.uint8).reshape(n, line_bytes(k, w.bits))
 
 
 def _pack(w: QTensor) -> Any:
@@ -121,7 +118,8 @@ def _pack(w: QTensor) -> Any:
         zero = np.broadcast_to(np.asarray(zero_point, dtype=np.float32), w.scale.shape)
         zero = np.ascontiguousarray(np.broadcast_to(zero.reshape(n, -1), scale.shape))
     packed = _qfast.pack_linear(
-        np.ascontiguousarray(_weight_codes(w)),
+        _weight_codes(w),
+        k,
         w.bits,
         w.signed,
         np.ascontiguousarray(scale),

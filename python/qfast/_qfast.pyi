@@ -167,6 +167,7 @@ class PackedLinear:
 
 def pack_linear(
     codes: npt.NDArray[np.uint8],
+    k: int,
     bits: int,
     signed: bool,
     scale: npt.NDArray[np.float32],

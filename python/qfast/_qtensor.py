@@ -21,9 +21,14 @@ _OUT_DTYPES = ("float32", "float16", "bfloat16")
 SCALE_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def codes_per_byte(bits: int) -> int:
-    """Codes stored per byte: 4-bit two, 2-bit four, every other width one."""
-    return {4: 2, 2: 4}.get(bits, 1)
+def line_bytes(n: int, bits: int) -> int:
+    """Bytes of one stored line of ``n`` codes of ``bits`` bits: ``ceil(n * bits / 8)``.
+
+    Every width is packed densely: a line's codes form one little-endian bit stream (code
+    ``i`` in bits ``[i * bits, (i + 1) * bits)``, bit 0 the lowest bit of byte 0), padded with
+    zero bits to a whole byte.
+    """
+    return -(-n * bits // 8)
 
 
 def param_shape(
@@ -39,12 +44,12 @@ def param_shape(
 
 
 def data_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
-    """Shape of the stored codes: the last axis packed for 4-bit and 2-bit."""
-    per = codes_per_byte(bits)
-    if per == 1:
+    """Shape of the stored codes: the last axis packed to :func:`line_bytes` (a 0-d tensor is
+    one line of one code; 8-bit codes keep the logical shape)."""
+    if bits == 8:
         return shape
     lead, n = (shape[:-1], shape[-1]) if shape else ((), 1)
-    return (*lead, -(-n // per))
+    return (*lead, line_bytes(n, bits))
 
 
 def _bytewise(bits: int) -> bool:
@@ -212,9 +217,11 @@ class QTensor:
     """A quantized tensor: ``dequantize() == scale * (q - zero_point)`` per element.
 
     Attributes:
-        data: the codes as stored — int8/uint8 for 8-bit and for one-per-byte 3/5/6/7-bit
-            codes; uint8 packed along the last axis for 4-bit (two per byte) and 2-bit (four
-            per byte), low bits first, signed codes in two's complement.
+        data: the codes as stored: int8/uint8 for 8-bit (one per byte); for 2 to 7 bits,
+            uint8 packed densely along the last axis, ``ceil(n * bits / 8)`` bytes per line of
+            ``n`` codes, each line one little-endian bit stream (code ``i`` in bits
+            ``[i * bits, (i + 1) * bits)``, bit 0 the lowest bit of byte 0, zero padding).
+            Signed codes are two's complement in their field. See :func:`qfast.pack`.
         shape: the logical shape.
         bits: the code width, 2 to 8.
         signed: whether the codes are signed (symmetric grids).
@@ -359,21 +366,20 @@ class QTensor:
         **kwargs: Any,
     ) -> QTensor:
         """A QTensor over integer ``codes`` of the logical shape (one per element), packed
-        as the width's storage needs (4-bit two per byte, 2-bit four per byte).
+        as the width's storage needs (:func:`qfast.pack`: every width below 8 densely).
+
+        Raises ValueError for codes outside the ``bits``-wide range (signed or unsigned), which
+        packing would otherwise truncate silently.
 
         ``kwargs``: ``axis``, ``group_size``, ``g_idx``, ``meta`` as for the constructor.
         """
+        from ._api import pack
+
         codes = np.asarray(codes)
         shape = tuple(codes.shape)
-        per = codes_per_byte(bits)
-        flat = np.ascontiguousarray(codes.astype(np.int8 if signed else np.uint8, copy=False))
-        if per == 1:
-            data = flat if signed else flat.view(np.uint8)
-        else:
-            n = shape[-1] if shape else 1
-            data = _qfast.pack(flat.view(np.uint8).reshape(-1), n, bits).reshape(
-                data_shape(shape, bits)
-            )
+        data = pack(codes, bits, signed=bool(signed)).reshape(data_shape(shape, bits))
+        if bits == 8 and signed:
+            data = data.view(np.int8)
         return cls(data, shape, bits, signed, scale, zero_point, **kwargs)
 
     @property

@@ -1,7 +1,7 @@
 //! `qfast.dequantize`: `scale * (q - zero_point)` per element, in float32, converted to the
 //! requested output type at the end.
 
-use super::layout::{split_mut, Scheme, Units, TASK_ELEMS};
+use super::layout::{split_mut, unpack_line, Scheme, Units, TASK_ELEMS};
 use crate::error::{QfastError, Result};
 use crate::parallel;
 use crate::simd::{self, Kernels};
@@ -39,7 +39,8 @@ impl OutElement for bf16 {
     }
 }
 
-/// A quantized tensor as stored: codes (`lines x line_bytes`, C order) plus its grid.
+/// A quantized tensor as stored: codes (`lines x line_bytes`, C order, each line a packed bit
+/// stream, see [`super::layout::line_bytes`]) plus its grid.
 #[derive(Clone, Copy, Debug)]
 pub struct QuantizedRef<'a> {
     pub codes: &'a [u8],
@@ -167,11 +168,7 @@ impl Line {
         let signed = q.scheme.signed;
         let lb = q.scheme.line_bytes(u.n);
         let packed = &q.codes[l * lb..(l + 1) * lb];
-        match q.scheme.bits {
-            4 => (k.unpack4)(packed, signed, &mut self.codes),
-            2 => (k.unpack2)(packed, signed, &mut self.codes),
-            _ => self.codes.copy_from_slice(packed),
-        }
+        unpack_line(k, q.scheme.bits, packed, signed, &mut self.codes);
         let zp = |i: usize| q.zero_point.map_or(0.0, |z| z[i]);
         if let Some(g_idx) = q.g_idx {
             let groups = q.scale.len() / u.lines;

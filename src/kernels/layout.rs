@@ -1,7 +1,8 @@
 //! How a tensor splits into quantization units and how codes are laid out in memory.
 
 use crate::checks;
-use crate::error::Result;
+use crate::error::{QfastError, Result};
+use crate::simd::{scalar, Kernels};
 
 /// Which elements share a scale (and zero point).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,18 +39,45 @@ impl Scheme {
         }
     }
 
-    /// Codes per byte: 2 for 4-bit, 4 for 2-bit, else 1 (3/5/6/7-bit use a byte each).
-    pub fn codes_per_byte(&self) -> usize {
-        match self.bits {
-            4 => 2,
-            2 => 4,
-            _ => 1,
-        }
+    /// Whether codes are packed below a byte each (every width but 8).
+    pub fn packed(&self) -> bool {
+        self.bits < 8
     }
 
-    /// Bytes of one packed line of `n` codes.
+    /// Bytes of one packed line of `n` codes: `ceil(n * bits / 8)`.
     pub fn line_bytes(&self, n: usize) -> usize {
-        n.div_ceil(self.codes_per_byte())
+        line_bytes(n, self.bits)
+    }
+}
+
+/// Bytes of one line of `n` codes of `bits` bits: the codes form a little-endian bit stream
+/// (code `i` in bits `[i * bits, (i + 1) * bits)`, bit 0 the lowest bit of byte 0), padded with
+/// zero bits to a whole byte, so `ceil(n * bits / 8)`, computed without overflow.
+pub fn line_bytes(n: usize, bits: u32) -> usize {
+    let b = bits as usize;
+    (n / 8) * b + ((n % 8) * b).div_ceil(8)
+}
+
+/// Packs one line of byte codes (`bits` low bits used) into `out`
+/// (`line_bytes(codes.len(), bits)` bytes): 8-bit copied, 4-bit and 2-bit by the path's
+/// kernels, 3/5/6/7-bit by the portable bit-stream packer (the same bytes on every path).
+pub fn pack_line(k: &Kernels, bits: u32, codes: &[u8], out: &mut [u8]) {
+    match bits {
+        8 => out.copy_from_slice(codes),
+        4 => (k.pack4)(codes, out),
+        2 => (k.pack2)(codes, out),
+        _ => scalar::pack_bits(codes, bits, out),
+    }
+}
+
+/// Unpacks `out.len()` codes of a line packed by [`pack_line`] to one byte each, sign-extended
+/// when `signed`; `packed` holds at least `line_bytes(out.len(), bits)` bytes.
+pub fn unpack_line(k: &Kernels, bits: u32, packed: &[u8], signed: bool, out: &mut [u8]) {
+    match bits {
+        8 => out.copy_from_slice(&packed[..out.len()]),
+        4 => (k.unpack4)(packed, signed, out),
+        2 => (k.unpack2)(packed, signed, out),
+        _ => scalar::unpack_bits(packed, bits, signed, out),
     }
 }
 
@@ -156,5 +184,39 @@ mod tests {
         let u = Units::new(&[], Granularity::PerTensor);
         assert_eq!((u.lines, u.n, u.params()), (1, 1, 1));
         assert_eq!(split_mut(&mut [0u8; 0], 0, 3).len(), 3);
+    }
+
+    #[test]
+    fn line_bytes_is_ceil_n_bits_over_8() {
+        for bits in 2..=8u32 {
+            for n in 0..100usize {
+                assert_eq!(line_bytes(n, bits), (n * bits as usize).div_ceil(8));
+            }
+        }
+        assert_eq!(line_bytes(usize::MAX, 8), usize::MAX);
+        assert_eq!(line_bytes(usize::MAX, 4), usize::MAX / 2 + 1);
+    }
+
+    #[test]
+    fn pack_line_agrees_on_every_path() {
+        // Every path packs every width into the same bytes and reads them back.
+        for isa in crate::simd::available() {
+            let k = isa.kernels().unwrap();
+            for bits in 2..=8u32 {
+                for n in [0usize, 1, 5, 8, 31, 64, 67] {
+                    let codes: Vec<u8> = (0..n).map(|i| (i * 29 + 3) as u8).collect();
+                    let mask = ((1u16 << bits) - 1) as u8;
+                    let mut want = vec![0u8; line_bytes(n, bits)];
+                    scalar::pack_bits(&codes, bits, &mut want);
+                    let mut got = vec![0u8; line_bytes(n, bits)];
+                    pack_line(k, bits, &codes, &mut got);
+                    assert_eq!(got, want, "{isa:?} bits={bits} n={n}");
+                    let mut back = vec![0u8; n];
+                    unpack_line(k, bits, &got, false, &mut back);
+                    let masked: Vec<u8> = codes.iter().map(|&c| c & mask).collect();
+                    assert_eq!(back, masked, "{isa:?} bits={bits} n={n}");
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! Results do not depend on the thread count: each output is computed by one tile kernel in a
 //! fixed order, whatever task runs it.
 
+use super::layout::{line_bytes, unpack_line};
 use super::params;
 use super::shared::SharedMut;
 use crate::error::{QfastError, Result};
@@ -30,10 +31,11 @@ pub enum GroupMap<'a> {
     Indexed(&'a [i32]),
 }
 
-/// A quantized weight as `qfast.QTensor` holds it, codes unpacked to one per byte.
+/// A quantized weight as `qfast.QTensor` holds it.
 #[derive(Clone, Copy, Debug)]
 pub struct Weight<'a> {
-    /// `[n][k]` codes, two's complement when `signed`.
+    /// `[n][line_bytes(k, bits)]`: each row's `k` codes packed as a little-endian bit stream
+    /// (see [`super::layout::line_bytes`]; 8-bit one per byte), two's complement when `signed`.
     pub codes: &'a [u8],
     pub n: usize,
     pub k: usize,
@@ -90,15 +92,17 @@ fn invalid(msg: String) -> QfastError {
 }
 
 impl PackedLinear {
-    /// Packs `w`; errors name what is inconsistent (shapes, codes out of range, non-finite
-    /// scales, group indices).
+    /// Packs `w`, unpacking one row at a time from its stored bit streams; errors name what is
+    /// inconsistent (shapes, non-finite scales, group indices).
     pub fn new(w: &Weight) -> Result<PackedLinear> {
         let (n, k) = (w.n, w.k);
         crate::checks::check_bits(w.bits)?;
-        if w.codes.len() != n * k {
+        let lb = line_bytes(k, w.bits);
+        if n.checked_mul(lb) != Some(w.codes.len()) {
             return Err(invalid(format!(
-                "weight codes hold {} values, expected {n} x {k}",
-                w.codes.len()
+                "weight codes hold {} bytes, expected {n} rows of {lb} ({k} {}-bit codes)",
+                w.codes.len(),
+                w.bits
             )));
         }
         if w.groups == 0 && n * k > 0 || w.scale.len() != n * w.groups {
@@ -127,33 +131,9 @@ impl PackedLinear {
                 w.scale[i]
             )));
         }
+        // Every code of a b-bit field is in range: signed codes are shifted to unsigned.
         let offset: i32 = if w.signed { 1 << (w.bits - 1) } else { 0 };
-        let top = (1i32 << w.bits) - 1;
-        let code_of = |c: u8| -> i32 {
-            if w.signed {
-                c as i8 as i32 + offset
-            } else {
-                c as i32
-            }
-        };
-        if let Some(i) = w
-            .codes
-            .iter()
-            .position(|&c| !(0..=top).contains(&code_of(c)))
-        {
-            return Err(invalid(format!(
-                "weight code {} at ({}, {}) is outside the {}-bit {} range",
-                if w.signed {
-                    w.codes[i] as i8 as i32
-                } else {
-                    w.codes[i] as i32
-                },
-                i / k.max(1),
-                i % k.max(1),
-                w.bits,
-                if w.signed { "signed" } else { "unsigned" }
-            )));
-        }
+        let kern = simd::active()?;
 
         // Column order and the columns of each group.
         let (order, runs) = group_runs(k, w.groups, w.map)?;
@@ -186,15 +166,27 @@ impl PackedLinear {
         let mut zero = vec![0f32; panels * segs * NR];
         let mut zscale = vec![0f32; panels * segs * NR];
         let col = |i: usize| order.as_ref().map_or(i, |o| o[i] as usize);
+        let mut src = vec![0u8; k];
         for row in 0..n {
             let (p, j) = (row / NR, row % NR);
-            let src = &w.codes[row * k..(row + 1) * k];
+            unpack_line(
+                kern,
+                w.bits,
+                &w.codes[row * lb..(row + 1) * lb],
+                w.signed,
+                &mut src,
+            );
             let panel = &mut codes[p * kp * bpk..(p + 1) * kp * bpk];
             let mut b0 = 0;
             for (s, seg) in segments.iter().enumerate() {
                 let dst = &mut panel[b0..b0 + seg_len[s] as usize * bpk];
                 for i in 0..seg.real {
-                    let v = code_of(src[col(seg.start + i)]) as u8;
+                    let c = src[col(seg.start + i)];
+                    let v = if w.signed {
+                        (c as i8 as i32 + offset) as u8
+                    } else {
+                        c
+                    };
                     if panel_bits == 4 {
                         let at = (i / 8) * 64 + 4 * j + (i % 4);
                         dst[at] |= if i % 8 < 4 { v } else { v << 4 };

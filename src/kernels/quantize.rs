@@ -1,7 +1,7 @@
 //! `qfast.quantize` over a strided tensor: statistics, grid and codes, split across threads
 //! in chunks of lines whose results do not depend on the thread count.
 
-use super::layout::{split_mut, Scheme, Units, TASK_ELEMS};
+use super::layout::{pack_line, split_mut, Scheme, Units, TASK_ELEMS};
 use super::params::{self, code_range, ScaleDtype};
 use super::source::{Element, Strided};
 use crate::error::{QfastError, Result};
@@ -15,7 +15,8 @@ pub struct StaticParams<'p> {
     pub zero_point: Option<&'p [i32]>,
 }
 
-/// Codes (`lines x line_bytes`, C order) and the grid, one entry per unit in C order.
+/// Codes (`lines x line_bytes`, C order, each line a packed bit stream, see
+/// [`super::layout::line_bytes`]) and the grid, one entry per unit in C order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Quantized {
     pub codes: Vec<u8>,
@@ -215,7 +216,7 @@ struct Run<'r, 'a, T> {
 impl<T: Element> Run<'_, '_, T> {
     /// Writes the codes of line `l` (float32 `line`) with one grid for the whole line.
     fn emit(&self, line: &[f32], p: &QParams, scratch: &mut Vec<u8>, out: &mut [u8]) {
-        if self.scheme.codes_per_byte() == 1 {
+        if !self.scheme.packed() {
             (self.k.quantize)(line, p, out);
         } else {
             scratch.resize(line.len(), 0);
@@ -225,11 +226,7 @@ impl<T: Element> Run<'_, '_, T> {
     }
 
     fn pack(&self, codes: &[u8], out: &mut [u8]) {
-        match self.scheme.bits {
-            4 => (self.k.pack4)(codes, out),
-            2 => (self.k.pack2)(codes, out),
-            _ => out.copy_from_slice(codes),
-        }
+        pack_line(self.k, self.scheme.bits, codes, out);
     }
 
     fn grid(&self, stats: MinMax) -> Result<QParams> {
@@ -313,7 +310,7 @@ impl<T: Element> Run<'_, '_, T> {
                 *p = self.grid(*stats)?;
             }
         }
-        if self.scheme.codes_per_byte() > 1 {
+        if self.scheme.packed() {
             s.codes.resize(u.n, 0);
             (self.k.quantize_groups)(line, u.group_size, grid, &mut s.codes);
             self.pack(&s.codes, out);
@@ -457,7 +454,7 @@ impl<T: Element> Run<'_, '_, T> {
                 .enumerate()
             {
                 let line = self.x.line(t * per_task + i, &mut buf);
-                if self.scheme.codes_per_byte() == 1 {
+                if !self.scheme.packed() {
                     (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, out);
                 } else {
                     (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, &mut scratch);
@@ -512,7 +509,7 @@ mod tests {
             Granularity::PerGroup { group_size: 5 },
         ];
         for granularity in grans {
-            for bits in [2, 3, 4, 8] {
+            for bits in 2..=8 {
                 for signed in [true, false] {
                     let scheme = Scheme {
                         bits,
@@ -553,6 +550,18 @@ mod tests {
         );
         assert_eq!((q.codes.len(), q.scale.len()), (5 * 2, 7));
         assert!(q.zero_point.is_none());
+        // 3/5/6/7-bit lines are dense bit streams: ceil(9 * bits / 8) bytes per line of 9.
+        for (bits, lb) in [(3, 4), (5, 6), (6, 7), (7, 8)] {
+            let (q, _, _) = round_trip(
+                &[2, 9],
+                Scheme {
+                    bits,
+                    signed: true,
+                    granularity: g,
+                },
+            );
+            assert_eq!(q.codes.len(), 2 * lb, "bits={bits}");
+        }
     }
 
     #[test]

@@ -117,18 +117,20 @@ impl PackedLinear {
     }
 }
 
-/// pack_linear(codes, bits, signed, scale, zero_point, group_size, g_idx)
+/// pack_linear(codes, k, bits, signed, scale, zero_point, group_size, g_idx)
 /// --
 ///
-/// Packs a weight for `linear`: `codes [N, K]` one code per byte (two's complement when
-/// signed), `scale` and `zero_point` (float, or None) `[N, groups]`, groups of `group_size`
-/// consecutive columns (None: one group) or given per column by `g_idx`.
+/// Packs a weight for `linear`: `codes [N, ceil(k * bits / 8)]` as a QTensor stores them (each
+/// row's `k` codes a little-endian bit stream, two's complement when signed), `scale` and
+/// `zero_point` (float, or None) `[N, groups]`, groups of `group_size` consecutive columns
+/// (None: one group) or given per column by `g_idx`.
 #[pyfunction]
-#[pyo3(signature = (codes, bits, signed, scale, zero_point, group_size, g_idx))]
+#[pyo3(signature = (codes, k, bits, signed, scale, zero_point, group_size, g_idx))]
 #[allow(clippy::too_many_arguments)]
 pub fn pack_linear(
     py: Python<'_>,
     codes: PyReadonlyArray2<'_, u8>,
+    k: usize,
     bits: u32,
     signed: bool,
     scale: PyReadonlyArray2<'_, f32>,
@@ -136,7 +138,7 @@ pub fn pack_linear(
     group_size: Option<usize>,
     g_idx: Option<PyReadonlyArray1<'_, i32>>,
 ) -> PyResult<PackedLinear> {
-    let (n, k) = (codes.shape()[0], codes.shape()[1]);
+    let n = codes.shape()[0];
     let groups = scale.shape()[1];
     let g_idx = g_idx.as_ref().map(|g| g.as_slice()).transpose()?;
     let map = match (g_idx, group_size) {

@@ -8,6 +8,7 @@ mod gptq;
 mod hqq;
 
 use crate::error::QfastError as CoreError;
+use crate::kernels::layout::{line_bytes, pack_line, unpack_line};
 use crate::kernels::{self, Element, Granularity, ScaleDtype, Scheme, StaticParams, Strided};
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
@@ -201,11 +202,23 @@ fn dequantize<'py>(
     }
 }
 
-/// pack(codes, bits)
+/// Checks a code width for `pack` / `unpack`.
+fn packing_bits(bits: u32) -> PyResult<()> {
+    if (2..=8).contains(&bits) {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "bits={bits} is not supported; pass bits between 2 and 8"
+        )))
+    }
+}
+
+/// pack(codes, n, bits)
 /// --
 ///
-/// Packs contiguous `lines x n` byte codes (low bits used) along the last axis: 4-bit two per
-/// byte, 2-bit four per byte. Returns `lines x ceil(n * bits / 8)` bytes.
+/// Packs contiguous `lines x n` byte codes (low `bits` bits used) along the last axis: each
+/// line one little-endian bit stream (code `i` in bits `[i * bits, (i + 1) * bits)`), padded
+/// with zero bits to a whole byte. Returns `lines x ceil(n * bits / 8)` bytes.
 #[pyfunction]
 fn pack<'py>(
     py: Python<'py>,
@@ -213,17 +226,9 @@ fn pack<'py>(
     n: usize,
     bits: u32,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    packing_bits(bits)?;
     let codes = codes.as_slice()?;
     let k = crate::simd::active().map_err(to_py)?;
-    let (per, f) = match bits {
-        4 => (2, k.pack4),
-        2 => (4, k.pack2),
-        _ => {
-            return Err(PyValueError::new_err(
-                "only 4-bit and 2-bit codes are packed",
-            ))
-        }
-    };
     if n == 0 {
         return Ok(PyArray1::from_vec(py, Vec::new()));
     }
@@ -233,22 +238,26 @@ fn pack<'py>(
             codes.len()
         )));
     }
-    let lb = n.div_ceil(per);
+    let lb = line_bytes(n, bits);
     let lines = codes.len() / n;
-    let mut out = vec![0u8; lines * lb];
-    py.detach(|| {
-        for (src, dst) in codes.chunks_exact(n).zip(out.chunks_exact_mut(lb)) {
-            f(src, dst);
-        }
-    });
-    Ok(PyArray1::from_vec(py, out))
+    let out = PyArray1::<u8>::zeros(py, lines * lb, false);
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| {
+            for (src, dst) in codes.chunks_exact(n).zip(dst.chunks_exact_mut(lb)) {
+                pack_line(k, bits, src, dst);
+            }
+        });
+    }
+    Ok(out)
 }
 
-/// unpack(packed, n, bits, signed)
+/// unpack(packed, line_bytes, n, bits, signed)
 /// --
 ///
-/// Unpacks contiguous `lines x line_bytes` packed codes into `lines x n` bytes (sign-extended
-/// when `signed`).
+/// Unpacks contiguous `lines x line_bytes` packed codes (as `pack` writes them) into
+/// `lines x n` bytes (sign-extended when `signed`).
 #[pyfunction]
 fn unpack<'py>(
     py: Python<'py>,
@@ -258,18 +267,10 @@ fn unpack<'py>(
     bits: u32,
     signed: bool,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    packing_bits(bits)?;
     let packed = packed.as_slice()?;
     let k = crate::simd::active().map_err(to_py)?;
-    let (per, f) = match bits {
-        4 => (2, k.unpack4),
-        2 => (4, k.unpack2),
-        _ => {
-            return Err(PyValueError::new_err(
-                "only 4-bit and 2-bit codes are packed",
-            ))
-        }
-    };
-    if n.div_ceil(per) > line_bytes {
+    if kernels::layout::line_bytes(n, bits) > line_bytes {
         return Err(PyValueError::new_err(format!(
             "{line_bytes} bytes per line cannot hold {n} {bits}-bit codes"
         )));
@@ -284,13 +285,17 @@ fn unpack<'py>(
         )));
     }
     let lines = packed.len() / line_bytes;
-    let mut out = vec![0u8; lines * n];
-    py.detach(|| {
-        for (src, dst) in packed.chunks_exact(line_bytes).zip(out.chunks_exact_mut(n)) {
-            f(src, signed, dst);
-        }
-    });
-    Ok(PyArray1::from_vec(py, out))
+    let out = PyArray1::<u8>::zeros(py, lines * n, false);
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| {
+            for (src, dst) in packed.chunks_exact(line_bytes).zip(dst.chunks_exact_mut(n)) {
+                unpack_line(k, bits, src, signed, dst);
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// cpu_info()

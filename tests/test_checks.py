@@ -355,8 +355,7 @@ def _sources(root: Path, suffix: str, skip: tuple[str, ...] = ()) -> dict[str, s
     }
 
 
-# QTensor's own checks belong to _qtensor.py's owner; see test_qtensor_uses_the_shared_rules.
-PY_SOURCES = _sources(PY, ".py", skip=("_qtensor.py",))
+PY_SOURCES = _sources(PY, ".py")
 RS_SOURCES = _sources(RS, ".rs")
 
 # (what, regex): each occurs in exactly one Python file (_checks.py) ...
@@ -430,12 +429,6 @@ def test_python_and_rust_word_the_shared_rules_alike():
         assert words in checks_py and words in checks_rs, words
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QTensor._check (python/qfast/_qtensor.py, owned by the qtensor work) still writes "
-    "its own bits / axis / group_size checks; once it calls qfast._checks this passes: then "
-    "drop this marker and the skip of _qtensor.py above",
-)
 def test_qtensor_uses_the_shared_rules():
     text = (PY / "_qtensor.py").read_text()
     assert not re.search(PY_NOWHERE[0][1], text)

@@ -146,11 +146,11 @@ def test_quantize_stores_dense_codes(bits, symmetric, shape, kw):
 
 def test_bits_per_weight_is_dense():
     x = np.random.default_rng(0).standard_normal((64, 1024)).astype(F32)
-    # float32 scales and int32 zero points: 64 bits per group of 128 = 0.5 bits per weight.
+    # float32 scales and zero points packed at the code width: 32 + bits bits per group of 128.
     for bits in BITS:
         q = qfast.quantize(x, bits, symmetric=False, group_size=128)
         assert q.data.nbytes == 64 * 1024 * bits // 8
-        assert q.bits_per_weight == pytest.approx(bits + 0.5)
+        assert q.bits_per_weight == pytest.approx(bits + (32 + bits) / 128)
 
 
 @pytest.mark.parametrize("bits", [3, 5, 6, 7])

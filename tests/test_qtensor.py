@@ -14,7 +14,7 @@ import pytest
 
 import qfast
 from qfast import QTensor
-from qfast._qtensor import _layout, _unpack_lines
+from qfast._qtensor import _unpack_lines
 
 F32 = np.float32
 BF16 = ml_dtypes.bfloat16
@@ -202,7 +202,6 @@ def test_bits_per_weight_4bit_group128_float16() -> None:
     assert q32.nbytes == 4096 * (2048 + 32 * 4 + 16)
 
 
-@pytest.mark.skipif(_layout(3) != "dense", reason="this build stores 3-bit codes one a byte")
 def test_bits_per_weight_3bit_group128_float16() -> None:
     w = RNG.standard_normal((4096, 4096), dtype=F32)
     q = qfast.quantize(w, 3, group_size=128, symmetric=False, scale_dtype=np.float16)
@@ -394,7 +393,7 @@ def _corrupt_cases() -> list[Any]:
     for key, value, match in (
         ("format_version", 3, "version 3"),
         ("format_version", None, "version None"),
-        ("bits", 9, "2 to 8"),
+        ("bits", 9, "between 2 and 8"),
         ("scale_dtype", "float64", "scale_dtype"),
         ("data_layout", "bitplanes", "data_layout"),
         ("zero_point", {"kind": "complex"}, "kind"),
@@ -488,11 +487,3 @@ def test_zero_points_and_g_idx_are_checked() -> None:
         g[5] = bad
         with pytest.raises(ValueError, match=f"g_idx holds group {bad}"):
             QTensor.from_codes(p["codes"], 4, False, p["scale"], p["zp"], group_size=16, g_idx=g)
-
-
-@pytest.mark.skipif(_layout(3) == "dense", reason="3-bit codes are packed: none out of range")
-def test_one_per_byte_codes_out_of_range_are_refused() -> None:
-    codes = np.zeros((2, 8), np.uint8)
-    codes[1, 3] = 100
-    with pytest.raises(ValueError, match=r"code 100 at index \(1, 3\)"):
-        QTensor(codes, (2, 8), 3, False, np.float32(1), np.int32(0))

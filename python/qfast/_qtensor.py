@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _qfast
+from ._checks import as_bool, as_int, check_bits, check_group_size, normalize_axis
 
 # Version 2: scales in their own dtype, integer zero points packed at the code width, a header
 # that records every field. Version 1 (float32 scales, int32 zero points, 3/5/6/7-bit codes
@@ -52,21 +53,9 @@ def data_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     return (*lead, line_bytes(n, bits))
 
 
-def _bytewise(bits: int) -> bool:
-    """Whether codes of this width are stored one per byte (8-bit, and any narrower width
-    this build does not pack): then packing is a plain copy."""
-    return data_shape((64,), bits) == (64,)
-
-
 def _line_bytes(n: int, bits: int) -> int:
     """Bytes of one packed line of ``n`` codes."""
     return data_shape((n,), bits)[0]
-
-
-def _layout(bits: int) -> str:
-    """How this build stores ``bits``-wide codes: ``"dense"`` (``_qfast.pack``'s layout, low
-    bits first, ``ceil(n·bits/8)`` bytes a line; 8-bit is a byte a code) or ``"byte"``."""
-    return "dense" if bits == 8 or not _bytewise(bits) else "byte"
 
 
 def _code_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -77,7 +66,7 @@ def _pack_lines(codes: np.ndarray, n: int, bits: int, signed: bool) -> np.ndarra
     """Flat codes (lines of ``n``, already in range) packed line by line, flat uint8."""
     typed = np.ascontiguousarray(codes.astype(np.int8 if signed else np.uint8, copy=False))
     flat = typed.view(np.uint8).reshape(-1)
-    if _bytewise(bits) or n == 0:
+    if bits == 8 or n == 0:
         return flat
     return _qfast.pack(flat, n, bits)
 
@@ -85,7 +74,7 @@ def _pack_lines(codes: np.ndarray, n: int, bits: int, signed: bool) -> np.ndarra
 def _unpack_lines(packed: np.ndarray, n: int, bits: int, signed: bool) -> np.ndarray:
     """The inverse of :func:`_pack_lines`: flat int8 (signed) or uint8 codes."""
     flat = np.ascontiguousarray(packed).view(np.uint8).reshape(-1)
-    if not _bytewise(bits) and n:
+    if bits < 8 and n:
         m = _line_bytes(n, bits)
         flat = _qfast.unpack(flat, m, n, bits, signed)
     elif not n:
@@ -271,25 +260,21 @@ class QTensor:
         meta: dict[str, Any] | None = None,
     ) -> None:
         self.data = np.asarray(data)
-        self.shape = tuple(int(d) for d in shape)
-        self.bits = int(bits)
-        self.signed = bool(signed)
+        self.shape = tuple(as_int(d, "shape") for d in shape)
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"shape {self.shape} has a negative dimension")
+        self.bits = check_bits(bits)
+        self.signed = as_bool(signed, "signed")
         self.scale = _stored_scale(scale)
-        self.axis = None if axis is None else int(axis)
-        self.group_size = None if group_size is None else int(group_size)
+        self.axis = None if axis is None else as_int(axis, "axis")
+        self.group_size = None if group_size is None else check_group_size(group_size)
         self.g_idx = None if g_idx is None else _as_g_idx(g_idx)
         self.meta = dict(meta or {})
         self._packed: Any = None  # linear()'s packed weight, keyed on the arrays above
         self._zp: np.ndarray | None = None
         self._zp_bits = self.bits
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits={self.bits} is not supported; use 2 to 8")
         self.zero_point = zero_point
-        self._check()
-        if self.bits < 8 and _bytewise(self.bits):
-            # Only codes stored a byte each can leave the width's range (a packed field
-            # cannot); O(codes), for those widths only.
-            _check_code_range(self.data, self.bits, self.signed)
+        self._check()  # codes need no range check: a packed field cannot leave its width
 
     @property
     def zero_point(self) -> np.ndarray | None:
@@ -377,7 +362,7 @@ class QTensor:
 
         codes = np.asarray(codes)
         shape = tuple(codes.shape)
-        data = pack(codes, bits, signed=bool(signed)).reshape(data_shape(shape, bits))
+        data = pack(codes, bits, signed=as_bool(signed, "signed")).reshape(data_shape(shape, bits))
         if bits == 8 and signed:
             data = data.view(np.int8)
         return cls(data, shape, bits, signed, scale, zero_point, **kwargs)
@@ -399,17 +384,13 @@ class QTensor:
     def _check(self) -> None:
         """Every field consistent with the others, in O(scales + columns): run by the
         constructor, and again before use (the fields are public and may be reassigned)."""
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits={self.bits} is not supported; use 2 to 8")
+        check_bits(self.bits)
         if self.axis is not None:
-            nd = max(len(self.shape), 1)
-            if not -nd <= self.axis < nd:
-                raise ValueError(f"axis={self.axis} is out of range for shape {self.shape}")
-            self.axis %= nd
+            self.axis = normalize_axis(self.axis, len(self.shape))
             if self.group_size is not None:
                 raise ValueError("a QTensor has either axis or group_size, not both")
-        if self.group_size is not None and self.group_size < 1:
-            raise ValueError(f"group_size must be at least 1, got {self.group_size}")
+        if self.group_size is not None:
+            check_group_size(self.group_size)
         if self.data.dtype.kind not in "iu" or self.data.dtype.itemsize != 1:
             raise TypeError(f"data must be int8 or uint8 codes, got {self.data.dtype}")
         want = data_shape(self.shape, self.bits)
@@ -441,6 +422,11 @@ class QTensor:
         zp = self._zp
         if zp is None:
             return
+        if self.signed and not _is_float(zp.dtype):
+            raise ValueError(
+                "signed codes take no integer zero point (a symmetric grid has none); pass "
+                "signed=False for codes on an asymmetric grid"
+            )
         if _is_float(zp.dtype) or self._zp_bits == _UNPACKED:
             if zp.shape != self.scale.shape:
                 raise ValueError(f"zero_point has shape {zp.shape}, scale {self.scale.shape}")
@@ -539,7 +525,7 @@ class QTensor:
         if zp is not None and _is_float(zp.dtype):
             zinfo = {"kind": "float", "dtype": zp.dtype.name}
         elif zp is not None:
-            zinfo = {"kind": "int", "bits": self._zp_bits, "layout": _layout(self._zp_bits)}
+            zinfo = {"kind": "int", "bits": self._zp_bits, "layout": "dense"}
         header = {
             "format_version": FORMAT_VERSION,
             "shape": list(self.shape),
@@ -547,7 +533,7 @@ class QTensor:
             "signed": self.signed,
             "axis": self.axis,
             "group_size": self.group_size,
-            "data_layout": _layout(self.bits),
+            "data_layout": "dense",
             "scale_dtype": self.scale.dtype.name,
             "zero_point": zinfo,
             "g_idx": self.g_idx is not None,
@@ -676,8 +662,10 @@ class _Loader:
             raise self.fail(f"header field 'shape' must hold sizes >= 0, got {shape!r}", TypeError)
         shape = tuple(shape)
         bits = self.field(h, "bits", (int,), "an integer from 2 to 8")
-        if not 2 <= bits <= 8:
-            raise self.fail(f"header field 'bits' is {bits}; a QTensor has 2 to 8 bits")
+        try:
+            check_bits(bits)
+        except ValueError as e:
+            raise self.fail(f"header field 'bits': {e}") from None
         signed = self.field(h, "signed", (bool,), "true or false")
         axis = self.field(h, "axis", (int, type(None)), "an integer or null")
         group_size = self.field(h, "group_size", (int, type(None)), "an integer or null")
@@ -709,9 +697,9 @@ class _Loader:
             g_idx = self.need("g_idx", "which the header says exists") if has_g else None
             if not has_g and self.array("g_idx") is not None:
                 raise self.fail("a g_idx entry the header does not list; the dict is inconsistent")
-            layout = self.field(h, "data_layout", (str,), '"dense" or "byte"')
-            if layout not in ("dense", "byte"):
-                raise self.fail(f"header field 'data_layout' is {layout!r}, not dense or byte")
+            layout = self.field(h, "data_layout", (str,), '"dense"')
+            if layout != "dense":
+                raise self.fail(f"header field 'data_layout' is {layout!r}, not dense")
         if data.dtype.kind not in "iu" or data.dtype.itemsize != 1:
             raise self.fail(f"data must be int8 or uint8 codes, got {data.dtype}", TypeError)
         if g_idx is not None and g_idx.dtype.kind not in "iu":
@@ -727,7 +715,7 @@ class _Loader:
             "meta": meta,
         }
         try:
-            if layout == "byte" and _layout(bits) == "dense" and bits < 8:
+            if layout == "byte" and bits < 8:
                 # One code a byte (format version 1): check the range, then pack densely.
                 if data.shape != shape and not (shape == () and data.size == 1):
                     raise ValueError(
@@ -737,11 +725,6 @@ class _Loader:
                 _check_code_range(data, bits, signed)
                 codes = data.reshape(shape).view(np.int8 if signed else np.uint8)
                 q = cls.from_codes(codes, bits, signed, scale, None, **kwargs)
-            elif layout == "dense" and _layout(bits) == "byte":
-                raise ValueError(
-                    f"its {bits}-bit codes are packed densely, which this qfast cannot read; "
-                    "upgrade qfast"
-                )
             else:
                 q = cls(data, shape, bits, signed, scale, None, **kwargs)
             if isinstance(zp, _PackedZeroPoint):
@@ -752,12 +735,6 @@ class _Loader:
                         f"scale of shape {q.scale.shape} are stored as {want}"
                     )
                 q._zp, q._zp_bits = zp.packed, bits
-            elif isinstance(zp, _ByteZeroPoint):
-                if zp.values.size != q.scale.size:
-                    raise ValueError(
-                        f"zero_point holds {zp.values.size} values; the scale has {q.scale.size}"
-                    )
-                q.zero_point = zp.values.reshape(q.scale.shape)
             elif zp is not None:
                 q.zero_point = zp
             q._check()
@@ -816,19 +793,13 @@ class _Loader:
         if kind != "int":
             raise self.fail(f"zero point kind {kind!r} is neither 'int' nor 'float'")
         zbits, layout = info.get("bits"), info.get("layout")
-        if zbits != bits or layout not in ("dense", "byte"):
+        if zbits != bits or layout != "dense":
             raise self.fail(
                 f"integer zero points of {zbits!r} bits, layout {layout!r}; expected {bits} "
-                "bits, dense or byte"
+                "bits, dense"
             )
         if zp.dtype != np.uint8:
             raise self.fail(f"packed zero points must be uint8, got {zp.dtype}", TypeError)
-        if layout == "byte":
-            # Written one a byte (before this width was packed): checked (range) and packed
-            # on assignment.
-            return _ByteZeroPoint(zp.view(np.int8) if signed else zp)
-        if layout == "dense" and _layout(bits) == "byte":
-            raise self.fail(f"its {bits}-bit zero points are packed densely; upgrade qfast")
         return _PackedZeroPoint(zp)
 
 
@@ -838,10 +809,3 @@ class _PackedZeroPoint:
 
     def __init__(self, packed: np.ndarray) -> None:
         self.packed = packed
-
-
-class _ByteZeroPoint:
-    """Integer zero points a file stores one a byte: checked and packed on load."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values

@@ -1,7 +1,7 @@
 //! How a tensor splits into quantization units and how codes are laid out in memory.
 
 use crate::checks;
-use crate::error::{QfastError, Result};
+use crate::error::Result;
 use crate::simd::{scalar, Kernels};
 
 /// Which elements share a scale (and zero point).

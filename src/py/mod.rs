@@ -203,16 +203,6 @@ fn dequantize<'py>(
 }
 
 /// Checks a code width for `pack` / `unpack`.
-fn packing_bits(bits: u32) -> PyResult<()> {
-    if (2..=8).contains(&bits) {
-        Ok(())
-    } else {
-        Err(PyValueError::new_err(format!(
-            "bits={bits} is not supported; pass bits between 2 and 8"
-        )))
-    }
-}
-
 /// pack(codes, n, bits)
 /// --
 ///
@@ -226,7 +216,7 @@ fn pack<'py>(
     n: usize,
     bits: u32,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    packing_bits(bits)?;
+    crate::checks::check_bits(bits).map_err(to_py)?;
     let codes = codes.as_slice()?;
     let k = crate::simd::active().map_err(to_py)?;
     if n == 0 {
@@ -267,7 +257,7 @@ fn unpack<'py>(
     bits: u32,
     signed: bool,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    packing_bits(bits)?;
+    crate::checks::check_bits(bits).map_err(to_py)?;
     let packed = packed.as_slice()?;
     let k = crate::simd::active().map_err(to_py)?;
     if kernels::layout::line_bytes(n, bits) > line_bytes {

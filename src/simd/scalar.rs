@@ -174,7 +174,6 @@ pub fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
 /// the layout of `pack4` / `pack2`. Eight codes fill exactly `bits` bytes, so the stream is
 /// built eight codes at a time in a 64-bit word (no division per code).
 pub fn pack_bits(codes: &[u8], bits: u32, out: &mut [u8]) {
-    assert!((1..=8).contains(&bits), "bits must be 1 to 8");
     assert_eq!(out.len(), stream_bytes(codes.len(), bits));
     match bits {
         1 => pack_bits_n::<1>(codes, out),
@@ -184,7 +183,8 @@ pub fn pack_bits(codes: &[u8], bits: u32, out: &mut [u8]) {
         5 => pack_bits_n::<5>(codes, out),
         6 => pack_bits_n::<6>(codes, out),
         7 => pack_bits_n::<7>(codes, out),
-        _ => pack_bits_n::<8>(codes, out),
+        8 => pack_bits_n::<8>(codes, out),
+        _ => unreachable!("bits={bits}: callers check the width (checks::check_bits)"),
     }
 }
 
@@ -192,7 +192,6 @@ pub fn pack_bits(codes: &[u8], bits: u32, out: &mut [u8]) {
 /// sign-extended to two's complement bytes when `signed`. `packed` holds at least
 /// `line_bytes(out.len(), bits)` bytes (more are ignored).
 pub fn unpack_bits(packed: &[u8], bits: u32, signed: bool, out: &mut [u8]) {
-    assert!((1..=8).contains(&bits), "bits must be 1 to 8");
     assert!(packed.len() >= stream_bytes(out.len(), bits));
     macro_rules! go {
         ($b:literal) => {
@@ -211,7 +210,8 @@ pub fn unpack_bits(packed: &[u8], bits: u32, signed: bool, out: &mut [u8]) {
         5 => go!(5),
         6 => go!(6),
         7 => go!(7),
-        _ => go!(8),
+        8 => go!(8),
+        _ => unreachable!("bits={bits}: callers check the width (checks::check_bits)"),
     }
 }
 

@@ -1018,3 +1018,52 @@ def test_header_fields_overwritten(tmp_path: Path) -> None:
     assert not wrong and not slow, (dict(list(wrong.items())[:5]), slow)
     assert sum(r["outcome"] == "ValueError" for r in results.values()) > len(files) // 2
 
+
+# --- wrong argument types ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arg", "match"),
+    [
+        (np.zeros((2, 32), np.int8), "not ndarray; for a float array use qfast.gguf.quantize"),
+        ({"data": 1}, r"not dict \(QTensor.from_dict\(d\) makes one from a dict\)"),
+        (None, "not NoneType"),
+    ],
+)
+def test_from_qtensor_wrong_type(arg: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=rf"from_qtensor expects a QTensor .*{match}"):
+        qg.from_qtensor(arg)
+
+
+def test_from_qtensor_dict_of_a_qtensor() -> None:
+    import qfast
+
+    q = qg.to_qtensor(qg.quantize(np.ones((2, 32), np.float32), "Q8_0"), "Q8_0")
+    with pytest.raises(TypeError, match=r"QTensor\.from_dict"):
+        qg.from_qtensor(q.to_dict())
+    assert qg.from_qtensor(qfast.QTensor.from_dict(q.to_dict()))[1] == "Q8_0"
+
+
+@pytest.mark.parametrize("fn", ["to_qtensor", "dot"])
+def test_block_functions_want_bytes(fn: str) -> None:
+    x = np.zeros((2, 64), np.float32)
+    with pytest.raises(TypeError, match=r"data must be uint8 bytes.*not float32"):
+        qg.to_qtensor(x, "Q8_0") if fn == "to_qtensor" else qg.dot(x, x[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tensors": [np.zeros(4, np.float32)]}, "save takes tensors as a dict .*not list"),
+        ({"tensors": np.zeros(4, np.float32)}, "save takes tensors as a dict .*not ndarray"),
+        ({"tensors": {}, "metadata": [("k", 1)]}, "save takes metadata as a dict .*not list"),
+        ({"tensors": {}, "value_types": ["k"]}, "save takes value_types as a dict .*not list"),
+        ({"tensors": {"t": (np.zeros(4, np.float32), None, (4,))}}, "a GGUF type is a name"),
+        ({"tensors": {"t": (np.zeros(4, np.float32), "F32", 4)}}, "shape of a .* tuple"),
+    ],
+)
+def test_save_wrong_types(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+    path = tmp_path / "x.gguf"
+    with pytest.raises(TypeError, match=match):
+        save(path, check=False, **kwargs)
+    assert not os.listdir(tmp_path)

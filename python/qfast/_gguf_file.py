@@ -563,6 +563,16 @@ def save(
         metadata = tensors.metadata if metadata is None else metadata
         value_types = tensors.value_types if value_types is None else value_types
         tensors = tensors.tensors
+    for arg, value, what in (
+        ("tensors", tensors, "tensor name -> tensor"),
+        ("metadata", metadata, "key -> value"),
+        ("value_types", value_types, "key -> GGUFValueType"),
+    ):
+        if not isinstance(value, Mapping) and (arg == "tensors" or value is not None):
+            also = " or a GGUFFile from load" if arg == "tensors" else ""
+            raise TypeError(
+                f"save takes {arg} as a dict ({what}){also}, not {type(value).__name__}"
+            )
     metadata = dict(metadata or {})
     arch = architecture if architecture is not None else metadata.get("general.architecture")
     if arch is not None and not isinstance(arch, str):
@@ -727,6 +737,11 @@ def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
         data, qtype, shape = tensor.data, tensor.type, tensor.shape
     elif isinstance(tensor, tuple) and len(tensor) == 3:
         data, qtype, shape = tensor
+        if not isinstance(shape, (tuple, list)):
+            raise TypeError(
+                f"tensor {name!r}: the shape of a (data, type, shape) tuple is a tuple of "
+                f"ints, not {_short(shape)}"
+            )
     elif isinstance(tensor, np.ndarray) and np.issubdtype(tensor.dtype, np.floating):
         qtype = "F16" if tensor.dtype == np.float16 else "F32"
         data, shape = tensor.astype(_PLAIN_DTYPES[qtype], copy=False), tensor.shape
@@ -740,6 +755,11 @@ def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
 
 def _ggml_type(name: str, qtype: Any) -> GGMLQuantizationType:
     Q = _gguf().GGMLQuantizationType
+    if not isinstance(qtype, (str, int, np.integer)) or isinstance(qtype, bool):
+        raise TypeError(
+            f"tensor {name!r}: a GGUF type is a name such as 'Q4_0' or a "
+            f"GGMLQuantizationType, not {_short(qtype)}"
+        )
     try:
         return Q[qtype.upper()] if isinstance(qtype, str) else Q(int(qtype))
     except (KeyError, ValueError, TypeError):

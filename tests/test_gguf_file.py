@@ -693,3 +693,377 @@ def test_truncated_after_load(tmp_path: Path) -> None:
     assert any(line.startswith("save refused |") for line in lines)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["m.gguf"]
+
+
+# --- corrupt headers: every count, length and offset checked before anything reads it -----------
+#
+# The files are built here byte by byte (not with gguf-py or qfast), so each field's place is
+# known. Loads run in a subprocess with a timeout: a file that makes the reader loop for hours
+# fails the test instead of hanging pytest, and one that crashes the interpreter shows up as a
+# missing result.
+
+
+def _u32(v: int) -> bytes:
+    return v.to_bytes(4, "little")
+
+
+def _u64(v: int) -> bytes:
+    return v.to_bytes(8, "little")
+
+
+def _str(s: str) -> bytes:
+    return _u64(len(s.encode())) + s.encode()
+
+
+class _File:
+    """A GGUF v3 file as labelled fields: ``at[label]`` is a field's byte offset."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.at: dict[str, int] = {}
+        self.size = 0
+
+    def put(self, raw: bytes, label: str | None = None) -> None:
+        if label is not None:
+            self.at[label] = self.size
+        self.parts.append(raw)
+        self.size += len(raw)
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+_Q8_CODES = np.arange(-16, 16, dtype=np.int8)
+
+
+def _corrupt_base(extra_kv: tuple[tuple[str, bytes], ...] = ()) -> _File:
+    """A valid file: four metadata entries (STRING, INT32 array, STRING array, UINT32), an F32
+    tensor "f" (8 values 0..7) and a Q8_0 tensor "q" (2 x 32: d = 0.5, codes -16..15)."""
+    f = _File()
+    f.put(b"GGUF")
+    f.put(_u32(3), "version")
+    f.put(_u64(2), "n_tensors")
+    f.put(_u64(4 + len(extra_kv)), "n_kv")
+    f.put(_u64(20), "key0_len")
+    f.put(b"general.architecture")
+    f.put(_u32(8), "key0_type")
+    f.put(_u64(4), "str_len")
+    f.put(b"test")
+    f.put(_str("a.ints"))
+    f.put(_u32(9), "ints_type")
+    f.put(_u32(5), "ints_element")
+    f.put(_u64(3), "ints_count")
+    f.put(np.array([1, 2, 3], "<i4").tobytes())
+    f.put(_str("a.strs"))
+    f.put(_u32(9))
+    f.put(_u32(8), "strs_element")
+    f.put(_u64(2), "strs_count")
+    f.put(_str("x"), "strs0_len")
+    f.put(_str("yz"))
+    f.put(_str("a.u32"), "key3_len")
+    f.put(_u32(4), "key3_type")
+    f.put(_u32(7))
+    for key, entry in extra_kv:
+        f.put(_str(key) + entry, f"kv:{key}")
+    # tensor infos: "f" F32 (8,) at 0; "q" Q8_0 (2, 32) at 32 (GGUF lists axes innermost first)
+    f.put(_str("f"), "t0_name_len")
+    f.put(_u32(1), "t0_ndims")
+    f.put(_u64(8), "t0_dim0")
+    f.put(_u32(0), "t0_type")
+    f.put(_u64(0), "t0_offset")
+    f.put(_str("q"), "t1_name_len")
+    f.put(_u32(2), "t1_ndims")
+    f.put(_u64(32), "t1_dim0")
+    f.put(_u64(2), "t1_dim1")
+    f.put(_u32(8), "t1_type")
+    f.put(_u64(32), "t1_offset")
+    f.put(b"\0" * (-f.size % 32))
+    f.at["data"] = f.size
+    f.put(np.arange(8, dtype="<f4").tobytes())
+    block = np.float16(0.5).tobytes() + _Q8_CODES.tobytes()
+    f.put(block * 2, "q_data")
+    f.put(b"\0" * (-f.size % 32))
+    return f
+
+
+def _patched(f: _File, label: str, raw: bytes) -> bytes:
+    b = bytearray(f.bytes())
+    b[f.at[label] : f.at[label] + len(raw)] = raw
+    return bytes(b)
+
+
+def _nested_array(depth: int) -> bytes:
+    """An ARRAY value whose one element is an ARRAY, ``depth`` levels down to one INT32."""
+    return _u32(9) + (_u32(9) + _u64(1)) * depth + _u32(5) + _u64(1) + _u32(7)
+
+
+_LOAD_EACH = """
+import json, sys, time
+from pathlib import Path
+import qfast.gguf as qg
+
+for p in sorted(Path(sys.argv[1]).iterdir()):
+    t0 = time.perf_counter()
+    try:
+        f = qg.load(p)
+        values = {name: t.dequantize().tolist() for name, t in f.tensors.items()}
+        out = {"outcome": "ok", "values": values}
+    except Exception as e:
+        out = {"outcome": type(e).__name__, "message": str(e)}
+    out.update(file=p.name, s=time.perf_counter() - t0)
+    print(json.dumps(out), flush=True)
+"""
+
+
+def _load_each(folder: Path, files: dict[str, bytes], timeout: float) -> dict[str, Any]:
+    """``qg.load`` and dequantize on each file, in a subprocess: name -> {"outcome": "ok" or
+    the exception's type, "message", "values", "s"}; a file with no result hung or crashed."""
+    import json
+    import subprocess
+
+    folder.mkdir()
+    for name, raw in files.items():
+        (folder / f"{name}.gguf").write_bytes(raw)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = (
+        str(Path(qg.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _LOAD_EACH, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+        stdout, stderr, rc = res.stdout, res.stderr, res.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or b""
+        stdout = out.decode() if isinstance(out, bytes) else out
+        stderr, rc = f"timed out after {timeout} s", None
+    results = {}
+    for line in stdout.splitlines():
+        r = json.loads(line)
+        results[r.pop("file").removesuffix(".gguf")] = r
+    for name in files:
+        results.setdefault(name, {"outcome": f"no result (hung or crashed: rc {rc}, {stderr})"})
+    return results
+
+
+def _corrupt_files() -> dict[str, bytes]:
+    f = _corrupt_base()
+    big, top = _u64(1 << 62), _u64((1 << 64) - 1)
+    return {
+        "kv-count-absurd": _patched(f, "n_kv", big),
+        "kv-count-max": _patched(f, "n_kv", top),
+        "kv-count-one-more": _patched(f, "n_kv", _u64(5)),
+        "tensor-count-absurd": _patched(f, "n_tensors", big),
+        "tensor-count-max": _patched(f, "n_tensors", top),
+        "tensor-count-one-more": _patched(f, "n_tensors", _u64(3)),
+        "key-length-absurd": _patched(f, "key0_len", big),
+        "key-length-max": _patched(f, "key0_len", top),
+        "string-length-absurd": _patched(f, "str_len", big),
+        "string-length-max": _patched(f, "str_len", top),
+        # the sweep's hang: the string's length becomes an element type and an array count
+        "value-type-string-to-array": _patched(f, "key0_type", _u32(9)),
+        "value-type-unknown": _patched(f, "key3_type", _u32(13)),
+        "array-count-absurd": _patched(f, "ints_count", _u64(1 << 61)),  # x 4 bytes wraps
+        "array-count-max": _patched(f, "ints_count", top),
+        "array-element-type-unknown": _patched(f, "ints_element", _u32(99)),
+        "string-array-count-absurd": _patched(f, "strs_count", big),
+        "string-array-element-length": _patched(f, "strs0_len", big),
+        "tensor-name-length-absurd": _patched(f, "t1_name_len", big),
+        "n-dims-max": _patched(f, "t0_ndims", _u32((1 << 32) - 1)),
+        "n-dims-5": _patched(f, "t0_ndims", _u32(5)),
+        "dim-absurd": _patched(f, "t0_dim0", big),
+        "dim-max": _patched(f, "t0_dim0", top),
+        "dims-product-overflow": _patched(f, "t1_dim0", _u64(1 << 32) + _u64(1 << 40)),
+        "tensor-type-max": _patched(f, "t1_type", _u32((1 << 32) - 1)),
+        "offset-max": _patched(f, "t1_offset", top),
+        "offset-aligned-wraps": _patched(f, "t1_offset", _u64((1 << 64) - 32)),
+        "nested-array": _corrupt_base((("a.nested", _nested_array(1)),)).bytes(),
+        "nested-array-deep": _corrupt_base((("a.nested", _nested_array(5000)),)).bytes(),
+        "alignment-zero": _corrupt_base((("general.alignment", _u32(4) + _u32(0)),)).bytes(),
+        "alignment-3": _corrupt_base((("general.alignment", _u32(4) + _u32(3)),)).bytes(),
+        "duplicate-key": _corrupt_base((("a.u32", _u32(4) + _u32(8)),)).bytes(),
+    }
+
+
+@pytest.fixture(scope="module")
+def corrupt_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    files = {"valid": _corrupt_base().bytes(), **_corrupt_files()}
+    return _load_each(tmp_path_factory.mktemp("corrupt") / "files", files, timeout=120)
+
+
+def test_corrupt_base_is_valid(corrupt_results: dict[str, Any], tmp_path: Path) -> None:
+    """The base the corrupt files are made from loads, in gguf-py and in qfast, as built."""
+    path = tmp_path / "base.gguf"
+    path.write_bytes(_corrupt_base().bytes())
+    reader = gguf.GGUFReader(path)
+    assert [t.name for t in reader.tensors] == ["f", "q"]
+    r = corrupt_results["valid"]
+    assert r["outcome"] == "ok", r
+    assert r["values"]["f"] == list(range(8))
+    assert r["values"]["q"] == [(0.5 * _Q8_CODES).tolist()] * 2
+    f = load(path)
+    assert f.metadata == {"general.architecture": "test", "a.ints": [1, 2, 3],
+                          "a.strs": ["x", "yz"], "a.u32": 7}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(_corrupt_files()))
+def test_corrupt_header_refused_fast(corrupt_results: dict[str, Any], kind: str) -> None:
+    """Each count, length, type and offset that does not fit the file is a ValueError within
+    milliseconds: no hang (gguf-py would loop ~8e18 times), no RecursionError, no garbage."""
+    r = corrupt_results[kind]
+    assert r["outcome"] == "ValueError", r
+    assert r["s"] < 1.0, r
+    assert "bad.gguf" not in r["message"] and f"{kind}.gguf" in r["message"]  # names the file
+
+
+def test_corrupt_messages(corrupt_results: dict[str, Any]) -> None:
+    def message(kind: str) -> str:
+        return str(corrupt_results[kind].get("message"))
+
+    assert "18,446,744,073,709,551,615" in message("offset-max") and "'q'" in message("offset-max")
+    assert "'q'" in message("offset-aligned-wraps")
+    assert "'a.nested' is a nested array" in message("nested-array-deep")
+    assert "'general.architecture'" in message("value-type-string-to-array")
+    assert "'f'" in message("n-dims-max") and "at most 4" in message("n-dims-max")
+    assert "power of two" in message("alignment-3")
+    assert "'a.u32' appears twice" in message("duplicate-key")
+
+
+@pytest.mark.parametrize(
+    ("offset", "aligned"),
+    [((1 << 64) - 1, False), ((1 << 64) - 32, True), (1 << 40, True), (64, True), (33, False)],
+)
+def test_tensor_offset_outside_data_section(tmp_path: Path, offset: int, aligned: bool) -> None:
+    """An offset that wraps in uint64 (gguf-py maps the bytes before the data section then),
+    points past the end, or is not a multiple of the alignment: a ValueError that names the
+    tensor and its offset, before anything is mapped. (The data section here is 32 + 68 bytes
+    of tensors and 28 of padding: "q" at 64 would end 4 bytes past the file.)"""
+    path = tmp_path / "offset.gguf"
+    path.write_bytes(_patched(_corrupt_base(), "t1_offset", _u64(offset)))
+    with pytest.raises(ValueError, match=rf"tensor 'q' has offset {offset:,}\b") as exc:
+        load(path)
+    assert ("not a multiple of the alignment 32" in str(exc.value)) == (not aligned)
+    assert str(path) in str(exc.value)
+
+
+def test_tensor_offsets_may_leave_gaps(tmp_path: Path) -> None:
+    """The GGUF spec asks for aligned offsets inside the file, not packed ones: "q" moved one
+    alignment step on (into the padding, the file grown to hold it) still loads."""
+    f = _corrupt_base()
+    raw = bytearray(_patched(f, "t1_offset", _u64(64)))
+    start = f.at["data"]
+    raw[start + 64 : start + 64 + 68] = raw[start + 32 : start + 100]
+    path = tmp_path / "gap.gguf"
+    path.write_bytes(bytes(raw[: start + 64 + 68]))
+    q = load(path).tensors["q"].dequantize()
+    assert q.tolist() == [(0.5 * _Q8_CODES).tolist()] * 2
+
+
+def test_truncated_at_every_byte(tmp_path: Path) -> None:
+    """A small real file (gguf-py's writer, through save) cut at every byte: each cut before the
+    end of the last tensor's data is a ValueError, fast; a cut in the trailing padding loads."""
+    src = tmp_path / "src.gguf"
+    x = np.random.default_rng(7).standard_normal((2, 64)).astype(np.float32)
+    save(
+        src,
+        {"w": (qg.quantize(x, "Q4_1"), "Q4_1", x.shape), "b": x[0, :8].copy()},
+        {
+            "general.architecture": "test",
+            "general.name": "cut",
+            "tokenizer.ggml.tokens": ["a", "bc", ""],
+            "tokenizer.ggml.scores": [0.5, -1.0, 2.0],
+            "custom.flag": True,
+            "custom.big": 1 << 40,
+        },
+    )
+    raw = src.read_bytes()
+    reader = gguf.GGUFReader(src)
+    data_end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    assert 300 < data_end <= len(raw) < 2000
+    files = {f"{cut:05d}": raw[:cut] for cut in range(len(raw))}
+    import time
+
+    t0 = time.perf_counter()
+    results = _load_each(tmp_path / "cuts", files, timeout=120)
+    elapsed = time.perf_counter() - t0
+    wrong = {}
+    for cut in range(len(raw)):
+        r = results[f"{cut:05d}"]
+        want = "ValueError" if cut < data_end else "ok"
+        if r["outcome"] != want or r.get("s", 1) > 0.5:
+            wrong[cut] = r
+    assert not wrong, (len(wrong), dict(list(wrong.items())[:5]))
+    assert elapsed < 30, elapsed
+
+
+def test_header_fields_overwritten(tmp_path: Path) -> None:
+    """Every header offset overwritten with 8 bytes of 0xFF, or of 2**62: each load either
+    works (the bytes were a value, a name, ...) or is a ValueError, within milliseconds; never
+    another exception, a hang or a crash."""
+    f = _corrupt_base()
+    raw = f.bytes()
+    files = {}
+    for at in range(4, f.at["data"]):
+        for tag, fill in (("ff", b"\xff" * 8), ("big", _u64(1 << 62))):
+            b = bytearray(raw)
+            b[at : at + 8] = fill
+            files[f"{at:04d}-{tag}"] = bytes(b[: len(raw)])
+    results = _load_each(tmp_path / "flips", files, timeout=120)
+    wrong = {k: r for k, r in results.items() if r["outcome"] not in ("ok", "ValueError")}
+    slow = {k: r for k, r in results.items() if r.get("s", 0) > 0.5}
+    assert not wrong and not slow, (dict(list(wrong.items())[:5]), slow)
+    assert sum(r["outcome"] == "ValueError" for r in results.values()) > len(files) // 2
+
+
+# --- wrong argument types ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arg", "match"),
+    [
+        (np.zeros((2, 32), np.int8), "not ndarray; for a float array use qfast.gguf.quantize"),
+        ({"data": 1}, r"not dict \(QTensor.from_dict\(d\) makes one from a dict\)"),
+        (None, "not NoneType"),
+    ],
+)
+def test_from_qtensor_wrong_type(arg: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=rf"from_qtensor expects a QTensor .*{match}"):
+        qg.from_qtensor(arg)
+
+
+def test_from_qtensor_dict_of_a_qtensor() -> None:
+    import qfast
+
+    q = qg.to_qtensor(qg.quantize(np.ones((2, 32), np.float32), "Q8_0"), "Q8_0")
+    with pytest.raises(TypeError, match=r"QTensor\.from_dict"):
+        qg.from_qtensor(q.to_dict())
+    assert qg.from_qtensor(qfast.QTensor.from_dict(q.to_dict()))[1] == "Q8_0"
+
+
+@pytest.mark.parametrize("fn", ["to_qtensor", "dot"])
+def test_block_functions_want_bytes(fn: str) -> None:
+    x = np.zeros((2, 64), np.float32)
+    with pytest.raises(TypeError, match=r"data must be uint8 bytes.*not float32"):
+        qg.to_qtensor(x, "Q8_0") if fn == "to_qtensor" else qg.dot(x, x[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tensors": [np.zeros(4, np.float32)]}, "save takes tensors as a dict .*not list"),
+        ({"tensors": np.zeros(4, np.float32)}, "save takes tensors as a dict .*not ndarray"),
+        ({"tensors": {}, "metadata": [("k", 1)]}, "save takes metadata as a dict .*not list"),
+        ({"tensors": {}, "value_types": ["k"]}, "save takes value_types as a dict .*not list"),
+        ({"tensors": {"t": (np.zeros(4, np.float32), None, (4,))}}, "a GGUF type is a name"),
+        ({"tensors": {"t": (np.zeros(4, np.float32), "F32", 4)}}, "shape of a .* tuple"),
+    ],
+)
+def test_save_wrong_types(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+    path = tmp_path / "x.gguf"
+    with pytest.raises(TypeError, match=match):
+        save(path, check=False, **kwargs)
+    assert not os.listdir(tmp_path)

@@ -222,8 +222,11 @@ class GGUFFile:
 def load(path: str | os.PathLike[str]) -> GGUFFile:
     """Opens the GGUF file at ``path``, memory-mapped: tensors are read when used.
 
-    Raises FileNotFoundError if there is no file, and ValueError for a file that is not GGUF, is
-    truncated or corrupt, is big-endian, or has a nested array (llama.cpp rejects those too).
+    Raises FileNotFoundError if there is no file, and ValueError for a file that is not GGUF
+    (version 2 or 3), is truncated or corrupt, is big-endian, or has a nested array (llama.cpp
+    rejects those too). Every count, length, type and tensor offset in the header is checked
+    against the file's size (and the alignment) before gguf-py reads it or anything is mapped,
+    so a corrupt file is refused in milliseconds, with a message that names the field.
     """
     path = Path(path)
     reader = _open_reader(path)
@@ -238,11 +241,8 @@ def load(path: str | os.PathLike[str]) -> GGUFFile:
 
 
 def _open_reader(path: Path) -> GGUFReader:
-    gguf = _gguf()
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not b'GGUF'")
+    gguf = _gguf()  # ImportError before anything is read
+    layout = _scan_header(path)  # every count, length and offset checked before gguf-py reads
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError) as e:
@@ -252,18 +252,262 @@ def _open_reader(path: Path) -> GGUFReader:
         ) from e
     if reader.byte_order != "I":
         raise ValueError(f"{path} is a big-endian GGUF file; qfast reads little-endian ones")
+    _check_reader(path, reader, layout)
     return reader
+
+
+def _check_reader(path: Path, reader: GGUFReader, layout: _Layout) -> None:
+    """GGUFReader saw the layout ``_scan_header`` checked (else the file changed meanwhile)."""
+    got = [(t.name, int(t.data_offset), int(t.data.nbytes)) for t in reader.tensors]
+    want = [(t.name, t.start, t.nbytes) for t in layout.tensors]
+    if int(reader.data_offset) != layout.data_start or got != want:
+        raise ValueError(
+            f"cannot read {path}: its tensors are not where its header puts them (was the file "
+            "changed while it was read?); load it again"
+        )
+
+
+# --- checking a file's header before gguf-py reads it --------------------------------------------
+#
+# GGUFReader trusts every count, length and offset in a file: a corrupt count makes it loop for
+# hours (an array "length" of 8e18 read from string bytes), an offset of 2**64 - 1 wraps around
+# in uint64 and maps the wrong bytes. ``_scan_header`` walks the header first (GGUF v2/v3,
+# little-endian: magic, version, tensor and KV counts, KV entries, tensor infos), checks each
+# count and length against the bytes left before going on, and each tensor's bytes against the
+# data section, with Python ints; its work is bounded by the file's size.
+
+_GGUF_VERSIONS = (2, 3)  # v1 had 32-bit counts; gguf-py and llama.cpp read 2 and 3
+_STRING, _ARRAY = 8, 9  # GGUFValueType ids
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_UINT32 = 4
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+_INT64_MAX = (1 << 63) - 1
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _TensorSpan:
+    """A tensor as the header gives it: where its bytes lie, from the start of the file."""
+
+    name: str
+    start: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What ``_scan_header`` found: the data section's start, its alignment, the tensors."""
+
+    data_start: int
+    alignment: int
+    tensors: tuple[_TensorSpan, ...]
+
+
+class _HeaderReader:
+    """Reads a file's header forward, refusing any read past the end of the file before it
+    happens (with ``size`` taken once, from the open file). The bytes are read, not mapped: a
+    file that shrinks meanwhile is a short read, not a SIGBUS."""
+
+    def __init__(self, path: Path, f: Any, size: int) -> None:
+        self.path, self.f, self.size = path, f, size
+        self.buf = bytearray()
+        self.pos = 0
+
+    def corrupt(self, what: str) -> ValueError:
+        return ValueError(
+            f"cannot read {self.path}: a truncated or corrupt GGUF file ({what}); "
+            "download or write it again"
+        )
+
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def take(self, n: int, what: str) -> int:
+        """Skips ``n`` bytes (``what``), returning where they start."""
+        if n > self.left():
+            raise self.corrupt(
+                f"{what} at byte {self.pos:,} takes {n:,} bytes, but only {self.left():,} are left"
+            )
+        start, end = self.pos, self.pos + n
+        if end > len(self.buf):
+            want = max(end, min(self.size, 2 * len(self.buf) + _READ_CHUNK)) - len(self.buf)
+            self.buf += self.f.read(want)
+            if end > len(self.buf):
+                raise self.corrupt(f"the file ended at byte {len(self.buf):,} while it was read")
+        self.pos = end
+        return start
+
+    def u32(self, what: str) -> int:
+        return int.from_bytes(self.buf[self.take(4, what) : self.pos], "little")
+
+    def u64(self, what: str) -> int:
+        return int.from_bytes(self.buf[self.take(8, what) : self.pos], "little")
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"the length of {what}")
+        raw = self.buf[self.take(n, what) : self.pos]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.corrupt(f"{what} at byte {self.pos - n:,} is not UTF-8") from None
+
+    def skip_string(self, what: str) -> None:
+        self.take(self.u64(f"the length of {what}"), what)
+
+    def count(self, what: str, item_bytes: int, items: str) -> int:
+        """A count of items of at least ``item_bytes`` each, checked against the bytes left."""
+        n = self.u64(what)
+        if n * item_bytes > self.left():
+            raise self.corrupt(
+                f"{what} at byte {self.pos - 8:,} is {n:,}: {n:,} {items} take at least "
+                f"{n * item_bytes:,} bytes, but only {self.left():,} are left"
+            )
+        return n
+
+
+def _scan_header(path: Path) -> _Layout:
+    """Checks the layout of the GGUF file at ``path`` (ValueError if it is not GGUF v2/v3
+    little-endian, or a count, length, type or offset in it is corrupt or points past the end);
+    returns where its tensors lie."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if magic != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not b'GGUF'")
+        r = _HeaderReader(path, f, os.fstat(f.fileno()).st_size)
+        r.buf += magic
+        r.pos = 4
+        version = r.u32("the version")
+        if version not in _GGUF_VERSIONS:
+            if version and not version & 0xFFFF:
+                raise ValueError(
+                    f"{path} is a big-endian GGUF file; qfast reads little-endian ones"
+                )
+            raise ValueError(
+                f"{path} is GGUF version {version:,}, which qfast cannot read (it reads versions "
+                "2 and 3); convert it with a current llama.cpp"
+            )
+        n_tensors = r.u64("the tensor count")
+        n_kv = r.count("the metadata count", _MIN_KV_BYTES, "metadata entries")
+        if n_tensors * _MIN_TENSOR_INFO_BYTES > r.left():
+            raise r.corrupt(
+                f"the tensor count is {n_tensors:,}, but the {r.left():,} bytes after the "
+                f"header hold at most {r.left() // _MIN_TENSOR_INFO_BYTES:,} tensor infos"
+            )
+        alignment = _scan_metadata(r, n_kv)
+        infos = [_scan_tensor_info(r, i) for i in range(n_tensors)]
+        header_end = r.pos
+    data_start = -(-header_end // alignment) * alignment
+    names: set[str] = set()
+    spans = []
+    for name, offset, nbytes in infos:
+        if name in names:
+            raise r.corrupt(f"two tensors are named {name!r}")
+        names.add(name)
+        if offset % alignment:
+            raise r.corrupt(
+                f"tensor {name!r} has offset {offset:,}, which is not a multiple of the "
+                f"alignment {alignment} (GGUF aligns every tensor's data)"
+            )
+        end = data_start + offset + nbytes
+        if end > r.size:
+            raise r.corrupt(
+                f"tensor {name!r} has offset {offset:,} and {nbytes:,} bytes, so it ends at byte "
+                f"{end:,} of the file, which has {r.size:,} (its data section starts at byte "
+                f"{data_start:,})"
+            )
+        spans.append(_TensorSpan(name, data_start + offset, nbytes))
+    return _Layout(data_start, alignment, tuple(spans))
+
+
+def _scan_metadata(r: _HeaderReader, n_kv: int) -> int:
+    """Walks ``n_kv`` metadata entries; returns the alignment they set (32 by default)."""
+    alignment = _DEFAULT_ALIGNMENT
+    keys: set[str] = set()
+    for i in range(n_kv):
+        key = r.string(f"metadata key #{i}")
+        if key in keys:
+            raise r.corrupt(f"the metadata key {key!r} appears twice")
+        keys.add(key)
+        at = r.pos
+        vtype = r.u32(f"the value type of {key!r}")
+        if vtype == _ARRAY:
+            element = r.u32(f"the element type of {key!r}")
+            if element == _ARRAY:
+                raise ValueError(
+                    f"{r.path}: metadata {key!r} is a nested array, which GGUF does not allow"
+                )
+            if element != _STRING and element not in _SCALAR_BYTES:
+                raise r.corrupt(f"metadata {key!r} is an array of unknown type {element:,}")
+            size = 8 if element == _STRING else _SCALAR_BYTES[element]
+            n = r.count(f"the length of array {key!r}", size, "elements")
+            if element == _STRING:
+                for j in range(n):
+                    r.skip_string(f"{key}[{j}]")
+            else:
+                r.take(n * size, f"the values of {key!r}")
+        elif vtype == _STRING:
+            r.skip_string(f"the value of {key!r}")
+        elif vtype in _SCALAR_BYTES:
+            r.take(_SCALAR_BYTES[vtype], f"the value of {key!r}")
+        else:
+            raise r.corrupt(f"metadata {key!r} has unknown value type {vtype:,} (at byte {at:,})")
+        if key == "general.alignment":
+            if vtype != _UINT32:
+                raise r.corrupt("general.alignment is not a UINT32")
+            alignment = int.from_bytes(r.buf[r.pos - 4 : r.pos], "little")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise r.corrupt(f"general.alignment is {alignment:,}, not a power of two")
+    return alignment
+
+
+def _scan_tensor_info(r: _HeaderReader, i: int) -> tuple[str, int, int]:
+    """Walks tensor info ``i``; returns its name, offset and size in bytes."""
+    gguf = _gguf()
+    name = r.string(f"the name of tensor #{i}")
+    n_dims = r.u32(f"the axis count of tensor {name!r}")
+    if n_dims > _MAX_DIMS:
+        raise r.corrupt(f"tensor {name!r} has {n_dims:,} axes; GGUF allows at most {_MAX_DIMS}")
+    dims = [r.u64(f"axis {j} of tensor {name!r}") for j in range(n_dims)]
+    type_id = r.u32(f"the type of tensor {name!r}")
+    offset = r.u64(f"the offset of tensor {name!r}")
+    try:
+        qtype = gguf.GGMLQuantizationType(type_id)
+        block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise r.corrupt(f"tensor {name!r} has unknown type {type_id:,}") from None
+    n = 1
+    for d in dims:  # llama.cpp: every axis and the element count fit an int64
+        n *= d
+        if d > _INT64_MAX or n > _INT64_MAX:
+            raise r.corrupt(
+                f"tensor {name!r} has shape {dims[::-1]}, more elements than int64 holds"
+            )
+    row = dims[0] if dims else 1
+    if row % block_size:
+        raise r.corrupt(
+            f"tensor {name!r} of type {qtype.name} has rows of {row:,} values, not a multiple of "
+            f"its block size {block_size}"
+        )
+    return name, offset, n // block_size * type_size
 
 
 def _decode_field(path: Path, key: str, field: ReaderField) -> tuple[Any, ValueType]:
     T = _gguf().GGUFValueType
+    try:
+        value = field.contents()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"cannot read {path}: metadata {key!r} holds a string that is not UTF-8 ({e}); "
+            "a corrupt file, or one written by a broken converter"
+        ) from None
     if field.types[0] != T.ARRAY:
-        return field.contents(), field.types[0]
+        return value, field.types[0]
     # The element type is the array's first part (field.types lacks it for an empty array).
     element = T(int(field.parts[3][0]))
     if element == T.ARRAY:
         raise ValueError(f"{path}: metadata {key!r} is a nested array, which GGUF does not allow")
-    return field.contents(), (T.ARRAY, element)
+    return value, (T.ARRAY, element)
 
 
 def _loaded_tensor(t: ReaderTensor, source: _MappedFile) -> GGUFTensor:
@@ -321,6 +565,16 @@ def save(
         metadata = tensors.metadata if metadata is None else metadata
         value_types = tensors.value_types if value_types is None else value_types
         tensors = tensors.tensors
+    for arg, value, what in (
+        ("tensors", tensors, "tensor name -> tensor"),
+        ("metadata", metadata, "key -> value"),
+        ("value_types", value_types, "key -> GGUFValueType"),
+    ):
+        if not isinstance(value, Mapping) and (arg == "tensors" or value is not None):
+            also = " or a GGUFFile from load" if arg == "tensors" else ""
+            raise TypeError(
+                f"save takes {arg} as a dict ({what}){also}, not {type(value).__name__}"
+            )
     metadata = dict(metadata or {})
     arch = architecture if architecture is not None else metadata.get("general.architecture")
     if arch is not None and not isinstance(arch, str):
@@ -487,6 +741,11 @@ def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
         data, qtype, shape = tensor.data, tensor.type, tensor.shape
     elif isinstance(tensor, tuple) and len(tensor) == 3:
         data, qtype, shape = tensor
+        if not isinstance(shape, (tuple, list)):
+            raise TypeError(
+                f"tensor {name!r}: the shape of a (data, type, shape) tuple is a tuple of "
+                f"ints, not {_short(shape)}"
+            )
     elif isinstance(tensor, np.ndarray) and np.issubdtype(tensor.dtype, np.floating):
         qtype = "F16" if tensor.dtype == np.float16 else "F32"
         data, shape = tensor.astype(_PLAIN_DTYPES[qtype], copy=False), tensor.shape
@@ -500,6 +759,11 @@ def _raw_tensor(name: str, tensor: TensorLike) -> RawTensor:
 
 def _ggml_type(name: str, qtype: Any) -> GGMLQuantizationType:
     Q = _gguf().GGMLQuantizationType
+    if not isinstance(qtype, (str, int, np.integer)) or isinstance(qtype, bool):
+        raise TypeError(
+            f"tensor {name!r}: a GGUF type is a name such as 'Q4_0' or a "
+            f"GGMLQuantizationType, not {_short(qtype)}"
+        )
     try:
         return Q[qtype.upper()] if isinstance(qtype, str) else Q(int(qtype))
     except (KeyError, ValueError, TypeError):

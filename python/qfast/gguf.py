@@ -197,7 +197,12 @@ _CONVERTIBLE = ("Q8_0", "Q4_0", "Q4_1")
 
 def _blocks(data: npt.ArrayLike, info: TypeInfo) -> np.ndarray:
     arr = np.asarray(data)
-    if arr.dtype != np.uint8 or arr.ndim == 0 or arr.shape[-1] % info.type_size:
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"{info.name} data must be uint8 bytes (a GGUF tensor's raw data or "
+            f"qfast.gguf.quantize's result), not {arr.dtype}"
+        )
+    if arr.ndim == 0 or arr.shape[-1] % info.type_size:
         raise ValueError(
             f"{info.name} data must be uint8 bytes whose last axis holds whole "
             f"{info.type_size}-byte blocks, got {arr.dtype} {arr.shape}"
@@ -344,6 +349,14 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     ``qfast.gguf.quantize`` instead. A QTensor from ``to_qtensor`` gives back its bytes, byte
     for byte (``d = 0`` blocks, negative zeros and subnormal ``d`` / ``m`` included).
     """
+    from ._qtensor import QTensor
+
+    if not isinstance(q, QTensor):
+        hint = " (QTensor.from_dict(d) makes one from a dict)" if isinstance(q, dict) else ""
+        raise TypeError(
+            f"from_qtensor expects a QTensor (from qfast.quantize or to_qtensor), "
+            f"not {type(q).__name__}{hint}; for a float array use qfast.gguf.quantize"
+        )
     out, name = _canonical_blocks(q)
     info = type_info(name)
     kept = q.meta.get("gguf_blocks") if isinstance(q.meta, dict) else None

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_bytes", "check_writable_target"]
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def _umask() -> int:
@@ -77,9 +79,18 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = check_writable_target(path)
     parent = path.parent
-    fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    # The name is chosen before the file exists, so that Ctrl-C arriving between the file's
+    # creation and the next bytecode still finds it in the handler below (mkstemp's name is
+    # only known once it returns). 64 random bits: a clash is retried, never removed.
+    fd = -1
+    tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
+        while True:
+            try:
+                fd = os.open(tmp, _CREATE, 0o600)
+                break
+            except FileExistsError:
+                tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
         os.close(fd)
         fd = -1
         yield tmp

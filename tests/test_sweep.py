@@ -1230,6 +1230,23 @@ def _base_dict(kind: str = "asym") -> dict[str, np.ndarray]:
         q = qfast.quantize(w, 8, axis=0)
     elif kind == "3bit":
         q = qfast.quantize(w, 3, group_size=4, symmetric=False)
+    elif kind == "3bit-v1":  # format version 1: one code a byte, int32 zero points
+        q = qfast.quantize(w, 3, group_size=4, symmetric=False)
+        header = {
+            "format_version": 1,
+            "shape": list(q.shape),
+            "bits": 3,
+            "signed": False,
+            "axis": None,
+            "group_size": 4,
+            "meta": {},
+        }
+        return {
+            PREFIX + "qfast_header": np.frombuffer(json.dumps(header).encode(), np.uint8).copy(),
+            PREFIX + "data": qfast.unpack(q.data, q.shape[-1], 3, signed=False),
+            PREFIX + "scale": q.scale,
+            PREFIX + "zero_point": q.zero_point,
+        }
     else:
         raise AssertionError(kind)
     return q.to_dict(prefix=PREFIX)
@@ -1339,7 +1356,8 @@ ARRAY_BAD: dict[str, tuple[str, dict[str, Any]]] = {
     "g-idx-out-of-range": ("gptq", {"g_idx": lambda a: with_value(a, 3, 7)}),
     "g-idx-negative": ("gptq", {"g_idx": lambda a: with_value(a, 0, -1)}),
     "g-idx-float": ("gptq", {"g_idx": lambda a: a.astype(F32) + 0.5}),
-    "codes-out-of-range-3bit": ("3bit", {"data": lambda a: with_value(a, (1, 2), 100)}),  # item 6
+    # item 6: only one-a-byte (version 1) codes can leave their width's range
+    "codes-out-of-range-3bit": ("3bit-v1", {"data": lambda a: with_value(a, (1, 2), 100)}),
 }
 
 
@@ -1930,7 +1948,7 @@ bad(
     "algo",
     "awq-w-int-list",
     lambda: qfast.awq([[1, 2], [3, 4]], rand((32, 2)), group_size=None),
-    TypeError,
+    (TypeError, ValueError),  # a list is a list of weights: each must be 2-D
 )
 bad(
     "algo",

@@ -64,6 +64,17 @@ impl ScaleDtype {
         }
     }
 
+    /// The next smaller positive value of the format below `s` (a value of the format).
+    fn next_down(self, s: f32) -> f32 {
+        match self {
+            ScaleDtype::F32 => s.next_down(),
+            ScaleDtype::F16 => half::f16::from_bits(half::f16::from_f32(s).to_bits() - 1).to_f32(),
+            ScaleDtype::BF16 => {
+                half::bf16::from_bits(half::bf16::from_f32(s).to_bits() - 1).to_f32()
+            }
+        }
+    }
+
     /// [`Self::round`], as an error when the scale does not fit the format.
     pub fn round_checked(self, s: f32) -> Result<f32> {
         let r = self.round(s);
@@ -93,12 +104,13 @@ fn sanitize_scale(scale: f32) -> f32 {
 /// Symmetric grid: `scale = max|x| / (2^(b-1) - 1)`, `zero_point = 0`.
 pub fn symmetric(stats: MinMax, bits: u32) -> QParams {
     let (qmin, qmax) = code_range(bits, true);
-    QParams {
+    let p = QParams {
         scale: symmetric_scale(stats, qmax),
         zero_point: 0,
         qmin,
         qmax,
-    }
+    };
+    fit_symmetric(p, ScaleDtype::F32)
 }
 
 fn symmetric_scale(stats: MinMax, qmax: i32) -> f32 {
@@ -125,28 +137,54 @@ fn asymmetric_as(stats: MinMax, bits: u32, dtype: ScaleDtype) -> Result<QParams>
              use symmetric=True, or quantize per channel or per group"
         )));
     }
-    let scale = dtype.round_checked(sanitize_scale(width / qmax as f32))?;
-    let zero_point = (-lo / scale)
-        .round_ties_even()
-        .clamp(qmin as f32, qmax as f32) as i32;
-    Ok(QParams {
-        scale,
-        zero_point,
-        qmin,
-        qmax,
-    })
+    let mut scale = dtype.round_checked(sanitize_scale(width / qmax as f32))?;
+    loop {
+        let zero_point = (-lo / scale)
+            .round_ties_even()
+            .clamp(qmin as f32, qmax as f32) as i32;
+        let p = QParams {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        };
+        if dequantizes_finite(&p, qmin, qmax) {
+            return Ok(p);
+        }
+        scale = dtype.next_down(scale);
+    }
+}
+
+/// Whether the codes `[lo, hi]` dequantize to finite float32s (`scale · (q - zero)`). Only a
+/// range within a rounding step of float32's maximum fails it (e.g. `max|x| = 3.4028235e38`
+/// with 8-bit codes: `127 · (max / 127)` rounds up past the maximum); the grids then lower
+/// the scale one step of its format at a time until it holds, and `x / scale` still rounds
+/// to the same extreme code.
+fn dequantizes_finite(p: &QParams, lo: i32, hi: i32) -> bool {
+    let far = (hi - p.zero_point).max(p.zero_point - lo) as f32;
+    (far * p.scale).is_finite()
+}
+
+/// `p` with its scale lowered (see [`dequantizes_finite`]) so that the codes data can reach,
+/// `[-qmax, qmax]`, dequantize finite (`qmin = -qmax - 1` only comes from given codes).
+fn fit_symmetric(mut p: QParams, dtype: ScaleDtype) -> QParams {
+    while !dequantizes_finite(&p, -p.qmax, p.qmax) {
+        p.scale = dtype.next_down(p.scale);
+    }
+    p
 }
 
 /// The grid of `qfast.quantize` for the given scheme, its scale rounded to `dtype`.
 pub fn compute(stats: MinMax, bits: u32, signed: bool, dtype: ScaleDtype) -> Result<QParams> {
     if signed {
         let (qmin, qmax) = code_range(bits, true);
-        Ok(QParams {
+        let p = QParams {
             scale: dtype.round_checked(symmetric_scale(stats, qmax))?,
             zero_point: 0,
             qmin,
             qmax,
-        })
+        };
+        Ok(fit_symmetric(p, dtype))
     } else {
         asymmetric_as(stats, bits, dtype)
     }
@@ -204,6 +242,39 @@ mod tests {
         assert_eq!(p.zero_point, (1.0 / p.scale).round_ties_even() as i32);
         let q = compute(stats, 4, true, ScaleDtype::BF16).unwrap();
         assert_eq!(q.scale, half::bf16::from_f32(2.0 / 7.0).to_f32());
+    }
+
+    #[test]
+    fn extreme_codes_dequantize_finite() {
+        let max = f32::MAX;
+        for bits in 2..=8 {
+            for dtype in [ScaleDtype::F32, ScaleDtype::BF16] {
+                for (lo, hi, signed) in [(-max, max, true), (0.0, max, false), (-max, 0.0, false)] {
+                    let Ok(p) = compute(mm(lo, hi), bits, signed, dtype) else {
+                        // A scale past bfloat16's largest value is an error, not a grid.
+                        assert_eq!(dtype, ScaleDtype::BF16);
+                        continue;
+                    };
+                    let lowest = if signed { -p.qmax } else { p.qmin };
+                    for q in lowest..=p.qmax {
+                        let x = (q - p.zero_point) as f32 * p.scale;
+                        assert!(x.is_finite(), "{bits} {dtype:?} {lo} {hi} code {q}");
+                    }
+                    // The extremes still come back within a step of the grid.
+                    for x in [lo, hi] {
+                        let q = ((x / p.scale).round_ties_even() + p.zero_point as f32)
+                            .clamp(p.qmin as f32, p.qmax as f32);
+                        let back = (q - p.zero_point as f32) as f64 * p.scale as f64;
+                        assert!(
+                            (back - x as f64).abs() <= p.scale as f64,
+                            "{bits} {p:?} {x}"
+                        );
+                    }
+                }
+            }
+        }
+        // Ordinary ranges keep the textbook scale.
+        assert_eq!(symmetric(mm(-1.0, 127.0), 8).scale, 1.0);
     }
 
     #[test]

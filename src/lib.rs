@@ -2,6 +2,7 @@
 //! feature) their NumPy binding.
 
 pub mod algo;
+pub mod alloc;
 pub mod error;
 pub mod gguf;
 pub mod kernels;

@@ -12,5 +12,5 @@ pub mod source;
 
 pub use dequantize::{dequantize, dequantize_into, OutElement, QuantizedRef};
 pub use layout::{Granularity, Scheme};
-pub use quantize::{codes_len, quantize, quantize_into, Quantized, StaticParams};
+pub use quantize::{codes_len, params_len, quantize, quantize_into, Quantized, StaticParams};
 pub use source::{Element, Strided};

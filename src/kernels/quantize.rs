@@ -176,6 +176,14 @@ pub fn quantize_into<T: Element>(
     let outcome = if units.lanes {
         run.lanes(grid, computed, codes)
     } else if units.channels_contiguous() {
+        if computed {
+            // Units with no lines (an empty input) keep the grid of no data: scale 1, zero 0.
+            let p = placeholder(scheme);
+            grid.scale.fill(p.scale);
+            if let Some(z) = grid.zero_point.as_deref_mut() {
+                z.fill(p.zero_point);
+            }
+        }
         run.fused(grid, computed, codes)
     } else {
         run.two_phase(grid, computed, codes)
@@ -184,6 +192,16 @@ pub fn quantize_into<T: Element>(
         Ok(()) => Ok(()),
         Err(Stop::NonFinite) => Err(x.nonfinite_error()),
         Err(Stop::Error(e)) => Err(e),
+    }
+}
+
+fn placeholder(scheme: &Scheme) -> QParams {
+    let (qmin, qmax) = code_range(scheme.bits, scheme.signed);
+    QParams {
+        scale: 1.0,
+        zero_point: 0,
+        qmin,
+        qmax,
     }
 }
 

@@ -2,8 +2,9 @@
 
 Each case runs in a fresh interpreter (``run_python``): peak memory is that process's RSS
 high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` once the input exists and
-the pool has started, so memory freed earlier does not hide the peak; ``ru_maxrss`` where the
-reset is not allowed), and the memory-limit cases set ``RLIMIT_AS`` only in the child. A failed
+the pool has started, so memory freed earlier does not hide the peak; ``ru_maxrss``, which
+also counts the forking parent's RSS from before ``exec``, only where the reset is not
+allowed), and the memory-limit cases set ``RLIMIT_AS`` only in the child. A failed
 allocation must never abort the process (SIGABRT from Rust's allocator) nor raise pyo3's
 ``PanicException`` (which ``except Exception`` does not catch): it is a ``MemoryError`` and
 the process goes on working.
@@ -35,14 +36,16 @@ x[..., ::7] = -3  # varied values, written in place (no temporary raises the pea
 x[..., 1::5] = 2.5
 def status(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+def maxrss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 try:  # reset the high-water mark to the current RSS (import and set-up freed memory since)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = status("VmRSS")
-except OSError:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base, peak = status("VmRSS"), lambda: status("VmHWM")
+except OSError:  # ru_maxrss also remembers the parent's RSS from before exec: only a fallback
+    base, peak = maxrss(), maxrss
 q = qfast.quantize(x, **kwargs)
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, status("VmHWM"))
+peak = peak()
 arrays = [q.data, q.scale] + ([] if q.zero_point is None else [q.zero_point])
 print(json.dumps({"extra": peak - base, "out": sum(a.nbytes for a in arrays)}))
 """

@@ -13,6 +13,8 @@ pub enum QfastError {
     NonFinite { index: Vec<usize>, value: f32 },
     /// A value range too wide for float32 arithmetic (-> `ValueError`).
     Overflow(String),
+    /// A buffer could not be allocated (-> `MemoryError`).
+    OutOfMemory(String),
     /// `QFAST_ISA` asks for a path this CPU or build cannot run.
     UnsupportedIsa {
         requested: String,
@@ -36,7 +38,8 @@ impl fmt::Display for QfastError {
         match self {
             QfastError::InvalidArgument(msg)
             | QfastError::InvalidDtype(msg)
-            | QfastError::Overflow(msg) => f.write_str(msg),
+            | QfastError::Overflow(msg)
+            | QfastError::OutOfMemory(msg) => f.write_str(msg),
             QfastError::NonFinite { index, value } => {
                 let idx = format_index(index);
                 write!(

@@ -2,6 +2,7 @@
 //! feature) their NumPy binding.
 
 pub mod algo;
+pub mod alloc;
 pub mod checks;
 pub mod error;
 pub mod gguf;

@@ -310,3 +310,18 @@ def test_real_minilm_layers():
             check_float(x, w)
             rel = np.linalg.norm(y - exact) / np.linalg.norm(exact)
             assert rel < (0.02 if kw["bits"] == 8 else 0.15), (name, kw, rel)
+
+
+@pytest.mark.parametrize("compute", ["float", "int8"])
+def test_output_beyond_float32_is_an_error_naming_its_index(compute):
+    """Finite activations near float32's limit used to give NaN or Inf silently."""
+    w = qfast.quantize(np.ones((4, 8), F32), 8, axis=0)
+    x = np.ones((2, 3, 8), F32)
+    x[1, 2] = 3e38  # 8 products of 3e38 overflow
+    with pytest.raises(ValueError, match=r"output at index \(1, 2, 0\) overflows float32"):
+        qfast.linear(x, w, compute=compute)
+    # Large values whose sums stay in range are fine.
+    x[1, 2] = 3e37
+    y = qfast.linear(x, w, compute=compute)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[1, 2], np.full(4, 8 * 3e37, F32), rtol=1e-2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,63 @@ def test_thread_counts_and_concurrent_calls():
         th.join()
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+@pytest.mark.parametrize("adt", [I8, U8])
+@pytest.mark.parametrize(
+    ("ashape", "bshape"),
+    [
+        ((20000, 2, 2), (20000, 2, 2)),  # the issue's case: many tiny batches
+        ((7, 1, 5, 9), (1, 3, 9, 4)),  # broadcast on both sides
+        ((3, 1, 40, 300), (4, 300, 60)),  # batches big enough for the tile kernels
+        ((2, 5, 9), (9,)),  # 1-d right operand (one tall matrix)
+        ((9,), (6, 9, 3)),  # 1-d left operand, stacked right
+        ((0, 4, 9), (3, 1, 9, 5)),  # an empty batch axis
+        ((4, 0, 9), (4, 9, 5)),  # M = 0
+        ((4, 2, 0), (1, 0, 5)),  # K = 0: zeros
+    ],
+)
+def test_batches_in_one_call(adt, ashape, bshape):
+    rng = np.random.default_rng(5)
+    check(rand(rng, ashape, adt), rand(rng, bshape, I8))
+
+
+def test_batches_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(6)
+    a, b = rand(rng, (3000, 3, 17), U8), rand(rng, (3000, 17, 5), I8)
+    want = ref(a, b)
+    for t in (1, 2, 3):
+        qfast.set_num_threads(t)
+        np.testing.assert_array_equal(qfast.matmul_int8(a, b), want)
+
+
+def test_batches_too_deep_are_refused():
+    with pytest.raises(ValueError, match="split K"):
+        qfast.matmul_int8(np.zeros((2, 1, 140000), I8), np.zeros((2, 140000, 1), I8))
+
+
+def test_many_small_batches_are_one_call(monkeypatch: pytest.MonkeyPatch):
+    """20,000 2x2 batches took 39-60 ms when the batch loop ran in Python, one kernel call per
+    batch (NumPy: under 1 ms). The whole batch is now one call into Rust; the speed itself is
+    measured by benches/test_matmul.py::test_matmul_int8_batched."""
+    from qfast import _matmul
+
+    real = _matmul._qfast
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            fn = getattr(real, name)
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return fn(*args, **kwargs)
+
+            return counted
+
+    monkeypatch.setattr(_matmul, "_qfast", Counting())
+    rng = np.random.default_rng(7)
+    a, b = rand(rng, (20000, 2, 2), I8), rand(rng, (20000, 2, 2), I8)
+    got = qfast.matmul_int8(a, b)
+    np.testing.assert_array_equal(got, np.matmul(a.astype(np.int64), b).astype(np.int32))
+    assert calls == ["matmul_int8_batched"]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,73 @@ def test_set_num_threads_rejects_non_positive(n):
     with pytest.raises(ValueError, match="positive"):
         qfast.set_num_threads(n)
     assert qfast.get_num_threads() == before
+
+
+def thread_maximum() -> int:
+    """qfast's maximum thread count, read from the error for a count far above it."""
+    with pytest.raises(ValueError, match="maximum") as e:
+        qfast.set_num_threads(10**9)
+    m = re.search(
+        r"maximum of (\d+) threads \(4 x the (\d+) CPUs here, at least 256\)", str(e.value)
+    )
+    assert m, str(e.value)
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize("n", [5000, 100000, 2**40, 2**63 - 1])
+def test_set_num_threads_refuses_absurd_counts_quickly(n):
+    """Starting 5000 threads took 16 s: counts above 4 x the CPUs (at least 256) are refused
+    at once, with the maximum and the CPU count in the message."""
+    before = qfast.get_num_threads()
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=r"above qfast's maximum of \d+ threads .*pass at most"):
+        qfast.set_num_threads(n)
+    assert time.perf_counter() - t < 0.5
+    assert qfast.get_num_threads() == before
+
+
+def test_the_thread_maximum_itself_is_accepted():
+    top = thread_maximum()
+    assert top >= 256
+    qfast.set_num_threads(top)
+    assert qfast.get_num_threads() == top
+    with pytest.raises(ValueError, match=f"num_threads={top + 1} is above"):
+        qfast.set_num_threads(top + 1)
+    assert qfast.get_num_threads() == top
+
+
+def test_qfast_num_threads_above_the_maximum_fails_at_import(isa_env, run_python):
+    top = thread_maximum()
+    t = time.perf_counter()
+    proc = run_python(["-c", "import qfast"], isa_env(num_threads=100000))
+    assert time.perf_counter() - t < 30
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "ValueError" in last and "QFAST_NUM_THREADS=100000" in last, proc.stderr[-2000:]
+    assert f"maximum of {top} threads" in last
+    ok = run_python(
+        ["-c", "import qfast; print(qfast.get_num_threads())"], isa_env(num_threads=top)
+    )
+    assert ok.returncode == 0 and ok.stdout.split() == [str(top)], ok.stderr[-2000:]
+
+
+def test_cli_threads_above_the_maximum_is_a_one_line_error(tmp_path, capsys):
+    from qfast.cli import main
+
+    st = pytest.importorskip("safetensors.numpy")
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    st.save_file({"w": np.ones((4, 8), np.float32)}, str(src))
+    argv = ["quantize", str(src), str(dst), "--threads", "100000"]
+    before = qfast.get_num_threads()
+    t = time.perf_counter()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t < 5
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("qfast: error: --threads:"), err
+    assert "maximum of" in err and "CPUs here" in err
+    assert qfast.get_num_threads() == before
+    assert not dst.exists()
 
 
 @pytest.mark.parametrize("n", [2.5, "4", None])

@@ -62,17 +62,30 @@ def matmul_int8(a: Any, b: Any) -> np.ndarray:
         flat = np.ascontiguousarray(a2.reshape(rows, a2.shape[-1]))
         out = _qfast.matmul_int8(flat, np.ascontiguousarray(b2)).reshape((*lead, m, n))
     else:
+        # One call for the whole stack: each operand's own batches, once each, and per output
+        # batch the index of its `a` and `b` matrix (NumPy's broadcasting, without copies).
         lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-        ab = np.broadcast_to(a2, (*lead, *a2.shape[-2:]))
-        bb = np.broadcast_to(b2, (*lead, *b2.shape[-2:]))
-        out = np.empty((*lead, m, n), dtype=np.int32)
-        for i in np.ndindex(*lead):
-            out[i] = _qfast.matmul_int8(np.ascontiguousarray(ab[i]), np.ascontiguousarray(bb[i]))
+        a3 = np.ascontiguousarray(a2.reshape(_count(a2.shape[:-2]), *a2.shape[-2:]))
+        b3 = np.ascontiguousarray(b2.reshape(_count(b2.shape[:-2]), *b2.shape[-2:]))
+        ia = _batch_index(a2.shape[:-2], lead)
+        ib = _batch_index(b2.shape[:-2], lead)
+        out = _qfast.matmul_int8_batched(a3, b3, ia, ib).reshape((*lead, m, n))
     if a.ndim == 1:
         out = out[..., 0, :]
     if b.ndim == 1:
         out = out[..., 0]
     return out
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _batch_index(shape: tuple[int, ...], lead: tuple[int, ...]) -> np.ndarray:
+    """For each batch of ``lead`` (C order), the flat index of the batch of an operand whose
+    batch axes are ``shape`` (broadcast against ``lead``)."""
+    own = np.arange(_count(shape), dtype=np.int64).reshape(shape)
+    return np.ascontiguousarray(np.broadcast_to(own, lead)).reshape(-1)
 
 
 def _weight_codes(w: QTensor) -> np.ndarray:

@@ -160,7 +160,10 @@ class _Threads:
 
     def __enter__(self) -> None:
         if self.n is not None:
-            set_num_threads(self.n)
+            try:
+                set_num_threads(self.n)
+            except ValueError as e:  # above the maximum: the message says it
+                raise CLIError(f"{PROG}: error: --threads: {e}") from None
 
     def __exit__(self, *exc: object) -> None:
         if self.n is not None:

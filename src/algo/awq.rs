@@ -407,7 +407,7 @@ pub fn quantize_codes(
     check_len("codes", codes.len(), w.len())?;
     let isa = simd::active()?.isa;
     let (n, g) = (layout.n, layout.group_size);
-    let mut params = vec![(0.0f32, 0i32); layout.rows * layout.groups()];
+    let mut params = crate::alloc::try_vec((0.0f32, 0i32), layout.rows * layout.groups())?;
     let tasks: Vec<_> = w
         .chunks(ROWS_PER_TASK * n.max(1))
         .zip(row_tasks(codes, n))
@@ -447,7 +447,7 @@ pub fn clip_search(
     }
     let isa = simd::active()?.isa;
     let tokens = x.len() / n;
-    let (xt, tp) = tile_inputs(x, tokens, n, layout.group_size);
+    let (xt, tp) = tile_inputs(x, tokens, n, layout.group_size)?;
     // The reference multiplies float32 weights by a Python float: the factor is computed in
     // double and rounded to float32 once.
     let factors: Vec<f32> = (0..n_shrink)
@@ -455,7 +455,7 @@ pub fn clip_search(
         .collect();
     let block = variant_block(isa, n_shrink);
     let groups = layout.groups();
-    let mut best = vec![0.0f32; layout.rows * groups];
+    let mut best = crate::alloc::try_vec(0.0f32, layout.rows * groups)?;
     let tasks: Vec<_> = w
         .chunks(ROWS_PER_TASK * n)
         .zip(row_tasks(&mut best, groups))
@@ -487,9 +487,9 @@ fn variant_block(isa: Isa, n_shrink: usize) -> usize {
 /// [`LANES`] tokens, each `[g][LANES]` (contiguous, so the kernel reads it in order). The
 /// token count is rounded up to whole tiles (`tp`); the padding tokens are zero, so they add
 /// exactly 0 to every error.
-fn tile_inputs(x: &[f32], tokens: usize, n: usize, g: usize) -> (Vec<f32>, usize) {
+fn tile_inputs(x: &[f32], tokens: usize, n: usize, g: usize) -> Result<(Vec<f32>, usize)> {
     let tp = tokens.div_ceil(LANES) * LANES;
-    let mut xt = vec![0.0f32; n * tp];
+    let mut xt = crate::alloc::try_vec(0.0f32, n * tp)?;
     for (t, row) in x.chunks_exact(n).enumerate() {
         let (tile, l) = (t / LANES, t % LANES);
         for (group, xs) in row.chunks_exact(g).enumerate() {
@@ -499,7 +499,7 @@ fn tile_inputs(x: &[f32], tokens: usize, n: usize, g: usize) -> (Vec<f32>, usize
             }
         }
     }
-    (xt, tp)
+    Ok((xt, tp))
 }
 
 fn check_len(name: &str, got: usize, want: usize) -> Result<()> {

@@ -151,7 +151,10 @@ pub fn init(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let gs = grid.group_size;
     let groups = w.len() / gs;
-    let (mut scale, mut zero) = (vec![0f32; groups], vec![0f32; groups]);
+    let (mut scale, mut zero) = (
+        crate::alloc::try_vec(0f32, groups)?,
+        crate::alloc::try_vec(0f32, groups)?,
+    );
     let gpt = grid.groups_per_task();
     let items: Vec<_> = w
         .chunks(gpt * gs)
@@ -188,7 +191,7 @@ pub fn step(
     grid.check_params(w.len(), scale, zero)?;
     let isa = crate::simd::active()?.isa;
     let gpt = grid.groups_per_task();
-    let mut new_zero = vec![0f32; zero.len()];
+    let mut new_zero = crate::alloc::try_vec(0f32, zero.len())?;
     let items: Vec<_> = w
         .chunks(gpt * grid.group_size)
         .zip(scale.chunks(gpt))

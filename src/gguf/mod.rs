@@ -320,7 +320,7 @@ pub fn dot_q4_0_q8_0(w: &[u8], x: &[u8], out: &mut [f32]) -> Result<()> {
         out.fill(0.0);
         return Ok(());
     }
-    let rows_fn = RowDot::new(kern.isa, x);
+    let rows_fn = RowDot::new(kern.isa, x)?;
     let per_task = (1 << 16) / row_bytes + 1;
     let tasks: Vec<_> = w
         .chunks(per_task * row_bytes)
@@ -342,13 +342,13 @@ enum RowDot<'a> {
 }
 
 impl<'a> RowDot<'a> {
-    fn new(isa: crate::simd::Isa, x: &'a [u8]) -> RowDot<'a> {
+    fn new(isa: crate::simd::Isa, x: &'a [u8]) -> Result<RowDot<'a>> {
         #[cfg(target_arch = "x86_64")]
         if isa == crate::simd::Isa::Avx512Vnni {
-            return RowDot::Vnni(x86::Q8Row::new(x), x);
+            return Ok(RowDot::Vnni(x86::Q8Row::new(x)?, x));
         }
         let _ = isa;
-        RowDot::Portable(x)
+        Ok(RowDot::Portable(x))
     }
 
     fn dot(&self, row: &[u8]) -> f32 {

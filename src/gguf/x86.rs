@@ -243,21 +243,22 @@ pub struct Q8Row {
 
 impl Q8Row {
     /// Arranges the Q8_0 row `y` (call only on a CPU with AVX-512 VNNI: `RowDot` does).
-    pub fn new(y: &[u8]) -> Q8Row {
+    pub fn new(y: &[u8]) -> crate::error::Result<Q8Row> {
         use super::legacy::Q8_0_BYTES;
+        use crate::alloc::try_vec;
         let nb = y.len() / Q8_0_BYTES;
         let padded = nb.next_multiple_of(2);
         let mut row = Q8Row {
             nb,
-            qs: vec![0i8; padded * QK],
-            corr: vec![0i32; padded * 8],
-            d: vec![0f32; padded],
+            qs: try_vec(0i8, padded * QK)?,
+            corr: try_vec(0i32, padded * 8)?,
+            d: try_vec(0f32, padded)?,
         };
         assert!(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni());
         // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
         // arrays sized for `padded >= nb` blocks.
         unsafe { prepare_vnni(y, &mut row) };
-        row
+        Ok(row)
     }
 }
 

@@ -99,8 +99,8 @@ impl QuantizedRef<'_> {
 
 /// Dequantizes into a new C-order buffer of the logical shape.
 pub fn dequantize<O: OutElement>(q: &QuantizedRef) -> Result<Vec<O>> {
-    let count = q.shape.iter().product::<usize>();
-    let mut out = vec![O::default(); count];
+    let count = crate::alloc::checked_product(q.shape, "the output")?;
+    let mut out = crate::alloc::try_vec(O::default(), count)?;
     dequantize_into(q, &mut out)?;
     Ok(out)
 }
@@ -125,8 +125,9 @@ pub fn dequantize_into<O: OutElement>(q: &QuantizedRef, out: &mut [O]) -> Result
         .into_iter()
         .enumerate()
         .collect();
-    parallel::map(items, u.lines * u.n, |(t, out)| {
-        let mut line = Line::new(u.n);
+    let per_line = q.g_idx.is_some() || u.lanes;
+    let results = parallel::map(items, u.lines * u.n, |(t, out)| -> Result<()> {
+        let mut line = Line::new(u.n, per_line)?;
         for (i, dst) in split_mut(out, u.n, out.len() / u.n.max(1))
             .into_iter()
             .enumerate()
@@ -142,8 +143,9 @@ pub fn dequantize_into<O: OutElement>(q: &QuantizedRef, out: &mut [O]) -> Result
                 }
             }
         }
+        Ok(())
     })?;
-    Ok(())
+    results.into_iter().collect()
 }
 
 /// Scratch for one line.
@@ -155,13 +157,17 @@ struct Line {
 }
 
 impl Line {
-    fn new(n: usize) -> Line {
-        Line {
-            codes: vec![0; n],
-            values: vec![0.0; n],
-            scale: Vec::new(),
-            zero_point: Vec::new(),
-        }
+    /// Scratch for lines of `n`; `per_line` reserves a scale and a zero point per element
+    /// (`g_idx`, or per-channel on the last axis).
+    fn new(n: usize, per_line: bool) -> Result<Line> {
+        use crate::alloc::{try_vec, try_with_capacity};
+        let m = if per_line { n } else { 0 };
+        Ok(Line {
+            codes: try_vec(0, n)?,
+            values: try_vec(0.0, n)?,
+            scale: try_with_capacity(m)?,
+            zero_point: try_with_capacity(m)?,
+        })
     }
 
     fn dequantize(&mut self, k: &Kernels, q: &QuantizedRef, u: &Units, l: usize, out: &mut [f32]) {
@@ -182,7 +188,8 @@ impl Line {
             (k.dequantize_lanes)(&self.codes, signed, &self.scale, &self.zero_point, out);
         } else if u.lanes {
             if self.zero_point.len() != u.n {
-                self.zero_point = (0..u.n).map(zp).collect();
+                self.zero_point.clear();
+                self.zero_point.extend((0..u.n).map(zp)); // reserved by `Line::new`
             }
             (k.dequantize_lanes)(&self.codes, signed, q.scale, &self.zero_point, out);
         } else if u.groups != 1 || u.group_size != u.n {

@@ -161,10 +161,10 @@ impl PackedLinear {
         let panels = n.div_ceil(NR);
         let segs = segments.len();
 
-        let mut codes = vec![0u8; panels * kp * bpk];
-        let mut scale = vec![0f32; panels * segs * NR];
-        let mut zero = vec![0f32; panels * segs * NR];
-        let mut zscale = vec![0f32; panels * segs * NR];
+        let mut codes = crate::alloc::try_vec(0u8, panels * kp * bpk)?;
+        let mut scale = crate::alloc::try_vec(0f32, panels * segs * NR)?;
+        let mut zero = crate::alloc::try_vec(0f32, panels * segs * NR)?;
+        let mut zscale = crate::alloc::try_vec(0f32, panels * segs * NR)?;
         let col = |i: usize| order.as_ref().map_or(i, |o| o[i] as usize);
         let mut src = vec![0u8; k];
         for row in 0..n {
@@ -285,8 +285,36 @@ impl PackedLinear {
         }
     }
 
-    /// `out[m][n] = x[m] @ W.T (+ bias)`, `x` `[m][k]` float32.
+    /// `out[m][n] = x[m] @ W.T (+ bias)`, `x` `[m][k]` float32. An output beyond float32's
+    /// range (finite activations and weights whose products or sums overflow) is an error
+    /// naming its `(row, column)`.
     pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        compute: Compute,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_unchecked(x, m, bias, compute, out)?;
+        // One read of the output (N per row, against K x N multiply-adds per row) finds the
+        // first overflowed value in row order, whatever the thread count.
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            let n = self.n.max(1);
+            return Err(QfastError::Overflow(format!(
+                "the output at index ({}, {}) overflows float32 ({}): that row of the \
+                 activations times the weight exceeds float32's range (about 3.4e38); scale \
+                 the activations down (e.g. divide x by a power of two and multiply the result \
+                 back in float64)",
+                i / n,
+                i % n,
+                out[i]
+            )));
+        }
+        Ok(())
+    }
+
+    fn forward_unchecked(
         &self,
         x: &[f32],
         m: usize,
@@ -315,9 +343,9 @@ impl PackedLinear {
         let xs = gemm::row_stride(self.kp);
         match compute {
             Compute::Int8 => {
-                let mut xq = vec![0u8; m * xs];
-                let mut xsum = vec![0f32; m * segs];
-                let mut sx = vec![0f32; m];
+                let mut xq = crate::alloc::try_vec(0u8, m * xs)?;
+                let mut xsum = crate::alloc::try_vec(0f32, m * segs)?;
+                let mut sx = crate::alloc::try_vec(0f32, m)?;
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
                     // One pass gives both the grid and the finiteness check.
@@ -361,7 +389,7 @@ impl PackedLinear {
                         return Err(nonfinite(row, r));
                     }
                 }
-                let mut xf = vec![0f32; m * xs];
+                let mut xf = crate::alloc::try_vec(0f32, m * xs)?;
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
                     let dst = &mut xf[r * xs..r * xs + self.kp];
@@ -469,9 +497,10 @@ fn group_runs(k: usize, groups: usize, map: GroupMap) -> Result<(Option<Vec<u32>
                     g_idx[c]
                 )));
             }
-            let mut order: Vec<u32> = (0..k as u32).collect();
+            let mut order: Vec<u32> = crate::alloc::try_with_capacity(k)?;
+            order.extend(0..k as u32);
             order.sort_by_key(|&c| g_idx[c as usize]);
-            let mut runs = vec![(0usize, 0usize); groups];
+            let mut runs = crate::alloc::try_vec((0usize, 0usize), groups)?;
             for (i, &c) in order.iter().enumerate().rev() {
                 let g = g_idx[c as usize] as usize;
                 runs[g] = (i, runs[g].1 + 1);

@@ -13,5 +13,7 @@ pub mod source;
 pub use dequantize::{dequantize, dequantize_into, OutElement, QuantizedRef};
 pub use layout::{Granularity, Scheme};
 pub use params::ScaleDtype;
-pub use quantize::{codes_len, quantize, quantize_into, quantize_into_as, Quantized, StaticParams};
+pub use quantize::{
+    codes_len, params_len, quantize, quantize_into, quantize_into_as, Quantized, StaticParams,
+};
 pub use source::{Element, Strided};

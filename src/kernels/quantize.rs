@@ -1,9 +1,11 @@
 //! `qfast.quantize` over a strided tensor: statistics, grid and codes, split across threads
-//! in chunks of lines whose results do not depend on the thread count.
+//! in chunks of lines whose results do not depend on the thread count. The grid is written
+//! straight into the caller's scale / zero-point buffers; scratch is bounded per task.
 
 use super::layout::{pack_line, split_mut, Scheme, Units, TASK_ELEMS};
 use super::params::{self, code_range, ScaleDtype};
 use super::source::{Element, Strided};
+use crate::alloc::{try_resize, try_vec, zeroed};
 use crate::error::{QfastError, Result};
 use crate::parallel;
 use crate::simd::{self, Kernels, MinMax, QParams};
@@ -39,6 +41,14 @@ impl From<QfastError> for Stop {
 
 type TaskResult = std::result::Result<(), Stop>;
 
+/// Columns per segment of a per-channel-on-the-last-axis ("lanes") sweep: the statistics of
+/// a wide array are gathered one block of columns at a time, so scratch stays this size
+/// whatever the width. A multiple of 8, so segments start on a byte of packed codes.
+const LANE_BLOCK: usize = 8192;
+
+/// Most partial statistics a narrow lanes sweep keeps at once (each `n <= LANE_BLOCK` wide).
+const LANE_PARTIALS: usize = 64;
+
 /// Quantizes `x` with the scheme, computing the grid or using the given one.
 pub fn quantize<T: Element>(
     x: &Strided<T>,
@@ -46,8 +56,21 @@ pub fn quantize<T: Element>(
     given: Option<StaticParams>,
 ) -> Result<Quantized> {
     scheme.validate(x.shape())?;
-    let mut codes = vec![0u8; codes_len(x.shape(), scheme)];
-    let (scale, zero_point) = quantize_into(x, scheme, given, &mut codes)?;
+    let mut codes = zeroed(codes_len(x.shape(), scheme))?;
+    let count = params_len(x.shape(), scheme);
+    let mut scale = zeroed(count)?;
+    let mut zero_point = match scheme.signed {
+        true => None,
+        false => Some(zeroed(count)?),
+    };
+    quantize_into(
+        x,
+        scheme,
+        given,
+        &mut codes,
+        &mut scale,
+        zero_point.as_deref_mut(),
+    )?;
     Ok(Quantized {
         codes,
         scale,
@@ -61,15 +84,62 @@ pub fn codes_len(shape: &[usize], scheme: &Scheme) -> usize {
     units.lines * scheme.line_bytes(units.n)
 }
 
-/// As [`quantize`], writing the codes into `codes` (of [`codes_len`] bytes); returns the
-/// grid.
+/// Scales (and zero points) for `shape` under the scheme.
+pub fn params_len(shape: &[usize], scheme: &Scheme) -> usize {
+    Units::new(shape, scheme.granularity).params()
+}
+
+/// The grid being written: one scale (and, for unsigned codes, one zero point) per unit.
+struct GridOut<'g> {
+    scale: &'g mut [f32],
+    zero_point: Option<&'g mut [i32]>,
+}
+
+impl GridOut<'_> {
+    /// Consecutive pieces of `size` units, `count` of them.
+    fn split(&mut self, size: usize, count: usize) -> Vec<GridOut<'_>> {
+        let scales = split_mut(self.scale, size, count);
+        let mut zps: Vec<Option<&mut [i32]>> = match self.zero_point.as_deref_mut() {
+            Some(z) => split_mut(z, size, count).into_iter().map(Some).collect(),
+            None => (0..count).map(|_| None).collect(),
+        };
+        scales
+            .into_iter()
+            .zip(zps.drain(..))
+            .map(|(scale, zero_point)| GridOut { scale, zero_point })
+            .collect()
+    }
+
+    fn set(&mut self, i: usize, p: &QParams) {
+        self.scale[i] = p.scale;
+        if let Some(z) = self.zero_point.as_deref_mut() {
+            z[i] = p.zero_point;
+        }
+    }
+}
+
+/// Grid entry `i` of a scale / zero-point pair (zero point 0 for signed codes).
+fn params_at(scale: &[f32], zero_point: Option<&[i32]>, i: usize, range: (i32, i32)) -> QParams {
+    QParams {
+        scale: scale[i],
+        zero_point: zero_point.map_or(0, |z| z[i]),
+        qmin: range.0,
+        qmax: range.1,
+    }
+}
+
+/// As [`quantize`], writing the codes into `codes` (of [`codes_len`] bytes) and the grid into
+/// `scale` and `zero_point` (of [`params_len`] entries; `zero_point` exactly when the codes
+/// are unsigned).
 pub fn quantize_into<T: Element>(
     x: &Strided<T>,
     scheme: &Scheme,
     given: Option<StaticParams>,
     codes: &mut [u8],
-) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
-    quantize_into_as(x, scheme, given, ScaleDtype::F32, codes)
+    scale: &mut [f32],
+    zero_point: Option<&mut [i32]>,
+) -> Result<()> {
+    quantize_into_as(x, scheme, given, ScaleDtype::F32, codes, scale, zero_point)
 }
 
 /// As [`quantize_into`], with computed scales rounded to `scale_dtype` as each grid is made,
@@ -80,22 +150,36 @@ pub fn quantize_into_as<T: Element>(
     given: Option<StaticParams>,
     scale_dtype: ScaleDtype,
     codes: &mut [u8],
-) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
+    scale: &mut [f32],
+    zero_point: Option<&mut [i32]>,
+) -> Result<()> {
     scheme.validate(x.shape())?;
     let kernels = simd::active()?;
     let units = Units::new(x.shape(), scheme.granularity);
-    if codes.len() != units.lines * scheme.line_bytes(units.n) {
+    let want = units.lines * scheme.line_bytes(units.n);
+    if codes.len() != want {
         return Err(QfastError::InvalidArgument(format!(
-            "the code buffer holds {} bytes, shape {:?} needs {}",
+            "the code buffer holds {} bytes, shape {:?} needs {want}",
             codes.len(),
             x.shape(),
-            units.lines * scheme.line_bytes(units.n)
         )));
     }
-    let mut grid = match given {
-        Some(g) => static_grid(scheme, &units, g)?,
-        None => Vec::new(),
-    };
+    let count = units.params();
+    let zp_len = zero_point.as_ref().map(|z| z.len());
+    if scale.len() != count || zp_len.is_some() == scheme.signed || zp_len.unwrap_or(count) != count
+    {
+        return Err(QfastError::InvalidArgument(format!(
+            "the grid buffers hold {} scales and {zp_len:?} zero points; shape {:?} needs {count} \
+             scales and {} zero points",
+            scale.len(),
+            x.shape(),
+            if scheme.signed { "no" } else { "as many" }
+        )));
+    }
+    let mut grid = GridOut { scale, zero_point };
+    if let Some(g) = given {
+        static_grid(scheme, &units, g, &mut grid)?;
+    }
     let computed = given.is_none();
     let run = Run {
         x,
@@ -103,25 +187,28 @@ pub fn quantize_into_as<T: Element>(
         scheme,
         units: &units,
         scale_dtype,
+        range: code_range(scheme.bits, scheme.signed),
     };
     let outcome = if units.lanes {
-        run.lanes(&mut grid, computed, codes)
+        run.lanes(grid, computed, codes)
     } else if units.channels_contiguous() {
         if computed {
-            grid = vec![placeholder(scheme); units.params()];
+            // Units with no lines (an empty input) keep the grid of no data: scale 1, zero 0.
+            let p = placeholder(scheme);
+            grid.scale.fill(p.scale);
+            if let Some(z) = grid.zero_point.as_deref_mut() {
+                z.fill(p.zero_point);
+            }
         }
-        run.fused(&mut grid, computed, codes)
+        run.fused(grid, computed, codes)
     } else {
-        run.two_phase(&mut grid, computed, codes)
+        run.two_phase(grid, computed, codes)
     };
     match outcome {
-        Ok(()) => {}
-        Err(Stop::NonFinite) => return Err(x.nonfinite_error()),
-        Err(Stop::Error(e)) => return Err(e),
+        Ok(()) => Ok(()),
+        Err(Stop::NonFinite) => Err(x.nonfinite_error()),
+        Err(Stop::Error(e)) => Err(e),
     }
-    let scale = grid.iter().map(|p| p.scale).collect();
-    let zero_point = (!scheme.signed).then(|| grid.iter().map(|p| p.zero_point).collect());
-    Ok((scale, zero_point))
 }
 
 fn placeholder(scheme: &Scheme) -> QParams {
@@ -134,7 +221,13 @@ fn placeholder(scheme: &Scheme) -> QParams {
     }
 }
 
-fn static_grid(scheme: &Scheme, units: &Units, given: StaticParams) -> Result<Vec<QParams>> {
+/// Checks the given grid and copies it into `out`.
+fn static_grid(
+    scheme: &Scheme,
+    units: &Units,
+    given: StaticParams,
+    out: &mut GridOut,
+) -> Result<()> {
     let count = units.params();
     let (qmin, qmax) = code_range(scheme.bits, scheme.signed);
     if given.scale.len() != count {
@@ -146,14 +239,14 @@ fn static_grid(scheme: &Scheme, units: &Units, given: StaticParams) -> Result<Ve
     for &s in given.scale {
         crate::checks::check_positive(s, "scale")?;
     }
-    let zero_point: Vec<i32> = match (given.zero_point, scheme.signed) {
+    match (given.zero_point, scheme.signed) {
         (Some(_), true) => {
             return Err(QfastError::InvalidArgument(
                 "zero_point was given for a symmetric scheme; pass symmetric=False to use it"
                     .to_string(),
             ))
         }
-        (None, true) => vec![0; count],
+        (None, true) => {}
         (None, false) => {
             return Err(QfastError::InvalidArgument(
                 "an asymmetric scheme with a given scale also needs zero_point".to_string(),
@@ -165,25 +258,20 @@ fn static_grid(scheme: &Scheme, units: &Units, given: StaticParams) -> Result<Ve
                 z.len()
             )))
         }
-        (Some(z), false) => z.to_vec(),
-    };
-    if let Some(bad) = zero_point.iter().find(|z| !(qmin..=qmax).contains(*z)) {
-        return Err(QfastError::InvalidArgument(format!(
-            "zero_point {bad} is outside the {}-bit code range [{qmin}, {qmax}]",
-            scheme.bits
-        )));
+        (Some(z), false) => {
+            if let Some(bad) = z.iter().find(|z| !(qmin..=qmax).contains(*z)) {
+                return Err(QfastError::InvalidArgument(format!(
+                    "zero_point {bad} is outside the {}-bit code range [{qmin}, {qmax}]",
+                    scheme.bits
+                )));
+            }
+            if let Some(out) = out.zero_point.as_deref_mut() {
+                out.copy_from_slice(z);
+            }
+        }
     }
-    Ok(given
-        .scale
-        .iter()
-        .zip(zero_point)
-        .map(|(&scale, zero_point)| QParams {
-            scale,
-            zero_point,
-            qmin,
-            qmax,
-        })
-        .collect())
+    out.scale.copy_from_slice(given.scale);
+    Ok(())
 }
 
 /// Lines per parallel task.
@@ -196,13 +284,14 @@ fn first_stop(results: Vec<TaskResult>) -> TaskResult {
     results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
 }
 
-/// Per-task buffers of the fused sweeps: a line converted to float32, its unpacked codes, and
-/// the statistics of its groups.
+/// Per-task buffers of the fused sweeps: a line converted to float32, its unpacked codes, the
+/// statistics of its groups and their grids.
 #[derive(Default)]
 struct Scratch {
     line: Vec<f32>,
     codes: Vec<u8>,
     stats: Vec<MinMax>,
+    grid: Vec<QParams>,
 }
 
 struct Run<'r, 'a, T> {
@@ -211,18 +300,20 @@ struct Run<'r, 'a, T> {
     scheme: &'r Scheme,
     units: &'r Units,
     scale_dtype: ScaleDtype,
+    range: (i32, i32),
 }
 
 impl<T: Element> Run<'_, '_, T> {
     /// Writes the codes of line `l` (float32 `line`) with one grid for the whole line.
-    fn emit(&self, line: &[f32], p: &QParams, scratch: &mut Vec<u8>, out: &mut [u8]) {
+    fn emit(&self, line: &[f32], p: &QParams, scratch: &mut Vec<u8>, out: &mut [u8]) -> Result<()> {
         if !self.scheme.packed() {
             (self.k.quantize)(line, p, out);
         } else {
-            scratch.resize(line.len(), 0);
+            try_resize(scratch, line.len(), 0)?;
             (self.k.quantize)(line, p, scratch);
             self.pack(scratch, out);
         }
+        Ok(())
     }
 
     fn pack(&self, codes: &[u8], out: &mut [u8]) {
@@ -238,9 +329,14 @@ impl<T: Element> Run<'_, '_, T> {
         )
     }
 
+    /// Entry `i` of a grid piece.
+    fn params(&self, g: &GridOut, i: usize) -> QParams {
+        params_at(g.scale, g.zero_point.as_deref(), i, self.range)
+    }
+
     /// Channels (or groups) that each cover a contiguous run of lines: statistics and codes
     /// in one sweep per unit while its data is in cache.
-    fn fused(&self, grid: &mut [QParams], computed: bool, codes: &mut [u8]) -> TaskResult {
+    fn fused(&self, mut grid: GridOut, computed: bool, codes: &mut [u8]) -> TaskResult {
         let u = self.units;
         let lb = self.scheme.line_bytes(u.n);
         // Blocks of `inner` lines share `groups` grid entries.
@@ -254,21 +350,21 @@ impl<T: Element> Run<'_, '_, T> {
         let tasks = blocks.div_ceil(per_task);
         let items: Vec<_> = split_mut(codes, per_task * block_lines * lb, tasks)
             .into_iter()
-            .zip(split_mut(grid, per_task * u.groups, tasks))
+            .zip(grid.split(per_task * u.groups, tasks))
             .enumerate()
             .collect();
-        let results = parallel::map(items, self.x.len(), |(t, (codes, grid))| {
+        let results = parallel::map(items, self.x.len(), |(t, (codes, mut grid))| {
             let first = t * per_task;
             let count = per_task.min(blocks - first);
             let mut s = Scratch::default();
             for b in 0..count {
                 let lines = (first + b) * block_lines..(first + b + 1) * block_lines;
                 let codes = &mut codes[b * block_lines * lb..(b + 1) * block_lines * lb];
-                let grid = &mut grid[b * u.groups..(b + 1) * u.groups];
+                let units = b * u.groups..(b + 1) * u.groups;
                 if block_lines == 1 {
-                    self.fused_line(lines.start, grid, computed, &mut s, codes)?;
+                    self.fused_line(lines.start, &mut grid, units, computed, &mut s, codes)?;
                 } else {
-                    self.fused_block(lines, &mut grid[0], computed, &mut s, codes)?;
+                    self.fused_block(lines, &mut grid, units.start, computed, &mut s, codes)?;
                 }
             }
             Ok(())
@@ -277,114 +373,138 @@ impl<T: Element> Run<'_, '_, T> {
         first_stop(results)
     }
 
-    /// One line, one grid entry per group: the statistics of all its groups in one kernel
-    /// call, their grids, then the codes of all its groups in one call. The groups are checked
-    /// in order, as a group-by-group loop would stop: the first non-finite group, or the first
-    /// grid that cannot be computed, ends the task.
+    /// One line, one grid entry per group (entries `units` of `grid`): the statistics of all
+    /// its groups in one kernel call, their grids, then the codes of all its groups in one
+    /// call. The groups are checked in order, as a group-by-group loop would stop: the first
+    /// non-finite group, or the first grid that cannot be computed, ends the task.
     fn fused_line(
         &self,
         l: usize,
-        grid: &mut [QParams],
+        grid: &mut GridOut,
+        units: std::ops::Range<usize>,
         computed: bool,
         s: &mut Scratch,
         out: &mut [u8],
     ) -> TaskResult {
         let u = self.units;
-        let line = self.x.line(l, &mut s.line);
+        let line = self.x.line(l, &mut s.line)?;
         if line.is_empty() {
             // A per-channel line of no elements (`group_size` 0): one grid of empty stats.
             if computed {
-                for p in grid.iter_mut() {
-                    *p = self.grid(MinMax::EMPTY)?;
+                let p = self.grid(MinMax::EMPTY)?;
+                for i in units {
+                    grid.set(i, &p);
                 }
             }
             return Ok(());
         }
-        s.stats.resize(grid.len(), MinMax::EMPTY);
+        try_resize(&mut s.stats, units.len(), MinMax::EMPTY)?;
         (self.k.minmax_groups)(line, u.group_size, &mut s.stats);
-        for (p, stats) in grid.iter_mut().zip(&s.stats) {
+        s.grid.clear();
+        for (i, stats) in units.zip(&s.stats) {
             if !stats.finite {
                 return Err(Stop::NonFinite);
             }
-            if computed {
-                *p = self.grid(*stats)?;
-            }
+            let p = if computed {
+                let p = self.grid(*stats)?;
+                grid.set(i, &p);
+                p
+            } else {
+                self.params(grid, i)
+            };
+            s.grid.push(p);
         }
         if self.scheme.packed() {
-            s.codes.resize(u.n, 0);
-            (self.k.quantize_groups)(line, u.group_size, grid, &mut s.codes);
+            try_resize(&mut s.codes, u.n, 0)?;
+            (self.k.quantize_groups)(line, u.group_size, &s.grid, &mut s.codes);
             self.pack(&s.codes, out);
         } else {
-            (self.k.quantize_groups)(line, u.group_size, grid, out);
+            (self.k.quantize_groups)(line, u.group_size, &s.grid, out);
         }
         Ok(())
     }
 
-    /// Several whole lines sharing one grid entry.
+    /// Several whole lines sharing grid entry `i`.
     fn fused_block(
         &self,
         lines: std::ops::Range<usize>,
-        p: &mut QParams,
+        grid: &mut GridOut,
+        i: usize,
         computed: bool,
         s: &mut Scratch,
         out: &mut [u8],
     ) -> TaskResult {
         let mut stats = MinMax::EMPTY;
         for l in lines.clone() {
-            stats = stats.merge((self.k.minmax)(self.x.line(l, &mut s.line)));
+            stats = stats.merge((self.k.minmax)(self.x.line(l, &mut s.line)?));
         }
         if !stats.finite {
             return Err(Stop::NonFinite);
         }
-        if computed {
-            *p = self.grid(stats)?;
-        }
+        let p = if computed {
+            let p = self.grid(stats)?;
+            grid.set(i, &p);
+            p
+        } else {
+            self.params(grid, i)
+        };
         let lb = self.scheme.line_bytes(self.units.n);
-        for (i, l) in lines.enumerate() {
-            let line = self.x.line(l, &mut s.line);
-            self.emit(line, p, &mut s.codes, &mut out[i * lb..(i + 1) * lb]);
+        for (j, l) in lines.enumerate() {
+            let line = self.x.line(l, &mut s.line)?;
+            self.emit(line, &p, &mut s.codes, &mut out[j * lb..(j + 1) * lb])?;
         }
         Ok(())
     }
 
-    /// Per-tensor, or channels whose lines interleave: statistics of every line first, then
-    /// the grid per channel, then the codes.
-    fn two_phase(&self, grid: &mut Vec<QParams>, computed: bool, codes: &mut [u8]) -> TaskResult {
+    /// Per-tensor, or channels whose lines interleave: statistics of every channel first
+    /// (each task merges its lines into per-channel statistics), then the grid per channel,
+    /// then the codes.
+    fn two_phase(&self, mut grid: GridOut, computed: bool, codes: &mut [u8]) -> TaskResult {
         let u = self.units;
         let per_task = lines_per_task(u.n);
         let tasks = u.lines.div_ceil(per_task);
         let ranges: Vec<_> = (0..tasks)
             .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
             .collect();
-        let stats = parallel::map(ranges, self.x.len(), |lines| {
+        let stats = parallel::map(ranges, self.x.len(), |lines| -> Result<Vec<MinMax>> {
             let mut buf = Vec::new();
-            lines
-                .map(|l| (self.k.minmax)(self.x.line(l, &mut buf)))
-                .collect::<Vec<_>>()
+            let mut out = Vec::new();
+            for l in lines {
+                let s = (self.k.minmax)(self.x.line(l, &mut buf)?);
+                if out.len() == out.capacity() {
+                    out.try_reserve(1)
+                        .map_err(|_| crate::alloc::out_of_memory::<MinMax>(per_task))?;
+                }
+                out.push(s);
+            }
+            Ok(out)
         })
         .map_err(Stop::Error)?;
-        let stats: Vec<MinMax> = stats.into_iter().flatten().collect();
-        if stats.iter().any(|s| !s.finite) {
-            return Err(Stop::NonFinite);
+        let mut per_channel = try_vec(MinMax::EMPTY, u.channels)?;
+        let mut l = 0;
+        for task in stats {
+            for s in task? {
+                if !s.finite {
+                    return Err(Stop::NonFinite);
+                }
+                let c = u.channel_of(l);
+                per_channel[c] = per_channel[c].merge(s);
+                l += 1;
+            }
         }
         if computed {
-            let mut per_channel = vec![MinMax::EMPTY; u.channels];
-            for (l, s) in stats.iter().enumerate() {
-                let c = u.channel_of(l);
-                per_channel[c] = per_channel[c].merge(*s);
+            for (c, s) in per_channel.into_iter().enumerate() {
+                let p = self.grid(s)?;
+                grid.set(c, &p);
             }
-            *grid = per_channel
-                .into_iter()
-                .map(|s| self.grid(s))
-                .collect::<Result<_>>()?;
         }
         let lb = self.scheme.line_bytes(u.n);
         let items: Vec<_> = split_mut(codes, per_task * lb, tasks)
             .into_iter()
             .enumerate()
             .collect();
-        let grid: &[QParams] = grid;
-        parallel::map(items, self.x.len(), |(t, codes)| {
+        let grid = &grid;
+        let results = parallel::map(items, self.x.len(), |(t, codes)| -> Result<()> {
             let mut buf = Vec::new();
             let mut scratch = Vec::new();
             for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))
@@ -392,77 +512,144 @@ impl<T: Element> Run<'_, '_, T> {
                 .enumerate()
             {
                 let l = t * per_task + i;
-                let p = &grid[u.channel_of(l)];
-                self.emit(self.x.line(l, &mut buf), p, &mut scratch, out);
+                let p = self.params(grid, u.channel_of(l));
+                self.emit(self.x.line(l, &mut buf)?, &p, &mut scratch, out)?;
             }
+            Ok(())
         })
         .map_err(Stop::Error)?;
+        results.into_iter().collect::<Result<()>>()?;
         Ok(())
     }
 
-    /// Per-channel on the last axis: a grid per element of a line.
-    fn lanes(&self, grid: &mut Vec<QParams>, computed: bool, codes: &mut [u8]) -> TaskResult {
+    /// Per-channel on the last axis: a grid per element of a line. The statistics are
+    /// gathered per block of [`LANE_BLOCK`] columns (a wide array), or over at most
+    /// [`LANE_PARTIALS`] chunks of lines (a narrow one), so scratch does not grow with the
+    /// array; min / max merge exactly, so the result does not depend on the split.
+    fn lanes(&self, mut grid: GridOut, computed: bool, codes: &mut [u8]) -> TaskResult {
+        let u = self.units;
+        if u.n > LANE_BLOCK {
+            let blocks = u.n.div_ceil(LANE_BLOCK);
+            let items: Vec<_> = grid
+                .split(LANE_BLOCK, blocks)
+                .into_iter()
+                .enumerate()
+                .collect();
+            let results = parallel::map(items, self.x.len(), |(b, mut grid)| -> TaskResult {
+                let c0 = b * LANE_BLOCK;
+                let w = grid.scale.len();
+                let mut lo = try_vec(f32::INFINITY, w)?;
+                let mut hi = try_vec(f32::NEG_INFINITY, w)?;
+                let mut buf = Vec::new();
+                let mut finite = true;
+                for l in 0..u.lines {
+                    let seg = self.x.segment(l, c0, w, &mut buf)?;
+                    finite &= (self.k.minmax_lanes)(seg, &mut lo, &mut hi);
+                }
+                if !finite {
+                    return Err(Stop::NonFinite);
+                }
+                if computed {
+                    self.lane_grid(&lo, &hi, &mut grid)?;
+                }
+                Ok(())
+            })
+            .map_err(Stop::Error)?;
+            first_stop(results)?;
+        } else {
+            let per_task = lines_per_task(u.n).max(u.lines.div_ceil(LANE_PARTIALS));
+            let tasks = u.lines.div_ceil(per_task);
+            let ranges: Vec<_> = (0..tasks)
+                .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
+                .collect();
+            let partial = parallel::map(ranges, self.x.len(), |lines| {
+                let mut lo = try_vec(f32::INFINITY, u.n)?;
+                let mut hi = try_vec(f32::NEG_INFINITY, u.n)?;
+                let mut buf = Vec::new();
+                let mut finite = true;
+                for l in lines {
+                    finite &= (self.k.minmax_lanes)(self.x.line(l, &mut buf)?, &mut lo, &mut hi);
+                }
+                Ok((lo, hi, finite))
+            })
+            .map_err(Stop::Error)?;
+            let mut lo = try_vec(f32::INFINITY, u.n)?;
+            let mut hi = try_vec(f32::NEG_INFINITY, u.n)?;
+            for p in partial {
+                let (plo, phi, finite) = p.map_err(Stop::Error)?;
+                if !finite {
+                    return Err(Stop::NonFinite);
+                }
+                for i in 0..u.n {
+                    lo[i] = lo[i].min(plo[i]);
+                    hi[i] = hi[i].max(phi[i]);
+                }
+            }
+            if computed {
+                self.lane_grid(&lo, &hi, &mut grid)?;
+            }
+        }
+        self.lane_codes(&grid, codes)
+    }
+
+    /// The grid of every column from its statistics.
+    fn lane_grid(&self, lo: &[f32], hi: &[f32], grid: &mut GridOut) -> Result<()> {
+        for (i, (&min, &max)) in lo.iter().zip(hi).enumerate() {
+            let p = self.grid(MinMax {
+                min,
+                max,
+                finite: true,
+            })?;
+            grid.set(i, &p);
+        }
+        Ok(())
+    }
+
+    /// The codes of a lanes sweep, one segment of [`LANE_BLOCK`] columns at a time.
+    fn lane_codes(&self, grid: &GridOut, codes: &mut [u8]) -> TaskResult {
         let u = self.units;
         let per_task = lines_per_task(u.n);
         let tasks = u.lines.div_ceil(per_task);
-        let ranges: Vec<_> = (0..tasks)
-            .map(|t| t * per_task..((t + 1) * per_task).min(u.lines))
-            .collect();
-        let partial = parallel::map(ranges, self.x.len(), |lines| {
-            let mut buf = Vec::new();
-            let mut lo = vec![f32::INFINITY; u.n];
-            let mut hi = vec![f32::NEG_INFINITY; u.n];
-            let mut finite = true;
-            for l in lines {
-                finite &= (self.k.minmax_lanes)(self.x.line(l, &mut buf), &mut lo, &mut hi);
-            }
-            (lo, hi, finite)
-        })
-        .map_err(Stop::Error)?;
-        if partial.iter().any(|(_, _, finite)| !finite) {
-            return Err(Stop::NonFinite);
-        }
-        if computed {
-            let mut stats = vec![MinMax::EMPTY; u.n];
-            for (lo, hi, _) in &partial {
-                for (i, s) in stats.iter_mut().enumerate() {
-                    *s = s.merge(MinMax {
-                        min: lo[i],
-                        max: hi[i],
-                        finite: true,
-                    });
-                }
-            }
-            *grid = stats
-                .into_iter()
-                .map(|s| self.grid(s))
-                .collect::<Result<_>>()?;
-        }
-        let scale: Vec<f32> = grid.iter().map(|p| p.scale).collect();
-        let zero_point: Vec<i32> = grid.iter().map(|p| p.zero_point).collect();
-        let (qmin, qmax) = code_range(self.scheme.bits, self.scheme.signed);
         let lb = self.scheme.line_bytes(u.n);
+        let (qmin, qmax) = self.range;
         let items: Vec<_> = split_mut(codes, per_task * lb, tasks)
             .into_iter()
             .enumerate()
             .collect();
-        parallel::map(items, self.x.len(), |(t, codes)| {
+        let results = parallel::map(items, self.x.len(), |(t, codes)| -> Result<()> {
+            let w = u.n.min(LANE_BLOCK);
             let mut buf = Vec::new();
-            let mut scratch = vec![0u8; u.n];
+            let mut scratch = zeroed::<u8>(if self.scheme.packed() { w } else { 0 })?;
+            let zeros = zeroed::<i32>(if grid.zero_point.is_none() { w } else { 0 })?;
             for (i, out) in split_mut(codes, lb, codes.len() / lb.max(1))
                 .into_iter()
                 .enumerate()
             {
-                let line = self.x.line(t * per_task + i, &mut buf);
-                if !self.scheme.packed() {
-                    (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, out);
-                } else {
-                    (self.k.quantize_lanes)(line, &scale, &zero_point, qmin, qmax, &mut scratch);
-                    self.pack(&scratch, out);
+                let l = t * per_task + i;
+                let mut c0 = 0;
+                while c0 < u.n {
+                    let w = (u.n - c0).min(LANE_BLOCK);
+                    let seg = self.x.segment(l, c0, w, &mut buf)?;
+                    let scale = &grid.scale[c0..c0 + w];
+                    let zp = match grid.zero_point.as_deref() {
+                        Some(z) => &z[c0..c0 + w],
+                        None => &zeros[..w],
+                    };
+                    let dst = &mut out[self.scheme.line_bytes(c0)..self.scheme.line_bytes(c0 + w)];
+                    if !self.scheme.packed() {
+                        (self.k.quantize_lanes)(seg, scale, zp, qmin, qmax, dst);
+                    } else {
+                        let s = &mut scratch[..w];
+                        (self.k.quantize_lanes)(seg, scale, zp, qmin, qmax, s);
+                        self.pack(s, dst);
+                    }
+                    c0 += w;
                 }
             }
+            Ok(())
         })
         .map_err(Stop::Error)?;
+        results.into_iter().collect::<Result<()>>()?;
         Ok(())
     }
 }
@@ -601,5 +788,57 @@ mod tests {
         let q = quantize(&view, &scheme, Some(given(&[1.0, 2.0], Some(&[3, 4])))).unwrap();
         assert_eq!(q.scale, vec![1.0, 2.0]);
         assert_eq!(q.zero_point, Some(vec![3, 4]));
+    }
+
+    /// Per-channel on the last axis of a wide array (statistics per block of columns) and of
+    /// a narrow one (line chunks) give exactly the per-column reference: column `c`'s codes
+    /// are those of quantizing column `c` alone.
+    #[test]
+    fn lanes_match_column_by_column() {
+        for (lines, n) in [(3, LANE_BLOCK * 2 + 13), (70, 37), (0, LANE_BLOCK + 1)] {
+            let x = data(lines * n);
+            let view = Strided::contiguous(&x, &[lines, n]).unwrap();
+            for (bits, signed) in [
+                (8, false),
+                (4, true),
+                (2, false),
+                (8, true),
+                (3, false),
+                (5, true),
+            ] {
+                let scheme = Scheme {
+                    bits,
+                    signed,
+                    granularity: Granularity::PerChannel { axis: 1 },
+                };
+                let q = quantize(&view, &scheme, None).unwrap();
+                assert_eq!(q.scale.len(), n);
+                let lb = scheme.line_bytes(n);
+                for c in (0..n)
+                    .step_by(997)
+                    .chain([n.saturating_sub(1)])
+                    .take_while(|_| n > 0)
+                {
+                    let col: Vec<f32> = (0..lines).map(|l| x[l * n + c]).collect();
+                    let one = Strided::contiguous(&col, &[lines, 1]).unwrap();
+                    let r = quantize(&one, &scheme, None).unwrap();
+                    assert_eq!(r.scale[0], q.scale[c], "{bits} {signed} column {c}");
+                    if let (Some(z), Some(rz)) = (&q.zero_point, &r.zero_point) {
+                        assert_eq!(z[c], rz[0]);
+                    }
+                    let (b, mask) = (bits as usize, ((1u16 << bits) - 1) as u8);
+                    for l in 0..lines {
+                        // Code c of the line's little-endian bit stream (it may straddle
+                        // two bytes; a byte past the line is masked off).
+                        let at = l * lb + c * b / 8;
+                        let pair = q.codes[at] as u16
+                            | (q.codes.get(at + 1).copied().unwrap_or(0) as u16) << 8;
+                        let code = (pair >> (c * b % 8)) as u8 & mask;
+                        let want = r.codes[l] & mask;
+                        assert_eq!(code, want, "{bits} {signed} ({l}, {c})");
+                    }
+                }
+            }
+        }
     }
 }

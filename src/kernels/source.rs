@@ -171,45 +171,62 @@ impl<'a, T: Element> Strided<'a, T> {
 
     /// Line `line` as float32: borrowed when it is contiguous float32, else converted into
     /// `buf`.
-    pub fn line<'s>(&'s self, line: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
+    pub fn line<'s>(&'s self, line: usize, buf: &'s mut Vec<f32>) -> Result<&'s [f32]> {
+        self.segment(line, 0, self.line_len(), buf)
+    }
+
+    /// Elements `start..start + len` of line `line` as float32, as [`Strided::line`]; an
+    /// error only when `buf` cannot grow to `len` elements.
+    pub fn segment<'s>(
+        &'s self,
+        line: usize,
+        start: usize,
+        len: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> Result<&'s [f32]> {
         debug_assert!(line < self.lines());
-        let n = self.line_len();
-        let base = self.line_ptr(line);
+        assert!(start <= self.line_len() && len <= self.line_len() - start);
+        let n = len;
         let step = *self.strides.last().expect("at least 1-d");
+        // SAFETY: `start <= line_len`, so the offset stays within (or one past) the line.
+        let base = unsafe { self.line_ptr(line).offset(start as isize * step) };
         if step == 1 || n <= 1 {
-            // SAFETY: the line's n elements are contiguous and valid for 'a (from_raw).
+            // SAFETY: the segment's n elements are contiguous and valid for 'a (from_raw).
             let src = unsafe { std::slice::from_raw_parts(base, n) };
             if let Some(f) = T::as_f32(src) {
-                return f;
+                return Ok(f);
             }
-            buf.resize(n, 0.0);
+            crate::alloc::try_resize(buf, n, 0.0)?;
             T::to_f32_slice(src, buf);
         } else {
             buf.clear();
+            buf.try_reserve_exact(n)
+                .map_err(|_| crate::alloc::out_of_memory::<f32>(n))?;
             // SAFETY: base + i * step for i < n stays within the view (from_raw contract).
             buf.extend((0..n).map(|i| unsafe { *base.offset(i as isize * step) }.to_f32()));
         }
-        buf
+        Ok(buf)
     }
 
     /// The first element that is not finite in float32, in logical order, if any: its line,
     /// its offset in the line and its float32 value.
-    pub fn first_nonfinite(&self) -> Option<(usize, usize, f32)> {
+    pub fn first_nonfinite(&self) -> Result<Option<(usize, usize, f32)>> {
         let mut buf = Vec::new();
         for l in 0..self.lines() {
-            let line = self.line(l, &mut buf);
+            let line = self.line(l, &mut buf)?;
             if let Some(i) = line.iter().position(|v| !v.is_finite()) {
-                return Some((l, i, line[i]));
+                return Ok(Some((l, i, line[i])));
             }
         }
-        None
+        Ok(None)
     }
 
     /// The error for an input that was seen to hold a value that is not finite in float32:
     /// non-finite input, or a float64 value beyond the float32 range.
     pub fn nonfinite_error(&self) -> QfastError {
         match self.first_nonfinite() {
-            Some((l, i, value)) => {
+            Err(e) => e,
+            Ok(Some((l, i, value))) => {
                 let step = *self.strides.last().expect("at least 1-d");
                 // SAFETY: (l, i) is within the view (from_raw contract).
                 let original = unsafe { *self.line_ptr(l).offset(i as isize * step) };
@@ -224,7 +241,7 @@ impl<'a, T: Element> Strided<'a, T> {
                     QfastError::NonFinite { index, value }
                 }
             }
-            None => QfastError::InvalidArgument(format!(
+            Ok(None) => QfastError::InvalidArgument(format!(
                 "input ({}) changed while it was being quantized",
                 T::NAME
             )),
@@ -243,9 +260,9 @@ mod tests {
         // SAFETY: every index within [6, 4] maps inside data.
         let v = unsafe { Strided::from_raw(data.as_ptr(), &[6, 4], &[1, 6]) };
         let mut buf = Vec::new();
-        assert_eq!(v.line(1, &mut buf), &[1.0, 7.0, 13.0, 19.0]);
+        assert_eq!(v.line(1, &mut buf).unwrap(), &[1.0, 7.0, 13.0, 19.0]);
         assert_eq!(v.index_of(5, 2), vec![5, 2]);
-        assert!(v.first_nonfinite().is_none());
+        assert!(v.first_nonfinite().unwrap().is_none());
     }
 
     #[test]
@@ -253,8 +270,8 @@ mod tests {
         let data = [1.0f32, f32::NAN, 3.0, 4.0];
         let v = Strided::contiguous(&data, &[2, 2]).unwrap();
         let mut buf = Vec::new();
-        assert_eq!(v.line(1, &mut buf).as_ptr(), data[2..].as_ptr());
-        let (l, i, value) = v.first_nonfinite().unwrap();
+        assert_eq!(v.line(1, &mut buf).unwrap().as_ptr(), data[2..].as_ptr());
+        let (l, i, value) = v.first_nonfinite().unwrap().unwrap();
         assert_eq!(v.index_of(l, i), vec![0, 1]);
         assert!(value.is_nan());
     }
@@ -264,9 +281,9 @@ mod tests {
         let b = [bf16::from_f32(1.5), bf16::from_f32(-2.0)];
         let v = Strided::contiguous(&b, &[2]).unwrap();
         let mut buf = Vec::new();
-        assert_eq!(v.line(0, &mut buf), &[1.5, -2.0]);
+        assert_eq!(v.line(0, &mut buf).unwrap(), &[1.5, -2.0]);
         let h = [f16::from_f32(0.25), f16::from_f32(65504.0)];
         let v = Strided::contiguous(&h, &[2]).unwrap();
-        assert_eq!(v.line(0, &mut buf), &[0.25, 65504.0]);
+        assert_eq!(v.line(0, &mut buf).unwrap(), &[0.25, 65504.0]);
     }
 }

@@ -65,7 +65,7 @@ pub fn awq_quantize<'py>(
     let layout = layout(&w, group_size)?;
     let grid = Grid::new(bits, symmetric).map_err(to_py)?;
     let src = w.as_slice()?;
-    let codes = PyArray1::<u8>::zeros(py, src.len(), false);
+    let codes = super::zeros::<u8, numpy::Ix1>(py, &[src.len()])?;
     let (scale, zero) = {
         let mut rw = codes.readwrite();
         let dst = rw.as_slice_mut()?;
@@ -74,8 +74,8 @@ pub fn awq_quantize<'py>(
     };
     Ok((
         codes,
-        PyArray1::from_vec(py, scale),
-        PyArray1::from_vec(py, zero),
+        super::to_numpy(py, &scale)?,
+        super::to_numpy(py, &zero)?,
     ))
 }
 
@@ -103,5 +103,5 @@ pub fn awq_clip_search<'py>(
     let best = py
         .detach(|| awq::clip_search(ws, layout, xs, grid, n_grid, n_shrink))
         .map_err(to_py)?;
-    Ok(PyArray1::from_vec(py, best))
+    super::to_numpy(py, &best)
 }

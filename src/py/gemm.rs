@@ -4,7 +4,10 @@
 use super::to_py;
 use crate::kernels::linear::{Compute, GroupMap, PackedLinear as Packed, Weight};
 use crate::kernels::matmul::{self, Lhs};
-use numpy::{PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray2, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -27,7 +30,7 @@ pub fn matmul_int8<'py>(
                 "matmul_int8: a has {k} columns but b has {k2} rows"
             )));
         }
-        let out = PyArray2::<i32>::zeros(py, [m, n], false);
+        let out = super::zeros::<i32, numpy::Ix2>(py, &[m, n])?;
         {
             let mut rw = out.readwrite();
             let dst = rw.as_slice_mut()?;
@@ -47,6 +50,63 @@ pub fn matmul_int8<'py>(
     } else {
         Err(PyTypeError::new_err(
             "matmul_int8: a must be a 2-D int8 or uint8 array",
+        ))
+    }
+}
+
+/// matmul_int8_batched(a, b, ia, ib)
+/// --
+///
+/// Kernel entry of `qfast.matmul_int8` for stacks: C-contiguous int8 or uint8 `a [Ba, M, K]`
+/// and int8 `b [Bb, K, N]`; batch `i` of the int32 `[len(ia), M, N]` result is
+/// `a[ia[i]] @ b[ib[i]]` (int64 index arrays, so broadcast batches are not copied).
+#[pyfunction]
+pub fn matmul_int8_batched<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: PyReadonlyArray3<'py, i8>,
+    ia: PyReadonlyArray1<'py, i64>,
+    ib: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray3<i32>>> {
+    let (k2, n) = (b.shape()[1], b.shape()[2]);
+    let bs = b.as_slice()?;
+    let index = |v: PyReadonlyArray1<'py, i64>| -> PyResult<Vec<usize>> {
+        let v = v.as_slice()?;
+        let mut out = crate::alloc::try_with_capacity(v.len()).map_err(to_py)?;
+        for &i in v {
+            out.push(usize::try_from(i).map_err(|_| {
+                PyValueError::new_err(format!("matmul_int8: negative batch index {i}"))
+            })?);
+        }
+        Ok(out)
+    };
+    let (ia, ib) = (index(ia)?, index(ib)?);
+    let run = |lhs: Lhs, m: usize, k: usize| -> PyResult<Bound<'py, PyArray3<i32>>> {
+        if k != k2 {
+            return Err(PyValueError::new_err(format!(
+                "matmul_int8: a has {k} columns but b has {k2} rows"
+            )));
+        }
+        let out = super::zeros::<i32, numpy::Ix3>(py, &[ia.len(), m, n])?;
+        {
+            let mut rw = out.readwrite();
+            let dst = rw.as_slice_mut()?;
+            py.detach(|| matmul::matmul_int8_batched(lhs, bs, &ia, &ib, m, k, n, dst))
+                .map_err(to_py)?;
+        }
+        Ok(out)
+    };
+    if let Ok(a) = a.cast::<PyArray3<i8>>() {
+        let a = a.readonly();
+        let (m, k) = (a.shape()[1], a.shape()[2]);
+        run(Lhs::I8(a.as_slice()?), m, k)
+    } else if let Ok(a) = a.cast::<PyArray3<u8>>() {
+        let a = a.readonly();
+        let (m, k) = (a.shape()[1], a.shape()[2]);
+        run(Lhs::U8(a.as_slice()?), m, k)
+    } else {
+        Err(PyTypeError::new_err(
+            "matmul_int8: a must be a 3-D int8 or uint8 array",
         ))
     }
 }
@@ -90,7 +150,7 @@ impl PackedLinear {
         }
         let xs = x.as_slice()?;
         let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
-        let out = PyArray2::<f32>::zeros(py, [m, self.inner.out_features()], false);
+        let out = super::zeros::<f32, numpy::Ix2>(py, &[m, self.inner.out_features()])?;
         {
             let mut rw = out.readwrite();
             let dst = rw.as_slice_mut()?;

@@ -39,7 +39,7 @@ pub fn gguf_quantize<'py>(
     let t = ggml_type(name)?;
     let xs = x.as_slice()?;
     gguf::check_blocks(t, xs.len()).map_err(to_py)?;
-    let out = PyArray1::<u8>::zeros(py, xs.len() / t.block_size() * t.type_size(), false);
+    let out = super::zeros::<u8, numpy::Ix1>(py, &[xs.len() / t.block_size() * t.type_size()])?;
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
@@ -61,7 +61,7 @@ pub fn gguf_dequantize<'py>(
     let t = ggml_type(name)?;
     let bs = blocks.as_slice()?;
     let n = bs.len() / t.type_size() * t.block_size();
-    let out = PyArray1::<f32>::zeros(py, n, false);
+    let out = super::zeros::<f32, numpy::Ix1>(py, &[n])?;
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
@@ -82,7 +82,7 @@ pub fn gguf_dot_q4_0_q8_0<'py>(
     rows: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (ws, xs) = (w.as_slice()?, x.as_slice()?);
-    let out = PyArray1::<f32>::zeros(py, rows, false);
+    let out = super::zeros::<f32, numpy::Ix1>(py, &[rows])?;
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;

@@ -4,7 +4,9 @@
 use super::to_py;
 use crate::algo::gptq::{self, Block, BlockOut, Grid, Groups, Mse};
 use crate::kernels::ScaleDtype;
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 fn grid(
@@ -50,17 +52,19 @@ pub fn gptq_find_params<'py>(
     let g = grid(bits, symmetric, mse, scale_dtype)?;
     let n = x.shape()[1];
     let xs = x.as_slice()?;
-    let params: Vec<(f32, f32)> = py.detach(|| {
-        if n == 0 {
-            return vec![];
-        }
-        xs.chunks(n).map(|row| gptq::find_params(row, &g)).collect()
-    });
-    let (s, z): (Vec<f32>, Vec<f32>) = params.into_iter().unzip();
-    Ok((
-        numpy::PyArray1::from_vec(py, s),
-        numpy::PyArray1::from_vec(py, z),
-    ))
+    let rows = xs.len().checked_div(n).unwrap_or(0);
+    let s = super::zeros::<f32, numpy::Ix1>(py, &[rows])?;
+    let z = super::zeros::<f32, numpy::Ix1>(py, &[rows])?;
+    {
+        let (mut s_rw, mut z_rw) = (s.readwrite(), z.readwrite());
+        let (s_out, z_out) = (s_rw.as_slice_mut()?, z_rw.as_slice_mut()?);
+        py.detach(|| {
+            for ((row, so), zo) in xs.chunks(n.max(1)).zip(s_out).zip(z_out) {
+                (*so, *zo) = gptq::find_params(row, &g);
+            }
+        });
+    }
+    Ok((s, z))
 }
 
 /// gptq_block(w, hinv, i1, i2, bits, symmetric, mse, codes, err, scale, zero, group_size,
@@ -112,8 +116,12 @@ pub fn gptq_block<'py>(
         i1,
         i2,
     };
-    let fixed_s = s.to_vec();
-    let fixed_z = z.to_vec();
+    let copy = |v: &[f32]| -> PyResult<Vec<f32>> {
+        let mut c = crate::alloc::try_with_capacity(v.len()).map_err(super::to_py)?;
+        c.extend_from_slice(v);
+        Ok(c)
+    };
+    let (fixed_s, fixed_z) = (copy(s)?, copy(z)?);
     let groups = match (group_size, static_groups) {
         (_, true) => Groups::Static {
             scale: &fixed_s,

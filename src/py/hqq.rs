@@ -27,7 +27,7 @@ pub fn hqq_init<'py>(
     let (scale, zero) = py
         .detach(|| hqq::init(w, &shape, &grid, round_zero))
         .map_err(to_py)?;
-    Ok((PyArray1::from_vec(py, scale), PyArray1::from_vec(py, zero)))
+    Ok((super::to_numpy(py, &scale)?, super::to_numpy(py, &zero)?))
 }
 
 /// hqq_step(w, group_size, bits, scale, zero, beta, lp_norm)
@@ -53,7 +53,7 @@ pub fn hqq_step<'py>(
     let (new_zero, err) = py
         .detach(|| hqq::step(w, &grid, scale, zero, &shrink))
         .map_err(to_py)?;
-    Ok((PyArray1::from_vec(py, new_zero), err))
+    Ok((super::to_numpy(py, &new_zero)?, err))
 }
 
 /// hqq_codes(w, group_size, bits, scale, zero)
@@ -71,7 +71,7 @@ pub fn hqq_codes<'py>(
 ) -> PyResult<(Bound<'py, PyArray1<u8>>, f64)> {
     let (w, scale, zero) = (w.as_slice()?, scale.as_slice()?, zero.as_slice()?);
     let grid = Grid::new(w.len(), group_size, bits).map_err(to_py)?;
-    let out = PyArray1::<u8>::zeros(py, w.len(), false);
+    let out = super::zeros::<u8, numpy::Ix1>(py, &[w.len()])?;
     let err = {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;

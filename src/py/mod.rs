@@ -12,9 +12,10 @@ use crate::kernels::layout::{line_bytes, pack_line, unpack_line};
 use crate::kernels::{self, Element, Granularity, ScaleDtype, Scheme, StaticParams, Strided};
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1};
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use numpy::{PyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1};
+use pyo3::exceptions::{PyException, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
 pyo3::create_exception!(
@@ -30,8 +31,53 @@ pub(crate) fn to_py(err: CoreError) -> PyErr {
             PyValueError::new_err(err.to_string())
         }
         CoreError::InvalidDtype(_) => PyTypeError::new_err(err.to_string()),
+        CoreError::OutOfMemory(_) => PyMemoryError::new_err(err.to_string()),
         CoreError::UnsupportedIsa { .. } => QfastError::new_err(err.to_string()),
     }
+}
+
+/// A fresh zero-filled NumPy array of `shape`, allocated by `numpy.zeros` so that a refused
+/// allocation is NumPy's `MemoryError` (or its `ValueError` for a size beyond the address
+/// space), never a panic (rust-numpy's `PyArray::zeros` / `from_vec` panic when NumPy
+/// returns NULL). NumPy's allocator also uses huge pages for large arrays, which cuts the
+/// page-fault cost of writing fresh output.
+pub(crate) fn zeros<'py, T, D>(
+    py: Python<'py>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArray<T, D>>>
+where
+    T: numpy::Element,
+    D: numpy::ndarray::Dimension,
+{
+    static ZEROS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let f = ZEROS.get_or_try_init(py, || {
+        py.import("numpy")?.getattr("zeros").map(Bound::unbind)
+    })?;
+    let dims = pyo3::types::PyTuple::new(py, shape)?;
+    let dtype = numpy::dtype::<T>(py);
+    let array = f.bind(py).call1((dims, &dtype)).map_err(|e| {
+        if e.is_instance_of::<PyMemoryError>(py) || e.is_instance_of::<PyValueError>(py) {
+            PyMemoryError::new_err(format!(
+                "cannot allocate the {dtype} output of shape {shape:?} ({e}); free memory or \
+                 process the data in smaller pieces"
+            ))
+        } else {
+            e
+        }
+    })?;
+    array
+        .cast_into::<PyArray<T, D>>()
+        .map_err(|e| PyTypeError::new_err(e.to_string()))
+}
+
+/// `v` copied into a fresh NumPy array (allocated as [`zeros`]).
+pub(crate) fn to_numpy<'py, T: numpy::Element + Copy>(
+    py: Python<'py>,
+    v: &[T],
+) -> PyResult<Bound<'py, PyArray1<T>>> {
+    let out = zeros::<T, numpy::Ix1>(py, &[v.len()])?;
+    out.readwrite().as_slice_mut()?.copy_from_slice(v);
+    Ok(out)
 }
 
 fn scheme(bits: u32, signed: bool, axis: Option<usize>, group_size: Option<usize>) -> Scheme {
@@ -120,18 +166,26 @@ fn quantize_view<'py, T: Element>(
     scale_dtype: ScaleDtype,
 ) -> PyResult<QuantizeOut<'py>> {
     scheme.validate(x.shape()).map_err(to_py)?;
-    let codes = PyArray1::<u8>::zeros(py, kernels::codes_len(x.shape(), scheme), false);
-    let (scale, zero_point) = {
-        let mut rw = codes.readwrite();
-        let out = rw.as_slice_mut()?;
-        py.detach(|| kernels::quantize_into_as(x, scheme, given, scale_dtype, out))
-            .map_err(to_py)?
+    let count = kernels::params_len(x.shape(), scheme);
+    let codes = zeros::<u8, numpy::Ix1>(py, &[kernels::codes_len(x.shape(), scheme)])?;
+    let scale = zeros::<f32, numpy::Ix1>(py, &[count])?;
+    let zero_point = match scheme.signed {
+        true => None,
+        false => Some(zeros::<i32, numpy::Ix1>(py, &[count])?),
     };
-    Ok((
-        codes,
-        PyArray1::from_vec(py, scale),
-        zero_point.map(|z| PyArray1::from_vec(py, z)),
-    ))
+    {
+        let mut codes_rw = codes.readwrite();
+        let mut scale_rw = scale.readwrite();
+        let mut zp_rw = zero_point.as_ref().map(|z| z.readwrite());
+        let codes_out = codes_rw.as_slice_mut()?;
+        let scale_out = scale_rw.as_slice_mut()?;
+        let zp_out = zp_rw.as_mut().map(|z| z.as_slice_mut()).transpose()?;
+        py.detach(|| {
+            kernels::quantize_into_as(x, scheme, given, scale_dtype, codes_out, scale_out, zp_out)
+        })
+        .map_err(to_py)?;
+    }
+    Ok((codes, scale, zero_point))
 }
 
 /// Dequantizes into `out` (a flat, contiguous, writeable array of `A`) or a fresh NumPy array
@@ -151,7 +205,10 @@ where
         Some(o) => o
             .cast_into::<PyArray1<A>>()
             .map_err(|e| PyTypeError::new_err(format!("out has the wrong type: {e}")))?,
-        None => PyArray1::<A>::zeros(py, q.shape.iter().product::<usize>(), false),
+        None => {
+            let len = crate::alloc::checked_product(q.shape, "the output").map_err(to_py)?;
+            zeros::<A, numpy::Ix1>(py, &[len])?
+        }
     };
     {
         let mut rw = out.readwrite();
@@ -220,7 +277,7 @@ fn pack<'py>(
     let codes = codes.as_slice()?;
     let k = crate::simd::active().map_err(to_py)?;
     if n == 0 {
-        return Ok(PyArray1::from_vec(py, Vec::new()));
+        return zeros(py, &[0]);
     }
     if codes.len() % n != 0 {
         return Err(PyValueError::new_err(format!(
@@ -230,7 +287,7 @@ fn pack<'py>(
     }
     let lb = line_bytes(n, bits);
     let lines = codes.len() / n;
-    let out = PyArray1::<u8>::zeros(py, lines * lb, false);
+    let out = zeros::<u8, numpy::Ix1>(py, &[lines * lb])?;
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
@@ -266,7 +323,7 @@ fn unpack<'py>(
         )));
     }
     if line_bytes == 0 || n == 0 {
-        return Ok(PyArray1::from_vec(py, Vec::new()));
+        return zeros(py, &[0]);
     }
     if packed.len() % line_bytes != 0 {
         return Err(PyValueError::new_err(format!(
@@ -275,7 +332,10 @@ fn unpack<'py>(
         )));
     }
     let lines = packed.len() / line_bytes;
-    let out = PyArray1::<u8>::zeros(py, lines * n, false);
+    let len = lines.checked_mul(n).ok_or_else(|| {
+        PyMemoryError::new_err(format!("{lines} lines of {n} codes do not fit in memory"))
+    })?;
+    let out = zeros::<u8, numpy::Ix1>(py, &[len])?;
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
@@ -309,14 +369,16 @@ fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// set_num_threads(n)
 /// --
 ///
-/// Sets how many threads qfast's kernels use (default: `QFAST_NUM_THREADS`, else all cores).
-/// Results are identical for every thread count.
+/// Sets how many threads qfast's kernels use (default: `QFAST_NUM_THREADS`, else all cores),
+/// at most 4 x the CPU count or 256, whichever is larger (a ValueError above). Results are
+/// identical for every thread count.
 #[pyfunction]
 fn set_num_threads(n: i64) -> PyResult<()> {
-    let n = usize::try_from(n)
+    let n = u64::try_from(n)
         .ok()
         .filter(|&n| n > 0)
         .ok_or_else(|| PyValueError::new_err(format!("n must be a positive integer, got {n}")))?;
+    let n = crate::parallel::check_threads(n, "num_threads").map_err(to_py)?;
     crate::parallel::set_num_threads(n).map_err(to_py)
 }
 
@@ -334,7 +396,9 @@ mod _qfast {
     #[pymodule_export]
     use super::awq::{awq_clip_search, awq_pseudo_quantize, awq_quantize};
     #[pymodule_export]
-    use super::gemm::{matmul_int8, pack_linear, peak_int8_gmacs, PackedLinear};
+    use super::gemm::{
+        matmul_int8, matmul_int8_batched, pack_linear, peak_int8_gmacs, PackedLinear,
+    };
     #[pymodule_export]
     use super::gguf::{gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize, gguf_type_info};
     #[pymodule_export]

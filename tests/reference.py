@@ -16,6 +16,19 @@ def _sanitize(scale: np.ndarray) -> np.ndarray:
     return np.where(scale < np.finfo(F32).tiny, np.finfo(F32).tiny, scale).astype(F32)
 
 
+def _fit(scale: np.ndarray, zp: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Scales lowered one float32 step at a time until codes ``lo..hi`` dequantize finite
+    (``scale * (q - zp)``): only ranges within a rounding step of float32's maximum."""
+    scale = scale.copy()
+    with np.errstate(over="ignore"):
+        while True:
+            far = np.maximum(hi - zp, zp - lo).astype(F32)
+            bad = ~np.isfinite(far * scale) & np.isfinite(scale)  # an inf scale is an error
+            if not bad.any():
+                return scale
+            scale[bad] = np.nextafter(scale[bad], F32(0))
+
+
 def grid(x: np.ndarray, bits: int, signed: bool, reduce_axes) -> tuple[np.ndarray, np.ndarray]:
     """DESIGN.md's grid: scale and zero point per unit (keepdims over `reduce_axes`)."""
     x = x.astype(F32)
@@ -28,12 +41,17 @@ def grid(x: np.ndarray, bits: int, signed: bool, reduce_axes) -> tuple[np.ndarra
     if signed:
         amax = np.max(np.abs(x), axis=reduce_axes, keepdims=True)
         scale = _sanitize(amax / F32(qmax))
-        return scale, np.zeros_like(scale, dtype=np.int32)
+        zp = np.zeros_like(scale, dtype=np.int32)
+        return _fit(scale, zp, -qmax, qmax), zp
     lo = np.minimum(np.min(x, axis=reduce_axes, keepdims=True), F32(0))
     hi = np.maximum(np.max(x, axis=reduce_axes, keepdims=True), F32(0))
     scale = _sanitize((hi - lo) / F32(qmax))
-    zp = np.clip(np.rint(-lo / scale), qmin, qmax).astype(np.int32)
-    return scale, zp
+    while True:  # the zero point follows a lowered scale
+        zp = np.clip(np.rint(-lo / scale), qmin, qmax).astype(np.int32)
+        fitted = _fit(scale, zp, qmin, qmax)
+        if np.array_equal(fitted, scale):
+            return scale, zp
+        scale = np.where(fitted != scale, np.nextafter(scale, F32(0)), scale)
 
 
 def quantize_codes(x: np.ndarray, scale, zero_point, bits: int, signed: bool) -> np.ndarray:

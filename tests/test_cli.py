@@ -46,6 +46,8 @@ def kwargs_for(options: list[str]) -> dict[str, Any]:
         kw["group_size"] = int(options[options.index("--group-size") + 1])
     elif "--per-tensor" not in options:
         kw["axis"] = int(options[options.index("--axis") + 1]) if "--axis" in options else 0
+    if "--scale-dtype" in options:
+        kw["scale_dtype"] = options[options.index("--scale-dtype") + 1]
     return {"bits": bits, **kw}
 
 
@@ -151,6 +153,7 @@ def check_quantized_file(
                 ref.group_size,
             )
             np.testing.assert_array_equal(qt.data, ref.data)
+            assert qt.scale.dtype == ref.scale.dtype
             np.testing.assert_array_equal(qt.dequantize(), ref.dequantize())
             quantized.append(name)
         else:
@@ -168,6 +171,8 @@ OPTIONS = [
     ["--bits", "8", "--axis", "-2", "--asymmetric"],
     ["--bits", "3", "--per-tensor", "--asymmetric"],
     ["--bits", "2", "--group-size", "32", "--threads", "1"],
+    ["--bits", "4", "--group-size", "64", "--asymmetric", "--scale-dtype", "float16"],
+    ["--bits", "3", "--axis", "0", "--scale-dtype", "bfloat16"],
 ]
 
 
@@ -454,12 +459,12 @@ def test_error_read_only_folder(
     ro.chmod(0o555)
     try:
         if os.geteuid() == 0:  # root writes anyway: refuse it the way a read-only mount does
-            import tempfile
+            from qfast import _files
 
             def read_only(*args: Any, **kwargs: Any) -> Any:
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(ro))
 
-            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+            monkeypatch.setattr(_files, "_create_new", read_only)
         expect_error(capsys, ["quantize", src, ro / "out.safetensors"], r"cannot write .*ro/out")
     finally:
         ro.chmod(0o755)

@@ -68,6 +68,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _create_new(path: Path) -> None:
+    """Creates ``path``, empty and private (0600), failing if it exists."""
+    os.close(os.open(path, _CREATE, 0o600))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Writes ``path`` atomically: yields a temporary path in the same folder (an empty file
@@ -82,19 +87,16 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     # The name is chosen before the file exists, so that Ctrl-C arriving between the file's
     # creation and the next bytecode still finds it in the handler below (mkstemp's name is
     # only known once it returns). 64 random bits: a clash is retried, never removed.
-    fd = -1
     tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
         while True:
             try:
-                fd = os.open(tmp, _CREATE, 0o600)
+                _create_new(tmp)
                 break
             except FileExistsError:
                 tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-        os.close(fd)
-        fd = -1
         yield tmp
-        # After the write: mkstemp creates 0600, and some writers (safetensors) replace the
+        # After the write: the file was created 0600, and some writers (safetensors) replace the
         # file they are given with their own temporary file.
         with contextlib.suppress(OSError, NotImplementedError):  # a file system without modes
             os.chmod(tmp, 0o666 & ~_umask())
@@ -102,9 +104,6 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise

@@ -430,6 +430,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         "symmetric": symmetric,
         "axis": axis,
         "group_size": args.group_size,
+        "scale_dtype": args.scale_dtype,
     }
 
     out: dict[str, Any] = {}
@@ -443,7 +444,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 continue
             try:
                 qt = quantize(
-                    arr, args.bits, symmetric=symmetric, axis=axis, group_size=args.group_size
+                    arr,
+                    args.bits,
+                    symmetric=symmetric,
+                    axis=axis,
+                    group_size=args.group_size,
+                    scale_dtype=args.scale_dtype,
                 )
             except (ValueError, TypeError) as e:
                 raise CLIError(f"{PROG} quantize: error: tensor {name}: {e}") from None
@@ -599,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--axis", type=int, metavar="K", help="one scale per index of axis K (default 0)"
     )
     gran.add_argument("--per-tensor", action="store_true", help="one scale per tensor")
+    p.add_argument(
+        "--scale-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="the dtype scales are stored in (default float32; GPTQ checkpoints use float16); "
+        "codes are computed against the rounded scale",
+    )
     p.add_argument("--threads", type=_positive_int, metavar="N", help="qfast threads")
     p.set_defaults(func=cmd_quantize)
 

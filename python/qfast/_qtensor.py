@@ -139,6 +139,15 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return np.isfinite(a if a.dtype.kind == "f" else a.astype(np.float32))
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every value is finite, without a temporary the size of ``a`` (NaN and ±Inf
+    reach the minimum or the maximum): this runs on every QTensor."""
+    if a.size == 0:
+        return True
+    lo, hi = np.float32(a.min()), np.float32(a.max())
+    return bool(np.isfinite(lo) and np.isfinite(hi))
+
+
 def _stored_scale(scale: Any) -> np.ndarray:
     """``scale`` as a QTensor holds it: float32/float16/bfloat16 kept, other floats float32."""
     arr = np.asarray(scale)
@@ -150,9 +159,8 @@ def _stored_scale(scale: Any) -> np.ndarray:
 def _check_scale(scale: np.ndarray) -> None:
     if scale.dtype.name not in SCALE_DTYPES:
         raise TypeError(f"scale must be float32, float16 or bfloat16, got {scale.dtype}")
-    ok = _finite(scale)
-    if not ok.all():
-        at = int(np.argmin(ok.reshape(-1)))
+    if not _all_finite(scale):
+        at = int(np.argmin(_finite(scale).reshape(-1)))
         raise ValueError(
             f"scale {scale.reshape(-1)[at]} at flat index {at} is not finite; a QTensor's "
             "scales must be finite"
@@ -430,7 +438,7 @@ class QTensor:
         if _is_float(zp.dtype) or self._zp_bits == _UNPACKED:
             if zp.shape != self.scale.shape:
                 raise ValueError(f"zero_point has shape {zp.shape}, scale {self.scale.shape}")
-            if not _finite(zp).all():
+            if not _all_finite(zp):
                 at = int(np.argmin(_finite(zp).reshape(-1)))
                 raise ValueError(
                     f"zero_point {zp.reshape(-1)[at]} at flat index {at} is not finite"

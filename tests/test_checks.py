@@ -433,3 +433,13 @@ def test_qtensor_uses_the_shared_rules():
     text = (PY / "_qtensor.py").read_text()
     assert not re.search(PY_NOWHERE[0][1], text)
     assert "must be at least" not in text and "out of range for" not in text
+
+
+@pytest.mark.parametrize("shape", [5, "32", b"32", 2.0, {"a": 1}.keys()])
+def test_gguf_shapes_are_sequences_of_sizes(shape: Any) -> None:
+    """A bare int or a string is not a shape (a string used to be read character by
+    character, an int to fail with "'int' object is not iterable")."""
+    blocks = qg.quantize(np.ones((2, 32), np.float32), "Q8_0")
+    for fn in (qg.dequantize, qg.to_qtensor):
+        with pytest.raises(TypeError, match="shape must be"):
+            fn(blocks, "Q8_0", shape)

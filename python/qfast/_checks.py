@@ -35,6 +35,13 @@ def as_int(value: Any, name: str) -> int:
     raise TypeError(f"{name} must be an integer, got {value!r}")
 
 
+def as_shape(value: Any, name: str = "shape") -> tuple[int, ...]:
+    """A shape: a sequence of integer sizes (a bare integer is not one)."""
+    if isinstance(value, (int, np.integer, str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of sizes, e.g. (4096, 4096), got {value!r}")
+    return tuple(as_int(d, name) for d in value)
+
+
 def as_bool(value: Any, name: str) -> bool:
     """``value`` as a bool: ``True`` / ``False`` (or NumPy's) only, not ``'no'``, 0 or None."""
     if isinstance(value, (bool, np.bool_)):

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _qfast
-from ._checks import as_int, float_input
+from ._checks import as_shape, float_input
 from ._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 
 __all__ = [
@@ -181,7 +181,7 @@ def dequantize(
             *arr.shape[:-1], row_bytes // info.type_size * info.block_size
         )
     if shape is not None:
-        shape = tuple(as_int(d, "shape") for d in shape)
+        shape = as_shape(shape)
         if int(np.prod(shape)) != out.size:
             raise ValueError(
                 f"shape {shape} holds {int(np.prod(shape))} values but the data holds {out.size}"
@@ -235,7 +235,7 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
     arr = _blocks(data, info)
     n = arr.shape[-1] // info.type_size * info.block_size
     rows = arr.shape[:-1]
-    logical = tuple(as_int(d, "shape") for d in shape) if shape is not None else (*rows, n)
+    logical = as_shape(shape) if shape is not None else (*rows, n)
     if int(np.prod(logical)) != int(np.prod((*rows, n))) or (logical and logical[-1] % 32):
         raise ValueError(f"shape {logical} does not fit {info.name} data of shape {arr.shape}")
     b = arr.reshape(-1, info.type_size)

@@ -1,10 +1,11 @@
 """qfast.dequantize vs NumPy, ONNX Runtime and X.copy(), one benchmark group per operation.
 
 Groups: {int8 per-channel (axis=0) symmetric, int4 group-128 symmetric, int4 group-128
-asymmetric} x {float32, float16 output} x {4096x4096, 4096x14336}. In each group: qfast on one
-thread and on all, NumPy's `(q.astype(float32) - zero_point) * scale` (with the nibble
-unpacking for int4), ONNX Runtime's DequantizeLinear on one thread, and `X.copy()` of the
-float32 tensor. `-k "not 14336"` runs the fast subset.
+asymmetric, int3 group-128 asymmetric} x {float32, float16 output} x {4096x4096, 4096x14336}. In
+each group: qfast on one thread and on all, NumPy's `(q.astype(float32) - zero_point) * scale`
+(with the nibble unpacking for int4, the dense bit stream's for int3: benches/_bitstream.py),
+ONNX Runtime's DequantizeLinear on one thread (no block-wise op for int3: ORT has no int3
+type), and `X.copy()` of the float32 tensor. `-k "not 14336"` runs the fast subset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from numpy.testing import assert_array_equal
 from onnx import TensorProto, helper, numpy_helper
 
 import qfast
+
+from ._bitstream import numpy_unpack
 
 F32 = np.float32
 
@@ -36,13 +39,14 @@ SCHEMES = {
     "int8_axis0": Scheme("int8 per-channel sym", 8, True, axis=0),
     "int4_g128_sym": Scheme("int4 g128 sym packed", 4, True, group_size=128),
     "int4_g128_asym": Scheme("int4 g128 asym packed", 4, False, group_size=128),
+    "int3_g128_asym": Scheme("int3 g128 asym packed", 3, False, group_size=128),
 }
 IMPLS = ("qfast_1t", "qfast_all", "qfast_1t_out", "numpy", "ort_axis0", "ort_block128", "copy")
 CASES = [
     pytest.param((scheme_id, impl), id=f"{scheme_id}-{impl}")
     for scheme_id, scheme in SCHEMES.items()
     for impl in IMPLS
-    if impl != "ort_block128" or scheme.group_size is not None
+    if impl != "ort_block128" or (scheme.group_size is not None and scheme.bits == 4)
 ]
 DTYPES = ("float32", "float16")
 
@@ -78,7 +82,10 @@ def inputs(request: pytest.FixtureRequest) -> Iterator[Inputs]:
 
 
 def numpy_dequantize(qt: qfast.QTensor, dtype: str) -> np.ndarray:
-    """`(q.astype(float32) - zero_point) * scale`, unpacking int4 nibbles first."""
+    """`(q.astype(float32) - zero_point) * scale`, unpacking the packed codes first.
+
+    int4: the nibbles; other widths below 8: the dense bit stream (numpy_unpack).
+    """
     zero_point = None if qt.zero_point is None else qt.zero_point.astype(F32)
     if qt.group_size is None:
         q = qt.data.astype(F32)
@@ -86,9 +93,12 @@ def numpy_dequantize(qt: qfast.QTensor, dtype: str) -> np.ndarray:
         return out.astype(dtype, copy=False)
     rows, n = qt.shape
     p = qt.data
-    codes = np.stack([p & 0x0F, p >> 4], axis=-1).reshape(rows, n // qt.group_size, -1)
-    if qt.signed:
-        codes = (codes.view(np.int8) << 4) >> 4  # sign-extend the nibbles
+    if qt.bits == 4:
+        codes = np.stack([p & 0x0F, p >> 4], axis=-1).reshape(rows, n // qt.group_size, -1)
+        if qt.signed:
+            codes = (codes.view(np.int8) << 4) >> 4  # sign-extend the nibbles
+    else:
+        codes = numpy_unpack(p, n, qt.bits, qt.signed).reshape(rows, n // qt.group_size, -1)
     q = codes.astype(F32)
     if zero_point is not None:
         q = q - zero_point[..., None]
@@ -105,9 +115,9 @@ def ort_axis0(qt: qfast.QTensor, dtype: str, ort_runner: Callable[..., Any]) -> 
         codes, scale = qt.data, qt.scale.ravel()
         note = "the same op: per-row int8, the QTensor's own scales"
     else:
-        codes = qfast.unpack_int4(qt.data, n, signed=qt.signed)
+        codes = qfast.unpack(qt.data, n, qt.bits, signed=qt.signed)
         scale = qt.scale.max(axis=1)
-        note = "one code per byte, one scale per row (a stand-in for the int4 op)"
+        note = f"one code per byte, one scale per row (a stand-in for the int{qt.bits} op)"
     init = [numpy_helper.from_array(scale.astype(dtype), "s")]
     inputs = ["Q", "s"]
     if qt.zero_point is not None:

@@ -1,9 +1,11 @@
 """qfast.quantize vs NumPy, ONNX Runtime and X.copy(), one benchmark group per operation.
 
 Groups: {int8 per-channel (axis=0) symmetric, int4 group-128 symmetric, int4 group-128
-asymmetric} x {float32, float16 input} x {4096x4096, 4096x14336}. In each group: qfast on one
-thread and on all, the straightforward NumPy expression, ONNX Runtime's closest ops on one
-thread, and `X.copy()` of the float32 tensor. `-k "not 14336"` runs the fast subset.
+asymmetric, int3 group-128 asymmetric} x {float32, float16 input} x {4096x4096, 4096x14336}. In
+each group: qfast on one thread and on all, the straightforward NumPy expression (packed as qfast
+stores the codes: nibbles for int4, the dense bit stream of benches/_bitstream.py for int3),
+ONNX Runtime's closest ops on one thread (no block-wise op for int3: ORT has no int3 type), and
+`X.copy()` of the float32 tensor. `-k "not 14336"` runs the fast subset.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from numpy.testing import assert_array_equal
 from onnx import TensorProto, helper, numpy_helper
 
 import qfast
+
+from ._bitstream import numpy_pack
 
 F32 = np.float32
 TINY = np.finfo(F32).tiny
@@ -40,17 +44,19 @@ class Scheme:
 INT8_AXIS0 = Scheme("int8 per-channel sym", 8, True, axis=0)
 INT4_G128_SYM = Scheme("int4 g128 sym packed", 4, True, group_size=128)
 INT4_G128_ASYM = Scheme("int4 g128 asym packed", 4, False, group_size=128)
+INT3_G128_ASYM = Scheme("int3 g128 asym packed", 3, False, group_size=128)
 SCHEMES = {
     "int8_axis0": INT8_AXIS0,
     "int4_g128_sym": INT4_G128_SYM,
     "int4_g128_asym": INT4_G128_ASYM,
+    "int3_g128_asym": INT3_G128_ASYM,
 }
 IMPLS = ("qfast_1t", "qfast_all", "numpy", "ort_dynamic", "ort_axis0", "ort_block128", "copy")
 CASES = [
     pytest.param((scheme_id, impl), id=f"{scheme_id}-{impl}")
     for scheme_id, scheme in SCHEMES.items()
     for impl in IMPLS
-    if impl != "ort_block128" or scheme.group_size is not None
+    if impl != "ort_block128" or (scheme.group_size is not None and scheme.bits == 4)
 ]
 
 
@@ -99,32 +105,43 @@ def numpy_int8_axis0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(x / scale), -128, 127).astype(np.int8), scale
 
 
-def numpy_int4_g128(
-    x: np.ndarray, symmetric: bool, group_size: int = 128
+def numpy_g128(
+    x: np.ndarray, bits: int, symmetric: bool, group_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Group-wise int4 codes packed two per byte (element 2i in the low nibble)."""
+    """Group-wise codes of `bits` bits, packed as qfast stores them.
+
+    int4: two per byte (element 2i in the low nibble); other widths: the dense little-endian
+    bit stream (numpy_pack).
+    """
     x = x.astype(F32, copy=False)
     rows, n = x.shape
     xg = x.reshape(rows, n // group_size, group_size)
     if symmetric:
-        scale = _sanitize(np.abs(xg).max(axis=2, keepdims=True) / F32(7))
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        scale = _sanitize(np.abs(xg).max(axis=2, keepdims=True) / F32(qmax))
         zero_point = None
-        q = np.clip(np.rint(xg / scale), -8, 7).astype(np.int8).view(np.uint8) & 0x0F
+        q = np.clip(np.rint(xg / scale), qmin, qmax).astype(np.int8)
     else:
+        levels = 2**bits - 1
         lo = np.minimum(xg.min(axis=2, keepdims=True), 0)
         hi = np.maximum(xg.max(axis=2, keepdims=True), 0)
-        scale = _sanitize((hi - lo) / F32(15))
-        zero_point = np.clip(np.rint(-lo / scale), 0, 15)
-        q = np.clip(np.rint(xg / scale) + zero_point, 0, 15).astype(np.uint8)
+        scale = _sanitize((hi - lo) / F32(levels))
+        zero_point = np.clip(np.rint(-lo / scale), 0, levels)
+        q = np.clip(np.rint(xg / scale) + zero_point, 0, levels).astype(np.uint8)
     q = q.reshape(rows, n)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    if bits == 4:
+        if symmetric:
+            q = q.view(np.uint8) & 0x0F
+        packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    else:
+        packed = numpy_pack(q, bits)
     return packed, scale[..., 0], None if zero_point is None else zero_point[..., 0]
 
 
 def numpy_quantize(x: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, ...]:
     if scheme.group_size is None:
         return numpy_int8_axis0(x)
-    return numpy_int4_g128(x, scheme.symmetric, scheme.group_size)
+    return numpy_g128(x, scheme.bits, scheme.symmetric, scheme.group_size)
 
 
 def _check_same(got: tuple[np.ndarray, ...], want: qfast.QTensor) -> None:
@@ -164,7 +181,7 @@ def ort_axis0(x: np.ndarray, scheme: Scheme, ort_runner: Callable[..., Any]) -> 
     node = helper.make_node("QuantizeLinear", ["X", "s", "z"], ["Y"], axis=0)
     note = "static: per-row int8 scales/zero points precomputed outside the timed region"
     if scheme.bits != 8:
-        note += "; one code per byte, one scale per row (a stand-in for the int4 op)"
+        note += f"; one code per byte, one scale per row (a stand-in for the int{scheme.bits} op)"
     run = ort_runner([node], {"X": x}, [("Y", out_type, x.shape)], init)
     kind = "i8" if scheme.symmetric else "u8"
     return run, f"ORT QuantizeLinear axis=0 {kind} (static)", note

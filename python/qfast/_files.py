@@ -76,8 +76,8 @@ def _create_new(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Writes ``path`` atomically: yields a temporary path in the same folder (an empty file
-    already created, named ``.NAME.<16 hex digits>.tmp``) to write; on a normal exit it is synced and
-    renamed over ``path``, on any exception (Ctrl-C included) removed.
+    already created, named ``.NAME.<16 hex digits>.tmp``) to write; on a normal exit it is
+    synced and renamed over ``path``, on any exception (Ctrl-C included) removed.
 
     Raises OSError (FileNotFoundError, IsADirectoryError, PermissionError, ...) naming the path
     when the folder does not exist, ``path`` is a folder, or the folder is not writable.

@@ -220,3 +220,20 @@ def test_linear_reads_dense_weights(bits, kw):
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
     yi = qfast.linear(x, w)  # int8 activations: within the activation rounding
     assert np.abs(yi - want).max() <= 0.05 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("bits", [3, 4, 5, 8])
+def test_pack_unpack_threads_agree(bits: int) -> None:
+    """pack / unpack split whole lines across threads (inputs over the parallel threshold):
+    the bytes and codes are those of one thread and of the NumPy bit stream."""
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, (1500, 777), dtype=np.uint8)
+    out = {}
+    for t in (1, 2, 3):
+        qfast.set_num_threads(t)
+        p = qfast.pack(codes, bits)
+        out[t] = (p, qfast.unpack(p, 777, bits, signed=False))
+    np.testing.assert_array_equal(out[1][0], pack_codes(codes, bits))
+    for t in (2, 3):
+        np.testing.assert_array_equal(out[t][0], out[1][0])
+        np.testing.assert_array_equal(out[t][1], codes)

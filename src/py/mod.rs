@@ -8,7 +8,7 @@ mod gptq;
 mod hqq;
 
 use crate::error::QfastError as CoreError;
-use crate::kernels::layout::{line_bytes, pack_line, unpack_line};
+use crate::kernels::layout::{line_bytes, pack_line, unpack_line, TASK_ELEMS};
 use crate::kernels::{self, Element, Granularity, ScaleDtype, Scheme, StaticParams, Strided};
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
@@ -291,11 +291,20 @@ fn pack<'py>(
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
+        // Tasks of whole lines: the bytes do not depend on how they are split.
+        let per = (TASK_ELEMS / n).max(1);
+        let tasks: Vec<_> = codes
+            .chunks(per * n)
+            .zip(dst.chunks_mut(per * lb))
+            .collect();
         py.detach(|| {
-            for (src, dst) in codes.chunks_exact(n).zip(dst.chunks_exact_mut(lb)) {
-                pack_line(k, bits, src, dst);
-            }
-        });
+            crate::parallel::map(tasks, codes.len(), |(src, dst)| {
+                for (src, dst) in src.chunks_exact(n).zip(dst.chunks_exact_mut(lb)) {
+                    pack_line(k, bits, src, dst);
+                }
+            })
+        })
+        .map_err(to_py)?;
     }
     Ok(out)
 }
@@ -339,11 +348,19 @@ fn unpack<'py>(
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
+        let per = (TASK_ELEMS / n).max(1);
+        let tasks: Vec<_> = packed
+            .chunks(per * line_bytes)
+            .zip(dst.chunks_mut(per * n))
+            .collect();
         py.detach(|| {
-            for (src, dst) in packed.chunks_exact(line_bytes).zip(dst.chunks_exact_mut(n)) {
-                unpack_line(k, bits, src, signed, dst);
-            }
-        });
+            crate::parallel::map(tasks, len, |(src, dst)| {
+                for (src, dst) in src.chunks_exact(line_bytes).zip(dst.chunks_exact_mut(n)) {
+                    unpack_line(k, bits, src, signed, dst);
+                }
+            })
+        })
+        .map_err(to_py)?;
     }
     Ok(out)
 }

@@ -19,6 +19,8 @@ from ._checks import (
 from ._qtensor import (
     QTensor,
     as_scale_dtype,
+    check_codes,
+    code_range,
     data_shape,
     line_bytes,
     param_shape,
@@ -138,7 +140,7 @@ def quantize(
     if scale is not None and not signed and zero_point is None:
         raise ValueError("symmetric=False with a given scale also needs zero_point")
     pshape = param_shape(shape, axis, group_size)
-    codes_range = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    codes_range = code_range(bits, signed)
     sdtype = scale_dtype_name(scale_dtype)
     given_scale = None if scale is None else _grid_array(scale, pshape, "scale", codes_range)
     if given_scale is not None and sdtype != "float32":
@@ -210,19 +212,15 @@ def pack(codes: Any, bits: int, *, signed: bool | None = None) -> np.ndarray:
         raise TypeError(f"pack expects integer codes, got {arr.dtype}; round and cast them first")
     bits = check_bits(bits)
     signed = arr.dtype.kind == "i" if signed is None else as_bool(signed, "signed")
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     # Contiguous first: a broadcast view of absurd size fails here, at once, with MemoryError
     # rather than after a scan of every element.
     arr = np.ascontiguousarray(arr).reshape(arr.shape)
-    if arr.size and (arr.min() < lo or arr.max() > hi):
-        bad = (arr < lo) | (arr > hi)
-        if bad.any():
-            at = np.unravel_index(int(bad.argmax()), arr.shape)
-            raise ValueError(
-                f"code {arr[at]} at index {tuple(int(i) for i in at)} is outside the "
-                f"{'signed' if signed else 'unsigned'} {bits}-bit range [{lo}, {hi}]; clip the "
-                f"codes to the range (or pass signed={not signed} if they use the other one)"
-            )
+    check_codes(
+        arr,
+        bits,
+        signed,
+        f"; clip the codes to the range (or pass signed={not signed} if they use the other one)",
+    )
     lead, n = _lines(arr)
     flat = arr.astype(np.int8 if signed else np.uint8, copy=False)
     packed = _qfast.pack(flat.view(np.uint8).reshape(-1), n, bits)

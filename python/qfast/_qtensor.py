@@ -53,13 +53,22 @@ def data_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     return (*lead, line_bytes(n, bits))
 
 
-def _line_bytes(n: int, bits: int) -> int:
-    """Bytes of one packed line of ``n`` codes."""
-    return data_shape((n,), bits)[0]
-
-
-def _code_range(bits: int, signed: bool) -> tuple[int, int]:
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The codes of a ``bits``-wide field: ``[-2^(b-1), 2^(b-1) - 1]`` signed, else
+    ``[0, 2^b - 1]``."""
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def check_codes(codes: np.ndarray, bits: int, signed: bool, hint: str = "") -> None:
+    """A ValueError naming the first code outside the ``bits``-wide range (min / max first,
+    so codes in range cost no temporary)."""
+    lo, hi = code_range(bits, signed)
+    if codes.size and (codes.min() < lo or codes.max() > hi):
+        at = np.unravel_index(int(((codes < lo) | (codes > hi)).argmax()), codes.shape)
+        raise ValueError(
+            f"code {int(codes[at])} at index {tuple(int(i) for i in at)} is outside the "
+            f"{'signed' if signed else 'unsigned'} {bits}-bit range [{lo}, {hi}]{hint}"
+        )
 
 
 def _pack_lines(codes: np.ndarray, n: int, bits: int, signed: bool) -> np.ndarray:
@@ -75,7 +84,7 @@ def _unpack_lines(packed: np.ndarray, n: int, bits: int, signed: bool) -> np.nda
     """The inverse of :func:`_pack_lines`: flat int8 (signed) or uint8 codes."""
     flat = np.ascontiguousarray(packed).view(np.uint8).reshape(-1)
     if bits < 8 and n:
-        m = _line_bytes(n, bits)
+        m = line_bytes(n, bits)
         flat = _qfast.unpack(flat, m, n, bits, signed)
     elif not n:
         flat = flat[:0]
@@ -176,19 +185,6 @@ def _as_g_idx(g_idx: Any) -> np.ndarray:
         bad = g.min() if g.min() < 0 else g.max()
         raise ValueError(f"g_idx holds group {bad}, which is not a group index")
     return g.astype(np.int32, copy=False)
-
-
-def _check_code_range(codes: np.ndarray, bits: int, signed: bool) -> None:
-    """A ValueError naming the first code outside the ``bits``-wide range (codes one a byte)."""
-    c = np.asarray(codes).view(np.int8 if signed else np.uint8)
-    lo, hi = _code_range(bits, signed)
-    bad = (c < lo) | (c > hi)
-    if bad.any():
-        at = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), c.shape))
-        raise ValueError(
-            f"code {int(c[at])} at index {at} is outside the {bits}-bit "
-            f"{'signed' if signed else 'unsigned'} range [{lo}, {hi}]"
-        )
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:
@@ -315,7 +311,7 @@ class QTensor:
             return
         if zp.dtype.kind not in "iu":
             raise TypeError(f"zero_point must be integer or float, got {zp.dtype}")
-        lo, hi = _code_range(self.bits, self.signed)
+        lo, hi = code_range(self.bits, self.signed)
         if zp.size and (zp.min() < lo or zp.max() > hi):
             bad = zp.min() if zp.min() < lo else zp.max()
             raise ValueError(
@@ -340,8 +336,8 @@ class QTensor:
         n, _ = self._zp_lines()
         shape = self.scale.shape
         if self.group_size is not None and shape:
-            return (*shape[:-1], _line_bytes(n, bits))
-        return (_line_bytes(n, bits),)
+            return (*shape[:-1], line_bytes(n, bits))
+        return (line_bytes(n, bits),)
 
     @property
     def _stored(self) -> tuple[Any, ...]:
@@ -730,7 +726,7 @@ class _Loader:
                         f"data has shape {data.shape}; {bits}-bit codes one a byte of logical "
                         f"shape {shape} are stored as {shape}"
                     )
-                _check_code_range(data, bits, signed)
+                check_codes(data.view(np.int8 if signed else np.uint8), bits, signed)
                 codes = data.reshape(shape).view(np.int8 if signed else np.uint8)
                 q = cls.from_codes(codes, bits, signed, scale, None, **kwargs)
             else:

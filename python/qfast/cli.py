@@ -57,11 +57,8 @@ def _safetensors() -> ModuleType:
     """``safetensors.numpy``, imported on first use (an optional dependency)."""
     try:
         return _st._safetensors()
-    except ImportError:
-        raise CLIError(
-            f"{PROG}: error: reading and writing .safetensors files needs the 'safetensors' "
-            "package: pip install 'qfast-quant[models]'"
-        ) from None
+    except ImportError as e:
+        raise CLIError(f"{PROG}: error: {e}") from None
 
 
 def _os_reason(e: OSError) -> str:

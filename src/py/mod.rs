@@ -259,7 +259,31 @@ fn dequantize<'py>(
     }
 }
 
-/// Checks a code width for `pack` / `unpack`.
+/// Runs `f` on every line pair (`src` in lines of `a` bytes, `dst` in lines of `b`) with the
+/// GIL released, across qfast's threads in tasks of whole lines (about `TASK_ELEMS` bytes of
+/// the wider side each): the result does not depend on the split.
+fn map_lines(
+    py: Python<'_>,
+    src: &[u8],
+    a: usize,
+    dst: &mut [u8],
+    b: usize,
+    f: impl Fn(&[u8], &mut [u8]) + Sync + Send,
+) -> PyResult<()> {
+    let per = (TASK_ELEMS / a.max(b).max(1)).max(1);
+    let work = src.len().max(dst.len());
+    let tasks: Vec<_> = src.chunks(per * a).zip(dst.chunks_mut(per * b)).collect();
+    py.detach(|| {
+        crate::parallel::map(tasks, work, |(src, dst)| {
+            for (s, d) in src.chunks_exact(a).zip(dst.chunks_exact_mut(b)) {
+                f(s, d);
+            }
+        })
+    })
+    .map_err(to_py)?;
+    Ok(())
+}
+
 /// pack(codes, n, bits)
 /// --
 ///
@@ -291,20 +315,7 @@ fn pack<'py>(
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
-        // Tasks of whole lines: the bytes do not depend on how they are split.
-        let per = (TASK_ELEMS / n).max(1);
-        let tasks: Vec<_> = codes
-            .chunks(per * n)
-            .zip(dst.chunks_mut(per * lb))
-            .collect();
-        py.detach(|| {
-            crate::parallel::map(tasks, codes.len(), |(src, dst)| {
-                for (src, dst) in src.chunks_exact(n).zip(dst.chunks_exact_mut(lb)) {
-                    pack_line(k, bits, src, dst);
-                }
-            })
-        })
-        .map_err(to_py)?;
+        map_lines(py, codes, n, dst, lb, |s, d| pack_line(k, bits, s, d))?;
     }
     Ok(out)
 }
@@ -348,19 +359,9 @@ fn unpack<'py>(
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut()?;
-        let per = (TASK_ELEMS / n).max(1);
-        let tasks: Vec<_> = packed
-            .chunks(per * line_bytes)
-            .zip(dst.chunks_mut(per * n))
-            .collect();
-        py.detach(|| {
-            crate::parallel::map(tasks, len, |(src, dst)| {
-                for (src, dst) in src.chunks_exact(line_bytes).zip(dst.chunks_exact_mut(n)) {
-                    unpack_line(k, bits, src, signed, dst);
-                }
-            })
-        })
-        .map_err(to_py)?;
+        map_lines(py, packed, line_bytes, dst, n, |s, d| {
+            unpack_line(k, bits, s, signed, d)
+        })?;
     }
     Ok(out)
 }

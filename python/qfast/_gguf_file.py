@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -588,7 +588,8 @@ def save(
         _check_required(metadata, arch)
     kvs = _metadata_entries(metadata, value_types or {}, arch, int(align))
     raw = [_raw_tensor(name, tensor) for name, tensor in tensors.items()]
-    _write_atomically(Path(path), lambda tmp: _write(tmp, arch, kvs, raw))
+    with atomic_write(path) as tmp:
+        _write(tmp, arch, kvs, raw)
 
 
 def _check_required(metadata: Mapping[str, Any], architecture: str | None) -> None:
@@ -817,10 +818,3 @@ def _write(
         writer.write_tensors_to_file()
     finally:
         writer.close()
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Runs ``write`` on a temporary path beside ``path``, then renames the file to ``path``;
-    if anything fails, removes it and leaves ``path`` as it was (``qfast._files.atomic_write``)."""
-    with atomic_write(path) as tmp:
-        write(tmp)

@@ -1,0 +1,1 @@
+"""The model level: checkpoints in, forward passes, evaluation (``qfast.load_model``, ...)."""

@@ -59,7 +59,7 @@ class BuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """``$QFAST_CACHE``, else ``$XDG_CACHE_HOME/qfast``, else ``~/.cache/qfast`` (as qfast.assets)."""
+    """``$QFAST_CACHE``, else ``$XDG_CACHE_HOME/qfast``, else ``~/.cache/qfast``."""
     env = os.environ.get("QFAST_CACHE")
     if env:
         return Path(env).expanduser()

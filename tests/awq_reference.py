@@ -156,6 +156,39 @@ def compute_best_clip(
     return best_max_val.reshape(org_w_shape[0], -1)
 
 
+def _gamma(n):
+    """Higham's gamma_n = n u / (1 - n u): a sum of n float32 terms, in any order and with or
+    without FMA, is within gamma_{n-1} * sum |terms| of the exact sum."""
+    u = float(np.finfo(F32).eps) / 2
+    return n * u / (1 - n * u)
+
+
+def clip_losses(w, input_feat, bits, group_size, zero_point, bounds, n_sample_token=512):
+    """The clip search's loss (``compute_best_clip``'s ``err``) of the bounds ``bounds``
+    ``[co, n_group]``, evaluated exactly (float64, from the same float32 fake-quantized
+    weights), and a bound on the error of any float32 evaluation of it: the group dots
+    (``group_size`` products, in whatever order a BLAS or SIMD kernel sums them, inputs a few
+    ulps apart) and the mean over tokens. Two bounds whose losses are closer than the sum of
+    their rounding bounds can be ordered either way by float32 arithmetic.
+
+    Returns (loss, rounding), each float64 ``[co, n_group]``."""
+    co, n_in = w.shape
+    n_group = n_in // group_size
+    feat = input_feat.reshape(-1, input_feat.shape[-1])
+    feat = feat[:: max(1, feat.shape[0] // n_sample_token)].astype(np.float64)
+    bound = np.repeat(bounds.reshape(co, n_group), group_size, axis=1)
+    q = pseudo_quantize_tensor(np.clip(w, -bound, bound), bits, group_size, zero_point)[0]
+    f = feat.reshape(feat.shape[0], n_group, group_size)
+    wg = w.astype(np.float64).reshape(co, n_group, group_size)
+    qg = q.astype(np.float64).reshape(co, n_group, group_size)
+    d = np.einsum("tgk,cgk->ctg", f, qg - wg)  # exact up to float64 rounding
+    mags = np.einsum("tgk,cgk->ctg", np.abs(f), np.abs(wg) + np.abs(qg))
+    e = _gamma(group_size + 2) * mags  # both dots' errors, inputs within an ulp
+    loss = np.square(d).mean(axis=1)
+    rounding = (2 * np.abs(d) * e + e * e).mean(axis=1) + _gamma(d.shape[1] + 1) * loss
+    return loss, rounding
+
+
 def awq(
     weights,
     x,
@@ -202,4 +235,5 @@ def awq(
         "zeros": [c[2] for c in codes],
         "deq": deq,
         "x_scaled": feat,
+        "n_sample_token": n_sample_token,
     }

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install build-dev test test-rust test-python lint check-stubs check-aarch64 \
+.PHONY: install build-dev test test-rust test-python test-avx2 lint check-stubs check-aarch64 \
 	check-workflows demo bench bench-gemm bench-gguf clean
 
 $(VENV)/.installed: requirements-dev.txt
@@ -26,6 +26,13 @@ test-python: build-dev
 	$(BIN)/python -m pytest -q tests
 
 test: test-rust test-python ## the whole test suite
+
+# The tests whose oracles sum in float32 through BLAS (NumPy matmul / einsum), as an AVX2
+# machine runs them: OpenBLAS's Haswell kernels and qfast's AVX2 path (about a minute).
+AVX2_TESTS := tests/test_awq.py tests/test_bert.py tests/test_gptq.py tests/test_hqq.py \
+	tests/test_linear.py tests/test_layer_error.py
+test-avx2: build-dev ## the BLAS-comparing tests under OPENBLAS_CORETYPE=Haswell QFAST_ISA=avx2
+	OPENBLAS_CORETYPE=Haswell QFAST_ISA=avx2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 
 check-stubs: build-dev ## the .pyi stubs against the compiled module
 	$(BIN)/python -m mypy.stubtest qfast._qfast --allowlist .ci/stubtest-allowlist.txt

@@ -430,7 +430,7 @@ def test_python_and_rust_word_the_shared_rules_alike():
 
 
 def test_qtensor_uses_the_shared_rules():
-    text = (PY / "_qtensor.py").read_text()
+    text = (PY / "tensor" / "qtensor.py").read_text()
     assert not re.search(PY_NOWHERE[0][1], text)
     assert "must be at least" not in text and "out of range for" not in text
 

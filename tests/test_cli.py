@@ -20,8 +20,8 @@ import pytest
 
 import qfast
 from qfast import assets
-from qfast._qtensor import QTensor
 from qfast.cli import main, numpy_int4_group, numpy_int8_per_channel
+from qfast.tensor.qtensor import QTensor
 
 st = pytest.importorskip("safetensors.numpy")
 

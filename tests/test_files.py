@@ -18,7 +18,7 @@ import pytest
 
 import qfast
 from qfast import _files, assets
-from qfast._qtensor import QTensor
+from qfast.tensor.qtensor import QTensor
 
 st = pytest.importorskip("safetensors.numpy")
 

@@ -595,7 +595,7 @@ def test_qtensor_round_trip_gguf_py_bytes(name: str) -> None:
 def test_qtensor_round_trip_any_bytes(name: str) -> None:
     """Any finite blocks, negative zeros and subnormals included, come back byte for byte,
     also after the QTensor went through to_dict / from_dict."""
-    from qfast._qtensor import QTensor
+    from qfast.tensor.qtensor import QTensor
 
     blocks = special_blocks(name, np.random.default_rng(5))
     q = qg.to_qtensor(blocks, name)
@@ -619,7 +619,7 @@ def test_qtensor_round_trip_any_bytes(name: str) -> None:
 
 def test_kept_blocks_not_used_for_a_changed_grid() -> None:
     """A kept block whose grid was changed since to_qtensor is written from the grid."""
-    from qfast._qtensor import QTensor
+    from qfast.tensor.qtensor import QTensor
 
     blocks = special_blocks("Q4_1", np.random.default_rng(5))
     q = qg.to_qtensor(blocks, "Q4_1")

@@ -187,7 +187,7 @@ def test_many_small_batches_are_one_call(monkeypatch: pytest.MonkeyPatch):
     """20,000 2x2 batches took 39-60 ms when the batch loop ran in Python, one kernel call per
     batch (NumPy: under 1 ms). The whole batch is now one call into Rust; the speed itself is
     measured by benches/test_matmul.py::test_matmul_int8_batched."""
-    from qfast import _matmul
+    from qfast.tensor import linear as _matmul
 
     real = _matmul._qfast
     calls: list[str] = []

@@ -14,7 +14,7 @@ import pytest
 
 import qfast
 from qfast import QTensor
-from qfast._qtensor import _unpack_lines
+from qfast.tensor.qtensor import _unpack_lines
 
 F32 = np.float32
 BF16 = ml_dtypes.bfloat16

@@ -6,16 +6,16 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 from __future__ import annotations
 
 from . import gguf
-from ._api import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
 from ._awq import AWQResult, awq
 from ._gptq import gptq
 from ._hessian import Hessian
 from ._hqq import hqq
-from ._matmul import linear, matmul_int8
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
-from ._qtensor import QTensor
 from ._rtn import rtn
 from ._safetensors import load, save
+from .tensor.linear import linear, matmul_int8
+from .tensor.qtensor import QTensor
+from .tensor.quantize import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
 
 __all__ = [
     "AWQResult",

@@ -27,7 +27,7 @@ from ._checks import (
     check_group_divides,
     float32_input,
 )
-from ._qtensor import QTensor
+from .tensor.qtensor import QTensor
 
 F32 = np.float32
 

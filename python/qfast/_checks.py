@@ -125,7 +125,7 @@ def float_input(x: Any, name: str) -> np.ndarray:
     A NumPy array must already be float; other array-likes of numbers (a list of ints, a
     Python scalar) are converted to float32. A QTensor is refused (dequantize it first).
     """
-    from ._qtensor import QTensor  # here: _qtensor may use these rules too
+    from .tensor.qtensor import QTensor  # here: qtensor uses these rules too
 
     if isinstance(x, QTensor):
         raise TypeError(f"{name} is already a QTensor; dequantize it first")

@@ -17,7 +17,7 @@ from ._checks import (
     check_positive,
     float32_input,
 )
-from ._qtensor import QTensor, param_shape
+from .tensor.qtensor import QTensor, param_shape
 
 # hqq's early stopping compares against this before the first iteration (a float the first
 # error is expected to beat; a tensor whose mean error is larger stops after one iteration).

@@ -31,7 +31,7 @@ from ._checks import (
     check_group_size,
     float_input,
 )
-from ._qtensor import QTensor, as_scale_dtype, scale_dtype_name
+from .tensor.qtensor import QTensor, as_scale_dtype, scale_dtype_name
 
 F32 = np.float32
 

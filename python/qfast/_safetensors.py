@@ -24,7 +24,7 @@ from typing import Any, Union
 import numpy as np
 
 from ._files import atomic_write
-from ._qtensor import QTensor
+from .tensor.qtensor import QTensor
 
 __all__ = ["FILE_FORMAT", "load", "save"]
 

@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__, cpu_info, get_num_threads, quantize, set_num_threads
 from . import _safetensors as _st
 from ._files import check_writable_target
-from ._qtensor import QTensor
+from .tensor.qtensor import QTensor
 
 PROG = "qfast"
 #: safetensors metadata ``format`` value of the files ``qfast quantize`` writes.

@@ -249,8 +249,8 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
 
 def _qtensor_of_blocks(b: np.ndarray, name: str, logical: tuple[int, ...]) -> Any:
     """The QTensor of GGUF blocks ``b`` (``[nblocks, type_size]`` bytes)."""
-    from ._api import pack_int4
-    from ._qtensor import QTensor
+    from .tensor.qtensor import QTensor
+    from .tensor.quantize import pack_int4
 
     groups = (*logical[:-1], logical[-1] // 32) if logical else (1,)
     d = np.ascontiguousarray(b[:, :2]).view(np.float16).reshape(groups)
@@ -276,7 +276,7 @@ def _qtensor_of_blocks(b: np.ndarray, name: str, logical: tuple[int, ...]) -> An
 def _canonical_blocks(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     """The blocks ``[nblocks, type_size]`` of a group-32 QTensor's grid, without the kept
     ``meta["gguf_blocks"]``; ValueError if it has no block form."""
-    from ._api import unpack_int4
+    from .tensor.quantize import unpack_int4
 
     if q.group_size != 32 or q.g_idx is not None or not q.shape or q.shape[-1] % 32:
         raise ValueError(
@@ -320,7 +320,7 @@ def _canonical_blocks(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
 
 def _same_block(a: Any, b: Any, i: int) -> bool:
     """Whether group ``i`` of QTensors ``a`` and ``b`` (same layout) holds the same grid."""
-    from ._api import unpack_int4
+    from .tensor.quantize import unpack_int4
 
     def group(q: Any) -> list[np.ndarray]:
         out = [np.asarray(q.scale, np.float32).reshape(-1)[i : i + 1]]
@@ -349,7 +349,7 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     ``qfast.gguf.quantize`` instead. A QTensor from ``to_qtensor`` gives back its bytes, byte
     for byte (``d = 0`` blocks, negative zeros and subnormal ``d`` / ``m`` included).
     """
-    from ._qtensor import QTensor
+    from .tensor.qtensor import QTensor
 
     if not isinstance(q, QTensor):
         hint = " (QTensor.from_dict(d) makes one from a dict)" if isinstance(q, dict) else ""
@@ -398,8 +398,8 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
 
 def _one_group(q: Any, i: int, groups: tuple[int, ...]) -> Any:
     """Group ``i`` of a group-32 QTensor as a QTensor of 32 values."""
-    from ._api import pack_int4, unpack_int4
-    from ._qtensor import QTensor
+    from .tensor.qtensor import QTensor
+    from .tensor.quantize import pack_int4, unpack_int4
 
     logical = (1,) * (len(q.shape) - 1) + (32,)
     g = (*logical[:-1], 1)

@@ -27,7 +27,7 @@ from typing import Any, Union
 import numpy as np
 import numpy.typing as npt
 
-from .._qtensor import QTensor
+from ..tensor.qtensor import QTensor
 
 F32 = npt.NDArray[np.float32]
 Weight = Union[F32, QTensor]
@@ -164,7 +164,7 @@ class Model:
 
     def linear(self, x: F32, name: str, bias: str | None = None) -> F32:
         """``x @ W.T (+ b)`` over the last axis of ``x``, with the weight ``name``."""
-        from .._matmul import linear
+        from ..tensor.linear import linear
 
         w = self.weights[name]
         b = None if bias is None else self.weights[bias]

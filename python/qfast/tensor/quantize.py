@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _qfast
-from ._checks import (
+from .. import _qfast
+from .._checks import (
     as_bool,
     as_int,
     check_bits,
@@ -16,7 +16,7 @@ from ._checks import (
     float_input,
     normalize_axis,
 )
-from ._qtensor import (
+from .qtensor import (
     QTensor,
     as_scale_dtype,
     check_codes,

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _qfast
-from ._checks import float32_input
-from ._qtensor import QTensor, line_bytes
+from .. import _qfast
+from .._checks import float32_input
+from .qtensor import QTensor, line_bytes
 
 _COMPUTE = ("int8", "float")
 

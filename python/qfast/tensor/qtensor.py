@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _qfast
-from ._checks import as_bool, as_int, check_bits, check_group_size, normalize_axis
+from .. import _qfast
+from .._checks import as_bool, as_int, check_bits, check_group_size, normalize_axis
 
 # Version 2: scales in their own dtype, integer zero points packed at the code width, a header
 # that records every field. Version 1 (float32 scales, int32 zero points, 3/5/6/7-bit codes
@@ -362,7 +362,7 @@ class QTensor:
 
         ``kwargs``: ``axis``, ``group_size``, ``g_idx``, ``meta`` as for the constructor.
         """
-        from ._api import pack
+        from .quantize import pack
 
         codes = np.asarray(codes)
         shape = tuple(codes.shape)

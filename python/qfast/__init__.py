@@ -8,11 +8,11 @@ from __future__ import annotations
 from . import gguf
 from ._awq import AWQResult, awq
 from ._gptq import gptq
-from ._hessian import Hessian
 from ._hqq import hqq
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from ._rtn import rtn
 from ._safetensors import load, save
+from .calibration.hessian import Hessian
 from .tensor.linear import linear, matmul_int8
 from .tensor.qtensor import QTensor
 from .tensor.quantize import dequantize, pack, pack_int4, quantize, unpack, unpack_int4

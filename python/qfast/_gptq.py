@@ -27,8 +27,8 @@ import numpy as np
 
 from . import _qfast
 from ._checks import as_bool, check_at_least, check_bits, check_positive
-from ._hessian import Hessian
 from ._rtn import MSE_SEARCH, as_weight, grid_params, rows_group_size, to_qtensor
+from .calibration.hessian import Hessian
 from .tensor.qtensor import QTensor, scale_dtype_name
 
 F32 = np.float32

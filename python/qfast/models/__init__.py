@@ -11,7 +11,7 @@ Importing this package needs only NumPy; loading a model needs the optional pack
 
 from __future__ import annotations
 
+from ..calibration.text import calibration_paragraphs, heldout_paragraphs
 from .bert import Bert, BertConfig
-from .text import calibration_paragraphs, heldout_paragraphs
 
 __all__ = ["Bert", "BertConfig", "calibration_paragraphs", "heldout_paragraphs"]

@@ -152,9 +152,9 @@ def minilm_layer_errors(
 ) -> list[LayerError]:
     """:func:`layer_errors` over all-MiniLM-L6-v2's 36 linear layers, with inputs captured on
     ``calibration_paragraphs`` / ``heldout_paragraphs`` Wikipedia paragraphs."""
+    from ..calibration.text import calibration_paragraphs as calib_text
+    from ..calibration.text import heldout_paragraphs as heldout_text
     from .bert import Bert
-    from .text import calibration_paragraphs as calib_text
-    from .text import heldout_paragraphs as heldout_text
 
     bert = Bert.load()
     calib = bert.capture_linear_inputs(calib_text(calibration_paragraphs))

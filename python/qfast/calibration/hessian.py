@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_at_least, check_finite, float32_input
+from .._checks import check_at_least, check_finite, float32_input
 
 F32 = np.float32
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import qfast
-from qfast import _gptq
+from qfast.algorithms import gptq as _gptq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import gptq_reference as ref

@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _qfast
-from ._checks import (
+from .. import _qfast
+from .._checks import (
     as_bool,
     as_float,
     check_at_least,
@@ -17,7 +17,7 @@ from ._checks import (
     check_positive,
     float32_input,
 )
-from .tensor.qtensor import QTensor, param_shape
+from ..tensor.qtensor import QTensor, param_shape
 
 # hqq's early stopping compares against this before the first iteration (a float the first
 # error is expected to beat; a tensor whose mean error is larger stops after one iteration).

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _qfast
-from ._checks import (
+from .. import _qfast
+from .._checks import (
     as_bool,
     as_float,
     check_at_least,
@@ -27,7 +27,7 @@ from ._checks import (
     check_group_divides,
     float32_input,
 )
-from .tensor.qtensor import QTensor
+from ..tensor.qtensor import QTensor
 
 F32 = np.float32
 

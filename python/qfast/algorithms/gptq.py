@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _qfast
-from ._checks import as_bool, check_at_least, check_bits, check_positive
-from ._rtn import MSE_SEARCH, as_weight, grid_params, rows_group_size, to_qtensor
-from .calibration.hessian import Hessian
-from .tensor.qtensor import QTensor, scale_dtype_name
+from .. import _qfast
+from .._checks import as_bool, check_at_least, check_bits, check_positive
+from ..calibration.hessian import Hessian
+from ..tensor.qtensor import QTensor, scale_dtype_name
+from ._grid import MSE_SEARCH, as_weight, grid_params, rows_group_size, to_qtensor
 
 F32 = np.float32
 

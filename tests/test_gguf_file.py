@@ -1,4 +1,4 @@
-"""qfast's GGUF files (``qfast._gguf_file``: load / save) against gguf-py's own reader: a real
+"""qfast's GGUF files (``qfast.formats.gguf.file``: load / save) against gguf-py's own reader: a real
 file (SmolLM2-135M's Q4_1 GGUF) loads with the metadata and tensors GGUFReader sees, writes back
 unchanged, and new files (quantized with qfast.gguf) read back with the types, shapes, bytes and
 metadata they were given."""
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import qfast.gguf as qg
-from qfast._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
+from qfast.formats.gguf.file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 
 gguf = pytest.importorskip("gguf")
 V = gguf.GGUFValueType
@@ -640,7 +640,7 @@ import os, sys
 import numpy as np
 import qfast
 import qfast.gguf as qg
-from qfast._gguf_file import load, save
+from qfast.formats.gguf.file import load, save
 
 path, out = sys.argv[1], sys.argv[2]
 f = load(path)

@@ -27,8 +27,8 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from . import __version__, cpu_info, get_num_threads, quantize, set_num_threads
-from . import _safetensors as _st
 from ._files import check_writable_target
+from .formats import safetensors as _st
 from .tensor.qtensor import QTensor
 
 PROG = "qfast"
@@ -56,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 def _safetensors() -> ModuleType:
     """``safetensors.numpy``, imported on first use (an optional dependency)."""
     try:
-        return _st._safetensors()
+        return _st.safetensors_numpy()
     except ImportError as e:
         raise CLIError(f"{PROG}: error: {e}") from None
 

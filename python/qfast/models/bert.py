@@ -61,7 +61,7 @@ _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     """A checkpoint's tensors, with the QTensors of a ``qfast quantize`` / ``qfast.save``
     file dequantized (``qfast.load`` finds them)."""
-    from .._safetensors import load
+    from ..formats.safetensors import load
     from ..tensor.qtensor import QTensor
 
     return {name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()}

@@ -1,23 +1,5 @@
-"""GGUF (llama.cpp) tensor types, bit-exact with ggml's reference code and ``gguf.quants``.
-
-Types are named as GGUF names them (``"Q4_0"``, case-insensitive), or given as a
-``gguf.GGMLQuantizationType`` or its integer id. Shapes are in NumPy order: the blocks run along
-the last axis, so its length must be a multiple of the type's block size.
-
-- ``quantize(x, type)``: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, following each format's
-  own rounding rule (Q4_0's ``trunc(x / d + 8.5)`` with ``d = max / -8``, Q8_0's ties away
-  from zero, ...), not qfast's ties-to-even grid.
-- ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
-  and IQ4_XS.
-- ``to_qtensor`` / ``from_qtensor``: Q8_0, Q4_0 and Q4_1 blocks as group-32 QTensors (for
-  ``qfast.linear``) and back, without a float round trip.
-- ``dot(w, x)``: llama.cpp's ``Q4_0 · Q8_0`` dot products, row by row.
-- ``load(path)`` / ``save(path, tensors, metadata)``: GGUF files through the ``gguf`` package,
-  lazily memory-mapped; ``REQUIRED_KEYS`` lists what llama.cpp needs per architecture.
-
-Results have the layout ``gguf.quants.quantize`` gives (and ``gguf.GGUFWriter`` takes): bytes
-``uint8 (..., row_bytes)`` for block types and BF16, ``float16`` for F16, ``float32`` for F32.
-"""
+"""GGUF block formats (llama.cpp's tensor types), bit-exact with ggml's reference code and
+``gguf.quants``; the package ``qfast.formats.gguf`` (``qfast.gguf``) documents them."""
 
 from __future__ import annotations
 
@@ -26,21 +8,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from . import _qfast
-from ._checks import as_shape, float_input
-from ._gguf_file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
+from ... import _qfast
+from ..._checks import as_shape, float_input
 
 __all__ = [
-    "REQUIRED_KEYS",
-    "GGUFFile",
-    "GGUFTensor",
     "TypeInfo",
     "dequantize",
     "dot",
     "from_qtensor",
-    "load",
     "quantize",
-    "save",
     "to_qtensor",
     "type_info",
 ]
@@ -249,8 +225,8 @@ def to_qtensor(data: npt.ArrayLike, type: Any, shape: tuple[int, ...] | None = N
 
 def _qtensor_of_blocks(b: np.ndarray, name: str, logical: tuple[int, ...]) -> Any:
     """The QTensor of GGUF blocks ``b`` (``[nblocks, type_size]`` bytes)."""
-    from .tensor.qtensor import QTensor
-    from .tensor.quantize import pack_int4
+    from ...tensor.qtensor import QTensor
+    from ...tensor.quantize import pack_int4
 
     groups = (*logical[:-1], logical[-1] // 32) if logical else (1,)
     d = np.ascontiguousarray(b[:, :2]).view(np.float16).reshape(groups)
@@ -276,7 +252,7 @@ def _qtensor_of_blocks(b: np.ndarray, name: str, logical: tuple[int, ...]) -> An
 def _canonical_blocks(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     """The blocks ``[nblocks, type_size]`` of a group-32 QTensor's grid, without the kept
     ``meta["gguf_blocks"]``; ValueError if it has no block form."""
-    from .tensor.quantize import unpack_int4
+    from ...tensor.quantize import unpack_int4
 
     if q.group_size != 32 or q.g_idx is not None or not q.shape or q.shape[-1] % 32:
         raise ValueError(
@@ -320,7 +296,7 @@ def _canonical_blocks(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
 
 def _same_block(a: Any, b: Any, i: int) -> bool:
     """Whether group ``i`` of QTensors ``a`` and ``b`` (same layout) holds the same grid."""
-    from .tensor.quantize import unpack_int4
+    from ...tensor.quantize import unpack_int4
 
     def group(q: Any) -> list[np.ndarray]:
         out = [np.asarray(q.scale, np.float32).reshape(-1)[i : i + 1]]
@@ -349,7 +325,7 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
     ``qfast.gguf.quantize`` instead. A QTensor from ``to_qtensor`` gives back its bytes, byte
     for byte (``d = 0`` blocks, negative zeros and subnormal ``d`` / ``m`` included).
     """
-    from .tensor.qtensor import QTensor
+    from ...tensor.qtensor import QTensor
 
     if not isinstance(q, QTensor):
         hint = " (QTensor.from_dict(d) makes one from a dict)" if isinstance(q, dict) else ""
@@ -398,8 +374,8 @@ def from_qtensor(q: Any) -> tuple[npt.NDArray[np.uint8], str]:
 
 def _one_group(q: Any, i: int, groups: tuple[int, ...]) -> Any:
     """Group ``i`` of a group-32 QTensor as a QTensor of 32 values."""
-    from .tensor.qtensor import QTensor
-    from .tensor.quantize import pack_int4, unpack_int4
+    from ...tensor.qtensor import QTensor
+    from ...tensor.quantize import pack_int4, unpack_int4
 
     logical = (1,) * (len(q.shape) - 1) + (32,)
     g = (*logical[:-1], 1)

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import numpy.typing as npt
 
-from ._checks import as_bool, as_int
-from ._files import atomic_write
+from ..._checks import as_bool, as_int
+from ..._files import atomic_write
+from .blocks import dequantize
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
@@ -140,7 +141,7 @@ class _MappedFile:
     def check(self, name: str, end: int) -> None:
         size = self._size()
         if size is not None and size < end:
-            from ._qfast import QfastError
+            from ..._qfast import QfastError
 
             raise QfastError(
                 f"{self.path} shrank to {size:,} bytes since it was loaded "
@@ -185,8 +186,6 @@ class GGUFTensor:
         """The values as a new float32 array of ``shape`` (``qfast.gguf.dequantize``; a
         ValueError names a type qfast cannot read, a QfastError a file that shrank since it
         was loaded)."""
-        from .gguf import dequantize
-
         self.check_mapped()
         return dequantize(self.data, self.type, self.shape)
 

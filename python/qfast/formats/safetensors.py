@@ -23,8 +23,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._files import atomic_write
-from .tensor.qtensor import QTensor
+from .._files import atomic_write
+from ..tensor.qtensor import QTensor
 
 __all__ = ["FILE_FORMAT", "load", "save"]
 
@@ -35,7 +35,7 @@ _HEADER = "qfast_header"
 Tensor = Union[QTensor, np.ndarray]
 
 
-def _safetensors() -> ModuleType:
+def safetensors_numpy() -> ModuleType:
     """``safetensors.numpy``, imported on first use (an optional dependency)."""
     try:
         import ml_dtypes  # noqa: F401  (registers bfloat16, so BF16 tensors load and save)
@@ -122,7 +122,7 @@ def save(
         OSError: the file cannot be written (its folder does not exist, is read-only, ...).
         ImportError: ``safetensors`` is not installed.
     """
-    st = _safetensors()
+    st = safetensors_numpy()
     meta: dict[str, str] = {}
     for k, v in (metadata or {}).items():
         if not isinstance(k, str) or not isinstance(v, str):
@@ -138,7 +138,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
     """All entries of a safetensors file (in file order where safetensors can tell it) and its
     metadata. OSError for a missing file or a folder, ValueError for a file that is not
     safetensors or is truncated."""
-    _safetensors()
+    safetensors_numpy()
     from safetensors import safe_open
 
     p = Path(path)

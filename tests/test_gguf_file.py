@@ -1,7 +1,7 @@
-"""qfast's GGUF files (``qfast.formats.gguf.file``: load / save) against gguf-py's own reader: a real
-file (SmolLM2-135M's Q4_1 GGUF) loads with the metadata and tensors GGUFReader sees, writes back
-unchanged, and new files (quantized with qfast.gguf) read back with the types, shapes, bytes and
-metadata they were given."""
+"""qfast's GGUF files (``qfast.formats.gguf.file``: load / save) against gguf-py's own reader:
+a real file (SmolLM2-135M's Q4_1 GGUF) loads with the metadata and tensors GGUFReader sees,
+writes back unchanged, and new files (quantized with qfast.gguf) read back with the types,
+shapes, bytes and metadata they were given."""
 
 from __future__ import annotations
 

@@ -5,13 +5,13 @@ SIMD kernels in Rust (AVX-512 VNNI, AVX2, NEON, chosen at run time) under a smal
 
 from __future__ import annotations
 
+from . import gguf
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from .algorithms.awq import AWQResult, awq
 from .algorithms.gptq import gptq
 from .algorithms.hqq import hqq
 from .algorithms.rtn import rtn
 from .calibration.hessian import Hessian
-from .formats import gguf
 from .formats.safetensors import load, save
 from .tensor.linear import linear, matmul_int8
 from .tensor.qtensor import QTensor

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from qfast.models.layer_error import markdown, minilm_layer_errors
+from qfast.model.layer_error import markdown, minilm_layer_errors
 
 
 def main() -> None:

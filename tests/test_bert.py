@@ -29,8 +29,8 @@ st = pytest.importorskip("safetensors.numpy")
 import qfast  # noqa: E402
 from qfast import assets  # noqa: E402
 from qfast.calibration import text as model_text  # noqa: E402
+from qfast.model.arch._special import erf, gelu  # noqa: E402
 from qfast.models import Bert, calibration_paragraphs, heldout_paragraphs  # noqa: E402
-from qfast.models._special import erf, gelu  # noqa: E402
 
 HIDDEN, INTERMEDIATE, LAYERS = 384, 1536, 6
 

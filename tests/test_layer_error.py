@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qfast.models import layer_error as le
+from qfast.model import layer_error as le
 
 pytest.importorskip("tokenizers")
 

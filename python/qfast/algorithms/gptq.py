@@ -13,8 +13,8 @@ GPTQModel (``static_groups``, ``g_idx``). The steps and where they run:
    column, quantize, and spread the error over the block), then the lazy update of the
    later columns as one BLAS product, ``W[:, i2:] -= Err @ U[i1:i2, i2:]``.
 
-Grids are the reference's (see ``qfast._rtn``): a new group's grid comes from the weights as
-they stand at the start of the block that reaches it, as the reference takes it.
+Grids are the reference's (see ``qfast.algorithms.rtn``): a new group's grid comes from the
+weights as they stand at the start of the block that reaches it, as the reference takes it.
 """
 
 from __future__ import annotations

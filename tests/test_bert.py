@@ -500,3 +500,85 @@ def test_import_qfast_does_not_need_tokenizers() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'qfast-quant[models]'" in out.stdout
+
+
+# --- Bert as a qfast.model.base.Model --------------------------------------------------------
+
+
+def _minilm_parts() -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
+    import tokenizers
+
+    directory = assets.minilm_dir()
+    with open(directory / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    tensors = st.load_file(str(directory / "model.safetensors"))
+    tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return config, tensors, tokenizer
+
+
+def test_tensor_shapes_are_the_checkpoints() -> None:
+    config, tensors, _ = _minilm_parts()
+    shapes = Bert.tensor_shapes(config)
+    assert len(shapes) == 5 + 6 * (6 * 2 + 2 * 2)
+    for name, shape in shapes.items():
+        assert tensors[name].shape == shape, name
+
+
+def test_from_config_is_load(model: Bert) -> None:
+    """A lazily read WeightStore (as qfast.load_model's readers give) and the model folder as
+    source: the model Bert.load builds, and the same embeddings bit for bit."""
+    from qfast.model.base import Model, WeightStore
+
+    config, tensors, tokenizer = _minilm_parts()
+    reads: list[str] = []
+
+    def read(name: str) -> np.ndarray:
+        reads.append(name)
+        return tensors[name]
+
+    store = WeightStore({n: t.shape for n, t in tensors.items()}, read)
+    lazy = Bert.from_config(config, store, tokenizer, source=assets.minilm_dir())
+    assert isinstance(lazy, Model) and (lazy.arch, lazy.kind) == ("bert", "encoder")
+    assert not reads
+    assert (lazy.pooling, lazy.normalize, lazy.max_seq_length) == (
+        model.pooling,
+        model.normalize,
+        model.max_seq_length,
+    )
+    assert np.array_equal(lazy.embed(list(TEXTS)), model.embed(list(TEXTS)))
+    plain = Bert.from_config(config, store, tokenizer)  # no folder: plain transformers pooling
+    assert (plain.pooling, plain.normalize, plain.max_seq_length) == ("mean", False, 256)
+
+
+def test_from_config_refuses_a_mismatched_shape() -> None:
+    from qfast.model.base import WeightStore
+
+    config, tensors, tokenizer = _minilm_parts()
+    shapes = {n: t.shape for n, t in tensors.items()}
+    shapes["encoder.layer.1.intermediate.dense.weight"] = (1536, 385)
+    store = WeightStore(shapes, tensors.__getitem__)
+    with pytest.raises(ValueError, match=r"intermediate\.dense\.weight.*\(1536, 385\).*config"):
+        Bert.from_config(config, store, tokenizer)
+
+
+@pytest.mark.parametrize("compute", ["float", "int8"])
+def test_qtensor_weight_runs_qfast_linear(model: Bert, compute: str) -> None:
+    """A QTensor assigned to a linear's weight runs qfast.linear with the model's compute: the
+    float path gives what the dequantized weight gives; int8 also quantizes the activations."""
+    _, tensors, tokenizer = _minilm_parts()
+    quantized = Bert(model.config, tensors, tokenizer, compute=compute)
+    name = "encoder.layer.1.intermediate.dense.weight"
+    q = qfast.quantize(tensors[name], 4, group_size=32)
+    quantized.weights[name] = q
+    ids, mask = quantized.tokenize(TEXTS[:3], max_length=64)
+    got = quantized.forward(ids, mask)
+    want = model.forward(ids, mask, weights={name: q.dequantize()})
+    fp = model.forward(ids, mask)
+    real = mask.astype(bool)
+    w4 = np.abs(fp - want)[real].max()  # what 4-bit weights change: ~0.13
+    assert w4 > 0.05 and np.abs(got - fp)[real].max() > 0.5 * w4  # the QTensor was used
+    err = np.abs(got - want)[real].max()
+    if compute == "float":
+        assert err < 1e-4  # observed 2.6e-6: x @ deq(W).T summed in another order
+    else:
+        assert 1e-4 < err < 0.5 * w4  # int8 activations (observed 0.034): less than W4 adds

@@ -31,6 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..._checks import check_at_least
+from ...tensor.linear import linear as _qlinear
+from ...tensor.qtensor import QTensor
+from ..base import Model, Weight, WeightStore
 from ._special import gelu, gelu_tanh
 
 __all__ = ["Bert", "BertConfig"]
@@ -62,7 +65,6 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     """A checkpoint's tensors, with the QTensors of a ``qfast quantize`` / ``qfast.save``
     file dequantized (``qfast.load`` finds them)."""
     from ...formats.safetensors import load
-    from ...tensor.qtensor import QTensor
 
     return {name: t.dequantize() if isinstance(t, QTensor) else t for name, t in load(path).items()}
 
@@ -155,54 +157,86 @@ def _softmax(scores: F32) -> F32:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _dense(w: Mapping[str, Weight], name: str) -> F32:
+    """A tensor other than a linear's weight: always a float array."""
+    t = w[name]
+    if isinstance(t, QTensor):
+        raise TypeError(f"{name!r} is a QTensor: only linear weights may be; assign an array")
+    return t
+
+
 def _read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-class Bert:
+def _frozen_store(tensors: Mapping[str, npt.ArrayLike]) -> WeightStore:
+    """A :class:`WeightStore` over read-only float32 copies of ``tensors``."""
+    held: dict[str, F32] = {}
+    for name, t in tensors.items():
+        arr = np.array(t, dtype=np.float32)  # a copy: the checkpoint's tensors never change
+        arr.flags.writeable = False
+        held[name] = arr
+    return WeightStore({n: a.shape for n, a in held.items()}, held.__getitem__, cache=False)
+
+
+class Bert(Model):
     """A BERT encoder in NumPy, with a WordPiece tokenizer and sentence-transformers pooling.
 
-    Use :meth:`load`; the constructor takes already loaded parts.
+    A :class:`qfast.model.base.Model` (``arch="bert"``, ``kind="encoder"``): its tensors are
+    in :attr:`weights`, and a linear whose weight is assigned a :class:`qfast.QTensor` runs
+    ``qfast.linear`` (``compute="int8"`` or ``"float"``). Use :meth:`load` (a model directory)
+    or :meth:`from_config` (a checkpoint reader's weights); the constructor takes already
+    loaded parts.
     """
+
+    arch = "bert"
+    kind = "encoder"
 
     def __init__(
         self,
         config: BertConfig,
-        tensors: Mapping[str, np.ndarray],
+        tensors: Mapping[str, npt.ArrayLike] | WeightStore,
         tokenizer: Any,
         *,
         pooling: str = "mean",
         normalize: bool = True,
         max_seq_length: int = 256,
+        source: str | Path | None = None,
+        compute: str = "int8",
     ) -> None:
         """Args:
         config: hyperparameters.
-        tensors: checkpoint tensors by name (``embeddings.*``, ``encoder.layer.N.*``); kept
-            read-only as float32.
+        tensors: checkpoint tensors by name (``embeddings.*``, ``encoder.layer.N.*``): a
+            :class:`WeightStore` (used as it is, read lazily) or a mapping of arrays (kept
+            read-only as float32).
         tokenizer: a ``tokenizers.Tokenizer`` whose post-processor adds [CLS] / [SEP].
         pooling: ``"mean"`` (over real tokens) or ``"cls"``, for :meth:`embed`.
         normalize: whether :meth:`embed` L2-normalises the embeddings.
         max_seq_length: :meth:`embed`'s default truncation length (sentence-transformers').
+        source: the file or folder the model came from.
+        compute: how linears with QTensor weights run (``qfast.linear``'s ``compute``).
         """
         if pooling not in _POOLING_MODES:
             raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(_POOLING_MODES)}")
-        self.config = config
-        self.tensors: dict[str, F32] = {}
-        for name, t in tensors.items():
-            arr = np.array(t, dtype=np.float32)  # a copy: the model's tensors never change
-            arr.flags.writeable = False
-            self.tensors[name] = arr
-        self.tokenizer = tokenizer
+        store = tensors if isinstance(tensors, WeightStore) else _frozen_store(tensors)
+        super().__init__(config, store, tokenizer, source=source, compute=compute)
+        self.config: BertConfig = config
         self.pooling = pooling
         self.normalize = normalize
         self.max_seq_length = max_seq_length
-        missing = [n for n in self._required_tensors() if n not in self.tensors]
+        names = set(store)
+        missing = [n for n in self._required_tensors() if n not in names]
         if missing:
             raise ValueError(
                 f"the checkpoint lacks {len(missing)} tensors of a {config.num_hidden_layers}-"
                 f"layer BERT, e.g. {missing[:3]}"
             )
+
+    @property
+    def tensors(self) -> WeightStore:
+        """The model's tensors by checkpoint name (the same store as :attr:`weights`)."""
+        return self.weights
 
     # ----------------------------------------------------------------------------------------
     # loading
@@ -239,23 +273,100 @@ class Bert:
         for required in ("model.safetensors", "config.json", "tokenizer.json"):
             if not (path / required).is_file():
                 raise FileNotFoundError(f"{path / required} not found: not a BERT model directory")
-        config = BertConfig.from_dict(_read_json(path / "config.json"))
-        tensors = _load_tensors(path / "model.safetensors")
+        config = _read_json(path / "config.json")
+        BertConfig.from_dict(config)  # a config error before the tensors are read
+        tensors = _frozen_store(_load_tensors(path / "model.safetensors"))
         tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
-        pooling, normalize = cls._sentence_transformers_head(path)
-        max_seq_length = 256
-        if (path / "sentence_bert_config.json").is_file():
-            st_config = _read_json(path / "sentence_bert_config.json")
-            max_seq_length = int(st_config.get("max_seq_length", max_seq_length))
-        max_seq_length = min(max_seq_length, config.max_position_embeddings)
+        return cls.from_config(config, tensors, tokenizer, source=path)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        weights: WeightStore,
+        tokenizer: Any,
+        *,
+        source: str | Path | None = None,
+    ) -> Bert:
+        """A model from a checkpoint reader's parts (``qfast.load_model`` for model_type
+        ``"bert"``).
+
+        Args:
+            config: the parsed ``config.json``.
+            weights: the tensors, by the checkpoint's names (see :meth:`tensor_shapes`).
+            tokenizer: a ``tokenizers.Tokenizer``.
+            source: the model's folder (or a file in it): its sentence-transformers files
+                (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``)
+                set the pooling, the normalisation and the truncation length; without them,
+                mean pooling, no normalisation, 256 tokens.
+
+        Raises:
+            ValueError: a config this forward pass does not implement, a missing tensor, or
+                a tensor whose shape is not the config's.
+        """
+        bert_config = BertConfig.from_dict(config)
+        want = cls.tensor_shapes(config)
+        names = set(weights)
+        for name, shape in want.items():
+            if name in names and tuple(weights.shape(name)) != shape:
+                raise ValueError(
+                    f"{name!r} has shape {tuple(weights.shape(name))}, the config gives {shape}; "
+                    "the checkpoint does not match its config.json"
+                )
+        folder = None if source is None else Path(source)
+        if folder is not None and not folder.is_dir():
+            folder = folder.parent
+        pooling, normalize, max_seq_length = "mean", False, 256
+        if folder is not None:
+            pooling, normalize = cls._sentence_transformers_head(folder)
+            if (folder / "sentence_bert_config.json").is_file():
+                st_config = _read_json(folder / "sentence_bert_config.json")
+                max_seq_length = int(st_config.get("max_seq_length", max_seq_length))
+        max_seq_length = min(max_seq_length, bert_config.max_position_embeddings)
         return cls(
-            config,
-            tensors,
+            bert_config,
+            weights,
             tokenizer,
             pooling=pooling,
             normalize=normalize,
             max_seq_length=max_seq_length,
+            source=source,
         )
+
+    @staticmethod
+    def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """Every tensor the forward pass reads, by checkpoint name, with the shape ``config``
+        (a parsed ``config.json``) gives it (a checkpoint may hold more, e.g. a pooler)."""
+        c = BertConfig.from_dict(config)
+        hidden, inter = c.hidden_size, c.intermediate_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "embeddings.word_embeddings.weight": (c.vocab_size, hidden),
+            "embeddings.position_embeddings.weight": (c.max_position_embeddings, hidden),
+            "embeddings.token_type_embeddings.weight": (
+                int(config.get("type_vocab_size", 2)),
+                hidden,
+            ),
+            "embeddings.LayerNorm.weight": (hidden,),
+            "embeddings.LayerNorm.bias": (hidden,),
+        }
+        sizes = {  # [out, in] of each linear
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (inter, hidden),
+            "output.dense": (hidden, inter),
+        }
+        for i in range(c.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            for linear in _LAYER_LINEARS:
+                out_in = sizes[linear]
+                shapes[f"{p}{linear}.weight"] = out_in
+                shapes[f"{p}{linear}.bias"] = (out_in[0],)
+            for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+                shapes[f"{p}{norm}.weight"] = (hidden,)
+                shapes[f"{p}{norm}.bias"] = (hidden,)
+        return shapes
 
     @staticmethod
     def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
@@ -314,23 +425,24 @@ class Bert:
         ]
 
     def _check_linear(self, name: str) -> None:
-        if f"{name}.weight" not in self.tensors or name not in self.linear_names():
+        if name not in self.linear_names():
             raise KeyError(
                 f"{name!r} is not a linear layer of this model; see linear_names(), "
                 "e.g. 'encoder.layer.0.attention.self.query'"
             )
 
-    def linear_weight(self, name: str) -> F32:
+    def linear_weight(self, name: str) -> Weight:
         """A linear layer's weight.
 
         Args:
             name: one of :meth:`linear_names`.
 
         Returns:
-            float32 ``[out, in]`` (read-only; the layer computes ``x @ W.T + b``).
+            float32 ``[out, in]`` (read-only; the layer computes ``x @ W.T + b``), or the
+            QTensor assigned to ``weights[name + ".weight"]``.
         """
         self._check_linear(name)
-        return self.tensors[f"{name}.weight"]
+        return self.weights[f"{name}.weight"]
 
     def linear_bias(self, name: str) -> F32:
         """A linear layer's bias.
@@ -342,7 +454,9 @@ class Bert:
             float32 ``[out]`` (read-only).
         """
         self._check_linear(name)
-        return self.tensors[f"{name}.bias"]
+        bias = self.weights[f"{name}.bias"]
+        assert not isinstance(bias, QTensor), "biases stay float"
+        return bias
 
     # ----------------------------------------------------------------------------------------
     # tokenization
@@ -425,31 +539,32 @@ class Bert:
         record = None if capture is None else _dict_recorder(capture)
         return self._forward(ids, real, self._weights(weights), record)
 
-    def _weights(self, overrides: Mapping[str, npt.ArrayLike] | None) -> Mapping[str, F32]:
-        """The checkpoint tensors with ``overrides`` on top (checked, converted to float32)."""
+    def _weights(self, overrides: Mapping[str, npt.ArrayLike] | None) -> Mapping[str, Weight]:
+        """The model's tensors with ``overrides`` on top (checked, converted to float32)."""
         if not overrides:
-            return self.tensors
-        checked: dict[str, F32] = {}
+            return self.weights
+        checked: dict[str, Weight] = {}
+        names = set(self.weights)
         for name, value in overrides.items():
-            if name not in self.tensors:
+            if name not in names:
                 raise KeyError(
                     f"weights: {name!r} is not a tensor of this model; names are the "
                     "checkpoint's, e.g. 'encoder.layer.0.attention.self.query.weight'"
                 )
             arr = np.asarray(value, dtype=np.float32)
-            if arr.shape != self.tensors[name].shape:
+            if arr.shape != self.weights.shape(name):
                 raise ValueError(
                     f"weights: {name!r} has shape {arr.shape}, the checkpoint's is "
-                    f"{self.tensors[name].shape} (dequantize QTensors before passing them)"
+                    f"{self.weights.shape(name)} (dequantize QTensors before passing them)"
                 )
             checked[name] = arr
-        return ChainMap(checked, self.tensors)
+        return ChainMap(checked, self.weights)
 
     def _forward(
         self,
         ids: np.ndarray,
         real: npt.NDArray[np.bool_],
-        w: Mapping[str, F32],
+        w: Mapping[str, Weight],
         record: _Recorder | None,
     ) -> F32:
         cfg = self.config
@@ -461,12 +576,15 @@ class Bert:
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
             raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size})")
         h = (
-            w["embeddings.word_embeddings.weight"][ids]
-            + w["embeddings.position_embeddings.weight"][:seq]
-            + w["embeddings.token_type_embeddings.weight"][0]
+            _dense(w, "embeddings.word_embeddings.weight")[ids]
+            + _dense(w, "embeddings.position_embeddings.weight")[:seq]
+            + _dense(w, "embeddings.token_type_embeddings.weight")[0]
         )
         h = _layer_norm(
-            h, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.layer_norm_eps
+            h,
+            _dense(w, "embeddings.LayerNorm.weight"),
+            _dense(w, "embeddings.LayerNorm.bias"),
+            cfg.layer_norm_eps,
         )
         # Additive attention bias over keys: -inf on padding, so their softmax weight is exactly
         # 0 and a padded batch gives its real tokens the same values as an unpadded one.
@@ -480,15 +598,22 @@ class Bert:
         x: F32,
         name: str,
         real: npt.NDArray[np.bool_],
-        w: Mapping[str, F32],
+        w: Mapping[str, Weight],
         record: _Recorder | None,
     ) -> F32:
-        """``x @ W.T + b`` over the last axis, recording the real tokens' input rows."""
+        """``x @ W.T + b`` over the last axis, recording the real tokens' input rows; a
+        QTensor weight runs ``qfast.linear`` (:meth:`Model.linear`)."""
         if record is not None:
             record(name, x[real])
+        if w is self.weights:
+            return self.linear(x, f"{name}.weight", f"{name}.bias")
         weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
-        y = x.reshape(-1, x.shape[-1]) @ weight.T + bias
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        x2 = x.reshape(-1, x.shape[-1])
+        if isinstance(weight, QTensor):
+            y = _qlinear(x2, weight, bias, compute=self.compute)
+        else:
+            y = x2 @ weight.T + bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def _layer(
         self,
@@ -496,7 +621,7 @@ class Bert:
         key_bias: F32,
         real: npt.NDArray[np.bool_],
         prefix: str,
-        w: Mapping[str, F32],
+        w: Mapping[str, Weight],
         record: _Recorder | None,
     ) -> F32:
         cfg = self.config
@@ -509,14 +634,17 @@ class Bert:
         a = linear(context, "attention.output.dense")
         a = _layer_norm(
             a + h,
-            w[prefix + "attention.output.LayerNorm.weight"],
-            w[prefix + "attention.output.LayerNorm.bias"],
+            _dense(w, prefix + "attention.output.LayerNorm.weight"),
+            _dense(w, prefix + "attention.output.LayerNorm.bias"),
             eps,
         )
         ff = _ACTIVATIONS[cfg.hidden_act](linear(a, "intermediate.dense"))
         out = linear(ff, "output.dense")
         return _layer_norm(
-            out + a, w[prefix + "output.LayerNorm.weight"], w[prefix + "output.LayerNorm.bias"], eps
+            out + a,
+            _dense(w, prefix + "output.LayerNorm.weight"),
+            _dense(w, prefix + "output.LayerNorm.bias"),
+            eps,
         )
 
     def _attention(self, h: F32, key_bias: F32, linear: Callable[[F32, str], F32]) -> F32:

@@ -118,6 +118,17 @@ def normalize_axis(axis: Any, ndim: int) -> int:
     return a % nd
 
 
+# The QTensor class, registered by qfast.tensor.qtensor when it is defined (that module uses
+# these rules, so this one does not import it; before it is imported no QTensor can exist).
+_QTENSOR_TYPES: tuple[type, ...] = ()
+
+
+def register_qtensor_type(cls: type) -> None:
+    """Makes :func:`float_input` refuse instances of ``cls`` (qfast's QTensor)."""
+    global _QTENSOR_TYPES
+    _QTENSOR_TYPES = (*_QTENSOR_TYPES, cls)
+
+
 def float_input(x: Any, name: str) -> np.ndarray:
     """``x`` as a NumPy array of one of ``FLOAT_DTYPES``, in native byte order and aligned (a
     copy only where one of those needs it; strides are kept).
@@ -125,9 +136,7 @@ def float_input(x: Any, name: str) -> np.ndarray:
     A NumPy array must already be float; other array-likes of numbers (a list of ints, a
     Python scalar) are converted to float32. A QTensor is refused (dequantize it first).
     """
-    from .tensor.qtensor import QTensor  # here: qtensor uses these rules too
-
-    if isinstance(x, QTensor):
+    if isinstance(x, _QTENSOR_TYPES):
         raise TypeError(f"{name} is already a QTensor; dequantize it first")
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not isinstance(x, np.ndarray) and arr.dtype.kind in "iub":

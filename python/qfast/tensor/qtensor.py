@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from .. import _qfast
-from .._checks import as_bool, as_int, check_bits, check_group_size, normalize_axis
+from .._checks import (
+    as_bool,
+    as_int,
+    check_bits,
+    check_group_size,
+    normalize_axis,
+    register_qtensor_type,
+)
 
 # Version 2: scales in their own dtype, integer zero points packed at the code width, a header
 # that records every field. Version 1 (float32 scales, int32 zero points, 3/5/6/7-bit codes
@@ -579,6 +586,9 @@ class QTensor:
             f"QTensor(shape={self.shape}, bits={self.bits}, {scheme}, {gran}, "
             f"{self.bits_per_weight:.3g} bits/weight)"
         )
+
+
+register_qtensor_type(QTensor)  # float_input refuses QTensors (qfast._checks)
 
 
 def _to_file(a: np.ndarray) -> np.ndarray:

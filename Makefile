@@ -28,7 +28,7 @@ test-python: build-dev
 test: test-rust test-python ## the whole test suite
 
 # The tests whose oracles sum in float32 through BLAS (NumPy matmul / einsum), as an AVX2
-# machine runs them: OpenBLAS's Haswell kernels and qfast's AVX2 path (about a minute).
+# machine runs them: OpenBLAS's Haswell kernels and qfast's AVX2 path (1 to 3 minutes on 2 cores).
 AVX2_TESTS := tests/test_awq.py tests/test_bert.py tests/test_gptq.py tests/test_hqq.py \
 	tests/test_linear.py tests/test_layer_error.py
 test-avx2: build-dev ## the BLAS-comparing tests under OPENBLAS_CORETYPE=Haswell QFAST_ISA=avx2

@@ -565,3 +565,46 @@ def test_save_hf_is_atomic(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         save_hf(m, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no folder, no temporary left
+
+
+def test_qwen2_gguf_keeps_the_hf_rows_and_its_biases(tmp_path: Path) -> None:
+    # llama.cpp runs Qwen2 with NeoX RoPE on the rows as Hugging Face stores them (its converter
+    # permutes only the llama architecture's Q / K), and keeps the q / k / v biases
+    config = {**TINY, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    tensors = tiny_tensors(config)
+    rng = np.random.default_rng(5)
+    for i in range(config["num_hidden_layers"]):
+        for proj in "qkv":
+            w = tensors[f"model.layers.{i}.self_attn.{proj}_proj.weight"]
+            bias = (0.2 * rng.standard_normal(w.shape[0])).astype(np.float32)
+            tensors[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = bias
+    names = {**GGUF_NAMES, **{f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"}}
+    out = {}
+    for name, w in tensors.items():
+        if name in names:
+            out[names[name]] = w
+        else:
+            _, _, i, rest = name.split(".", 3)
+            out[f"blk.{i}.{names[rest]}"] = w
+    meta = {"general.architecture": "qwen2"}
+    for key, value in [
+        ("block_count", 2),
+        ("context_length", 64),
+        ("embedding_length", 16),
+        ("feed_forward_length", 24),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+        ("attention.layer_norm_rms_epsilon", 1e-5),
+        ("rope.freq_base", 10000.0),
+        ("vocab_size", 40),
+    ]:
+        meta[f"qwen2.{key}"] = value
+    qfast.gguf.save(tmp_path / "q.gguf", out, meta, check=False)
+    g = load_model(tmp_path / "q.gguf")
+    assert g.qk_layout == "hf" and g.config.model_type == "qwen2"
+    np.testing.assert_array_equal(
+        g.weights["model.layers.1.self_attn.k_proj.bias"],
+        tensors["model.layers.1.self_attn.k_proj.bias"],
+    )
+    want = load_model(write_folder(tmp_path / "hf", tensors, config=config)).logits(ids())
+    np.testing.assert_array_equal(g.logits(ids()), want)

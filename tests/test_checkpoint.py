@@ -160,6 +160,12 @@ def test_sharded_folder(tmp_path: Path) -> None:
     m = load_model(folder)
     for name, w in tensors.items():
         np.testing.assert_array_equal(m.weights[name], w.astype(np.float16).astype(np.float32))
+    # an index that lists a tensor its shards lack
+    bad = {"weight_map": {**weight_map, "model.extra.weight": "model-00001-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"lists 1 tensors its shards lack \(model.extra.weight"):
+        load_model(folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     # an index that names a shard the folder lacks
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model-00002-of-00002.safetensors"):
@@ -608,3 +614,30 @@ def test_qwen2_gguf_keeps_the_hf_rows_and_its_biases(tmp_path: Path) -> None:
     )
     want = load_model(write_folder(tmp_path / "hf", tensors, config=config)).logits(ids())
     np.testing.assert_array_equal(g.logits(ids()), want)
+
+
+def test_sharded_qfast_format(tmp_path: Path) -> None:
+    # a QTensor's entries (NAME.qfast_header, NAME.data, ...) are what the index lists
+    tensors = tiny_tensors()
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY))
+    names = sorted(tensors)
+    weight_map: dict[str, str] = {}
+    quantized = {}
+    for k, part in enumerate([names[:10], names[10:]]):
+        shard = f"model-0000{k + 1}-of-00002.safetensors"
+        stored: dict[str, Any] = {}
+        for name in part:
+            if name.endswith("_proj.weight"):
+                stored[name] = quantized[name] = qfast.rtn(tensors[name], bits=4, group_size=8)
+            else:
+                stored[name] = tensors[name]
+        qfast.save(folder / shard, stored)
+        weight_map.update(dict.fromkeys(safetensors.numpy.load_file(str(folder / shard)), shard))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    m = load_model(folder)
+    for name, q in quantized.items():
+        assert isinstance(m.weights[name], qfast.QTensor)
+        np.testing.assert_array_equal(qfast.dequantize(m.weights[name]), qfast.dequantize(q))

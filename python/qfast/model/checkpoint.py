@@ -327,7 +327,8 @@ def _hf_tensors(folder: Path, single: Path | None) -> _Tensors:
             shards[shard] = SafetensorsFile(p)
         for st in shards.values():
             _add_safetensors(out, st)
-        unlisted = [n for n in wmap if n not in out.shapes and not n.endswith(".qfast_header")]
+        stored = {k for st in shards.values() for k in st.entries}
+        unlisted = [n for n in wmap if n not in stored]
         if unlisted:
             raise ValueError(
                 f"{index}: the index lists {len(unlisted)} tensors its shards lack "

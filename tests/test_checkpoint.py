@@ -402,10 +402,23 @@ def write_tiny_gguf(path: Path, tensors: dict[str, np.ndarray], **extra: Any) ->
     qfast.gguf.save(path, out, meta, check=False)
 
 
-def test_gguf_permuted_qk_gives_the_folders_logits_and_exports_back(tmp_path: Path) -> None:
+def test_gguf_permuted_qk_gives_the_folders_logits_and_exports_back(
+    tmp_path: Path, monkeypatch
+) -> None:
     tensors = tiny_tensors()
     write_tiny_gguf(tmp_path / "m.gguf", tensors)
+    reads: list[str] = []
+    dequantize = qfast.gguf.GGUFTensor.dequantize
+
+    def counting(self: Any) -> np.ndarray:
+        reads.append(self.name)
+        return dequantize(self)
+
+    monkeypatch.setattr(qfast.gguf.GGUFTensor, "dequantize", counting)
     g = load_model(tmp_path / "m.gguf")
+    assert reads == []  # nothing read (or dequantized) until used
+    g.weights["model.layers.1.mlp.up_proj.weight"]
+    assert reads == ["blk.1.ffn_up.weight"]
     assert g.qk_layout == "gguf" and g.tokenizer is None
     assert g.weights.stored_dtype("model.layers.0.self_attn.q_proj.weight") == "F32"
     hf = load_model(write_folder(tmp_path / "hf", tensors))

@@ -97,6 +97,10 @@ class WeightStore(MutableMapping[str, Weight]):
     def __delitem__(self, name: str) -> None:
         raise TypeError("a model's tensors cannot be deleted; assign a replacement instead")
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default reads the tensor (self[name]); a name check must not load it.
+        return name in self._shapes
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._shapes)
 

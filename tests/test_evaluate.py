@@ -344,7 +344,7 @@ def test_reference_with_another_vocabulary() -> None:
     with pytest.raises(ValueError, match="tokenize the text differently"):
         evaluate(model, TEXT, other, n_ctx=16)
     wider = tiny(seed=1, vocab=VOCAB + 1)
-    with pytest.raises(ValueError, match="37 columns, the reference.s 38"):
+    with pytest.raises(ValueError, match=r"37 columns, the reference's 38"):
         evaluate(model, TEXT, wider, n_ctx=16)
 
 
@@ -469,14 +469,14 @@ def perturbed_bert(bert: Any, eps: float) -> Any:
 def test_encoder_against_itself_and_a_perturbed_copy(minilm: Any) -> None:
     from qfast.models import heldout_paragraphs
 
-    texts = heldout_paragraphs(12)
+    texts = [" ".join(p.split()[:30]) for p in heldout_paragraphs(8)]  # short: a fast test
     ev = evaluate(minilm, "\n".join(texts), minilm)
-    assert ev.kind == "encoder" and ev.tokens == 12
+    assert ev.kind == "encoder" and ev.tokens == 8
     assert ev.cosine_mean == pytest.approx(1.0, abs=1e-6)
     assert ev.cosine_min == pytest.approx(1.0, abs=1e-6)
 
     noisy = perturbed_bert(minilm, 0.5)
-    ev = evaluate(noisy, texts, minilm, batch_size=5)
+    ev = evaluate(noisy, texts, minilm, batch_size=3)
     a = noisy.embed(texts).astype(F64)
     b = minilm.embed(texts).astype(F64)
     cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

@@ -69,9 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-tokens", type=_positive_int, metavar="N", help="use only the text's first N tokens"
     )
-    p.add_argument(
-        "--batch", type=_positive_int, metavar="N", help="windows per forward pass"
-    )
+    p.add_argument("--batch", type=_positive_int, metavar="N", help="windows per forward pass")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="qfast threads")
     p.add_argument(
         "--progress",

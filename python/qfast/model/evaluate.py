@@ -320,7 +320,7 @@ def weight_stats(model: Any) -> dict[str, Any]:
         "bits_per_weight": bits_all / n_all if n_all else math.nan,
         "linear_weights": n_lin,
         "weights": n_all,
-        "size_bytes": int(on_disk) if on_disk is not None else int(round(bits_all / 8)),
+        "size_bytes": int(on_disk) if on_disk is not None else round(bits_all / 8),
         "size_kind": "on disk" if on_disk is not None else "in memory",
     }
 
@@ -453,7 +453,10 @@ def _describe(model: Any) -> str:
 def _kind(model: Any, what: str) -> str:
     kind = getattr(model, "kind", "")
     if not kind:  # a model class without the attribute: what it can do
-        kind = "causal" if hasattr(model, "logits") else "encoder" if hasattr(model, "embed") else ""
+        can = [
+            k for k, attr in (("causal", "logits"), ("encoder", "embed")) if hasattr(model, attr)
+        ]
+        kind = can[0] if can else ""
     if kind not in ("causal", "encoder"):
         raise TypeError(
             f"{what} is a {type(model).__name__} of kind {kind!r}: evaluate takes a causal "
@@ -474,7 +477,7 @@ def _progress(total: int, unit: str, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return None
     return tqdm(total=total, unit=unit, desc=desc, leave=False)
@@ -664,7 +667,12 @@ def _evaluate_causal(
             seq = batch.shape[1]
             last = seq - 1  # positions first .. seq-2 predict tokens first+1 .. seq-1
             logits = _logits(model, batch, "model")
-            ref_logits = None if reference is None else _logits(reference, batch, "reference")
+            if reference is None:
+                ref_logits = None
+            elif reference is model:  # the same model: the same logits
+                ref_logits = logits
+            else:
+                ref_logits = _logits(reference, batch, "reference")
             if ref_logits is not None and ref_logits.shape != logits.shape:
                 raise ValueError(
                     f"the model's logits have {logits.shape[-1]} columns, the reference's "
@@ -745,9 +753,7 @@ def _evaluate_encoder(
             na = np.linalg.norm(a, axis=1)
             nb = np.linalg.norm(b, axis=1)
             den = na * nb
-            cos = np.divide(
-                np.einsum("ij,ij->i", a, b), den, out=np.zeros(len(a)), where=den > 0
-            )
+            cos = np.divide(np.einsum("ij,ij->i", a, b), den, out=np.zeros(len(a)), where=den > 0)
             rows.append(cos)
             if bar is not None:
                 bar.update(len(part))

@@ -9,6 +9,8 @@ about 10-15 minutes cold on 2 cores, then instant). This module:
 - :func:`tokenize`: ``llama-tokenize``'s ids for a text;
 - :func:`perplexity`: ``llama-perplexity``'s final estimate, and with ``kl_base`` its
   ``--kl-divergence`` statistics (KLD, "Same top p", both perplexities);
+- :func:`read_kl_base`: the token stream and stored log-probabilities of a
+  ``--kl-divergence-base`` file;
 - :func:`requantize`: ``llama-quantize --allow-requantize IN OUT TYPE``, cached beside the
   tools and keyed on the source file's sha256 (:func:`smollm2_f32` is SmolLM2 in F32).
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,11 +86,14 @@ def _run(cmd: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProces
 # llama-tokenize
 
 
-def tokenize(bin_dir: Path, model: Path, text: str, *, bos: bool = True) -> list[int]:
+def tokenize(
+    bin_dir: Path, model: Path, text: str, *, bos: bool = True, parse_special: bool = False
+) -> list[int]:
     """``llama-tokenize``'s ids for ``text``, taken verbatim (the text goes through a file:
-    ``-f`` reads it byte for byte; ``--no-escape``: no ``\\n`` processing; ``--no-parse-special``:
-    ``<|im_start|>`` in the text is text, as in llama-perplexity); ``bos=False`` passes
-    ``--no-bos`` (BOS is added only when the vocabulary says so anyway)."""
+    ``-f`` reads it byte for byte; ``--no-escape``: no ``\\n`` processing). By default
+    ``--no-parse-special``: ``<|im_start|>`` in the text is text, as llama-perplexity reads it;
+    ``parse_special=True`` reads it as the special token (llama-tokenize's own default).
+    ``bos=False`` passes ``--no-bos`` (BOS is added only when the vocabulary says so anyway)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "text.txt"
         path.write_bytes(text.encode("utf-8"))
@@ -100,8 +106,9 @@ def tokenize(bin_dir: Path, model: Path, text: str, *, bos: bool = True) -> list
             "--ids",
             "--log-disable",
             "--no-escape",
-            "--no-parse-special",
         ]
+        if not parse_special:
+            cmd.append("--no-parse-special")
         if not bos:
             cmd.append("--no-bos")
         out = _run(cmd).stdout
@@ -211,6 +218,50 @@ def perplexity(
         ppl_error=float(m[2]),
         chunks=int(progress[-1][0]) if progress else None,
         output=out,
+    )
+
+
+@dataclass
+class KlBase:
+    """A ``--kl-divergence-base`` file: the token stream and, for the scored rows of every
+    chunk (``first = n_ctx // 2`` .. ``n_ctx - 2``), the base's log-probabilities as stored:
+    ``scale * codes + min_log_prob``."""
+
+    n_ctx: int
+    n_vocab: int
+    n_chunk: int
+    #: int32 ``[n_chunk * n_ctx]``: the text's tokens (not replaced by BOS).
+    tokens: np.ndarray
+    #: float32 ``[rows]``, rows = ``n_chunk * (n_ctx - 1 - n_ctx // 2)``
+    scale: np.ndarray
+    min_log_prob: np.ndarray
+    #: uint16 ``[rows, n_vocab]``
+    codes: np.ndarray
+
+
+def read_kl_base(path: Path) -> KlBase:
+    """Reads what ``llama-perplexity --kl-divergence-base`` wrote (perplexity.cpp: ``_logits_``,
+    uint32 n_ctx, int32 n_vocab, int32 n_chunk, int32 tokens, then per scored row
+    ``nv = 2 * ((n_vocab + 1) / 2) + 4`` uint16: two float32 (scale, min_log_prob), the codes)."""
+    data = path.read_bytes()
+    assert data[:8] == b"_logits_", f"{path} is not a --kl-divergence-base file"
+    n_ctx, n_vocab, n_chunk = (int(v) for v in np.frombuffer(data, "<i4", 3, 8))
+    off = 20
+    tokens = np.frombuffer(data, "<i4", n_ctx * n_chunk, off)
+    off += tokens.nbytes
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    rows = n_chunk * (n_ctx - 1 - n_ctx // 2)
+    assert len(data) - off == rows * nv * 2, f"{path}: {len(data) - off} bytes of rows"
+    table = np.frombuffer(data, "<u2", rows * nv, off).reshape(rows, nv)
+    head = np.ascontiguousarray(table[:, :4]).view("<f4")
+    return KlBase(
+        n_ctx=n_ctx,
+        n_vocab=n_vocab,
+        n_chunk=n_chunk,
+        tokens=tokens,
+        scale=head[:, 0],
+        min_log_prob=head[:, 1],
+        codes=table[:, 4 : 4 + n_vocab],
     )
 
 

@@ -380,36 +380,49 @@ def _kl_exact(
     return kl, same
 
 
+def llamacpp_base(
+    ref: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.uint16]]:
+    """Rows of reference logits as ``llama-perplexity --kl-divergence-base`` stores them
+    (perplexity.cpp's ``log_softmax(n_vocab, logits, log_prob, tok)``): per row a float32
+    ``scale`` and ``min_log_prob`` and 16-bit codes, the log-probability of token ``j`` being
+    ``scale * code[j] + min_log_prob``, over ``[max(min, max - 16), max]`` of the logits.
+
+    Returns:
+        ``(scale [rows], min_log_prob [rows], codes uint16 [rows, vocab])``.
+    """
+    maxb = ref.max(axis=1)
+    minb = np.maximum(ref.min(axis=1), maxb - _F32(16))
+    lse = np.log(np.exp(ref - maxb[:, None]).sum(axis=1, dtype=_F64)).astype(_F32)
+    min_log_prob = (minb - maxb) - lse
+    scale = (maxb - minb) / _F32(65535)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, _F32(1) / scale, _F32(0)).astype(_F32)
+    codes = np.rint(inv[:, None] * (ref - minb[:, None]))  # nearest_int: half to even
+    codes[~(ref > minb[:, None])] = 0
+    codes[scale == 0] = 0
+    return scale, min_log_prob, codes.astype(np.uint16)
+
+
 def _kl_llamacpp(
     x: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
     """Per row llama-perplexity's ``--kl-divergence`` term and top-1 agreement: the reference's
-    log-probabilities stored as 16-bit codes (``log_softmax`` writing ``--kl-divergence-base``),
-    then ``sum p_base * (log p_base - log p)`` over the stored values above -16, in float32
-    terms summed in float64 (perplexity.cpp's ``log_softmax(..., kld)``)."""
+    log-probabilities stored as 16-bit codes (:func:`llamacpp_base`), then ``sum p_base *
+    (log p_base - log p)`` over the stored values above -16, in float32 terms summed in float64
+    (perplexity.cpp's ``log_softmax(..., kld)``)."""
     kl = np.empty(len(x), dtype=_F64)
     same = np.empty(len(x), dtype=bool)
     for sl in _row_chunks(len(x), x.shape[1]):
         xc, rc = x[sl], ref[sl]
-        # the base: scale and min_log_prob as float32, codes by round-half-even (nearest_int)
-        maxb = rc.max(axis=1)
-        minb = np.maximum(rc.min(axis=1), maxb - _F32(16))
-        lse_b = np.log(np.exp(rc - maxb[:, None]).sum(axis=1, dtype=_F64)).astype(_F32)
-        min_log_prob = (minb - maxb) - lse_b
-        scale = (maxb - minb) / _F32(65535)
-        with np.errstate(divide="ignore"):
-            inv = np.where(scale != 0, _F32(1) / scale, _F32(0)).astype(_F32)
-        codes = np.rint(inv[:, None] * (rc - minb[:, None]))
-        codes[~(rc > minb[:, None])] = 0
-        codes[scale == 0] = 0
+        scale, min_log_prob, codes = llamacpp_base(rc)
         base = scale[:, None] * codes.astype(_F32) + min_log_prob[:, None]  # float32
         # the model: max_logit + log_sum_exp in float32
         mq = xc.max(axis=1)
         lse_q = np.log(np.exp(xc - mq[:, None]).sum(axis=1, dtype=_F64)).astype(_F32)
         top = mq + lse_q
-        keep = base > _F32(-16)
         terms = np.exp(base) * ((base - xc) + top[:, None])  # float32
-        terms[~keep] = 0
+        terms[~(base > _F32(-16))] = 0
         kl[sl] = terms.sum(axis=1, dtype=_F64)
         same[sl] = xc.argmax(axis=1) == base.argmax(axis=1)
     return kl, same

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._qfast import QfastError
 from .cli import PROG, CLIError, _positive_int, _Threads
 from .model.evaluate import CONVENTIONS, evaluate
 
@@ -94,7 +95,7 @@ def _load(path: str, what: str) -> Any:
         return _load_model(path)
     except MemoryError:
         raise
-    except (OSError, ValueError, TypeError, ImportError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, ImportError, KeyError, QfastError) as e:
         reason = str(e) or type(e).__name__
         raise CLIError(f"{_CMD}: error: cannot load the {what} {path}: {reason}") from None
 

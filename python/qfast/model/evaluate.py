@@ -460,7 +460,7 @@ class _Moments:
 def _describe(model: Any) -> str:
     arch = getattr(model, "arch", "") or type(model).__name__
     source = getattr(model, "source", None)
-    return f"{arch} ({source})" if source is not None else str(arch)
+    return f"{arch} ({Path(source).name})" if source is not None else str(arch)
 
 
 def _kind(model: Any, what: str) -> str:

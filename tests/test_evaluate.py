@@ -448,13 +448,13 @@ def test_table() -> None:
 def minilm() -> Any:
     pytest.importorskip("safetensors")
     pytest.importorskip("tokenizers")
-    from qfast.models import Bert
+    from qfast.model.arch.bert import Bert
 
     return Bert.load()
 
 
 def perturbed_bert(bert: Any, eps: float) -> Any:
-    from qfast.models import Bert
+    from qfast.model.arch.bert import Bert
 
     rng = np.random.default_rng(0)
     tensors = {
@@ -467,7 +467,7 @@ def perturbed_bert(bert: Any, eps: float) -> Any:
 
 
 def test_encoder_against_itself_and_a_perturbed_copy(minilm: Any) -> None:
-    from qfast.models import heldout_paragraphs
+    from qfast.calibration.text import heldout_paragraphs
 
     texts = [" ".join(p.split()[:30]) for p in heldout_paragraphs(8)]  # short: a fast test
     ev = evaluate(minilm, "\n".join(texts), minilm)
@@ -500,10 +500,10 @@ def test_encoder_needs_a_reference(minilm: Any) -> None:
 
 def run_eval(argv: list[str]) -> int:
     """``qfast eval ARGV`` as cli.main runs a command (parse, run, one-line errors, exit 2)."""
-    from qfast import _cli_eval
-    from qfast.cli import PROG, CLIError, _Parser
+    from qfast.cli import evaluate as _cli_eval
+    from qfast.cli._common import PROG, CLIError, Parser
 
-    parser = _Parser(prog=PROG)
+    parser = Parser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True)
     _cli_eval.add_parser(sub)
     try:
@@ -519,7 +519,7 @@ def run_eval(argv: list[str]) -> int:
 @pytest.fixture
 def fake_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Path]:
     """``qfast eval`` loads tiny models: ``model.gguf`` a perturbed copy of ``ref.gguf``."""
-    from qfast import _cli_eval
+    from qfast.cli import evaluate as _cli_eval
 
     paths = {"model": tmp_path / "model.gguf", "ref": tmp_path / "ref.gguf"}
     for p in paths.values():
@@ -561,8 +561,8 @@ def test_cli_eval(capsys: pytest.CaptureFixture[str], fake_loader: dict[str, Pat
 def test_cli_eval_default_text(
     capsys: pytest.CaptureFixture[str], fake_loader: dict[str, Path]
 ) -> None:
-    from qfast._cli_eval import DEFAULT_PARAGRAPHS
-    from qfast.models import heldout_paragraphs
+    from qfast.calibration.text import heldout_paragraphs
+    from qfast.cli.evaluate import DEFAULT_PARAGRAPHS
 
     assert run_eval([str(fake_loader["ref"]), "--ctx", "64", "--max-tokens", "2000"]) == 0
     out = capsys.readouterr().out

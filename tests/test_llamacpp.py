@@ -26,9 +26,9 @@ from llamacpp import (  # noqa: F401
 )
 
 from qfast import assets
+from qfast.calibration.text import heldout_paragraphs
 from qfast.model.checkpoint import load_model
 from qfast.model.evaluate import evaluate, llamacpp_base
-from qfast.models import heldout_paragraphs
 
 # 4 chunks of 256 tokens: llama-perplexity takes seconds, qfast's forward pass a few more
 N_CTX = 256

@@ -13,12 +13,15 @@ from .algorithms.hqq import hqq
 from .algorithms.rtn import rtn
 from .calibration.hessian import Hessian
 from .formats.safetensors import load, save
+from .model.checkpoint import load_model
+from .model.evaluate import Evaluation, evaluate
 from .tensor.linear import linear, matmul_int8
 from .tensor.qtensor import QTensor
 from .tensor.quantize import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
 
 __all__ = [
     "AWQResult",
+    "Evaluation",
     "Hessian",
     "QTensor",
     "QfastError",
@@ -26,12 +29,14 @@ __all__ = [
     "awq",
     "cpu_info",
     "dequantize",
+    "evaluate",
     "get_num_threads",
     "gguf",
     "gptq",
     "hqq",
     "linear",
     "load",
+    "load_model",
     "matmul_int8",
     "pack",
     "pack_int4",

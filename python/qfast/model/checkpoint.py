@@ -58,7 +58,7 @@ def architecture(model_type: Any) -> Any:
 
         return Llama
     if kind == "bert":
-        from ..models.bert import Bert
+        from .arch.bert import Bert
 
         return Bert
     raise ValueError(
@@ -255,8 +255,8 @@ class _Tensors:
 
 
 def _add_safetensors(out: _Tensors, st: SafetensorsFile) -> None:
-    from .._qtensor import QTensor
-    from .._safetensors import qtensor_prefixes
+    from ..formats.safetensors import qtensor_prefixes
+    from ..tensor.qtensor import QTensor
 
     prefixes = qtensor_prefixes(st.entries)
     owned: set[str] = set()
@@ -463,7 +463,7 @@ def gguf_config(metadata: Mapping[str, Any], tensor_names: Any = ()) -> dict[str
 
 
 def _gguf_model(path: Path, compute: str) -> Model:
-    from .. import gguf
+    from ..formats import gguf
 
     f = gguf.load(path)
     config = gguf_config(f.metadata, f.tensors)

@@ -89,7 +89,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .._qtensor import QTensor
+from ..tensor.qtensor import QTensor
 
 __all__ = ["CONVENTIONS", "Evaluation", "evaluate", "weight_stats"]
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._files import atomic_write_bytes
-from .._qtensor import QTensor
+from ..tensor.qtensor import QTensor
 from .base import Model
 
 __all__ = ["save_hf"]
@@ -178,9 +178,9 @@ def save_hf(
     tmp = parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
     tmp.mkdir()
     try:
-        from .._safetensors import _safetensors
+        from ..formats.safetensors import safetensors_numpy
 
-        st = _safetensors()
+        st = safetensors_numpy()
         st.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _json(tmp / "config.json", config)
         gen = {

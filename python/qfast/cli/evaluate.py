@@ -13,14 +13,13 @@ The default text is the first :data:`DEFAULT_PARAGRAPHS` held-out Wikipedia para
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from ._qfast import QfastError
-from .cli import PROG, CLIError, _positive_int, _Threads
-from .model.evaluate import CONVENTIONS, evaluate
+from .._qfast import QfastError
+from ..model.evaluate import CONVENTIONS, evaluate
+from ._common import PROG, CLIError, Threads, positive_int
 
 __all__ = ["DEFAULT_PARAGRAPHS", "add_parser", "run"]
 
@@ -57,7 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"{DEFAULT_PARAGRAPHS} held-out Wikipedia paragraphs",
     )
     p.add_argument(
-        "--ctx", type=_positive_int, default=512, metavar="N", help="window length (default 512)"
+        "--ctx", type=positive_int, default=512, metavar="N", help="window length (default 512)"
     )
     p.add_argument(
         "--convention",
@@ -68,10 +67,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "adds one; one trailing newline of --text dropped, as llama-perplexity -f does)",
     )
     p.add_argument(
-        "--max-tokens", type=_positive_int, metavar="N", help="use only the text's first N tokens"
+        "--max-tokens", type=positive_int, metavar="N", help="use only the text's first N tokens"
     )
-    p.add_argument("--batch", type=_positive_int, metavar="N", help="windows per forward pass")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="qfast threads")
+    p.add_argument("--batch", type=positive_int, metavar="N", help="windows per forward pass")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="qfast threads")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -84,8 +83,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _load_model(path: str) -> Any:
     """``qfast.load_model(path)`` (imported on use: loading needs the optional packages)."""
-    checkpoint = importlib.import_module("qfast.model.checkpoint")
-    return checkpoint.load_model(path)
+    from ..model.checkpoint import load_model
+
+    return load_model(path)
 
 
 def _load(path: str, what: str) -> Any:
@@ -102,7 +102,7 @@ def _load(path: str, what: str) -> Any:
 
 def _text(args: argparse.Namespace) -> str:
     if args.text is None:
-        from .models import heldout_paragraphs
+        from ..calibration.text import heldout_paragraphs
 
         return "\n".join(heldout_paragraphs(DEFAULT_PARAGRAPHS))
     path = Path(args.text)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     model = _load(args.model, "model")
     reference = None if args.reference is None else _load(args.reference, "reference")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    with _Threads(args.threads):
+    with Threads(args.threads):
         try:
             result = evaluate(
                 model,

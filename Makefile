@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install build-dev test test-rust test-python test-avx2 lint check-stubs check-aarch64 \
-	check-workflows demo bench bench-gemm bench-gguf clean
+	check-workflows llama-cpp demo bench bench-gemm bench-gguf clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ build-dev: install ## build the extension (release, runtime ISA dispatch) into t
 test-rust: ## the kernels, without Python
 	cargo test --release
 
-test-python: build-dev
+llama-cpp: install ## llama.cpp's reference tools (pinned sdist from PyPI, cached; ~3-15 minutes cold)
+	$(BIN)/python scripts/llama_cpp.py build
+
+test-python: build-dev llama-cpp
 	$(BIN)/python -m pytest -q tests
 
 test: test-rust test-python ## the whole test suite

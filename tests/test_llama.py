@@ -450,3 +450,22 @@ def test_bad_ids():
     with pytest.raises(ValueError, match="float32"):
         model.block(0, np.zeros((1, 2, 48)))
     assert model.logits(np.array([[1, 60]], np.uint8)).shape == (1, 2, 61)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 9])
+@pytest.mark.parametrize("name", ["llama", "mistral-window", "qwen2-bias-tied-window"])
+def test_attention_in_blocks_of_queries(monkeypatch, name, rows):
+    """Attention runs a block of query positions at a time (the default block covers these
+    short sequences whole): small blocks give the reference's logits too."""
+    import qfast.model.arch.llama as arch
+
+    cfg = CONFIGS[name]
+    tensors = make_tensors(cfg)
+    ids = make_ids(cfg)
+    whole = build(cfg, tensors).logits(ids)
+    monkeypatch.setattr(arch, "_ATTENTION_ROWS", rows)
+    got = build(cfg, tensors).logits(ids)
+    ref = [reference_forward(cfg, tensors, list(row)) for row in ids]
+    tol = float32_tolerance(cfg, tensors, ids, ref)
+    np.testing.assert_allclose(got, np.stack(ref), rtol=0, atol=tol)
+    np.testing.assert_allclose(got, whole, rtol=0, atol=tol)

@@ -41,6 +41,9 @@ _ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
 }
 _QK_LAYOUTS = ("hf", "gguf")
+#: Query rows (positions x heads of one KV group) per block of attention: the block's scores
+#: (rows x keys float32) stay in the L2 cache.
+_ATTENTION_ROWS = 192
 #: Keys LlamaConfig reads (and writes back); everything else in config.json is kept in
 #: ``extra`` and written back unchanged.
 _KNOWN_KEYS = frozenset(
@@ -489,20 +492,19 @@ class Llama(Model):
         k = self.linear(x, names[1], bias[1])
         v = self.linear(x, names[2], bias[2])
         cos, sin = self._rope(s)
-        # q: [b, s, kv, g, d] -> rotated into [b, kv, g, s, d]; k, v: [b, kv, s, d].
-        qr = np.empty((b, nkv, g, s, d), np.float32)
-        self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 3, 1, 4), cos, sin, qr)
+        # Queries as [b, kv, s, g, d] (each KV head's group of query heads side by side, so a
+        # range of positions is one contiguous block of rows), keys and values [b, kv, s, d]:
+        # GQA without repeating K/V. The 1/sqrt(d) score scale is folded into q's RoPE.
+        qr = np.empty((b, nkv, s, g, d), np.float32)
+        scale = np.float32(1.0 / math.sqrt(d))
+        self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 1, 3, 4), cos, sin, qr, scale)
         kr = np.empty((b, nkv, s, d), np.float32)
         self._rotate(k.reshape(b, s, nkv, d).transpose(0, 2, 1, 3), cos, sin, kr)
         vt = np.ascontiguousarray(v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3))
-        scores = np.matmul(qr.reshape(b, nkv, g * s, d), kr.transpose(0, 1, 3, 2))
-        scores5 = scores.reshape(b, nkv, g, s, s)
-        scores5 *= np.float32(1.0 / math.sqrt(d))
-        scores5 += self._mask(s, c.layer_windows[i])
-        _softmax(scores)
-        ctx = np.matmul(scores, vt).reshape(b, nkv, g, s, d)
-        attn = np.ascontiguousarray(ctx.transpose(0, 3, 1, 2, 4)).reshape(b * s, nh * d)
-        del q, k, v, qr, kr, vt, scores, scores5, ctx
+        del q, k, v
+        ctx = self._attend(qr, kr, vt, c.layer_windows[i])
+        attn = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3, 4)).reshape(b * s, nh * d)
+        del qr, kr, vt, ctx
         if capture is not None:
             capture(a + "o_proj.weight", attn)
         rows += self.linear(attn, a + "o_proj.weight", a + "o_proj.bias" if c.o_bias else None)
@@ -593,10 +595,16 @@ class Llama(Model):
         self._rope_cache = (s, cos, sin)
         return cos, sin
 
-    def _rotate(self, x: F32, cos: F32, sin: F32, out: F32) -> None:
-        """RoPE of ``x`` ``[..., s, d]`` into ``out``: pairs (i, i+d/2) for "hf", (2i, 2i+1) for
-        "gguf"."""
+    def _rotate(
+        self, x: F32, cos: F32, sin: F32, out: F32, scale: np.float32 | None = None
+    ) -> None:
+        """RoPE of ``x`` ``[b, kv, s, (g,) d]`` into ``out`` (times ``scale``): pairs
+        (i, i + d/2) for the "hf" layout, (2i, 2i + 1) for "gguf"."""
         d = x.shape[-1]
+        if x.ndim == 5:
+            cos, sin = cos[:, None, :], sin[:, None, :]
+        if scale is not None:
+            cos, sin = cos * scale, sin * scale
         if self.qk_layout == "hf":
             x1, x2 = x[..., : d // 2], x[..., d // 2 :]
             o1, o2 = out[..., : d // 2], out[..., d // 2 :]
@@ -604,9 +612,46 @@ class Llama(Model):
             x1, x2 = x[..., 0::2], x[..., 1::2]
             o1, o2 = out[..., 0::2], out[..., 1::2]
         np.multiply(x1, cos, out=o1)
-        o1 -= x2 * sin
+        t = x2 * sin
+        o1 -= t
         np.multiply(x2, cos, out=o2)
-        o2 += x1 * sin
+        np.multiply(x1, sin, out=t)
+        o2 += t
+
+    def _attend(self, q: F32, k: F32, v: F32, window: int | None) -> F32:
+        """Causal attention: softmax(q k^T + mask) v, a block of query positions at a time.
+
+        ``q`` ``[b, kv, s, g, d]`` (already scaled by 1/sqrt(d)), ``k``, ``v`` ``[b, kv, s, d]``;
+        returns ``[b, kv, s, g, d]``. Each block of queries sees only the keys up to its last
+        position (and from its first position's window on), so the masked upper triangle is
+        mostly never computed; the mask is added only to the columns where it has -inf. The
+        softmax subtracts each row's maximum; its normalization is applied to the context
+        (``[.., d]``) rather than to the probabilities (``[.., keys]``).
+        """
+        b, nkv, s, g, d = q.shape
+        mask = self._mask(s, window)
+        if window is not None and window >= s:
+            window = None
+        q4 = q.reshape(b, nkv, s * g, d)
+        out = np.empty_like(q4)
+        step = max(1, _ATTENTION_ROWS // g)
+        for i0 in range(0, s, step):
+            i1 = min(s, i0 + step)
+            lo = 0 if window is None else max(0, i0 - window + 1)
+            scores = np.matmul(q4[:, :, i0 * g : i1 * g], k[:, :, lo:i1].transpose(0, 1, 3, 2))
+            s5 = scores.reshape(b, nkv, i1 - i0, g, i1 - lo)
+            if i1 - i0 > 1:  # the causal triangle: keys i0+1 .. i1-1
+                s5[..., i0 + 1 - lo :] += mask[i0:i1, None, i0 + 1 : i1]
+            if window is not None and i1 - window > lo:  # keys that left the window
+                s5[..., : i1 - window - lo] += mask[i0:i1, None, lo : i1 - window]
+            top = scores.max(axis=-1, keepdims=True)
+            scores -= top
+            np.exp(scores, out=scores)
+            total = scores.sum(axis=-1, keepdims=True)
+            ctx = np.matmul(scores, v[:, :, lo:i1])
+            ctx /= total
+            out[:, :, i0 * g : i1 * g] = ctx
+        return out.reshape(b, nkv, s, g, d)
 
     def _mask(self, s: int, window: int | None) -> F32:
         """The additive causal mask ``[s, s]``: 0 where key j is visible from query i (j <= i,
@@ -625,16 +670,6 @@ class Llama(Model):
                 self._mask_cache.clear()
             self._mask_cache[key] = mask
         return mask
-
-
-def _softmax(x: F32) -> None:
-    """Softmax over the last axis, in place; every row has a finite entry (the diagonal)."""
-    m = x.max(axis=-1, keepdims=True)
-    x -= m
-    np.exp(x, out=x)
-    total = x.sum(axis=-1, keepdims=True)
-    np.reciprocal(total, out=total)
-    x *= total
 
 
 def _silu_mul(gate: F32, up: F32) -> None:

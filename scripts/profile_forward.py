@@ -16,6 +16,7 @@ reaches. Each figure is the best of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
@@ -138,19 +139,44 @@ def main() -> None:
     ids = np.random.default_rng(1).integers(0, c.vocab_size, (1, args.tokens))
     print(f"model: {args.path or 'random weights, SmolLM2-135M shapes'}; {args.tokens} tokens")
     print(f"threads: qfast {qfast.get_num_threads()}; numpy BLAS: {blas_name()}")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
-    model.logits(ids)  # warm up: weights loaded, caches built
-    total = best(lambda: model.logits(ids), args.repeats)
+    # The same matmuls alone: one x @ W.T per linear over all tokens.
+    n = ids.size
+    rng = np.random.default_rng(2)
+    names = list(model.linear_names())
+    if c.tie_word_embeddings:
+        names.append("model.embed_tokens.weight")
+    weights = [model.weights[name] for name in names]
+    shapes = [tuple(w.shape) for w in weights]
+    xs = {k: rng.standard_normal((n, k), dtype=np.float32) for k in {s[1] for s in shapes}}
+    flops = 2.0 * n * sum(a * b for a, b in shapes)
 
-    per_run: list[dict[str, float]] = []
-    for _ in range(args.repeats):
+    def matmuls() -> None:
+        for w in weights:
+            xs[w.shape[1]] @ w.T
+
+    def forward() -> None:
+        model.logits(ids)
+
+    def instrumented() -> dict[str, float]:
         timers = Timers(model)
         t0 = time.perf_counter()
         model.logits(ids)
         timers.t["instrumented total"] = time.perf_counter() - t0
         timers.close()
-        per_run.append(dict(timers.t))
-    prof = min(per_run, key=lambda d: d["instrumented total"])
+        return dict(timers.t)
+
+    forward()  # warm up: weights loaded, caches built
+    matmuls()
+    # Interleaved, best of each: on a shared machine the quietest run of each is compared.
+    totals, alones, runs = [], [], []
+    for _ in range(args.repeats):
+        totals.append(best(forward, 1))
+        alones.append(best(matmuls, 1))
+        runs.append(instrumented())
+    total, alone = min(totals), min(alones)
+    prof = min(runs, key=lambda d: d["instrumented total"])
     attention = prof["blocks"] - (
         prof["linears (blocks)"]
         + prof["norms"]
@@ -158,26 +184,6 @@ def main() -> None:
         + prof["rope"]
         + prof["mlp activation"]
     )
-
-    # The same matmuls alone: one x @ W.T per linear over all tokens.
-    n = ids.size
-    rng = np.random.default_rng(2)
-    shapes = []
-    for name in model.linear_names():
-        shapes.append(tuple(model.weights.shape(name)))
-    if c.tie_word_embeddings:
-        shapes.append(tuple(model.weights.shape("model.embed_tokens.weight")))
-    xs = {k: rng.standard_normal((n, k), dtype=np.float32) for k in {s[1] for s in shapes}}
-    weights = [model.weights[name] for name in model.linear_names()]
-    if c.tie_word_embeddings:
-        weights.append(model.weights["model.embed_tokens.weight"])
-
-    def matmuls() -> None:
-        for w in weights:
-            xs[w.shape[1]] @ w.T
-
-    alone = best(matmuls, args.repeats)
-    flops = 2.0 * n * sum(a * b for a, b in shapes)
 
     rows = [
         ("linears (blocks)", prof["linears (blocks)"]),

@@ -469,3 +469,47 @@ def test_attention_in_blocks_of_queries(monkeypatch, name, rows):
     tol = float32_tolerance(cfg, tensors, ids, ref)
     np.testing.assert_allclose(got, np.stack(ref), rtol=0, atol=tol)
     np.testing.assert_allclose(got, whole, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["overflow", "underflow"])
+def test_softmax_far_outside_exps_range(case):
+    """Scores beyond exp's float32 range (above 88, or all below -87 in a row) still give the
+    reference's softmax: the maximum is subtracted where it matters."""
+    cfg = CONFIGS["qwen2-bias-tied-window"] | {"use_sliding_window": False}
+    tensors = make_tensors(cfg)
+    d = cfg["hidden_size"] // cfg["num_attention_heads"]
+    nkv = cfg["num_key_value_heads"]
+    for layer in range(cfg["num_hidden_layers"]):
+        a = f"model.layers.{layer}.self_attn."
+        # q and k biases along each head's slowest-rotating pair (dims d/2-1, d-1): q.k is
+        # about +-1600 for every nearby pair of positions, so exp(score) is inf or 0.
+        k_sign = 1 if case == "overflow" else -1
+        for proj, sign, heads in (
+            ("q_proj", 1, cfg["num_attention_heads"]),
+            ("k_proj", k_sign, nkv),
+        ):
+            bias = np.zeros((heads, d), np.float32)
+            bias[:, d // 2 - 1] = bias[:, d - 1] = sign * 40 / np.sqrt(2)
+            tensors[a + proj + ".bias"] = bias.reshape(-1)
+    model = build(cfg, tensors)
+    ids = make_ids(cfg)
+    captured = {}
+
+    def hook(name, x):
+        captured.setdefault(name, x)
+
+    got = model.logits(ids, capture=hook)
+    ref = [reference_forward(cfg, tensors, list(row)) for row in ids]
+    tol = float32_tolerance(cfg, tensors, ids, ref)
+    np.testing.assert_allclose(got, np.stack(ref), rtol=0, atol=tol)
+    # The scores really are out of range.
+    x = captured["model.layers.0.self_attn.q_proj.weight"][:SEQ].astype(np.float64)
+    q = x @ tensors["model.layers.0.self_attn.q_proj.weight"].T.astype(np.float64)
+    q += tensors["model.layers.0.self_attn.q_proj.bias"]
+    k = x @ tensors["model.layers.0.self_attn.k_proj.weight"].T.astype(np.float64)
+    k += tensors["model.layers.0.self_attn.k_proj.bias"]
+    scores = q[:, :d] @ k[:, :d].T / np.sqrt(d)  # head 0 (of kv head 0), before RoPE
+    if case == "overflow":
+        assert scores.min() > 150
+    else:
+        assert scores.max() < -150

@@ -43,7 +43,11 @@ _ARCHITECTURES = {
 _QK_LAYOUTS = ("hf", "gguf")
 #: Query rows (positions x heads of one KV group) per block of attention: the block's scores
 #: (rows x keys float32) stay in the L2 cache.
-_ATTENTION_ROWS = 192
+_ATTENTION_ROWS = 384
+#: The least softmax denominator (sum of exp(score)) taken without subtracting each row's
+#: maximum: its largest term is then >= 1e-20 / keys, and terms that fall into float32's
+#: subnormal range (< 1.2e-38) are below 1e-14 of it.
+_MIN_TOTAL = np.float32(1e-20)
 #: Keys LlamaConfig reads (and writes back); everything else in config.json is kept in
 #: ``extra`` and written back unchanged.
 _KNOWN_KEYS = frozenset(
@@ -388,6 +392,7 @@ class Llama(Model):
         self._inv_freq = _rope_frequencies(config)
         self._rope_cache: tuple[int, F32, F32] | None = None
         self._mask_cache: dict[tuple[int, int | None], F32] = {}
+        self._work: F32 = np.empty(0, np.float32)
 
     @classmethod
     def from_config(
@@ -633,24 +638,39 @@ class Llama(Model):
         if window is not None and window >= s:
             window = None
         q4 = q.reshape(b, nkv, s * g, d)
+        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # [b, kv, d, s]
         out = np.empty_like(q4)
         step = max(1, _ATTENTION_ROWS // g)
+        # One scores buffer for every block and layer: fresh large arrays cost page faults.
+        size = b * nkv * min(s, step) * g * s
+        if self._work.size < size:
+            self._work = np.empty(size, np.float32)
         for i0 in range(0, s, step):
             i1 = min(s, i0 + step)
             lo = 0 if window is None else max(0, i0 - window + 1)
-            scores = np.matmul(q4[:, :, i0 * g : i1 * g], k[:, :, lo:i1].transpose(0, 1, 3, 2))
-            s5 = scores.reshape(b, nkv, i1 - i0, g, i1 - lo)
-            if i1 - i0 > 1:  # the causal triangle: keys i0+1 .. i1-1
-                s5[..., i0 + 1 - lo :] += mask[i0:i1, None, i0 + 1 : i1]
-            if window is not None and i1 - window > lo:  # keys that left the window
-                s5[..., : i1 - window - lo] += mask[i0:i1, None, lo : i1 - window]
-            top = scores.max(axis=-1, keepdims=True)
-            scores -= top
-            np.exp(scores, out=scores)
-            total = scores.sum(axis=-1, keepdims=True)
-            ctx = np.matmul(scores, v[:, :, lo:i1])
+            rows = slice(i0 * g, i1 * g)
+            shape = (b, nkv, (i1 - i0) * g, i1 - lo)
+            scores = self._work[: math.prod(shape)].reshape(shape)
+            for shifted in (False, True):
+                np.matmul(q4[:, :, rows], kt[..., lo:i1], out=scores)
+                s5 = scores.reshape(b, nkv, i1 - i0, g, i1 - lo)
+                if i1 - i0 > 1:  # the causal triangle: keys i0+1 .. i1-1
+                    s5[..., i0 + 1 - lo :] += mask[i0:i1, None, i0 + 1 : i1]
+                if window is not None and i1 - window > lo:  # keys that left the window
+                    s5[..., : i1 - window - lo] += mask[i0:i1, None, lo : i1 - window]
+                if shifted:
+                    scores -= scores.max(axis=-1, keepdims=True)
+                with np.errstate(over="ignore"):
+                    np.exp(scores, out=scores)
+                total = scores.sum(axis=-1, keepdims=True)
+                # Unshifted, exp is as accurate as after subtracting each row's maximum as
+                # long as no term overflows and the largest is far above float32's subnormal
+                # range; otherwise the block is redone the usual way.
+                if shifted or (np.isfinite(total.max()) and total.min() >= _MIN_TOTAL):
+                    break
+            ctx = out[:, :, rows]
+            np.matmul(scores, v[:, :, lo:i1], out=ctx)
             ctx /= total
-            out[:, :, i0 * g : i1 * g] = ctx
         return out.reshape(b, nkv, s, g, d)
 
     def _mask(self, s: int, window: int | None) -> F32:

@@ -43,7 +43,9 @@ _ARCHITECTURES = {
 _QK_LAYOUTS = ("hf", "gguf")
 #: Query rows (positions x heads of one KV group) per block of attention: the block's scores
 #: (rows x keys float32) stay in the L2 cache.
-_ATTENTION_ROWS = 384
+_ATTENTION_ROWS = 192
+#: Elements per block of the row-wise elementwise passes (the SwiGLU activation).
+_ELEMENTWISE_BLOCK = 49152
 #: The least softmax denominator (sum of exp(score)) taken without subtracting each row's
 #: maximum: its largest term is then >= 1e-20 / keys, and terms that fall into float32's
 #: subnormal range (< 1.2e-38) are below 1e-14 of it.
@@ -693,10 +695,14 @@ class Llama(Model):
 
 
 def _silu_mul(gate: F32, up: F32) -> None:
-    """gate <- silu(gate) * up = gate * up / (1 + exp(-gate)), in place."""
-    t = np.negative(gate)
+    """gate <- silu(gate) * up = gate * up / (1 + exp(-gate)), in place, a block of rows at a
+    time (the five passes over a block stay in cache)."""
+    step = max(1, _ELEMENTWISE_BLOCK // gate.shape[-1])
     with np.errstate(over="ignore"):
-        np.exp(t, out=t)
-    t += 1.0
-    gate *= up
-    gate /= t
+        for i in range(0, gate.shape[0], step):
+            g, u = gate[i : i + step], up[i : i + step]
+            t = np.negative(g)
+            np.exp(t, out=t)
+            t += 1.0
+            g *= u
+            g /= t

@@ -12,6 +12,8 @@ RoPE comes in two layouts of the Q/K weight rows:
 - ``qk_layout="gguf"``: rows permuted by llama.cpp's converter (:func:`permute_qk`), so that
   each head's adjacent dimensions ``2i, 2i+1`` are rotated together (llama.cpp's normal RoPE).
   Both layouts give the same logits; :func:`unpermute_qk` turns GGUF rows back into HF rows.
+  llama.cpp's converter permutes q/k biases too (``attention_bias``), and does not permute
+  Qwen2 at all (llama.cpp runs Qwen2 with NeoX RoPE): a Qwen2 GGUF is ``qk_layout="hf"``.
 
 The forward pass is split so calibration can run one block at a time::
 

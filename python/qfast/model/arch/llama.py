@@ -397,6 +397,7 @@ class Llama(Model):
         self._rope_cache: tuple[int, F32, F32] | None = None
         self._mask_cache: dict[tuple[int, int | None], F32] = {}
         self._work: F32 = np.empty(0, np.float32)
+        self._buffers: dict[str, F32] = {}
 
     @classmethod
     def from_config(
@@ -484,56 +485,92 @@ class Llama(Model):
                 f"got {h.dtype} {h.shape}"
             )
         b, s, _ = h.shape
+        n = b * s
         nh, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         g = nh // nkv
         p = _layer(i)
         a = p + "self_attn."
-        rows = h.reshape(b * s, c.hidden_size)
+        rows = h.reshape(n, c.hidden_size)
+        # Intermediate arrays live in buffers reused from block to block (fresh large arrays
+        # cost a page fault per 4 KiB); those handed to `capture` are fresh.
+        buf = self._buffer
+        keep = capture is not None
 
         # Attention.
-        x = self._norm(rows, p + "input_layernorm.weight")
-        names = [f"{a}{n}_proj.weight" for n in "qkv"]
+        x = self._norm(rows, p + "input_layernorm.weight", buf("x", (n, c.hidden_size), keep))
+        names = [f"{a}{t}_proj.weight" for t in "qkv"]
         if capture is not None:
-            for n in names:
-                capture(n, x)
-        bias = [n[: -len("weight")] + "bias" if c.qkv_bias else None for n in names]
-        q = self.linear(x, names[0], bias[0])
-        k = self.linear(x, names[1], bias[1])
-        v = self.linear(x, names[2], bias[2])
+            for name in names:
+                capture(name, x)
+        bias = [name[: -len("weight")] + "bias" if c.qkv_bias else None for name in names]
+        q = self.linear(x, names[0], bias[0], out=buf("q", (n, nh * d)))
+        k = self.linear(x, names[1], bias[1], out=buf("k", (n, nkv * d)))
+        v = self.linear(x, names[2], bias[2], out=buf("v", (n, nkv * d)))
         cos, sin = self._rope(s)
         # Queries as [b, kv, s, g, d] (each KV head's group of query heads side by side, so a
         # range of positions is one contiguous block of rows), keys and values [b, kv, s, d]:
         # GQA without repeating K/V. The 1/sqrt(d) score scale is folded into q's RoPE.
-        qr = np.empty((b, nkv, s, g, d), np.float32)
+        qr = buf("qr", (b, nkv, s, g, d))
         scale = np.float32(1.0 / math.sqrt(d))
         self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 1, 3, 4), cos, sin, qr, scale)
-        kr = np.empty((b, nkv, s, d), np.float32)
+        kr = buf("kr", (b, nkv, s, d))
         self._rotate(k.reshape(b, s, nkv, d).transpose(0, 2, 1, 3), cos, sin, kr)
-        vt = np.ascontiguousarray(v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3))
-        del q, k, v
+        vt = buf("vt", (b, nkv, s, d))
+        vt[...] = v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3)
         ctx = self._attend(qr, kr, vt, c.layer_windows[i])
-        attn = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3, 4)).reshape(b * s, nh * d)
-        del qr, kr, vt, ctx
+        attn = buf("attn", (b, s, nkv, g, d), keep)
+        attn[...] = ctx.transpose(0, 2, 1, 3, 4)
+        attn = attn.reshape(n, nh * d)
         if capture is not None:
             capture(a + "o_proj.weight", attn)
-        rows += self.linear(attn, a + "o_proj.weight", a + "o_proj.bias" if c.o_bias else None)
+        o_bias = a + "o_proj.bias" if c.o_bias else None
+        rows += self.linear(attn, a + "o_proj.weight", o_bias, out=buf("o", (n, c.hidden_size)))
 
         # MLP.
         m = p + "mlp."
-        x = self._norm(rows, p + "post_attention_layernorm.weight")
-        names = [f"{m}{n}_proj.weight" for n in ("gate", "up")]
+        x = self._norm(rows, p + "post_attention_layernorm.weight", buf("x", x.shape, keep))
+        names = [f"{m}{t}_proj.weight" for t in ("gate", "up")]
         if capture is not None:
-            for n in names:
-                capture(n, x)
+            for name in names:
+                capture(name, x)
         mb = c.mlp_bias
-        gate = self.linear(x, names[0], m + "gate_proj.bias" if mb else None)
-        up = self.linear(x, names[1], m + "up_proj.bias" if mb else None)
+        ff = c.intermediate_size
+        gate_bias, up_bias = (m + "gate_proj.bias", m + "up_proj.bias") if mb else (None, None)
+        gate = self.linear(x, names[0], gate_bias, out=buf("gate", (n, ff), keep))
+        up = self.linear(x, names[1], up_bias, out=buf("up", (n, ff)))
         _silu_mul(gate, up)
-        del up
         if capture is not None:
             capture(m + "down_proj.weight", gate)
-        rows += self.linear(gate, m + "down_proj.weight", m + "down_proj.bias" if mb else None)
+        down_bias = m + "down_proj.bias" if mb else None
+        rows += self.linear(gate, m + "down_proj.weight", down_bias, out=buf("o", rows.shape))
         return h
+
+    def linear(self, x: F32, name: str, bias: str | None = None, *, out: F32 | None = None) -> F32:
+        """:meth:`Model.linear`, writing a float weight's product into ``out`` when given (a
+        C-contiguous ``[rows, out_features]`` float32 array; a QTensor's product is returned
+        as ``qfast.linear`` makes it)."""
+        w = self.weights[name]
+        if out is None or not isinstance(w, np.ndarray) or x.ndim != 2:
+            return super().linear(x, name, bias)
+        np.matmul(x, w.T, out=out)
+        if bias is not None:
+            out += self._array(bias)
+        return out
+
+    def _array(self, name: str) -> F32:
+        """A weight as a float32 array (a norm weight or bias; dequantized if replaced by a
+        QTensor)."""
+        w = self.weights[name]
+        return w if isinstance(w, np.ndarray) else w.dequantize(np.float32)
+
+    def _buffer(self, key: str, shape: tuple[int, ...], fresh: bool = False) -> F32:
+        """A float32 array of ``shape`` kept for reuse under ``key`` (a new one if ``fresh``)."""
+        if fresh:
+            return np.empty(shape, np.float32)
+        held = self._buffers.get(key)
+        if held is None or held.shape != shape:
+            held = self._buffers[key] = np.empty(shape, np.float32)
+        return held
 
     def head(self, h: F32, *, capture: Capture | None = None) -> F32:
         """The final norm and the LM head: hidden states -> float32 ``[batch, seq, vocab]``."""
@@ -582,14 +619,14 @@ class Llama(Model):
             )
         return arr.astype(np.intp, copy=False)
 
-    def _norm(self, x: F32, name: str) -> F32:
+    def _norm(self, x: F32, name: str, out: F32 | None = None) -> F32:
         """RMSNorm in float32 as Hugging Face computes it: x * rsqrt(mean(x^2) + eps) * w."""
-        w = self.weights[name]
+        w = self._array(name)
         ms = np.einsum("ij,ij->i", x, x)[:, None]
         ms *= np.float32(1.0 / x.shape[1])
         ms += np.float32(self.config.rms_norm_eps)
         np.sqrt(ms, out=ms)
-        out = np.divide(x, ms)
+        out = np.divide(x, ms, out=out)
         out *= w
         return out
 
@@ -642,8 +679,9 @@ class Llama(Model):
         if window is not None and window >= s:
             window = None
         q4 = q.reshape(b, nkv, s * g, d)
-        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # [b, kv, d, s]
-        out = np.empty_like(q4)
+        kt = self._buffer("kt", (b, nkv, d, s))
+        kt[...] = k.transpose(0, 1, 3, 2)
+        out = self._buffer("ctx", q4.shape)
         step = max(1, _ATTENTION_ROWS // g)
         # One scores buffer for every block and layer: fresh large arrays cost page faults.
         size = b * nkv * min(s, step) * g * s

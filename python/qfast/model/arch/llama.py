@@ -394,7 +394,7 @@ class Llama(Model):
                     f"{shape}"
                 )
         self._inv_freq = _rope_frequencies(config)
-        self._rope_cache: tuple[int, F32, F32] | None = None
+        self._rope_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._mask_cache: dict[tuple[int, int | None], F32] = {}
         self._work: F32 = np.empty(0, np.float32)
         self._buffers: dict[str, F32] = {}
@@ -506,15 +506,14 @@ class Llama(Model):
         q = self.linear(x, names[0], bias[0], out=buf("q", (n, nh * d)))
         k = self.linear(x, names[1], bias[1], out=buf("k", (n, nkv * d)))
         v = self.linear(x, names[2], bias[2], out=buf("v", (n, nkv * d)))
-        cos, sin = self._rope(s)
+        rot_k, rot_q = self._rope(s)
         # Queries as [b, kv, s, g, d] (each KV head's group of query heads side by side, so a
         # range of positions is one contiguous block of rows), keys and values [b, kv, s, d]:
         # GQA without repeating K/V. The 1/sqrt(d) score scale is folded into q's RoPE.
         qr = buf("qr", (b, nkv, s, g, d))
-        scale = np.float32(1.0 / math.sqrt(d))
-        self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 1, 3, 4), cos, sin, qr, scale)
+        self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 1, 3, 4), rot_q, qr)
         kr = buf("kr", (b, nkv, s, d))
-        self._rotate(k.reshape(b, s, nkv, d).transpose(0, 2, 1, 3), cos, sin, kr)
+        self._rotate(k.reshape(b, s, nkv, d).transpose(0, 2, 1, 3), rot_k, kr)
         vt = buf("vt", (b, nkv, s, d))
         vt[...] = v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3)
         ctx = self._attend(qr, kr, vt, c.layer_windows[i])
@@ -630,39 +629,40 @@ class Llama(Model):
         out *= w
         return out
 
-    def _rope(self, s: int) -> tuple[F32, F32]:
-        """cos and sin, float32 ``[s, d/2]``, for positions 0..s-1 (cached for the last s)."""
+    def _rope(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rotations e^(i·pos·freq), complex64 ``[s, d/2]``, for positions 0..s-1: as they
+        are (for k) and times 1/sqrt(d) (for q). Cached for the longest s so far."""
         cached = self._rope_cache
-        if cached is not None and cached[0] >= s:
-            return cached[1][:s], cached[2][:s]
-        angle = np.arange(s, dtype=np.float64)[:, None] * self._inv_freq[None, :]
-        cos = np.cos(angle).astype(np.float32)
-        sin = np.sin(angle).astype(np.float32)
-        self._rope_cache = (s, cos, sin)
-        return cos, sin
+        if cached is None or cached[0] < s:
+            angle = np.arange(s, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+            rot = np.exp(1j * angle)
+            scale = 1.0 / math.sqrt(self.config.head_dim)
+            cached = self._rope_cache = (
+                s,
+                rot.astype(np.complex64),
+                (rot * scale).astype(np.complex64),
+            )
+        return cached[1][:s], cached[2][:s]
 
-    def _rotate(
-        self, x: F32, cos: F32, sin: F32, out: F32, scale: np.float32 | None = None
-    ) -> None:
-        """RoPE of ``x`` ``[b, kv, s, (g,) d]`` into ``out`` (times ``scale``): pairs
-        (i, i + d/2) for the "hf" layout, (2i, 2i + 1) for "gguf"."""
+    def _rotate(self, x: F32, rot: np.ndarray, out: F32) -> None:
+        """RoPE of ``x`` ``[b, kv, s, (g,) d]`` into ``out``: the pairs (i, i + d/2) for the
+        "hf" layout, (2i, 2i + 1) for "gguf", as complex numbers times ``rot``.
+
+        ``out`` holds each rotated pair side by side (2i, 2i + 1) in both layouts. Queries and
+        keys are stored in the same order, so their dot products (all attention uses) are
+        those of the layout's own order.
+        """
         d = x.shape[-1]
         if x.ndim == 5:
-            cos, sin = cos[:, None, :], sin[:, None, :]
-        if scale is not None:
-            cos, sin = cos * scale, sin * scale
+            rot = rot[:, None, :]
+        z = out.view(np.complex64)
         if self.qk_layout == "hf":
-            x1, x2 = x[..., : d // 2], x[..., d // 2 :]
-            o1, o2 = out[..., : d // 2], out[..., d // 2 :]
+            pairs = out.reshape(*out.shape[:-1], d // 2, 2)
+            pairs[..., 0] = x[..., : d // 2]
+            pairs[..., 1] = x[..., d // 2 :]
+            z *= rot
         else:
-            x1, x2 = x[..., 0::2], x[..., 1::2]
-            o1, o2 = out[..., 0::2], out[..., 1::2]
-        np.multiply(x1, cos, out=o1)
-        t = x2 * sin
-        o1 -= t
-        np.multiply(x2, cos, out=o2)
-        np.multiply(x1, sin, out=t)
-        o2 += t
+            np.multiply(x.view(np.complex64), rot, out=z)
 
     def _attend(self, q: F32, k: F32, v: F32, window: int | None) -> F32:
         """Causal attention: softmax(q k^T + mask) v, a block of query positions at a time.

@@ -514,8 +514,7 @@ class Llama(Model):
         self._rotate(q.reshape(b, s, nkv, g, d).transpose(0, 2, 1, 3, 4), rot_q, qr)
         kr = buf("kr", (b, nkv, s, d))
         self._rotate(k.reshape(b, s, nkv, d).transpose(0, 2, 1, 3), rot_k, kr)
-        vt = buf("vt", (b, nkv, s, d))
-        vt[...] = v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3)
+        vt = v.reshape(b, s, nkv, d).transpose(0, 2, 1, 3)  # a view: rows d apart per head
         ctx = self._attend(qr, kr, vt, c.layer_windows[i])
         attn = buf("attn", (b, s, nkv, g, d), keep)
         attn[...] = ctx.transpose(0, 2, 1, 3, 4)
@@ -679,8 +678,7 @@ class Llama(Model):
         if window is not None and window >= s:
             window = None
         q4 = q.reshape(b, nkv, s * g, d)
-        kt = self._buffer("kt", (b, nkv, d, s))
-        kt[...] = k.transpose(0, 1, 3, 2)
+        kt = k.transpose(0, 1, 3, 2)
         out = self._buffer("ctx", q4.shape)
         step = max(1, _ATTENTION_ROWS // g)
         # One scores buffer for every block and layer: fresh large arrays cost page faults.

@@ -46,7 +46,7 @@ class Tiny(Model):
     kind = "causal"
 
     def linear_names(self) -> list[str]:
-        return ["head.weight", "ctx.weight"]
+        return ["head", "ctx"]
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)

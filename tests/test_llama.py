@@ -218,17 +218,18 @@ def test_capture_gives_each_linears_input():
     got = dict(seen)
     for layer in range(2):
         p = f"model.layers.{layer}."
-        q, k, v = (got[f"{p}self_attn.{x}_proj.weight"] for x in "qkv")
+        q, k, v = (got[f"{p}self_attn.{x}_proj"] for x in "qkv")
         assert q is k is v
-        assert got[p + "mlp.gate_proj.weight"] is got[p + "mlp.up_proj.weight"]
+        assert got[p + "mlp.gate_proj"] is got[p + "mlp.up_proj"]
     record: dict[str, np.ndarray] = {}
     ref = reference_forward(cfg, tensors, list(ids[0]), record=record)
     tol = float32_tolerance(cfg, tensors, ids, [ref])
-    assert set(record) == set(got)
+    assert set(record) == {f"{n}.weight" for n in got}  # the reference records weight names
     for n, x in seen:
-        assert x.dtype == np.float32 and x.shape == record[n].shape
-        scale = np.abs(record[n]).max()
-        np.testing.assert_allclose(x, record[n], rtol=0, atol=tol * max(scale, 1.0), err_msg=n)
+        want = record[f"{n}.weight"]
+        assert x.dtype == np.float32 and x.shape == want.shape
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(x, want, rtol=0, atol=tol * max(scale, 1.0), err_msg=n)
 
 
 def test_tied_models_capture_no_lm_head():
@@ -237,7 +238,7 @@ def test_tied_models_capture_no_lm_head():
     names = []
     model.logits(make_ids(cfg), capture=lambda n, x: names.append(n))
     assert names == model.linear_names()
-    assert "lm_head.weight" not in names and "lm_head.weight" not in model.weights
+    assert "lm_head" not in names and "lm_head.weight" not in model.weights
 
 
 def test_block_by_block_equals_logits():
@@ -286,14 +287,14 @@ def test_tensor_shapes_and_linear_names():
     model = build(cfg, make_tensors(cfg))
     p = "model.layers.0."
     assert model.linear_names() == [
-        p + "self_attn.q_proj.weight",
-        p + "self_attn.k_proj.weight",
-        p + "self_attn.v_proj.weight",
-        p + "self_attn.o_proj.weight",
-        p + "mlp.gate_proj.weight",
-        p + "mlp.up_proj.weight",
-        p + "mlp.down_proj.weight",
-        "lm_head.weight",
+        p + "self_attn.q_proj",
+        p + "self_attn.k_proj",
+        p + "self_attn.v_proj",
+        p + "self_attn.o_proj",
+        p + "mlp.gate_proj",
+        p + "mlp.up_proj",
+        p + "mlp.down_proj",
+        "lm_head",
     ]
     assert model.arch == "llama" and model.kind == "causal"
 
@@ -310,7 +311,7 @@ def test_quantized_linears(bits):
     tensors = make_tensors(cfg)
     model = build(cfg, tensors)
     deq = dict(tensors)
-    names = model.linear_names()
+    names = [f"{n}.weight" for n in model.linear_names()]
     chosen = names[::2]  # q, v, gate, down of layer 0, k, o, up of layer 1, lm_head
     for n in chosen:
         qt = qfast.rtn(tensors[n], bits=bits, group_size=32)
@@ -496,7 +497,7 @@ def test_softmax_far_outside_exps_range(case):
     captured = {}
 
     def hook(name, x):
-        captured.setdefault(name, x)
+        captured.setdefault(f"{name}.weight", x)
 
     got = model.logits(ids, capture=hook)
     ref = [reference_forward(cfg, tensors, list(row)) for row in ids]

@@ -11,7 +11,8 @@ The contract the architectures (``qfast.model.arch``), the checkpoint readers
   holds float16 / bfloat16 / GGUF blocks); assigning a name replaces it (a QTensor or an array
   of the same shape), which is how a quantized model is built by hand::
 
-      for name in model.linear_names():
+      for layer in model.linear_names():  # module names: "model.layers.0.self_attn.q_proj"
+          name = f"{layer}.weight"
           model.weights[name] = qfast.rtn(model.weights[name], bits=4, group_size=64)
 
 - A linear whose weight is a QTensor runs ``qfast.linear`` with the model's ``compute``
@@ -163,7 +164,8 @@ class Model:
         self.compute = compute
 
     def linear_names(self) -> list[str]:
-        """The weight names of every linear layer, block by block, in execution order."""
+        """Every linear layer's module name (its weight is ``f"{name}.weight"``), block by
+        block, in execution order: the names `capture` hooks receive."""
         raise NotImplementedError
 
     def linear(self, x: F32, name: str, bias: str | None = None) -> F32:

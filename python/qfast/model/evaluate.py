@@ -298,9 +298,9 @@ def weight_stats(model: Any) -> dict[str, Any]:
             f"{type(model).__name__} has no weights: evaluate takes a qfast model "
             "(qfast.load_model)"
         )
-    # linear_names() gives weight names; a layer name also counts its ``.weight``
+    # linear_names() gives module names; their weights are NAME.weight
     names = model.linear_names() if hasattr(model, "linear_names") else []
-    linear = {n for name in names for n in (name, f"{name}.weight")}
+    linear = {f"{name}.weight" for name in names}
     bits_all = bits_lin = 0.0
     n_all = n_lin = 0
     for name in weights:

@@ -453,10 +453,10 @@ class Llama(Model):
         names = []
         for i in range(self.config.num_hidden_layers):
             p = _layer(i)
-            names += [f"{p}self_attn.{n}_proj.weight" for n in "qkvo"]
-            names += [f"{p}mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
+            names += [f"{p}self_attn.{n}_proj" for n in "qkvo"]
+            names += [f"{p}mlp.{n}_proj" for n in ("gate", "up", "down")]
         if not self.config.tie_word_embeddings:
-            names.append("lm_head.weight")
+            names.append("lm_head")
         return names
 
     # -- the forward pass ------------------------------------------------------------------
@@ -470,12 +470,17 @@ class Llama(Model):
         return np.take(table, ids, axis=0).astype(np.float32, copy=False)
 
     def block(self, i: int, h: F32, *, capture: Capture | None = None) -> F32:
-        """Decoder block ``i`` over hidden states ``h`` ``[batch, seq, hidden]``.
+        """Decoder block ``i`` over hidden states ``h`` ``[batch, seq, hidden]``: a new array
+        (``h`` is left as it is, so a calibration pass can run a block twice on one input).
 
-        ``h`` is updated in place (the residual stream) and returned. ``capture`` (if given) is
-        called with each linear's weight name and its input rows, float32 ``[batch*seq, in]``;
-        q/k/v (and gate/up) share one input array.
+        ``capture`` (if given) is called with each linear's name (:meth:`linear_names`) and its
+        input rows, float32 ``[batch*seq, in]``; q/k/v (and gate/up) share one input array.
         """
+        h = h.copy(order="C") if isinstance(h, np.ndarray) else np.asarray(h)
+        return self._block(i, h, capture)
+
+    def _block(self, i: int, h: F32, capture: Capture | None) -> F32:
+        """:meth:`block` updating ``h`` (C-contiguous float32) in place: the residual stream."""
         c = self.config
         if not 0 <= i < c.num_hidden_layers:
             raise ValueError(f"Llama.block: layer {i} out of range 0..{c.num_hidden_layers - 1}")
@@ -501,7 +506,7 @@ class Llama(Model):
         names = [f"{a}{t}_proj.weight" for t in "qkv"]
         if capture is not None:
             for name in names:
-                capture(name, x)
+                capture(name[: -len(".weight")], x)
         bias = [name[: -len("weight")] + "bias" if c.qkv_bias else None for name in names]
         q = self.linear(x, names[0], bias[0], out=buf("q", (n, nh * d)))
         k = self.linear(x, names[1], bias[1], out=buf("k", (n, nkv * d)))
@@ -520,7 +525,7 @@ class Llama(Model):
         attn[...] = ctx.transpose(0, 2, 1, 3, 4)
         attn = attn.reshape(n, nh * d)
         if capture is not None:
-            capture(a + "o_proj.weight", attn)
+            capture(a + "o_proj", attn)
         o_bias = a + "o_proj.bias" if c.o_bias else None
         rows += self.linear(attn, a + "o_proj.weight", o_bias, out=buf("o", (n, c.hidden_size)))
 
@@ -530,7 +535,7 @@ class Llama(Model):
         names = [f"{m}{t}_proj.weight" for t in ("gate", "up")]
         if capture is not None:
             for name in names:
-                capture(name, x)
+                capture(name[: -len(".weight")], x)
         mb = c.mlp_bias
         ff = c.intermediate_size
         gate_bias, up_bias = (m + "gate_proj.bias", m + "up_proj.bias") if mb else (None, None)
@@ -538,7 +543,7 @@ class Llama(Model):
         up = self.linear(x, names[1], up_bias, out=buf("up", (n, ff)))
         _silu_mul(gate, up)
         if capture is not None:
-            capture(m + "down_proj.weight", gate)
+            capture(m + "down_proj", gate)
         down_bias = m + "down_proj.bias" if mb else None
         rows += self.linear(gate, m + "down_proj.weight", down_bias, out=buf("o", rows.shape))
         return h
@@ -580,14 +585,14 @@ class Llama(Model):
         else:
             name = "lm_head.weight"
             if capture is not None:
-                capture(name, x)
+                capture("lm_head", x)
         return self.linear(x, name).reshape(b, s, c.vocab_size)
 
     def logits(self, ids: Any, *, capture: Capture | None = None) -> F32:
         """Next-token logits float32 ``[batch, seq, vocab]`` of full sequences ``ids``."""
         h = self.embed(ids)
         for i in range(self.config.num_hidden_layers):
-            h = self.block(i, h, capture=capture)
+            h = self._block(i, h, capture)
         return self.head(h, capture=capture)
 
     forward = logits

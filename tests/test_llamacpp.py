@@ -6,7 +6,7 @@
 - against itself as the reference, qfast's llama.cpp-convention KL is llama.cpp's noise floor
   (the 16-bit storage of the base log-probabilities), with the same top token everywhere.
 
-The tools are built by ``scripts/llama_cpp.py`` on first use (about 10-15 minutes cold on 2
+The tools are built by ``scripts/llama_cpp.py`` on first use (about 3 minutes cold on 2
 cores, once per cache; see ``tests/llamacpp.py``).
 """
 

@@ -22,7 +22,7 @@ build-dev: install ## build the extension (release, runtime ISA dispatch) into t
 test-rust: ## the kernels, without Python
 	cargo test --release
 
-llama-cpp: install ## llama.cpp's reference tools (pinned sdist from PyPI, cached; ~3-15 minutes cold)
+llama-cpp: install ## llama.cpp's reference tools (pinned sdist from PyPI, cached; about 3 minutes cold on 2 cores)
 	$(BIN)/python scripts/llama_cpp.py build
 
 test-python: build-dev llama-cpp

@@ -213,7 +213,7 @@ def build(jobs: int | None = None) -> Path:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            _log(f"building {', '.join(TOOLS)} with {jobs} jobs (about 10-15 minutes on 2 cores)")
+            _log(f"building {', '.join(TOOLS)} with {jobs} jobs (about 3 minutes on 2 cores)")
             subprocess.run(
                 [cmake, "--build", str(work / "build"), f"-j{jobs}", "--target", *TOOLS],
                 check=True,

@@ -582,3 +582,15 @@ def test_qtensor_weight_runs_qfast_linear(model: Bert, compute: str) -> None:
         assert err < 1e-4  # observed 2.6e-6: x @ deq(W).T summed in another order
     else:
         assert 1e-4 < err < 0.5 * w4  # int8 activations (observed 0.034): less than W4 adds
+
+
+def test_load_model_gives_the_same_embeddings_as_bert_load() -> None:
+    """qfast.load_model hands Bert qfast's Tokenizer (a wrapper): embed works through it, and
+    embedding does not leave the shared tokenizer truncating."""
+    from qfast.model.checkpoint import load_model
+
+    texts = ["A first sentence.", "And a second, somewhat longer sentence than the first."]
+    model = load_model(assets.minilm_dir())
+    np.testing.assert_array_equal(model.embed(texts), Bert.load().embed(texts))
+    model.embed(texts, max_length=4)
+    assert len(model.tokenizer.encode(texts[1])) > 4

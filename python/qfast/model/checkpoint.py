@@ -232,7 +232,10 @@ class SafetensorsFile:
 
 # -- the checkpoint's tensors, whatever the container ---------------------------------------
 
-_IGNORED_EXTRAS = re.compile(r"(^|\.)(rotary_emb\.inv_freq|position_ids|masked_bias|attn\.bias)$")
+# Buffers, and BERT's pooler (used by classification heads, not by the encoder's output).
+_IGNORED_EXTRAS = re.compile(
+    r"(^|\.)(rotary_emb\.inv_freq|position_ids|masked_bias|attn\.bias|pooler\.dense\.(weight|bias))$"
+)
 
 
 class _Tensors:

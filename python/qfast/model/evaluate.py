@@ -89,6 +89,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._checks import check_at_least
 from ..tensor.qtensor import QTensor
 
 __all__ = ["CONVENTIONS", "Evaluation", "evaluate", "weight_stats"]
@@ -478,14 +479,6 @@ def _kind(model: Any, what: str) -> str:
     return kind
 
 
-def _check_int(value: Any, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name} must be at least {lo}, got {value}")
-    return int(value)
-
-
 def _progress(total: int, unit: str, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
@@ -550,11 +543,11 @@ def evaluate(
         raise TypeError(f"text must be a str or a sequence of str, got {type(text).__name__}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
-    n_ctx = _check_int(n_ctx, "n_ctx", 3 if convention == "llama.cpp" else 2)
+    n_ctx = check_at_least(n_ctx, "n_ctx", 3 if convention == "llama.cpp" else 2)
     if max_tokens is not None:
-        max_tokens = _check_int(max_tokens, "max_tokens", 1)
+        max_tokens = check_at_least(max_tokens, "max_tokens", 1)
     if batch_size is not None:
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        batch_size = check_at_least(batch_size, "batch_size", 1)
 
     if kind == "encoder":
         ev = _evaluate_encoder(model, text, reference, batch_size or 32, progress)

@@ -481,12 +481,17 @@ class Bert(Model):
                 f"max_length {max_length}: must be 2 to {self.config.max_position_embeddings} "
                 "(the model's position embeddings)"
             )
-        tok = self.tokenizer
+        # qfast's Tokenizer (qfast.load_model) wraps a tokenizers.Tokenizer (Bert.load's).
+        tok = getattr(self.tokenizer, "backend", self.tokenizer)
         # tokenizer.json may carry its own padding (all-MiniLM-L6-v2's pads to 128): pad to the
-        # longest text of the batch instead, and truncate to the length asked for.
+        # longest text of the batch instead, and truncate to the length asked for, only here
+        # (the tokenizer is shared: its own encode keeps every id).
         tok.no_padding()
         tok.enable_truncation(max_length=max_length)
-        encodings = tok.encode_batch(list(texts))
+        try:
+            encodings = tok.encode_batch(list(texts))
+        finally:
+            tok.no_truncation()
         longest = max((len(e.ids) for e in encodings), default=0)
         ids = np.zeros((len(encodings), longest), dtype=np.int64)
         mask = np.zeros((len(encodings), longest), dtype=np.int64)

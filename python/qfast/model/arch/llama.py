@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._checks import as_int
 from ..base import F32, Capture, Model, WeightStore
 
 __all__ = ["Llama", "LlamaConfig", "permute_qk", "unpermute_qk"]
@@ -280,11 +281,12 @@ class LlamaConfig:
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"LlamaConfig: {name} must be an integer, got {value!r}")
-    return int(value)
+    if isinstance(value, float) and value.is_integer():  # JSON written as 4096.0
+        return int(value)
+    try:
+        return as_int(value, f"LlamaConfig: {name}")
+    except TypeError as e:  # a config.json value: bad data, not a caller's wrong type
+        raise ValueError(str(e)) from None
 
 
 def _as_config(config: dict[str, Any] | LlamaConfig) -> LlamaConfig:

@@ -27,8 +27,17 @@ around the pieces of ``qfast.model.arch.llama.Llama``: the block linears (``qfas
 QTensor weights, sgemm for float ones), the LM head, attention, RMSNorm, RoPE, the SwiGLU
 activation, the embedding lookup, and the rest of each block (residual adds, copies); plus
 ``qfast.quantize(x, 8, axis=0)`` timed alone on the block linears' inputs, an estimate of
-the activation quantization inside ``qfast.linear``, and the log-softmax statistics
-``qfast.evaluate`` adds on top of the forward passes.
+the activation quantization inside ``qfast.linear``; the same ``qfast.linear`` calls replayed
+back to back (the kernels without the NumPy work between them); and the log-softmax
+statistics ``qfast.evaluate`` adds on top of the forward passes. Then each distinct linear
+shape of a block alone: sgemm (``x @ W.T``) against ``qfast.linear`` on the rows of one
+evaluation batch.
+
+``--single-thread-attention`` (an experiment, not what qfast does): the W4A8 models' attention
+runs with NumPy's bundled OpenBLAS set to one thread. After a multithreaded call, OpenBLAS's
+worker thread busy-waits (about 2^28 cycles, ``OPENBLAS_THREAD_TIMEOUT``) and takes a core
+from ``qfast.linear``'s threads on a 2-core machine; ``OPENBLAS_THREAD_TIMEOUT=4`` in the
+environment shows the same effect from the other side.
 """
 
 from __future__ import annotations
@@ -51,6 +60,45 @@ import qfast
 import qfast.assets
 from qfast.calibration.text import heldout_paragraphs
 from qfast.tensor.qtensor import QTensor
+
+
+def openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """``(set, get)`` of the thread count of the OpenBLAS that NumPy's wheel bundles (NumPy has
+    no API for it); None when NumPy links another BLAS."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(str(Path(np.__file__).parents[1] / "numpy.libs" / "*openblas*"))
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for suffix in ("64_", "_64_", ""):
+            s = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
+            g = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
+            if s is not None and g is not None:
+                s.argtypes, g.restype = [ctypes.c_int], ctypes.c_int
+                return s, g
+    return None
+
+
+def single_threaded_attention(model: Any) -> None:
+    """An experiment: the model's attention (NumPy matmuls of a few MFLOP each) runs with
+    OpenBLAS on one thread, so that OpenBLAS's second thread does not spin (it busy-waits
+    ~2^28 cycles after each multithreaded call) while qfast.linear's threads work."""
+    found = openblas_threads()
+    if found is None:
+        sys.exit("--single-thread-attention: NumPy's bundled OpenBLAS not found")
+    set_threads, get_threads = found
+    inner = model._attend
+
+    def attend(*args: Any, **kw: Any) -> Any:
+        n = get_threads()
+        set_threads(1)
+        try:
+            return inner(*args, **kw)
+        finally:
+            set_threads(n)
+
+    model._attend = attend
 
 
 def load_float() -> Any:
@@ -172,6 +220,37 @@ def profile(model: Any, ids: np.ndarray) -> dict[str, float]:
     return t
 
 
+def kernels_alone(models: dict[str, Any], rows: int, repeats: int) -> None:
+    """Each distinct linear shape of the block: x @ W.T (sgemm) against qfast.linear on each
+    W4A8 model's QTensor of that shape, ``rows`` rows, interleaved, best of ``repeats``."""
+    float_model = models["float32"]
+    rng = np.random.default_rng(3)
+    shapes: dict[tuple[int, ...], str] = {}
+    for name in float_model.linear_names()[:7]:  # one block
+        shapes.setdefault(float_model.weights.shape(f"{name}.weight"), name.split(".")[-1])
+    print(f"\nkernels alone, {rows} rows, ms (best of {repeats}; same for every block)")
+    names = list(models)
+    print(f"{'shape [out, in]':24}" + "".join(f"{n:>13}" for n in names))
+    for shape, label in shapes.items():
+        w = {n: m.weights[f"model.layers.0.{_module(label)}.weight"] for n, m in models.items()}
+        x = rng.standard_normal((rows, shape[1]), dtype=np.float32)
+        best = dict.fromkeys(names, np.inf)
+        for _ in range(repeats):
+            for n in names:
+                t0 = time.perf_counter()
+                if n == "float32":
+                    x @ w[n].T
+                else:
+                    qfast.linear(x, w[n])
+                best[n] = min(best[n], time.perf_counter() - t0)
+        cells = "".join(f"{best[n] * 1e3:13.2f}" for n in names)
+        print(f"{str(list(shape)) + ' ' + label:24}{cells}")
+
+
+def _module(proj: str) -> str:
+    return f"{'self_attn' if proj[0] in 'qkvo' else 'mlp'}.{proj}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--windows", type=int, default=2)
@@ -180,6 +259,11 @@ def main() -> None:
     ap.add_argument("--group-sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--threads", type=int, help="qfast threads (default: qfast's)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--single-thread-attention",
+        action="store_true",
+        help="an experiment: the W4A8 models' attention on one OpenBLAS thread",
+    )
     args = ap.parse_args()
     if args.threads:
         qfast.set_num_threads(args.threads)
@@ -196,6 +280,9 @@ def main() -> None:
     models = {"float32": load_float()}
     for g in args.group_sizes:
         models[f"W4A8 g{g}"] = w4a8(g)
+        if args.single_thread_attention:
+            single_threaded_attention(models[f"W4A8 g{g}"])
+            print(f"W4A8 g{g}: attention on one OpenBLAS thread")
     tokens = args.windows * args.n_ctx
     text = text_of(models["float32"], tokens)
     kw = {"n_ctx": args.n_ctx, "max_tokens": tokens}
@@ -223,6 +310,7 @@ def main() -> None:
 
     if args.no_profile:
         return
+    kernels_alone(models, args.n_ctx * max(1, 1024 // args.n_ctx), 2 * args.repeats + 1)
     ids = np.asarray(models["float32"].tokenizer.encode(text)[: args.n_ctx])[None]
     profiles = {}
     for name, m in models.items():

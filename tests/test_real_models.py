@@ -7,9 +7,10 @@ all-MiniLM-L6-v2, against references that share no code with qfast's forward pas
   ``test_llama.py`` derives it (the same reference run in float32 shows how far an honest
   float32 computation strays).
 - W4 (RTN, group 64) and W8 (RTN, per output channel) SmolLM2 built by hand with
-  ``qfast.rtn``: with ``compute="float"`` the W4 model is the float model with the
-  dequantized weights; with ``compute="int8"`` it is the reference with every linear's input
-  rounded to INT8 per row; ``qfast.evaluate`` against the float model orders them sensibly.
+  ``qfast.rtn``: with ``compute="float"`` the W4 model's logits are the reference's with the
+  dequantized weights; with ``compute="int8"`` every linear of its forward pass is its input
+  rounded to INT8 per row times the dequantized weight (linear by linear: see that test for
+  why not at the logits); ``qfast.evaluate`` against the float model orders them sensibly.
 - all-MiniLM-L6-v2 through ``qfast.evaluate`` against sentence-transformers' mean pooling over
   ONNX Runtime's forward pass of ``tests/bert_onnx.py``'s graph; a W8A8 MiniLM is lower.
 - ``qfast eval`` on a W4 SmolLM2 folder in qfast's format, with the GGUF as the reference.

@@ -75,7 +75,7 @@ class Timers:
     def __init__(self, model: Llama) -> None:
         self.t: dict[str, float] = defaultdict(float)
         self.model = model
-        head_name = model.linear_names()[-1] if not model.config.tie_word_embeddings else None
+        head_name = "lm_head.weight" if not model.config.tie_word_embeddings else None
         tied = "model.embed_tokens.weight"
 
         def wrap(attr: str, label: Any) -> None:
@@ -97,7 +97,7 @@ class Timers:
         wrap("_norm", "norms")
         wrap("_rotate", "rope")
         wrap("embed", "embedding")
-        wrap("block", "blocks")
+        wrap("_block", "blocks")
         wrap("head", "head (norm + lm head)")
 
         import qfast.model.arch.llama as arch
@@ -115,7 +115,7 @@ class Timers:
     def close(self) -> None:
         arch, inner = self._restore
         arch._silu_mul = inner  # type: ignore[assignment]
-        for attr in ("linear", "_norm", "_rotate", "embed", "block", "head"):
+        for attr in ("linear", "_norm", "_rotate", "embed", "_block", "head"):
             self.model.__dict__.pop(attr, None)
 
 
@@ -144,7 +144,7 @@ def main() -> None:
     # The same matmuls alone: one x @ W.T per linear over all tokens.
     n = ids.size
     rng = np.random.default_rng(2)
-    names = list(model.linear_names())
+    names = [f"{name}.weight" for name in model.linear_names()]
     if c.tie_word_embeddings:
         names.append("model.embed_tokens.weight")
     # QTensor weights (a quantized model) are compared with sgemm on their float values.

@@ -2992,6 +2992,10 @@ good(
 )  # item 3
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(
     cmd: list[str], tmp: Path, watch: Path, old: Path
 ) -> tuple[int, str, str, list[str], bytes]:
@@ -3017,7 +3021,16 @@ def _interrupt_once(
     cmd: list[str], tmp: Path, watch: Path, old: Path
 ) -> tuple[int, str, str, list[str], bytes]:
     before = set(os.listdir(watch))
-    p = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell runs background jobs with SIGINT ignored, and a child inherits that (Python
+        # then installs no KeyboardInterrupt handler): give the child the default disposition.
+        preexec_fn=_default_sigint if os.name == "posix" else None,
+    )
     deadline = time.monotonic() + PROCESS_SUB_TIMEOUT - 1
     sent = False
     while time.monotonic() < deadline and p.poll() is None:

@@ -54,18 +54,21 @@ def quantize_layer(
     method: str, W: np.ndarray, Xc: np.ndarray, H: Any, name: str, bits: int, group_size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``method``'s dequantized weight and, for AWQ, the input scales."""
-    import qfast
+    from ..algorithms.awq import awq
+    from ..algorithms.gptq import gptq
+    from ..algorithms.hqq import hqq
+    from ..algorithms.rtn import rtn
 
     if method == "rtn":
-        return qfast.rtn(W, bits, group_size, symmetric=False).dequantize(), None
+        return rtn(W, bits, group_size, symmetric=False).dequantize(), None
     if method == "gptq":
-        q = qfast.gptq(W, hessian=H, bits=bits, group_size=group_size, symmetric=False)
+        q = gptq(W, hessian=H, bits=bits, group_size=group_size, symmetric=False)
         return q.dequantize(), None
     if method == "awq":
-        r = qfast.awq(W, Xc, bits, group_size, symmetric=False, clip=not _skips_clip(name))
+        r = awq(W, Xc, bits, group_size, symmetric=False, clip=not _skips_clip(name))
         return r.qweights[0].dequantize(), r.scales
     if method == "hqq":
-        return qfast.hqq(W, bits, group_size).dequantize(), None
+        return hqq(W, bits, group_size).dequantize(), None
     raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
@@ -89,7 +92,7 @@ def layer_errors(
         methods: a subset of :data:`METHODS`.
         progress: called with each layer's name before it is quantized.
     """
-    import qfast
+    from ..calibration.hessian import Hessian
 
     hessians: dict[int, Any] = {}
     out = []
@@ -99,7 +102,7 @@ def layer_errors(
         Xc, Xh = calibration[name], heldout[name]
         key = id(Xc)
         if key not in hessians:
-            hessians[key] = qfast.Hessian(Xc.shape[1]).add(Xc)
+            hessians[key] = Hessian(Xc.shape[1]).add(Xc)
         errors = {}
         for m in methods:
             deq, scales = quantize_layer(m, W, Xc, hessians[key], name, bits, group_size)

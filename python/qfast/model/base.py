@@ -21,6 +21,7 @@ The contract the architectures (``qfast.model.arch``), the checkpoint readers
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Union
@@ -132,7 +133,7 @@ def _dtype_name(value: Weight) -> str:
     return "qtensor" if isinstance(value, QTensor) else str(np.asarray(value).dtype)
 
 
-class Model:
+class Model(ABC):
     """A loaded model: its architecture's forward pass over a :class:`WeightStore`.
 
     Attributes:
@@ -163,10 +164,10 @@ class Model:
         self.source = None if source is None else Path(source)
         self.compute = compute
 
+    @abstractmethod
     def linear_names(self) -> list[str]:
         """Every linear layer's module name (its weight is ``f"{name}.weight"``), block by
         block, in execution order: the names `capture` hooks receive."""
-        raise NotImplementedError
 
     def linear(self, x: F32, name: str, bias: str | None = None) -> F32:
         """``x @ W.T (+ b)`` over the last axis of ``x``, with the weight ``name``."""

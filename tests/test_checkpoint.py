@@ -22,8 +22,9 @@ import safetensors.numpy
 import qfast
 import qfast.assets
 import qfast.gguf
+from qfast.formats.safetensors import SafetensorsFile
 from qfast.model import export
-from qfast.model.checkpoint import SafetensorsFile, gguf_tensor_name, load_model
+from qfast.model.checkpoint import gguf_tensor_name, load_model
 from qfast.model.export import save_hf
 from qfast.model.tokenizer import require_tokenizer
 

@@ -27,21 +27,17 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import mmap
 import os
 import re
-import struct
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..formats.safetensors import SafetensorsFile, qtensor_prefixes
 from .base import Model, Weight, WeightStore
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "SafetensorsFile", "architecture", "load_model"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "architecture", "load_model"]
 
 #: ``model_type`` (config.json) -> the architecture module that runs it.
 SUPPORTED_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "bert": "bert"}
@@ -65,169 +61,6 @@ def architecture(model_type: Any) -> Any:
         f"unknown architecture: model_type {model_type!r}; qfast runs "
         f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
     )
-
-
-# -- safetensors, read through a memory map -----------------------------------------------------
-
-_ST_DTYPES: dict[str, np.dtype[Any] | None] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": None,  # ml_dtypes.bfloat16, resolved when needed
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-_MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors package enforces too
-
-
-def _bfloat16() -> np.dtype[Any]:
-    try:
-        import ml_dtypes
-    except ImportError as e:
-        raise ImportError(
-            "reading bfloat16 tensors needs the 'ml_dtypes' package: "
-            "pip install 'qfast-quant[models]'"
-        ) from e
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-class SafetensorsFile:
-    """One ``.safetensors`` file: its header parsed and checked against the file size at
-    open, its tensors read through a read-only memory map on demand.
-
-    Attributes:
-        path: the file.
-        entries: name -> (dtype name as safetensors writes it, shape, start, end), the byte
-            range relative to the data section.
-        metadata: the ``__metadata__`` str -> str map (empty if none).
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(2, "no such safetensors file", str(self.path))
-        if self.path.is_dir():
-            raise IsADirectoryError(21, "is a folder, not a .safetensors file", str(self.path))
-        self._map: mmap.mmap | None = None
-        with open(self.path, "rb") as f:
-            self.size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise self._corrupt(f"only {len(head)} bytes, less than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > self.size - 8:
-                raise self._corrupt(
-                    f"the header claims {n:,} bytes, but the file holds {self.size - 8:,} after "
-                    "the length (truncated, or not safetensors)"
-                )
-            if n > _MAX_HEADER:
-                raise self._corrupt(f"a {n:,}-byte header (the format allows {_MAX_HEADER:,})")
-            raw = f.read(n)
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise self._corrupt(f"the header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise self._corrupt(f"the header is JSON {type(header).__name__}, not an object")
-        self.data_start = 8 + n
-        data_size = self.size - self.data_start
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-        ):
-            raise self._corrupt("__metadata__ is not a str -> str map")
-        self.metadata: dict[str, str] = meta
-        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, info in header.items():
-            self.entries[name] = self._entry(name, info, data_size)
-        spans = sorted((s, e, k) for k, (_, _, s, e) in self.entries.items() if e > s)
-        for (_, e0, a), (s1, _, b) in zip(spans, spans[1:]):
-            if s1 < e0:
-                raise self._corrupt(f"tensors {a!r} and {b!r} overlap in the file")
-
-    def _corrupt(self, what: str) -> ValueError:
-        return ValueError(
-            f"{self.path}: not a valid safetensors file: {what}. The file is corrupt or "
-            "incomplete; download or write it again"
-        )
-
-    def _entry(self, name: str, info: Any, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
-        if not isinstance(info, dict):
-            raise self._corrupt(f"tensor {name!r}: its header entry is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _ST_DTYPES:
-            raise self._corrupt(
-                f"tensor {name!r}: dtype {dtype!r} is not one qfast reads ({', '.join(_ST_DTYPES)})"
-            )
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise self._corrupt(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
-            raise self._corrupt(f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
-        start, end = offsets
-        if end > data_size:
-            raise self._corrupt(
-                f"tensor {name!r} ends at byte {end:,} of the data, which holds {data_size:,} "
-                "(truncated)"
-            )
-        known = _ST_DTYPES[dtype]
-        itemsize = 2 if known is None else known.itemsize
-        if math.prod(shape) * itemsize != end - start:
-            raise self._corrupt(
-                f"tensor {name!r}: {dtype} {tuple(shape)} needs {math.prod(shape) * itemsize:,} "
-                f"bytes, its data_offsets span {end - start:,}"
-            )
-        return dtype, tuple(shape), start, end
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.entries[name][1]
-
-    def dtype_name(self, name: str) -> str:
-        """The NumPy name of a tensor's dtype (``"float16"``, ``"bfloat16"``, ...)."""
-        d = self.entries[name][0]
-        return "bfloat16" if d == "BF16" else str(_ST_DTYPES[d])
-
-    def raw(self, name: str) -> np.ndarray:
-        """The tensor as stored: a read-only array over the memory map (no copy)."""
-        dtype_code, shape, start, end = self.entries[name]
-        known = _ST_DTYPES[dtype_code]
-        dtype = _bfloat16() if known is None else known
-        if end == start:
-            return np.zeros(shape, dtype)
-        size = os.stat(self.path).st_size
-        if size < self.data_start + end:
-            from .._qfast import QfastError
-
-            raise QfastError(
-                f"{self.path} shrank to {size:,} bytes since it was opened ({self.size:,} "
-                f"then); tensor {name!r} lies up to byte {self.data_start + end:,}. Reading it "
-                "through the memory map would crash the process: load the model again once "
-                "the file is complete"
-            )
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        count = (end - start) // dtype.itemsize
-        arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self.data_start + start)
-        return arr.reshape(shape)
-
-    def float32(self, name: str) -> np.ndarray:
-        """The tensor as float32: a view of the map for float32, a converted copy otherwise."""
-        a = self.raw(name)
-        return a if a.dtype == np.float32 else a.astype(np.float32)
 
 
 # -- the checkpoint's tensors, whatever the container ---------------------------------------
@@ -258,7 +91,6 @@ class _Tensors:
 
 
 def _add_safetensors(out: _Tensors, st: SafetensorsFile) -> None:
-    from ..formats.safetensors import qtensor_prefixes
     from ..tensor.qtensor import QTensor
 
     prefixes = qtensor_prefixes(st.entries)

@@ -90,7 +90,9 @@ import numpy as np
 import numpy.typing as npt
 
 from .._checks import check_at_least
+from ..formats.gguf.blocks import type_info
 from ..tensor.qtensor import QTensor
+from .base import WeightStore
 
 __all__ = ["CONVENTIONS", "Evaluation", "evaluate", "weight_stats"]
 
@@ -245,31 +247,20 @@ def _element_bits(dtype: str) -> float:
             return 8.0 * np.dtype(dtype).itemsize
         except TypeError:
             return math.nan
-    try:
-        import gguf  # type: ignore[import-untyped, unused-ignore]
-
-        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[dtype.upper()]]
-        return 8.0 * size / block
-    except (ImportError, KeyError, AttributeError):
+    try:  # a GGUF block type (qfast reads no type it has no geometry for)
+        info = type_info(dtype)
+    except (ValueError, TypeError):
         return math.nan
+    return 8.0 * info.type_size / info.block_size
 
 
-def _tensor_bits(weights: Any, name: str, numel: int) -> float:
-    dtype = weights.stored_dtype(name) if hasattr(weights, "stored_dtype") else None
-    if dtype == "qtensor" or dtype is None:
+def _tensor_bits(weights: WeightStore, name: str, numel: int) -> float:
+    dtype = weights.stored_dtype(name)
+    if dtype == "qtensor":
         value = weights[name]
-        if isinstance(value, QTensor):
-            return 8.0 * value.nbytes
-        return 8.0 * np.asarray(value).nbytes
+        assert isinstance(value, QTensor)
+        return 8.0 * value.nbytes
     return numel * _element_bits(dtype)
-
-
-def _weights_of(model: Any) -> Any:
-    """The model's name -> tensor mapping (a WeightStore, or a plain mapping)."""
-    weights = getattr(model, "weights", None)
-    if weights is None:
-        weights = getattr(model, "tensors", None)  # models without a WeightStore
-    return weights
 
 
 def _source_bytes(source: Path) -> int | None:
@@ -293,29 +284,25 @@ def weight_stats(model: Any) -> dict[str, Any]:
         "size_bytes", "size_kind"}``; ``size_kind`` is ``"on disk"`` (the checkpoint's tensor
         files, when no tensor was replaced) or ``"in memory"`` (the tensors as held).
     """
-    weights = _weights_of(model)
-    if weights is None:
+    weights = getattr(model, "weights", None)
+    if not isinstance(weights, WeightStore):
         raise TypeError(
-            f"{type(model).__name__} has no weights: evaluate takes a qfast model "
+            f"{type(model).__name__} has no WeightStore: evaluate takes a qfast model "
             "(qfast.load_model)"
         )
-    # linear_names() gives module names; their weights are NAME.weight
-    names = model.linear_names() if hasattr(model, "linear_names") else []
-    linear = {f"{name}.weight" for name in names}
+    linear = {f"{name}.weight" for name in model.linear_names()}
     bits_all = bits_lin = 0.0
     n_all = n_lin = 0
     for name in weights:
-        shape = weights.shape(name) if hasattr(weights, "shape") else np.shape(weights[name])
-        numel = math.prod(shape)
+        numel = math.prod(weights.shape(name))
         bits = _tensor_bits(weights, name, numel)
         bits_all += bits
         n_all += numel
         if name in linear:
             bits_lin += bits
             n_lin += numel
-    replaced = weights.replaced() if hasattr(weights, "replaced") else []
-    source = getattr(model, "source", None)
-    on_disk = None if replaced or source is None else _source_bytes(Path(source))
+    source = model.source
+    on_disk = None if weights.replaced() or source is None else _source_bytes(Path(source))
     return {
         "bits_per_weight_linear": bits_lin / n_lin if n_lin else math.nan,
         "bits_per_weight": bits_all / n_all if n_all else math.nan,

@@ -15,6 +15,8 @@ from .calibration.hessian import Hessian
 from .formats.safetensors import load, save
 from .model.checkpoint import load_model
 from .model.evaluate import Evaluation, evaluate
+from .model.quantize import QuantizeReport, quantize_model
+from .model.recipe import Recipe
 from .tensor.linear import linear, matmul_int8
 from .tensor.qtensor import QTensor
 from .tensor.quantize import dequantize, pack, pack_int4, quantize, unpack, unpack_int4
@@ -25,6 +27,8 @@ __all__ = [
     "Hessian",
     "QTensor",
     "QfastError",
+    "QuantizeReport",
+    "Recipe",
     "__version__",
     "awq",
     "cpu_info",
@@ -41,6 +45,7 @@ __all__ = [
     "pack",
     "pack_int4",
     "quantize",
+    "quantize_model",
     "rtn",
     "save",
     "set_num_threads",

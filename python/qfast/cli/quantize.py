@@ -1,4 +1,15 @@
-"""``qfast quantize IN OUT``: every 2-D float weight of a safetensors file as a QTensor."""
+"""``qfast quantize MODEL -o OUT --method gptq ...``: a whole model quantized with a recipe.
+
+``MODEL`` is anything ``qfast.load_model`` reads (a Hugging Face folder, a ``.safetensors``
+file with its ``config.json``, a ``.gguf`` file) or the name of a registry asset
+(``SmolLM2-135M-Instruct``, ``all-MiniLM-L6-v2``: fetched into the cache). The output is
+qfast's model format (``qfast.model.writer``), written block by block; a summary table ends
+the run (time split, size, bits per weight, peak memory, and with ``--eval`` the error against
+the float model on held-out text).
+
+The older form, ``qfast quantize IN.safetensors OUT.safetensors`` (two paths, no ``-o``),
+still quantizes every 2-D float weight of one tensor file as a QTensor.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +38,49 @@ from ._common import (
 
 
 def run(args: argparse.Namespace) -> int:
-    src, dst = Path(args.input), Path(args.output)
+    """Runs ``qfast quantize`` in the form its arguments ask for."""
+    if args.out is not None:
+        if args.legacy_output is not None:
+            raise CLIError(
+                f"{PROG} quantize: error: give the output once: MODEL -o OUT (a model), or "
+                "IN.safetensors OUT.safetensors (one tensor file)"
+            )
+        from .quantize_model import run_model
+
+        return run_model(args)
+    if args.legacy_output is None:
+        raise CLIError(
+            f"{PROG} quantize: error: no output; use {PROG} quantize MODEL -o OUT [--method "
+            "gptq ...] for a model, or IN.safetensors OUT.safetensors for one tensor file"
+        )
+    model_only = [
+        flag
+        for flag, value in (
+            ("--method", args.method),
+            ("--recipe", args.recipe),
+            ("--calibration", args.calibration),
+            ("--samples", args.samples),
+            ("--seq-len", args.seq_len),
+            ("--act-order", args.act_order or None),
+            ("--eval", args.eval or None),
+        )
+        if value is not None
+    ]
+    if model_only:
+        raise CLIError(
+            f"{PROG} quantize: error: {', '.join(model_only)} quantize a model: "
+            f"{PROG} quantize MODEL -o OUT ..."
+        )
+    return run_file(args)
+
+
+def run_file(args: argparse.Namespace) -> int:
+    """``qfast quantize IN.safetensors OUT.safetensors``: every 2-D float weight of one file."""
+    src, dst = Path(args.input), Path(args.legacy_output)
+    if args.bits is None:
+        args.bits = 8
+    if args.scale_dtype is None:
+        args.scale_dtype = "float32"
     tensors, metadata = load_file(src, f"{PROG} quantize")
     try:  # fail before the work, not after it
         check_writable_target(dst)
@@ -121,39 +174,94 @@ def add_parser(sub: Any) -> None:
     """Adds the ``quantize`` command to the ``qfast`` parser's subparsers."""
     p = sub.add_parser(
         "quantize",
-        help="quantize the 2-D float weights of a safetensors file",
-        description="Quantize every 2-D floating-point tensor of IN (other tensors are copied "
-        "as they are) and write OUT, a safetensors file whose quantized tensors are stored as "
-        "QTensor dicts under 'NAME.' (NAME.qfast_header, NAME.data, NAME.scale, ...). "
-        "Default granularity: per-channel along axis 0 (one scale per output row).",
+        help="quantize a model with a recipe (GPTQ, AWQ, RTN, HQQ, W8A8), or one tensor file",
+        description="Quantize MODEL (a Hugging Face folder, a .safetensors file with its "
+        "config.json, a .gguf file, or a registry asset name such as SmolLM2-135M-Instruct) "
+        "with a recipe and write it to the folder OUT in qfast's format, block by block in "
+        "bounded memory; then print a summary (time split, size, bits per weight, peak "
+        "memory; with --eval, the error against the float model on held-out text). The older "
+        "form IN.safetensors OUT.safetensors quantizes every 2-D float weight of one tensor "
+        "file (default: INT8 per-channel along axis 0).",
     )
-    p.add_argument("input", metavar="IN.safetensors")
-    p.add_argument("output", metavar="OUT.safetensors")
+    p.add_argument("input", metavar="MODEL")
+    p.add_argument("legacy_output", metavar="OUT.safetensors", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("-o", "--output", dest="out", metavar="OUT", help="the folder to write")
     p.add_argument(
-        "--bits", type=int, default=8, choices=range(2, 9), metavar="{2..8}", help="default 8"
+        "--method",
+        choices=("gptq", "awq", "rtn", "hqq", "w8a8"),
+        help="the algorithm (default gptq; --recipe's when given)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        choices=range(2, 9),
+        metavar="{2..8}",
+        help="code width (default 4; w8a8 and the tensor-file form: 8)",
     )
     p.add_argument(
         "--asymmetric",
         action="store_true",
-        help="unsigned codes with a zero point (default: symmetric, signed codes)",
+        help="unsigned codes with a zero point (default: symmetric; hqq is always asymmetric)",
     )
     gran = p.add_mutually_exclusive_group()
     gran.add_argument(
         "--group-size",
         type=positive_int,
         metavar="G",
-        help="one scale per G consecutive elements of each row",
+        help="one scale per G consecutive input columns (models: default 128)",
     )
     gran.add_argument(
-        "--axis", type=int, metavar="K", help="one scale per index of axis K (default 0)"
+        "--per-channel", action="store_true", help="one scale per output row (no groups)"
     )
-    gran.add_argument("--per-tensor", action="store_true", help="one scale per tensor")
+    gran.add_argument(
+        "--axis", type=int, metavar="K", help="tensor file: one scale per index of axis K"
+    )
+    gran.add_argument("--per-tensor", action="store_true", help="tensor file: one scale")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing H[i, i]")
+    p.add_argument(
+        "--damp", type=float, metavar="F", help="GPTQ: damping, a fraction of mean diag(H)"
+    )
     p.add_argument(
         "--scale-dtype",
         choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="the dtype scales are stored in (default float32; GPTQ checkpoints use float16); "
-        "codes are computed against the rounded scale",
+        help="the dtype scales are stored in; codes are computed against the rounded scale "
+        "(models: float16 for rtn/gptq/w8a8, float32 for awq/hqq; tensor file: float32)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.txt",
+        help="UTF-8 calibration text (default: the calibration half of the Wikipedia sample)",
+    )
+    p.add_argument(
+        "--samples", type=positive_int, metavar="N", help="calibration sequences (default 128)"
+    )
+    p.add_argument(
+        "--seq-len", type=positive_int, metavar="N", help="tokens per sequence (default 512)"
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="R.json",
+        help="a recipe file (qfast.Recipe.to_json); the flags above override its fields",
+    )
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="measure the result against MODEL on held-out text (perplexity, KL, top-1; "
+        "encoders: embedding cosine)",
+    )
+    p.add_argument(
+        "--eval-windows",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="--eval: windows of 512 tokens (default 8; encoders: N x 32 paragraphs)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when stderr is a terminal)",
     )
     p.add_argument("--threads", type=positive_int, metavar="N", help="qfast threads")
     p.set_defaults(func=run)

@@ -131,6 +131,18 @@ def save(
         OSError: the file cannot be written (its folder does not exist, is read-only, ...).
         ImportError: ``safetensors`` is not installed.
     """
+    write_entries(path, tensors, metadata)
+
+
+def write_entries(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    atomic: bool = True,
+) -> list[str]:
+    """:func:`save`, returning the entry names written (a QTensor's several); ``atomic=False``
+    writes ``path`` directly (inside a folder that is itself renamed into place)."""
     st = safetensors_numpy()
     meta: dict[str, str] = {}
     for k, v in (metadata or {}).items():
@@ -139,8 +151,12 @@ def save(
         meta[k] = v
     meta["format"] = FILE_FORMAT
     entries = _entries(tensors)
-    with atomic_write(path) as tmp:
-        st.save_file(entries, str(tmp), metadata=meta)
+    if atomic:
+        with atomic_write(path) as tmp:
+            st.save_file(entries, str(tmp), metadata=meta)
+    else:
+        st.save_file(entries, str(path), metadata=meta)
+    return list(entries)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -230,6 +246,24 @@ def load(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 # -- any safetensors file, read lazily through a memory map ------------------------------------
+
+
+def evict_range(mm: mmap.mmap, start: int, end: int) -> None:
+    """``madvise(MADV_DONTNEED)`` over the pages of bytes ``[start, end)`` of a read-only file
+    map (harmless for a neighbour sharing an edge page: it is read again from the page
+    cache when used)."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not hasattr(mm, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    lo = (start // page) * page
+    hi = min(-(-end // page) * page, len(mm))
+    if hi > lo:
+        try:
+            mm.madvise(advice, lo, hi - lo)
+        except (OSError, ValueError):
+            pass
+
 
 _ST_DTYPES: dict[str, np.dtype[Any] | None] = {
     "F64": np.dtype("<f8"),
@@ -383,6 +417,15 @@ class SafetensorsFile:
         count = (end - start) // dtype.itemsize
         arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self.data_start + start)
         return arr.reshape(shape)
+
+    def evict(self, name: str) -> None:
+        """Gives the pages of a tensor's bytes back to the OS (``madvise(MADV_DONTNEED)`` on
+        the map; a read-only file map re-reads them if the tensor is used again), so a
+        tensor read once stops counting in the process's RSS. A no-op where unsupported."""
+        if self._map is None or name not in self.entries:
+            return
+        _, _, start, end = self.entries[name]
+        evict_range(self._map, self.data_start + start, self.data_start + end)
 
     def float32(self, name: str) -> np.ndarray:
         """The tensor as float32: a view of the map for float32, a converted copy otherwise."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,7 +37,15 @@ Weight = Union[F32, QTensor]
 #: A capture hook: called with a linear's name and its input rows, float32 ``[tokens, in]``.
 Capture = Callable[[str, F32], None]
 
-__all__ = ["F32", "Capture", "Model", "Weight", "WeightStore"]
+__all__ = [
+    "F32",
+    "CalibrationBatch",
+    "Capture",
+    "LinearGroup",
+    "Model",
+    "Weight",
+    "WeightStore",
+]
 
 
 class WeightStore(MutableMapping[str, Weight]):
@@ -49,6 +58,8 @@ class WeightStore(MutableMapping[str, Weight]):
             reports; default: float32.
         cache: keep tensors once read (the forward pass reads each weight on every call, so a
             float16 checkpoint is converted only once); :meth:`release` drops them.
+        evict: called with a tensor's name when :meth:`release` drops it, to give the pages
+            of its source back (a memory map's pages count in the process's RSS once read).
     """
 
     def __init__(
@@ -58,10 +69,13 @@ class WeightStore(MutableMapping[str, Weight]):
         *,
         dtypes: dict[str, str] | None = None,
         cache: bool = True,
+        evict: Callable[[str], None] | None = None,
     ) -> None:
         self._shapes = dict(shapes)
+        self._evict = evict
         self._load = load
-        self._dtypes = dict(dtypes or {})
+        self._source_dtypes = dict(dtypes or {})
+        self._dtypes = dict(self._source_dtypes)
         self._cache = cache
         self._held: dict[str, Weight] = {}
         self._replaced: set[str] = set()
@@ -118,11 +132,29 @@ class WeightStore(MutableMapping[str, Weight]):
         return self._dtypes.get(name, "float32")
 
     def release(self, names: Any = None) -> None:
-        """Drop cached tensors read from the checkpoint (all, or those named); replacements
-        assigned by the user are kept."""
-        for name in list(self._held) if names is None else list(names):
+        """Drop cached tensors read from the checkpoint (all, or those named), and give their
+        source's pages back; replacements assigned by the user are kept."""
+        for name in list(self._shapes) if names is None else list(names):
             if name in self._held and name not in self._replaced:
                 del self._held[name]
+            if self._evict is not None and name in self._shapes:
+                self._evict(name)
+
+    def reset(self, names: Any) -> None:
+        """Drop the replacements of ``names`` (and anything cached): they read from the
+        checkpoint again."""
+        for name in list(names):
+            self._held.pop(name, None)
+            self._replaced.discard(name)
+            if name in self._source_dtypes:
+                self._dtypes[name] = self._source_dtypes[name]
+            else:
+                self._dtypes.pop(name, None)
+        self.release(names)
+
+    def source_dtype(self, name: str) -> str:
+        """The dtype a tensor has in the checkpoint, whatever replaced it since."""
+        return self._source_dtypes.get(name, "float32")
 
     def replaced(self) -> list[str]:
         """The names assigned a replacement (e.g. the quantized linears), in store order."""
@@ -131,6 +163,39 @@ class WeightStore(MutableMapping[str, Weight]):
 
 def _dtype_name(value: Weight) -> str:
     return "qtensor" if isinstance(value, QTensor) else str(np.asarray(value).dtype)
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """Linears of a block that read the same input, quantized together: GPTQ builds one
+    Hessian for them, AWQ searches one set of input scales.
+
+    Attributes:
+        names: the linears' module names, in execution order.
+        fold: where AWQ's input scales fold (the operation producing the input divides its
+            output by them): a norm's weight (a tensor name), a linear (a module name: its
+            output rows and bias), or ``None`` when nothing can absorb them exactly (AWQ then
+            only clips).
+    """
+
+    names: tuple[str, ...]
+    fold: str | None = None
+
+
+@dataclass
+class CalibrationBatch:
+    """One batch of calibration data as it flows through the blocks.
+
+    Attributes:
+        h: the hidden states entering the next block, float32 ``[batch, seq, hidden]``.
+        real: bool ``[batch, seq]``, the positions that are tokens (not padding); ``None``:
+            all of them.
+        ctx: what the architecture's stages need besides (e.g. an attention mask).
+    """
+
+    h: F32
+    real: np.ndarray | None = None
+    ctx: Any = None
 
 
 class Model(ABC):
@@ -164,6 +229,12 @@ class Model(ABC):
         self.source = None if source is None else Path(source)
         self.compute = compute
 
+    #: The recipe a quantized checkpoint was made with (``qfast.Recipe``), else None.
+    recipe: Any = None
+    #: What ``qfast.quantize_model`` did and what it cost (a ``QuantizeReport``), on the
+    #: model it returns; None otherwise.
+    quantize_report: Any = None
+
     @abstractmethod
     def linear_names(self) -> list[str]:
         """Every linear layer's module name (its weight is ``f"{name}.weight"``), block by
@@ -184,3 +255,40 @@ class Model(ABC):
             if b is not None:
                 y += b
         return y.reshape(*lead, y.shape[-1])
+
+    # -- calibration in stages (what ``qfast.quantize_model`` drives) ----------------------
+    #
+    # A block runs as stages between its linear groups: stage 0 computes the input of group
+    # 0; stage k runs group k - 1's linears on their input and computes group k's; the last
+    # stage finishes the block (the residual stream ``h`` is updated in place). Between the
+    # stages, a calibration driver sees each group's input over all the calibration data, so
+    # it can quantize the group before the next stage runs on its quantized output.
+
+    @property
+    def num_blocks(self) -> int:
+        """How many blocks (decoder or encoder layers) the model has."""
+        raise NotImplementedError(f"{type(self).__name__} does not run in blocks")
+
+    def block_prefix(self, i: int) -> str:
+        """The name prefix of block ``i``'s tensors (``"model.layers.3."``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run in blocks")
+
+    def block_groups(self, i: int) -> list[LinearGroup]:
+        """Block ``i``'s linears, grouped by shared input, in execution order."""
+        raise NotImplementedError(f"{type(self).__name__} does not run in stages")
+
+    def calibration_batch(self, batch: Any) -> CalibrationBatch:
+        """A batch of calibration inputs -> the hidden states block 0 reads."""
+        raise NotImplementedError(f"{type(self).__name__} does not run in stages")
+
+    def block_stage(self, i: int, k: int, h: F32, x: F32 | None, ctx: Any = None) -> F32 | None:
+        """Stage ``k`` of block ``i`` on one batch (see above)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run in stages")
+
+    def head_group(self) -> LinearGroup | None:
+        """The linears after the last block (an untied LM head), or None."""
+        return None
+
+    def head_input(self, h: F32, ctx: Any = None) -> F32:
+        """The input of :meth:`head_group`'s linears, from the last block's output."""
+        raise NotImplementedError(f"{type(self).__name__} has no head linears")

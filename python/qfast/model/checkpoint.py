@@ -79,15 +79,28 @@ class _Tensors:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
         self.loaders: dict[str, Callable[[], Weight]] = {}
+        self.evictors: dict[str, Callable[[], None]] = {}
 
     def add(
-        self, name: str, shape: tuple[int, ...], dtype: str, load: Callable[[], Weight]
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        load: Callable[[], Weight],
+        evict: Callable[[], None] | None = None,
     ) -> None:
         if name in self.shapes:
             raise ValueError(f"{self.where}: tensor {name!r} appears twice (in two shards?)")
         self.shapes[name] = tuple(int(d) for d in shape)
         self.dtypes[name] = dtype
         self.loaders[name] = load
+        if evict is not None:
+            self.evictors[name] = evict
+
+    def evict(self, name: str) -> None:
+        evict = self.evictors.get(name)
+        if evict is not None:
+            evict()
 
 
 def _add_safetensors(out: _Tensors, st: SafetensorsFile) -> None:
@@ -117,11 +130,22 @@ def _add_safetensors(out: _Tensors, st: SafetensorsFile) -> None:
 
         if shape is None:
             shape = tuple(load().shape)
-        out.add(name, shape, "qtensor", load)
+
+        def evict(members: list[str] = members) -> None:
+            for k in members:
+                st.evict(k)
+
+        out.add(name, shape, "qtensor", load, evict)
     for key in st.entries:
         if key in owned:
             continue
-        out.add(key, st.shape(key), st.dtype_name(key), functools.partial(st.float32, key))
+        out.add(
+            key,
+            st.shape(key),
+            st.dtype_name(key),
+            functools.partial(st.float32, key),
+            functools.partial(st.evict, key),
+        )
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -309,7 +333,7 @@ def _gguf_model(path: Path, compute: str) -> Model:
         if hf is None:
             unknown.append(gname)
             continue
-        out.add(hf, t.shape, t.type, t.dequantize)
+        out.add(hf, t.shape, t.type, t.dequantize, t.evict)
     if unknown:
         raise ValueError(
             f"{path}: tensors qfast does not know how to run: {', '.join(unknown[:8])}"
@@ -385,6 +409,7 @@ def _build(
         expected,
         lambda name: loaders[name](),
         dtypes={n: tensors.dtypes[n] for n in expected},
+        evict=tensors.evict,
     )
     kwargs: dict[str, Any] = {"source": source}
     if qk_layout != "hf":
@@ -413,14 +438,16 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
-def load_model(path: str | os.PathLike[str], *, compute: str = "int8") -> Model:
+def load_model(path: str | os.PathLike[str], *, compute: str | None = None) -> Model:
     """Loads the checkpoint at ``path`` (see the module's docstring for what loads).
 
     Args:
         path: a Hugging Face folder, a ``.safetensors`` file with ``config.json`` beside it,
             or a ``.gguf`` file.
         compute: how linears with QTensor weights run, ``"int8"`` (``qfast.linear``'s int8
-            kernels) or ``"float"``.
+            kernels) or ``"float"``; default: what the recipe of a model quantized by
+            ``qfast.quantize_model`` says (``recipe.json``: ``"int8"`` for w8a8, ``"float"``
+            for the weight-only methods), else ``"int8"``.
 
     Raises:
         FileNotFoundError: no such path, no ``config.json``, no weights, or a shard the index
@@ -431,13 +458,13 @@ def load_model(path: str | os.PathLike[str], *, compute: str = "int8") -> Model:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_model takes a path (str or os.PathLike), not {type(path).__name__}")
-    if compute not in _COMPUTE:
+    if compute is not None and compute not in _COMPUTE:
         raise ValueError(f"compute must be 'int8' or 'float', not {compute!r}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "no such checkpoint (a folder, .safetensors or .gguf)", str(p))
     if p.is_file() and _is_gguf(p):
-        return _gguf_model(p, compute)
+        return _gguf_model(p, compute or "int8")
     folder, single = (p, None) if p.is_dir() else (p.parent, p)
     if single is not None and single.suffix != ".safetensors":
         raise ValueError(
@@ -458,6 +485,24 @@ def load_model(path: str | os.PathLike[str], *, compute: str = "int8") -> Model:
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: config.json is not a JSON object")
     architecture(config.get("model_type"))  # an unknown one fails before any file is opened
+    recipe = _recipe(folder)
+    if compute is None:
+        compute = "int8" if recipe is None else recipe.compute
     tensors = _hf_tensors(folder, single)
     tokenizer = _hf_tokenizer(folder)
-    return _build(config, tensors, tokenizer, p, compute)
+    model = _build(config, tensors, tokenizer, p, compute)
+    model.recipe = recipe
+    return model
+
+
+def _recipe(folder: Path) -> Any:
+    """The ``recipe.json`` of a folder written by ``qfast.quantize_model``, else None."""
+    path = folder / "recipe.json"
+    if not path.is_file():
+        return None
+    from .recipe import Recipe
+
+    try:
+        return Recipe.from_dict(_read_json(path, "recipe.json"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a valid qfast recipe ({e})") from None

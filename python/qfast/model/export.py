@@ -37,7 +37,7 @@ _HF_CLASS = {
 }
 
 
-def _hf_config(model: Model) -> dict[str, Any]:
+def hf_config(model: Model) -> dict[str, Any]:
     cfg = model.config
     if hasattr(cfg, "to_hf"):
         out = dict(cfg.to_hf())
@@ -99,7 +99,7 @@ def _tensors(model: Model, config: dict[str, Any], dtype: str) -> tuple[dict[str
             stored = model.weights.stored_dtype(name)
             target = stored if stored in ("float16", "bfloat16") else "float32"
         written.add(target)
-        out[name] = _cast(w, target)
+        out[name] = cast(w, target)
     if dtype == "source":
         dtype = written.pop() if len(written) == 1 else "float32"
     return out, dtype
@@ -111,7 +111,7 @@ def _unpermute(unpermute: Any, w: np.ndarray, n_head: int) -> np.ndarray:
     return np.asarray(unpermute(w, n_head), dtype=np.float32)
 
 
-def _cast(w: np.ndarray, dtype: str) -> np.ndarray:
+def cast(w: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return np.ascontiguousarray(w, dtype=np.float32)
     if dtype == "float16":
@@ -121,7 +121,7 @@ def _cast(w: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(w.astype(ml_dtypes.bfloat16))
 
 
-def _tokenizer_config(tok: Any, config: dict[str, Any]) -> dict[str, Any]:
+def tokenizer_config(tok: Any, config: dict[str, Any]) -> dict[str, Any]:
     def name(i: Any) -> str | None:
         return None if i is None else tok.token(i)
 
@@ -172,7 +172,7 @@ def save_hf(
     parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(2, "no such folder to create the checkpoint in", str(parent))
-    config = _hf_config(model)
+    config = hf_config(model)
     tensors, file_dtype = _tensors(model, config, dtype)
     config["torch_dtype"] = file_dtype
     tmp = parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
@@ -189,7 +189,7 @@ def save_hf(
         _json(tmp / "generation_config.json", {**gen, "_from_model_config": True})
         if model.tokenizer is not None:
             model.tokenizer.save(tmp / "tokenizer.json")
-            _json(tmp / "tokenizer_config.json", _tokenizer_config(model.tokenizer, config))
+            _json(tmp / "tokenizer_config.json", tokenizer_config(model.tokenizer, config))
         # safetensors creates its file private (0600); every file gets the mode atomic_write
         # gave config.json (what the umask implies for a new file)
         mode = stat.S_IMODE(os.stat(tmp / "config.json").st_mode)
@@ -211,11 +211,11 @@ def save_hf(
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
         raise
-    _sync_folder(parent)
+    sync_folder(parent)
     return target
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Makes the rename durable (a no-op where folders cannot be synced)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

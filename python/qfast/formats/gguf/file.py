@@ -182,6 +182,15 @@ class GGUFTensor:
         if self._source is not None:
             self._source.check(self.name, self._end)
 
+    def evict(self) -> None:
+        """Gives the pages of the tensor's bytes in the file's map back to the OS
+        (``madvise(MADV_DONTNEED)``): read once, they stop counting in the process's RSS."""
+        source = self._source
+        if source is not None and source.mmap is not None:
+            from ..safetensors import evict_range
+
+            evict_range(source.mmap, self._end - self.nbytes, self._end)
+
     def dequantize(self) -> npt.NDArray[np.float32]:
         """The values as a new float32 array of ``shape`` (``qfast.gguf.dequantize``; a
         ValueError names a type qfast cannot read, a QfastError a file that shrank since it

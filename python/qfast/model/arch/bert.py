@@ -33,7 +33,7 @@ import numpy.typing as npt
 from ..._checks import check_at_least
 from ...tensor.linear import linear as _qlinear
 from ...tensor.qtensor import QTensor
-from ..base import Model, Weight, WeightStore
+from ..base import CalibrationBatch, LinearGroup, Model, Weight, WeightStore
 from ._special import gelu, gelu_tanh
 
 __all__ = ["Bert", "BertConfig"]
@@ -669,6 +669,100 @@ class Bert(Model):
         scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(size)) + key_bias
         context = _softmax(scores) @ v
         return context.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
+
+    # ----------------------------------------------------------------------------------------
+    # the layers in stages, for calibration (see qfast.model.base)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_hidden_layers
+
+    def block_prefix(self, i: int) -> str:
+        return f"encoder.layer.{i}."
+
+    def block_groups(self, i: int) -> list[LinearGroup]:
+        """Layer ``i``'s linears by shared input: query/key/value, attention.output.dense
+        (AWQ's scales fold into value's rows), intermediate.dense, output.dense. BERT's
+        other inputs are the residual stream itself (post-norm) or pass through GELU, so
+        nothing else can absorb scales."""
+        p = self.block_prefix(i)
+        return [
+            LinearGroup(tuple(p + f"attention.self.{t}" for t in ("query", "key", "value"))),
+            LinearGroup((p + "attention.output.dense",), p + "attention.self.value"),
+            LinearGroup((p + "intermediate.dense",)),
+            LinearGroup((p + "output.dense",)),
+        ]
+
+    def text_batches(
+        self, texts: Sequence[str], max_length: int, batch_size: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Texts tokenized and grouped by length: per batch ``(input_ids, attention_mask)``
+        cut to its longest text."""
+        order, ids, mask = self._batches(texts, max_length, batch_size)
+        out = []
+        for rows in order:
+            seq = int(mask[rows].sum(axis=1).max())
+            out.append((ids[rows, :seq], mask[rows, :seq]))
+        return out
+
+    def calibration_batch(self, batch: Any) -> CalibrationBatch:
+        """``(input_ids, attention_mask)`` -> the embeddings layer 0 reads."""
+        ids, mask = (np.asarray(a) for a in batch)
+        real = mask.astype(bool)
+        cfg = self.config
+        w = self.weights
+        seq = ids.shape[1]
+        h = (
+            _dense(w, "embeddings.word_embeddings.weight")[ids]
+            + _dense(w, "embeddings.position_embeddings.weight")[:seq]
+            + _dense(w, "embeddings.token_type_embeddings.weight")[0]
+        )
+        h = _layer_norm(
+            h,
+            _dense(w, "embeddings.LayerNorm.weight"),
+            _dense(w, "embeddings.LayerNorm.bias"),
+            cfg.layer_norm_eps,
+        )
+        key_bias = np.where(real, np.float32(0), np.float32(-np.inf))[:, None, None, :]
+        return CalibrationBatch(np.ascontiguousarray(h, dtype=np.float32), real, key_bias)
+
+    def block_stage(self, i: int, k: int, h: F32, x: F32 | None, ctx: Any = None) -> F32 | None:
+        """Stage ``k`` of layer ``i`` (0..4) on one batch; ``ctx`` is the batch's attention
+        key bias (:meth:`calibration_batch`), ``h`` the layer's input, replaced in place by
+        its output at the end."""
+        p = self.block_prefix(i)
+        w = self.weights
+        eps = self.config.layer_norm_eps
+
+        def linear(v: F32, name: str) -> F32:
+            return self.linear(v, f"{p}{name}.weight", f"{p}{name}.bias")
+
+        if k == 0:
+            return h
+        assert x is not None
+        if k == 1:
+            return self._attention(x, ctx, linear)
+        if k == 2:
+            a = linear(x, "attention.output.dense")
+            h[...] = _layer_norm(
+                a + h,
+                _dense(w, p + "attention.output.LayerNorm.weight"),
+                _dense(w, p + "attention.output.LayerNorm.bias"),
+                eps,
+            )
+            return h
+        if k == 3:
+            return _ACTIVATIONS[self.config.hidden_act](linear(x, "intermediate.dense"))
+        if k == 4:
+            out = linear(x, "output.dense")
+            h[...] = _layer_norm(
+                out + h,
+                _dense(w, p + "output.LayerNorm.weight"),
+                _dense(w, p + "output.LayerNorm.bias"),
+                eps,
+            )
+            return None
+        raise ValueError(f"Bert.block_stage: stage {k} out of range 0..4")
 
     # ----------------------------------------------------------------------------------------
     # batched helpers over texts

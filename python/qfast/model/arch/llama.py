@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..._checks import as_int
-from ..base import F32, Capture, Model, WeightStore
+from ..base import F32, CalibrationBatch, Capture, LinearGroup, Model, WeightStore
 
 __all__ = ["Llama", "LlamaConfig", "permute_qk", "unpermute_qk"]
 
@@ -44,6 +44,8 @@ _ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
 }
 _QK_LAYOUTS = ("hf", "gguf")
+#: Each block's linears by shared input (the capture order): stage k runs group k - 1.
+_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 #: Query rows (positions x heads of one KV group) per block of attention: the block's scores
 #: (rows x keys float32) stay in the L2 cache.
 _ATTENTION_ROWS = 192
@@ -491,24 +493,105 @@ class Llama(Model):
                 f"Llama.block: h must be float32 [batch, seq, {c.hidden_size}] (from embed), "
                 f"got {h.dtype} {h.shape}"
             )
+        x = None
+        for k in range(len(_GROUPS) + 1):
+            x = self._stage(i, k, h, x, capture)
+        return h
+
+    # -- the block in stages, for calibration -----------------------------------------------
+
+    def block_groups(self, i: int) -> list[LinearGroup]:
+        """Block ``i``'s linears by shared input, in execution order: q/k/v (scales fold into
+        the input norm), o (into v's rows when v's outputs are o's inputs, i.e. without GQA),
+        gate/up (into the post-attention norm), down (into up's rows)."""
+        c = self.config
+        p = _layer(i)
+        a, m = p + "self_attn.", p + "mlp."
+        no_gqa = c.num_key_value_heads == c.num_attention_heads
+        return [
+            LinearGroup(tuple(f"{a}{t}_proj" for t in "qkv"), p + "input_layernorm.weight"),
+            LinearGroup((a + "o_proj",), a + "v_proj" if no_gqa else None),
+            LinearGroup((m + "gate_proj", m + "up_proj"), p + "post_attention_layernorm.weight"),
+            LinearGroup((m + "down_proj",), m + "up_proj"),
+        ]
+
+    def block_prefix(self, i: int) -> str:
+        return _layer(i)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_hidden_layers
+
+    def calibration_batch(self, batch: Any) -> CalibrationBatch:
+        """Token ids ``[batch, seq]`` -> the hidden states block 0 reads."""
+        return CalibrationBatch(self.embed(batch), None, None)
+
+    def block_stage(self, i: int, k: int, h: F32, x: F32 | None, ctx: Any = None) -> F32 | None:
+        """Stage ``k`` of block ``i`` (0 <= k <= 4) on one batch: stage 0 returns the input
+        of :meth:`block_groups` ``[0]`` (q/k/v); stage ``k`` runs group ``k - 1``'s linears
+        on their input ``x`` and returns group ``k``'s input; the last returns None. ``h``
+        ``[batch, seq, hidden]`` is the residual stream, updated in place."""
+        return self._stage(i, k, h, x, None)
+
+    def head_group(self) -> LinearGroup | None:
+        if self.config.tie_word_embeddings:
+            return None
+        return LinearGroup(("lm_head",), "model.norm.weight")
+
+    def head_input(self, h: F32, ctx: Any = None) -> F32:
+        """The LM head's input: the final norm of ``h``, ``[batch, seq, hidden]``."""
+        b, s, n = h.shape
+        return self._norm(h.reshape(b * s, n), "model.norm.weight").reshape(b, s, n)
+
+    def _stage(self, i: int, k: int, h: F32, x: F32 | None, capture: Capture | None) -> F32 | None:
+        c = self.config
         b, s, _ = h.shape
         n = b * s
-        nh, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        g = nh // nkv
         p = _layer(i)
-        a = p + "self_attn."
+        a, m = p + "self_attn.", p + "mlp."
         rows = h.reshape(n, c.hidden_size)
         # Intermediate arrays live in buffers reused from block to block (fresh large arrays
         # cost a page fault per 4 KiB); those handed to `capture` are fresh.
         buf = self._buffer
         keep = capture is not None
-
-        # Attention.
-        x = self._norm(rows, p + "input_layernorm.weight", buf("x", (n, c.hidden_size), keep))
-        names = [f"{a}{t}_proj.weight" for t in "qkv"]
+        if k == 0:  # the attention's input
+            return self._norm(rows, p + "input_layernorm.weight", buf("x", rows.shape, keep))
+        assert x is not None
+        x = x.reshape(n, x.shape[-1])
         if capture is not None:
-            for name in names:
-                capture(name[: -len(".weight")], x)
+            for name in _GROUPS[k - 1]:
+                capture((a if k <= 2 else m) + name, x)
+        if k == 1:  # q/k/v and the attention -> o_proj's input
+            return self._attention_stage(i, x, b, s, keep)
+        if k == 2:  # o_proj, the residual, the MLP's input
+            o_bias = a + "o_proj.bias" if c.o_bias else None
+            rows += self.linear(x, a + "o_proj.weight", o_bias, out=buf("o", rows.shape))
+            return self._norm(
+                rows, p + "post_attention_layernorm.weight", buf("x", rows.shape, keep)
+            )
+        ff = c.intermediate_size
+        mb = c.mlp_bias
+        if k == 3:  # gate/up and SwiGLU -> down_proj's input
+            gate_bias, up_bias = (m + "gate_proj.bias", m + "up_proj.bias") if mb else (None, None)
+            gate = self.linear(x, m + "gate_proj.weight", gate_bias, out=buf("gate", (n, ff), keep))
+            up = self.linear(x, m + "up_proj.weight", up_bias, out=buf("up", (n, ff)))
+            _silu_mul(gate, up)
+            return gate
+        if k == 4:  # down_proj and the residual
+            down_bias = m + "down_proj.bias" if mb else None
+            rows += self.linear(x, m + "down_proj.weight", down_bias, out=buf("o", rows.shape))
+            return None
+        raise ValueError(f"Llama.block_stage: stage {k} out of range 0..{len(_GROUPS)}")
+
+    def _attention_stage(self, i: int, x: F32, b: int, s: int, keep: bool) -> F32:
+        """q/k/v of the normed rows ``x``, RoPE and causal attention: o_proj's input."""
+        c = self.config
+        n = b * s
+        nh, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        g = nh // nkv
+        a = _layer(i) + "self_attn."
+        buf = self._buffer
+        names = [f"{a}{t}_proj.weight" for t in "qkv"]
         bias = [name[: -len("weight")] + "bias" if c.qkv_bias else None for name in names]
         q = self.linear(x, names[0], bias[0], out=buf("q", (n, nh * d)))
         k = self.linear(x, names[1], bias[1], out=buf("k", (n, nkv * d)))
@@ -525,30 +608,7 @@ class Llama(Model):
         ctx = self._attend(qr, kr, vt, c.layer_windows[i])
         attn = buf("attn", (b, s, nkv, g, d), keep)
         attn[...] = ctx.transpose(0, 2, 1, 3, 4)
-        attn = attn.reshape(n, nh * d)
-        if capture is not None:
-            capture(a + "o_proj", attn)
-        o_bias = a + "o_proj.bias" if c.o_bias else None
-        rows += self.linear(attn, a + "o_proj.weight", o_bias, out=buf("o", (n, c.hidden_size)))
-
-        # MLP.
-        m = p + "mlp."
-        x = self._norm(rows, p + "post_attention_layernorm.weight", buf("x", x.shape, keep))
-        names = [f"{m}{t}_proj.weight" for t in ("gate", "up")]
-        if capture is not None:
-            for name in names:
-                capture(name[: -len(".weight")], x)
-        mb = c.mlp_bias
-        ff = c.intermediate_size
-        gate_bias, up_bias = (m + "gate_proj.bias", m + "up_proj.bias") if mb else (None, None)
-        gate = self.linear(x, names[0], gate_bias, out=buf("gate", (n, ff), keep))
-        up = self.linear(x, names[1], up_bias, out=buf("up", (n, ff)))
-        _silu_mul(gate, up)
-        if capture is not None:
-            capture(m + "down_proj", gate)
-        down_bias = m + "down_proj.bias" if mb else None
-        rows += self.linear(gate, m + "down_proj.weight", down_bias, out=buf("o", rows.shape))
-        return h
+        return attn.reshape(n, nh * d)
 
     def linear(self, x: F32, name: str, bias: str | None = None, *, out: F32 | None = None) -> F32:
         """:meth:`Model.linear`, writing a float weight's product into ``out`` when given (a

@@ -155,6 +155,7 @@ def awq(
     clip: bool = True,
     max_shrink: float = 0.5,
     n_sample_tokens: int = 512,
+    search_scales: bool = True,
     progress: Callable[[int, int], Any] | None = None,
 ) -> AWQResult:
     """Activation-aware weight quantization of one linear layer or of a group sharing X.
@@ -190,6 +191,9 @@ def awq(
             ``0..int(max_shrink * n_grid)`` (default 0.5, as both references).
         n_sample_tokens: the clip search uses every ``max(1, tokens // n_sample_tokens)``-th
             token (default 512, as both references).
+        search_scales: search the scales (default True); False keeps them all 1 (where
+            nothing can absorb scales, AWQ's clip search alone: ``ratio`` 0, ``losses`` the
+            one loss of unscaled weights).
         progress: called as ``progress(done, total)`` after each grid ratio and after each
             weight's clip search (``total = n_grid + len(W)`` with clipping, else ``n_grid``).
 
@@ -206,6 +210,7 @@ def awq(
     sym = as_bool(symmetric, "symmetric")
     duo_scaling = as_bool(duo_scaling, "duo_scaling")
     clip = as_bool(clip, "clip")
+    search_scales = as_bool(search_scales, "search_scales")
     n_grid = check_at_least(n_grid, "n_grid", 1)
     n_sample_tokens = check_at_least(n_sample_tokens, "n_sample_tokens", 1)
     max_shrink = as_float(max_shrink, "max_shrink")
@@ -219,13 +224,14 @@ def awq(
     n_in = weights[0].shape[1]
     x = _inputs(X, n_in)
     g = n_in if group_size is None else check_group_divides(group_size, n_in)
-    total = n_grid + (len(weights) if clip else 0)
+    n_scale = n_grid if search_scales else 1
+    total = n_scale + (len(weights) if clip else 0)
 
     def kernel(w: np.ndarray, scales: np.ndarray | None, out: np.ndarray) -> None:
         _qfast.awq_pseudo_quantize(w, g, bits, sym, scales, out)
 
     ratio, scales, losses = _search_scales(
-        x, weights, g, n_grid, duo_scaling, kernel, (progress, total)
+        x, weights, g, n_scale, duo_scaling and search_scales, kernel, (progress, total)
     )
     scaled = [w * scales for w in weights]
     clip_max = None
@@ -240,7 +246,7 @@ def awq(
             np.clip(w, -bound, bound, out=w)
             clip_max.append(best)
             if progress is not None:
-                progress(n_grid + k + 1, total)
+                progress(n_scale + k + 1, total)
     qweights = tuple(_qtensor(w, g, bits, sym, group_size is None) for w in scaled)
     best_i = int(np.argmin(losses))  # first minimum, as the reference's strict `<`
     return AWQResult(

@@ -240,6 +240,14 @@ class Model(ABC):
         """Every linear layer's module name (its weight is ``f"{name}.weight"``), block by
         block, in execution order: the names `capture` hooks receive."""
 
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Writes the model (float, or with QTensor linears) to the folder ``path`` in qfast's
+        format, block by block and atomically; ``qfast.load_model(path)`` reads it back
+        exactly (see ``qfast.model.writer``)."""
+        from .writer import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
     def linear(self, x: F32, name: str, bias: str | None = None) -> F32:
         """``x @ W.T (+ b)`` over the last axis of ``x``, with the weight ``name``."""
         from ..tensor.linear import linear

@@ -71,6 +71,7 @@ class QuantizeReport:
         quantized_bytes: the quantized linears' bytes (codes, scales, zero points, g_idx).
         peak_rss: the process's peak resident memory at the end, bytes (``ru_maxrss``).
         output: the folder written, if any.
+        output_bytes: the size of its tensor files.
     """
 
     recipe: Recipe
@@ -82,6 +83,7 @@ class QuantizeReport:
     quantized_bytes: int = 0
     peak_rss: int = 0
     output: Path | None = None
+    output_bytes: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -107,7 +109,7 @@ class QuantizeReport:
         lines.append(f"time         {s.get('total', 0.0):.1f} s ({parts})")
         lines.append(f"peak memory  {_fmt_bytes(self.peak_rss)} (RSS)")
         if self.output is not None:
-            lines.append(f"written      {self.output}")
+            lines.append(f"written      {self.output} ({_fmt_bytes(self.output_bytes)} of tensors)")
         return "\n".join(lines)
 
 
@@ -405,8 +407,8 @@ class _Run:
         fold = group.fold
         with self.timed("quantize"):
             if fold is None:  # nothing can absorb scales: AWQ's clip search alone
-                res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric, n_grid=1,
-                          duo_scaling=False, clip=False)  # fmt: skip
+                res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric,
+                          search_scales=False, clip=False)  # fmt: skip
             else:
                 res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric, clip=False)
             scales = res.scales
@@ -416,8 +418,8 @@ class _Run:
                 if m.rsplit(".", 1)[-1] in _QK:  # AutoAWQ does not clip q / k
                     qts.append(q)
                     continue
-                one = awq(w * scales, xs, s.bits, s.group_size, s.symmetric, n_grid=1,
-                          duo_scaling=False)  # fmt: skip
+                one = awq(w * scales, xs, s.bits, s.group_size, s.symmetric,
+                          search_scales=False)  # fmt: skip
                 qts.append(one.qweights[0])
         if fold is not None and not np.all(scales == 1):
             self.fold(fold, scales, block)
@@ -548,6 +550,7 @@ def quantize_model(
             with run.timed("calibration"):
                 inputs = _batches(model, calibration, samples, seq_len)
                 states = [model.calibration_batch(b) for b in inputs]
+                model.weights.release()  # the embedding table: read once, for the states
                 report.calibration_tokens = sum(
                     int(st.h.shape[0] * st.h.shape[1] if st.real is None else st.real.sum())
                     for st in states
@@ -601,6 +604,7 @@ def quantize_model(
 
         out = load_model(path, compute=recipe.compute)
         report.output = path
+        report.output_bytes = writer.total_bytes
     else:
         out = model
         out.compute = recipe.compute

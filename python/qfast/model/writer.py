@@ -45,7 +45,7 @@ INDEX = "model.safetensors.index.json"
 RECIPE = "recipe.json"
 # Files of a source folder that are not copied: weights (rewritten) and the config (rewritten).
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
-_REWRITTEN = {"config.json", INDEX, RECIPE, "generation_config.json"}
+_REWRITTEN = {"config.json", INDEX, RECIPE}
 # A source folder's subfolders with at most this many bytes are copied (sentence-transformers'
 # 1_Pooling/, 2_Normalize/); larger ones (onnx/, openvino/ exports) are not.
 _SMALL_FOLDER = 1 << 20
@@ -215,7 +215,7 @@ class ModelWriter:
                 _json(tmp / "tokenizer_config.json", tokenizer_config(tok, config))
         ids = ("bos_token_id", "eos_token_id", "pad_token_id")
         gen = {k: config[k] for k in ids if k in config}
-        if gen or model.kind == "causal":
+        if (gen or model.kind == "causal") and not (tmp / "generation_config.json").exists():
             _json(tmp / "generation_config.json", {**gen, "_from_model_config": True})
 
 

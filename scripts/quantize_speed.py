@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-import qfast  # noqa: E402
-import qfast.assets  # noqa: E402
+import qfast
+import qfast.assets
 
 
 def sgemm_rate(model: qfast.model.base.Model, tokens: int = 4096) -> float:

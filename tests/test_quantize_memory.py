@@ -110,16 +110,17 @@ def calibration_state_bytes(cfg: dict, tokens: int) -> int:
     return hidden_states + group_input + hessians
 
 
-def _write_checkpoint(folder: Path, cfg: dict, seed: int = 0) -> int:
-    """Writes ``config.json`` and ``model.safetensors`` (float32, N(0, 0.02) weights, norms
-    around 1) one tensor at a time; returns the weights' bytes."""
+def _write_checkpoint(folder: Path, cfg: dict, seed: int = 0, dtype: str = "F32") -> int:
+    """Writes ``config.json`` and ``model.safetensors`` (``dtype`` F32 or F16, N(0, 0.02)
+    weights, norms around 1) one tensor at a time; returns the weights' bytes."""
     shapes = checkpoint_shapes(cfg)
     header: dict = {"__metadata__": {"format": "pt"}}
+    item = {"F32": 4, "F16": 2}[dtype]
     offset = 0
     for name, shape in shapes.items():
-        size = 4 * math.prod(shape)
+        size = item * math.prod(shape)
         header[name] = {
-            "dtype": "F32",
+            "dtype": dtype,
             "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }
@@ -136,7 +137,7 @@ def _write_checkpoint(folder: Path, cfg: dict, seed: int = 0) -> int:
             else:
                 w = rng.standard_normal(shape, dtype=np.float32)
                 w *= np.float32(0.02)
-            f.write(w.astype("<f4", copy=False).tobytes())
+            f.write(w.astype("<f4" if dtype == "F32" else "<f2", copy=False).tobytes())
             del w
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     return offset
@@ -259,3 +260,43 @@ def test_quantize_model_peak_memory_is_bounded(
         f"{method}: {got['wall']:.1f} s, VmHWM {got['hwm'] / MB:.0f} MB, ru_maxrss "
         f"{got['maxrss'] / MB:.0f} MB, bound {bound / MB:.0f} MB; {got['seconds']}"
     )
+
+
+def test_quantize_model_gives_the_embedding_back_after_calibration(tmp_path):
+    """A float16 checkpoint's embedding is read as a float32 copy to embed the calibration
+    data; it is needed again only for the last shard, and must not stay in memory while the
+    blocks are quantized (for SmolLM2 it is 8x a block: 113 MB)."""
+    import tracemalloc
+
+    import qfast
+
+    cfg = dict(
+        CONFIG, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=32768,
+    )  # fmt: skip
+    folder = tmp_path / "f16"
+    folder.mkdir()
+    _write_checkpoint(folder, cfg, dtype="F16")
+    embedding = 4 * cfg["vocab_size"] * cfg["hidden_size"]  # 33.5 MB as float32
+    model = qfast.load_model(folder, compute="float")
+    ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], (SAMPLES, SEQ_LEN))
+    held: list[int] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        if 0 < done < total:  # after each block
+            held.append(tracemalloc.get_traced_memory()[0])
+
+    tracemalloc.start()
+    try:
+        q = qfast.quantize_model(
+            model, qfast.Recipe("gptq", bits=4, group_size=128), ids, samples=SAMPLES,
+            seq_len=SEQ_LEN, output=tmp_path / "out", progress=progress,
+        )  # fmt: skip
+    finally:
+        tracemalloc.stop()
+    assert len(held) == cfg["num_hidden_layers"]
+    # Everything else alive then (hidden states, buffers, a block's weights) is < 10 MB.
+    assert max(held) < embedding, [round(h / MB) for h in held]
+    # The last shard still has the embedding, as the checkpoint stored it.
+    want = np.asarray(model.weights["model.embed_tokens.weight"])
+    assert np.array_equal(np.asarray(q.weights["model.embed_tokens.weight"]), want)

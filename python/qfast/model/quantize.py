@@ -552,6 +552,10 @@ def quantize_model(
                     int(st.h.shape[0] * st.h.shape[1] if st.real is None else st.real.sum())
                     for st in states
                 )
+            # The embedding table read to embed the data (a float32 copy, for a float16 or
+            # GGUF checkpoint) is not needed again before the last shard: give it back now.
+            in_blocks = tuple(model.block_prefix(i) for i in range(blocks))
+            model.weights.release([n for n in model.weights if not n.startswith(in_blocks)])
         done: set[str] = set()
         for i in range(blocks):
             prefix = model.block_prefix(i)

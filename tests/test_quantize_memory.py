@@ -303,3 +303,51 @@ def test_quantize_model_gives_the_embedding_back_after_calibration(tmp_path):
     # The last shard still has the embedding, as the checkpoint stored it.
     want = np.asarray(model.weights["model.embed_tokens.weight"])
     assert np.array_equal(np.asarray(q.weights["model.embed_tokens.weight"]), want)
+
+
+def test_quantize_model_drops_the_forward_scratch_while_a_group_is_quantized(tmp_path, monkeypatch):
+    """The forward pass keeps a batch's intermediate arrays for reuse from stage to stage;
+    they are not needed while GPTQ runs on a group (its Hessian and factors are the peak), so
+    they must not be alive then (SmolLM2, 32 x 512 tokens: 125 MB of the peak)."""
+    import tracemalloc
+
+    import qfast
+    import qfast.algorithms.gptq as gptq_module
+
+    cfg = dict(
+        CONFIG, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=64, vocab_size=512,
+    )  # fmt: skip
+    folder = tmp_path / "small"
+    folder.mkdir()
+    _write_checkpoint(folder, cfg)
+    samples, seq_len = 4, 1024  # one batch of 4096 tokens
+    tokens, h, ff = samples * seq_len, cfg["hidden_size"], cfg["intermediate_size"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    # The scratch of one batch: x, o, q, rotated q, attention context and output (hidden
+    # wide), k, v, rotated k (kv wide), gate, up (MLP wide): 24 MB, float32.
+    scratch = 4 * tokens * (6 * h + 3 * kv + 2 * ff)
+    # What GPTQ needs alive: the hidden states, the widest group input, a Hessian with its
+    # float32 / float64 copies and factors, the weight, codes and update buffers (< 1 MB
+    # each here), and the causal mask (seq_len^2 float32): 11 MB.
+    needed = 4 * tokens * (h + ff) + 4 * seq_len**2 + 5 * 8 * ff * ff + (1 << 20)
+    at_gptq: list[int] = []
+    real = gptq_module.gptq
+
+    def gptq(*args, **kwargs):
+        at_gptq.append(tracemalloc.get_traced_memory()[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gptq_module, "gptq", gptq)
+    model = qfast.load_model(folder, compute="float")
+    ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], (samples, seq_len))
+    tracemalloc.start()
+    try:
+        qfast.quantize_model(
+            model, qfast.Recipe("gptq", bits=4, group_size=128), ids, samples=samples,
+            seq_len=seq_len, output=tmp_path / "out",
+        )  # fmt: skip
+    finally:
+        tracemalloc.stop()
+    assert len(at_gptq) == 7 * cfg["num_hidden_layers"]
+    assert max(at_gptq) < needed + scratch / 2, [round(m / MB, 1) for m in at_gptq]

@@ -365,6 +365,9 @@ class _Run:
         members = [(m, spec) for m in group.names if (spec := self.plan[m]) is not None]
         if not members:
             return
+        # The forward pass's scratch (a batch's q / k / v, attention, MLP arrays: for SmolLM2
+        # 125 MB at 4096 tokens) is not needed while the group is quantized.
+        self.model.free_scratch()
         rows = acts.rows()
         if self.recipe.method == "gptq":
             from ..algorithms.gptq import gptq

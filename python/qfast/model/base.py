@@ -300,3 +300,9 @@ class Model(ABC):
     def head_input(self, h: F32, ctx: Any = None) -> F32:
         """The input of :meth:`head_group`'s linears, from the last block's output."""
         raise NotImplementedError(f"{type(self).__name__} has no head linears")
+
+    def free_scratch(self) -> None:
+        """Drops the scratch arrays the forward pass keeps for reuse (made again when next
+        needed): a calibration driver calls it before the memory-hungry part of a stage.
+        The base class keeps none."""
+        return None

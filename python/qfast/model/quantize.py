@@ -367,6 +367,9 @@ class _Run:
         members = [(m, spec) for m in group.names if (spec := self.plan[m]) is not None]
         if not members:
             return
+        # The forward pass's scratch (a batch's q / k / v, attention, MLP arrays: for SmolLM2
+        # 125 MB at 4096 tokens) is not needed while the group is quantized.
+        self.model.free_scratch()
         rows = acts.rows()
         if self.recipe.method == "gptq":
             from ..algorithms.gptq import gptq
@@ -555,6 +558,10 @@ def quantize_model(
                     int(st.h.shape[0] * st.h.shape[1] if st.real is None else st.real.sum())
                     for st in states
                 )
+            # The embedding table read to embed the data (a float32 copy, for a float16 or
+            # GGUF checkpoint) is not needed again before the last shard: give it back now.
+            in_blocks = tuple(model.block_prefix(i) for i in range(blocks))
+            model.weights.release([n for n in model.weights if not n.startswith(in_blocks)])
         done: set[str] = set()
         for i in range(blocks):
             prefix = model.block_prefix(i)

@@ -628,6 +628,10 @@ class Llama(Model):
         w = self.weights[name]
         return w if isinstance(w, np.ndarray) else w.dequantize(np.float32)
 
+    def free_scratch(self) -> None:
+        self._buffers.clear()
+        self._work = np.empty(0, np.float32)
+
     def _buffer(self, key: str, shape: tuple[int, ...], fresh: bool = False) -> F32:
         """A float32 array of ``shape`` kept for reuse under ``key`` (a new one if ``fresh``)."""
         if fresh:

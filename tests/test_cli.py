@@ -478,11 +478,13 @@ def test_error_disk_full(
     synthetic(src)
     dst.write_bytes(b"old output")
 
-    def full(tensors: Any, filename: str, metadata: Any = None) -> None:
-        Path(filename).write_bytes(b"\0" * 1000)
+    def full(path: Path, entries: Any, metadata: Any) -> None:
+        Path(path).write_bytes(b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(st, "save_file", full)
+    import qfast.formats.safetensors as qst
+
+    monkeypatch.setattr(qst, "write_streamed", full)
     expect_error(capsys, ["quantize", src, dst], "No space left on device")
     assert dst.read_bytes() == b"old output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]

@@ -183,15 +183,15 @@ def test_writers_interrupted_leave_no_temp_file(
 _CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
-import safetensors.numpy as stn
+import qfast.formats.safetensors as qst
 slow = {slow}
 if slow:  # the data is all written; the signal comes before the rename
-    real = stn.save_file
-    def save_file(*a, **k):
+    real = qst.write_streamed
+    def write_streamed(*a, **k):
         real(*a, **k)
         print("written", flush=True)
         time.sleep(60)
-    stn.save_file = save_file
+    qst.write_streamed = write_streamed
 from qfast.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -143,7 +143,6 @@ def write_entries(
 ) -> list[str]:
     """:func:`save`, returning the entry names written (a QTensor's several); ``atomic=False``
     writes ``path`` directly (inside a folder that is itself renamed into place)."""
-    st = safetensors_numpy()
     meta: dict[str, str] = {}
     for k, v in (metadata or {}).items():
         if not isinstance(k, str) or not isinstance(v, str):
@@ -153,10 +152,52 @@ def write_entries(
     entries = _entries(tensors)
     if atomic:
         with atomic_write(path) as tmp:
-            st.save_file(entries, str(tmp), metadata=meta)
+            write_streamed(tmp, entries, meta)
     else:
-        st.save_file(entries, str(path), metadata=meta)
+        write_streamed(Path(path), entries, meta)
     return list(entries)
+
+
+def _st_dtype(name: str, a: np.ndarray) -> str:
+    if a.dtype.name == "bfloat16":
+        return "BF16"
+    for code, dt in _ST_DTYPES.items():
+        if dt is not None and dt == a.dtype.newbyteorder("<"):
+            return code
+    raise TypeError(f"tensor {name!r}: dtype {a.dtype} has no safetensors equivalent")
+
+
+def write_streamed(path: Path, entries: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
+    """Writes a safetensors file: the header (every offset known from the shapes), then each
+    tensor's bytes straight from its array, so the file is never built in memory (the
+    ``safetensors`` package copies every tensor into one buffer first)."""
+    header: dict[str, Any] = {"__metadata__": dict(meta)} if meta else {}
+    offset = 0
+    arrays = []
+    # Widest dtypes first (as the safetensors package orders them): with the header padded
+    # to 8 bytes, every tensor then starts at a multiple of its itemsize, so a memory map
+    # gives aligned arrays.
+    ordered = sorted(entries.items(), key=lambda kv: -kv[1].dtype.itemsize)
+    for name, a in ordered:
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        code = _st_dtype(name, a)
+        header[name] = {
+            "dtype": code,
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in arrays:
+            if a.nbytes:
+                flat = np.ascontiguousarray(a).reshape(-1)
+                f.write(flat.view(np.uint8).data)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

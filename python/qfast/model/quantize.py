@@ -416,9 +416,7 @@ class _Run:
                 if m.rsplit(".", 1)[-1] in _QK:  # AutoAWQ does not clip q / k
                     qts.append(q)
                     continue
-                one = awq(w * scales, xs, s.bits, s.group_size, s.symmetric, n_grid=1,
-                          duo_scaling=False)  # fmt: skip
-                qts.append(one.qweights[0])
+                qts.append(_awq_clipped(w * scales, xs, s))
         if fold is not None and not np.all(scales == 1):
             self.fold(fold, scales, block)
             acts.scale(scales)
@@ -454,6 +452,23 @@ class _Run:
         """Records ``qt`` and gives the forward pass its dequantized values."""
         self.record(module, qt, spec)
         self.model.weights[module + ".weight"] = qt.dequantize(np.float32)
+
+
+def _awq_clipped(w: np.ndarray, xs: np.ndarray, spec: LayerSpec) -> QTensor:
+    """AWQ's clip step alone on a weight ``w`` already multiplied by its scales and the input
+    ``xs`` already divided by them: ``qfast.awq``'s clip search (AutoAWQ's 20-point grid,
+    max_shrink 0.5, every ``tokens // 512``-th token), then its grid. (``awq`` itself ties the
+    clip grid to its scale grid: ``n_grid=1`` leaves no clip step.)"""
+    from .. import _qfast
+    from ..algorithms.awq import _qtensor
+
+    g = w.shape[1] if spec.group_size is None else spec.group_size
+    x = np.ascontiguousarray(xs[:: max(1, xs.shape[0] // 512)], dtype=np.float32)
+    w = np.array(w, dtype=np.float32, order="C")
+    best = _qfast.awq_clip_search(w, x, g, spec.bits, spec.symmetric, 20, 10)
+    bound = np.repeat(best.reshape(w.shape[0], -1), g, axis=1)
+    np.clip(w, -bound, bound, out=w)
+    return _qtensor(w, g, spec.bits, spec.symmetric, spec.group_size is None)
 
 
 def _scale_rows(qt: QTensor, factor: np.ndarray) -> QTensor:

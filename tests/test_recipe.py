@@ -58,10 +58,10 @@ def test_describe() -> None:
         "gptq INT4 asymmetric g64"
     )
     assert qfast.Recipe("gptq", act_order=True).describe() == "gptq INT4 symmetric g128 act-order"
-    assert qfast.Recipe("w8a8").describe() == (
-        "w8a8 INT8 symmetric per-channel + INT8 activations"
+    assert qfast.Recipe("w8a8").describe() == ("w8a8 INT8 symmetric per-channel + INT8 activations")
+    assert (
+        qfast.Recipe("rtn", bits=8, group_size=None).describe() == "rtn INT8 symmetric per-channel"
     )
-    assert qfast.Recipe("rtn", bits=8, group_size=None).describe() == "rtn INT8 symmetric per-channel"
 
 
 # -- JSON ----------------------------------------------------------------------------------
@@ -164,9 +164,7 @@ def test_later_match_wins_and_fields_accumulate() -> None:
     b = qfast.Recipe("gptq", overrides={"*.down_proj": {"bits": 3}, "*.mlp.*": {"bits": 8}})
     assert spec(b, DOWN0) == (8, 128, True)
     # each match changes only its fields: bits from the first, group_size from the second
-    c = qfast.Recipe(
-        "gptq", overrides={"*.mlp.*": {"bits": 8}, "*.down_proj": {"group_size": 32}}
-    )
+    c = qfast.Recipe("gptq", overrides={"*.mlp.*": {"bits": 8}, "*.down_proj": {"group_size": 32}})
     assert spec(c, DOWN0) == (8, 32, True) and spec(c, UP0) == (8, 128, True)
     # None after fields skips the module; fields after None bring it back with the base's
     d = qfast.Recipe("gptq", overrides={"*.mlp.*": {"bits": 8}, "*.down_proj": None})
@@ -203,13 +201,21 @@ def test_replace_checks_again() -> None:
 BAD = [
     (dict(method="gpt"), ValueError, "unknown method 'gpt'.*'rtn', 'gptq', 'awq', 'hqq', 'w8a8'"),
     (dict(method=3), ValueError, "unknown method 3"),
-    (dict(method="hqq", symmetric=True), ValueError, "hqq's grid is asymmetric; pass symmetric=False"),
+    (
+        dict(method="hqq", symmetric=True),
+        ValueError,
+        "hqq's grid is asymmetric; pass symmetric=False",
+    ),
     (dict(method="w8a8", group_size=64), ValueError, "w8a8 quantizes weights per channel"),
     (dict(method="rtn", act_order=True), ValueError, "act_order is GPTQ's; rtn does not take it"),
     (dict(method="awq", act_order=True), ValueError, "act_order is GPTQ's; awq does not"),
-    (dict(method="awq", scale_dtype="float16"), ValueError, "scale_dtype 'float16': awq takes float32"),
+    (
+        dict(method="awq", scale_dtype="float16"),
+        ValueError,
+        "scale_dtype 'float16': awq takes float32",
+    ),
     (dict(method="hqq", scale_dtype="bfloat16"), ValueError, "hqq takes float32"),
-    (dict(scale_dtype="float64"), ValueError, "scale_dtype 'float64': gptq takes float32, float16, bfloat16"),
+    (dict(scale_dtype="float64"), ValueError, "'float64': gptq takes float32, float16, bfloat16"),
     (dict(bits=9), ValueError, "bits=9 is not supported; pass bits between 2 and 8"),
     (dict(bits=1), ValueError, "pass bits between 2 and 8"),
     (dict(bits=0), ValueError, "pass bits between 2 and 8"),
@@ -226,17 +232,33 @@ BAD = [
     (dict(ignore=(3,)), TypeError, "a module pattern must be a non-empty str"),
     (dict(overrides={"re:[a-": None}), ValueError, "is not a valid regex"),
     (dict(overrides={"": None}), TypeError, "a module pattern must be a non-empty str"),
-    (dict(overrides={"*.down_proj": 8}), TypeError, "override '\\*.down_proj' must be a dict of fields or None, not int"),
-    (dict(overrides={"*.down_proj": "rtn"}), TypeError, "must be a dict of fields or None, not str"),
+    (
+        dict(overrides={"*.down_proj": 8}),
+        TypeError,
+        r"override '\*.down_proj' must be a dict of fields or None, not int",
+    ),
+    (
+        dict(overrides={"*.down_proj": "rtn"}),
+        TypeError,
+        "must be a dict of fields or None, not str",
+    ),
     (dict(overrides=[("*", None)]), TypeError, "overrides must map a module pattern to fields"),
-    (dict(overrides={"*": {"method": "rtn"}}), ValueError, "override '\\*' sets method; an override may change bits, group_size"),
+    (
+        dict(overrides={"*": {"method": "rtn"}}),
+        ValueError,
+        r"override '\*' sets method; an override may change bits, group_size",
+    ),
     (dict(overrides={"*": {"bitz": 3}}), ValueError, "sets bitz"),
     (dict(overrides={"*": {"bits": 9}}), ValueError, "bits=9"),
     (dict(method="hqq", overrides={"*": {"symmetric": True}}), ValueError, "pass symmetric=False"),
     (dict(method="w8a8", overrides={"*": {"group_size": 32}}), ValueError, "per channel"),
     (dict(method="rtn", overrides={"*": {"act_order": True}}), ValueError, "act_order is GPTQ's"),
-    (dict(method="awq", overrides={"*": {"scale_dtype": "float16"}}), ValueError, "an override's scale_dtype"),
-]  # fmt: skip
+    (
+        dict(method="awq", overrides={"*": {"scale_dtype": "float16"}}),
+        ValueError,
+        "an override's scale_dtype",
+    ),
+]
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), BAD)
@@ -257,11 +279,11 @@ def test_bad_recipes_say_what_to_do(kwargs: dict, error: type, message: str) -> 
 def test_bad_json() -> None:
     with pytest.raises(ValueError, match="a recipe must be JSON"):
         qfast.Recipe.from_json("{method: gptq")
-    with pytest.raises(TypeError, match="Recipe.from_dict takes a dict, not list"):
+    with pytest.raises(TypeError, match=r"Recipe\.from_dict takes a dict, not list"):
         qfast.Recipe.from_json('["gptq"]')
     with pytest.raises(ValueError, match=re.escape("unknown field(s) bitz, mode; a recipe has")):
         qfast.Recipe.from_json('{"method": "gptq", "bitz": 4, "mode": 1}')
-    with pytest.raises(ValueError, match="recipe format version 2.*upgrade qfast"):
+    with pytest.raises(ValueError, match=r"recipe format version 2.*upgrade qfast"):
         qfast.Recipe.from_json('{"qfast_recipe": 2, "method": "gptq"}')
     # a recipe's file is what the CLI's --recipe reads: the errors name the field
     with pytest.raises(ValueError, match="unknown method 'fp8'"):

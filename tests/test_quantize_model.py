@@ -459,6 +459,81 @@ def test_awq_folds_scales_consistently(folder: Path, tensors: dict, tmp_path: Pa
     assert err_awq < 1.2 * err_rtn, (err_awq, err_rtn)
 
 
+# -- 3c'. a small BERT: padded calibration batches, AWQ's fold into value's rows and bias --
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(minilm: Any) -> Any:
+    """A 2-layer BERT of width 32 with random weights and MiniLM's tokenizer."""
+    from qfast.model.arch.bert import Bert
+    from qfast.model.base import WeightStore
+
+    config = json.loads((qfast.assets.minilm_dir() / "config.json").read_text())
+    config |= {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
+    config["num_hidden_layers"] = 2
+    rng = np.random.default_rng(0)
+    t = {}
+    for name, shape in Bert.tensor_shapes(config).items():
+        if name.endswith("LayerNorm.weight"):
+            a = 1 + 0.2 * rng.standard_normal(shape)
+        elif name.endswith("bias"):
+            a = 0.1 * rng.standard_normal(shape)
+        elif "embeddings" in name:
+            a = rng.standard_normal(shape)
+        else:
+            a = rng.standard_normal(shape) / np.sqrt(shape[1])
+        t[name] = a.astype(np.float32)
+
+    def make() -> Any:
+        store = WeightStore({n: a.shape for n, a in t.items()}, lambda n: t[n])
+        return Bert.from_config(config, store, minilm.tokenizer)
+
+    return make, t
+
+
+def test_bert_gptq_and_awq_on_padded_batches(tiny_bert: Any) -> None:
+    from qfast.calibration.text import calibration_paragraphs, heldout_paragraphs
+
+    make, t = tiny_bert
+    texts, calibration = heldout_paragraphs(16), calibration_paragraphs(16)
+    want = make().embed(texts)
+
+    def loss(m: Any) -> float:  # 1 - mean cosine against the float model
+        g = m.embed(texts)
+        cos = np.sum(g * want, axis=1) / np.linalg.norm(g, axis=1) / np.linalg.norm(want, axis=1)
+        return 1 - float(cos.mean())
+
+    rtn = qfast.quantize_model(make(), qfast.Recipe("rtn", bits=4, group_size=16, symmetric=False))
+    gptq = qfast.quantize_model(make(), qfast.Recipe("gptq", bits=4, group_size=16), calibration)
+    awq = qfast.quantize_model(
+        make(), qfast.Recipe("awq", bits=4, group_size=16, symmetric=False), calibration
+    )
+    # the calibration tokens are the real ones (no padding), as the tokenizer counts them
+    f = make()
+    _, mask = f.tokenize(calibration, f.max_seq_length)
+    assert gptq.quantize_report.calibration_tokens == int(mask.sum())
+    # layer 0's query: GPTQ on the real rows captured by the plain forward pass (in text
+    # order: the Hessian sums the same rows in another order, so a few codes may differ)
+    x = f.capture_linear_inputs(calibration, f.max_seq_length)[
+        "encoder.layer.0.attention.self.query"
+    ]
+    query = "encoder.layer.0.attention.self.query.weight"
+    by_hand = qfast.gptq(
+        t[query], x, bits=4, group_size=16, symmetric=True, act_order=False, damp=0.01,
+        scale_dtype="float16",
+    )  # fmt: skip
+    same = np.mean(np.asarray(gptq.weights[query].data) == np.asarray(by_hand.data))
+    assert same >= 0.99, same
+    # AWQ's scales of attention.output.dense fold into value's rows and bias
+    for i in range(2):
+        bias = f"encoder.layer.{i}.attention.self.value.bias"
+        ratio = t[bias] / awq.weights[bias]
+        assert np.all(ratio > 0) and not np.allclose(ratio, 1), bias
+    # the quality order the methods promise (a wrong fold costs AWQ ~10x RTN's loss here)
+    assert loss(gptq) < 0.5 * loss(rtn), (loss(gptq), loss(rtn))
+    assert loss(awq) < 1.2 * loss(rtn), (loss(awq), loss(rtn))
+
+
 # -- 3d. a GGUF Llama -> a Hugging Face layout folder ----------------------------------------
 
 

@@ -537,19 +537,21 @@ def test_bert_gptq_and_awq_on_padded_batches(tiny_bert: Any) -> None:
 # -- 3d. a GGUF Llama -> a Hugging Face layout folder ----------------------------------------
 
 
-@pytest.mark.parametrize("method", ["gptq", "rtn"])
+@pytest.mark.parametrize("method", ["gptq", "rtn", "awq"])
 def test_gguf_model_quantizes_to_a_hf_layout_folder(method: str, tmp_path: Path) -> None:
     t = tiny_tensors(TINY, seed=5)
     write_tiny_gguf(tmp_path / "m.gguf", t)
     hf = write_folder(tmp_path / "hf", t, TINY)
-    recipe = qfast.Recipe(method, bits=4, group_size=8, overrides={"lm_head": {"bits": 8}})
-    ids = np.random.default_rng(3).integers(0, TINY["vocab_size"], (4, 16))
+    recipe = qfast.Recipe(
+        method, bits=4, group_size=8, symmetric=method != "awq", overrides={"lm_head": {"bits": 8}}
+    )
+    ids = np.random.default_rng(3).integers(0, TINY["vocab_size"], (8, 16))
     gguf = qfast.load_model(tmp_path / "m.gguf", compute="float")
     assert gguf.qk_layout == "gguf"
-    mem = qfast.quantize_model(gguf, recipe, ids, samples=4, seq_len=16)
+    mem = qfast.quantize_model(gguf, recipe, ids, samples=8, seq_len=16)
     assert mem is not gguf and mem.qk_layout == "hf"
     qfast.quantize_model(
-        qfast.load_model(tmp_path / "m.gguf", compute="float"), recipe, ids, samples=4,
+        qfast.load_model(tmp_path / "m.gguf", compute="float"), recipe, ids, samples=8,
         seq_len=16, output=tmp_path / "out",
     )  # fmt: skip
     back = qfast.load_model(tmp_path / "out")
@@ -557,9 +559,13 @@ def test_gguf_model_quantizes_to_a_hf_layout_folder(method: str, tmp_path: Path)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llama"
     x = ids[:2]
     np.testing.assert_array_equal(back.logits(x), mem.logits(x))
+    if method == "awq":  # GQA: o_proj has nothing to fold into; only its clip search runs
+        assert not np.array_equal(back.weights["model.layers.0.input_layernorm.weight"],
+                                  t["model.layers.0.input_layernorm.weight"])  # fmt: skip
+        return  # (AWQ's loss sums rows in another order: its scales may differ in the last bit)
     # the rows are Hugging Face's: the same QTensors as quantizing the Hugging Face folder
     from_hf = qfast.quantize_model(
-        qfast.load_model(hf, compute="float"), recipe, ids, samples=4, seq_len=16
+        qfast.load_model(hf, compute="float"), recipe, ids, samples=8, seq_len=16
     )
     for name in from_hf.quantize_report.layers:
         assert_same_qtensor(back.weights[name + ".weight"], from_hf.weights[name + ".weight"], name)

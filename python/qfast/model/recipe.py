@@ -116,7 +116,8 @@ class Recipe:
         set_ = object.__setattr__
         set_(self, "method", method)
         w8a8 = method == "w8a8"
-        set_(self, "bits", check_bits(8 if self.bits is None and w8a8 else self.bits or 4))
+        bits = self.bits if self.bits is not None else 8 if w8a8 else 4
+        set_(self, "bits", check_bits(bits))
         if self.group_size == "default":
             set_(self, "group_size", None if w8a8 else 128)
         if self.symmetric is None:

@@ -34,7 +34,7 @@ test: test-rust test-python ## the whole test suite
 # machine runs them: OpenBLAS's Haswell kernels and qfast's AVX2 path (1 to 3 minutes on 2 cores).
 AVX2_TESTS := tests/test_awq.py tests/test_bert.py tests/test_gptq.py tests/test_hqq.py \
 	tests/test_linear.py tests/test_layer_error.py tests/test_llama.py tests/test_evaluate.py \
-	tests/test_checkpoint.py tests/test_real_models.py
+	tests/test_checkpoint.py tests/test_real_models.py tests/test_quantize_model.py
 test-avx2: build-dev ## the BLAS-comparing tests under OPENBLAS_CORETYPE=Haswell QFAST_ISA=avx2
 	OPENBLAS_CORETYPE=Haswell QFAST_ISA=avx2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 

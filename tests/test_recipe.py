@@ -97,6 +97,7 @@ def test_json_round_trip_with_overrides_and_none() -> None:
         "symmetric": False,
         "act_order": True,
         "damp": 0.05,
+        "mse": False,
         "scale_dtype": "bfloat16",
         "ignore": ["lm_head", "re:layers\\.0\\."],
         "overrides": {
@@ -253,6 +254,9 @@ BAD = [
     (dict(method="hqq", overrides={"*": {"symmetric": True}}), ValueError, "pass symmetric=False"),
     (dict(method="w8a8", overrides={"*": {"group_size": 32}}), ValueError, "per channel"),
     (dict(method="rtn", overrides={"*": {"act_order": True}}), ValueError, "act_order is GPTQ's"),
+    (dict(method="awq", mse=True), ValueError, "mse is the GPTQ grid's search"),
+    (dict(method="hqq", symmetric=False, overrides={"*": {"mse": True}}), ValueError, "mse is"),
+    (dict(mse="yes"), TypeError, "mse must be True or False"),
     (
         dict(method="awq", overrides={"*": {"scale_dtype": "float16"}}),
         ValueError,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -122,7 +121,17 @@ def _fmt_bytes(n: float) -> str:
 
 
 def peak_rss() -> int:
-    """The process's peak resident set size in bytes."""
+    """The process's peak resident set size in bytes: Linux's VmHWM (``ru_maxrss`` of a
+    forked child starts from its parent's peak), else ``ru_maxrss``."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -357,7 +366,14 @@ class _Run:
             )
         if spec.method == "hqq":
             return hqq(W, spec.bits, spec.group_size)
-        return rtn(W, spec.bits, spec.group_size, spec.symmetric, scale_dtype=spec.scale_dtype)
+        return rtn(
+            W,
+            spec.bits,
+            spec.group_size,
+            spec.symmetric,
+            mse=spec.mse,
+            scale_dtype=spec.scale_dtype,
+        )
 
     # -- a calibrated group --
 
@@ -387,6 +403,7 @@ class _Run:
                         symmetric=spec.symmetric,
                         act_order=spec.act_order,
                         damp=spec.damp,
+                        mse=spec.mse,
                         scale_dtype=spec.scale_dtype,
                     )
                 self.set_quantized(m, qt, spec)

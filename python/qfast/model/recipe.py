@@ -46,7 +46,7 @@ METHODS = ("rtn", "gptq", "awq", "hqq", "w8a8")
 #: Methods that learn from calibration data (the others only read the weights).
 CALIBRATED = ("gptq", "awq")
 #: Fields an override may change.
-OVERRIDABLE = ("bits", "group_size", "symmetric", "act_order", "damp", "scale_dtype")
+OVERRIDABLE = ("bits", "group_size", "symmetric", "act_order", "damp", "mse", "scale_dtype")
 _SCALE_DTYPES = ("float32", "float16", "bfloat16")
 #: Scale dtypes a method computes its grid in (awq and hqq find float32 scales).
 _METHOD_SCALE_DTYPES = {
@@ -70,6 +70,7 @@ class LayerSpec:
     act_order: bool
     damp: float
     scale_dtype: str
+    mse: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Recipe:
             are asymmetric: ``hqq`` requires False).
         act_order: GPTQ's ``desc_act``: columns by decreasing Hessian diagonal.
         damp: GPTQ's ``percdamp``, a fraction of the Hessian's mean diagonal.
+        mse: rtn / gptq: the reference's MSE grid search (each group's range shrunk to the
+            least ``Σ|q - x|^2.4``) instead of min / max.
         scale_dtype: the dtype scales are stored in, which the codes are computed against:
             ``"float16"`` (the default for rtn / gptq / w8a8, as GPTQ checkpoints store them,
             so an export loses nothing), ``"float32"`` (the default, and the only choice, for
@@ -105,6 +108,7 @@ class Recipe:
     symmetric: bool | None = None
     act_order: bool = False
     damp: float = 0.01
+    mse: bool = False
     scale_dtype: str | None = None
     ignore: tuple[str, ...] = ("lm_head",)
     overrides: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
@@ -192,7 +196,12 @@ class Recipe:
             )
         if act_order and self.method != "gptq":
             raise ValueError(f"Recipe: act_order is GPTQ's; {self.method} does not take it")
-        return LayerSpec(self.method, bits, group, symmetric, act_order, float(damp), sdtype)
+        mse = as_bool(values["mse"], "mse")
+        if mse and self.method not in ("rtn", "gptq"):
+            raise ValueError(
+                f"Recipe: mse is the GPTQ grid's search (rtn, gptq), not {self.method}'s"
+            )
+        return LayerSpec(self.method, bits, group, symmetric, act_order, float(damp), sdtype, mse)
 
     def resolve(self, module: str) -> LayerSpec | None:
         """The settings for the linear ``module`` (``None``: it stays in float)."""
@@ -220,7 +229,7 @@ class Recipe:
         """A one-line summary, e.g. ``gptq INT4 asymmetric g64``."""
         gran = "per-channel" if self.group_size is None else f"g{self.group_size}"
         sym = "symmetric" if self.symmetric else "asymmetric"
-        extra = " act-order" if self.act_order else ""
+        extra = (" act-order" if self.act_order else "") + (" mse" if self.mse else "")
         acts = " + INT8 activations" if self.method == "w8a8" else ""
         return f"{self.method} INT{self.bits} {sym} {gran}{extra}{acts}"
 

@@ -121,6 +121,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+def read_text(path: str | Path, flag: str, cmd: str) -> str:
+    """The UTF-8 text of a file an option names; a one-line CLIError (naming ``cmd`` and
+    ``flag``) when it is missing, a folder, not UTF-8, unreadable or empty."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CLIError(f"{cmd}: error: {flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise CLIError(f"{cmd}: error: {flag} {path}: is a directory, not a text file") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(
+            f"{cmd}: error: {flag} {path}: not UTF-8 text (byte {e.start}); give a UTF-8 file"
+        ) from None
+    except OSError as e:
+        raise CLIError(f"{cmd}: error: cannot read {flag} {path}: {e.strerror or e}") from None
+    if not text.strip():
+        raise CLIError(f"{cmd}: error: {flag} {path} is empty; give some text")
+    return text
+
+
 class Threads:
     """Sets qfast's thread count for the duration of a command, then restores it."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .._qfast import QfastError
 from ..model.evaluate import CONVENTIONS, evaluate
-from ._common import PROG, CLIError, Threads, positive_int
+from ._common import PROG, CLIError, Threads, positive_int, read_text
 
 __all__ = ["DEFAULT_PARAGRAPHS", "add_parser", "run"]
 
@@ -105,23 +105,11 @@ def _text(args: argparse.Namespace) -> str:
         from ..calibration.text import heldout_paragraphs
 
         return "\n".join(heldout_paragraphs(DEFAULT_PARAGRAPHS))
-    path = Path(args.text)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CLIError(f"{_CMD}: error: --text {path}: no such file") from None
-    except IsADirectoryError:
-        raise CLIError(f"{_CMD}: error: --text {path}: is a directory, not a text file") from None
-    except UnicodeDecodeError as e:
-        raise CLIError(
-            f"{_CMD}: error: --text {path}: not UTF-8 text (byte {e.start}); give a UTF-8 file"
-        ) from None
-    except OSError as e:
-        raise CLIError(f"{_CMD}: error: cannot read --text {path}: {e.strerror or e}") from None
+    text = read_text(args.text, "--text", _CMD)
     if args.convention == "llama.cpp" and text.endswith("\n"):
         text = text[:-1]  # llama-perplexity -f drops one trailing newline
     if not text.strip():
-        raise CLIError(f"{_CMD}: error: --text {path} is empty; give some text")
+        raise CLIError(f"{_CMD}: error: --text {args.text} is empty; give some text")
     return text
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._qfast import QfastError
-from ._common import PROG, CLIError, Threads
+from ._common import PROG, CLIError, Threads, read_text
 
 __all__ = ["resolve_model", "run_model"]
 
@@ -84,20 +84,7 @@ def _recipe(args: argparse.Namespace) -> Any:
 def _calibration(args: argparse.Namespace) -> Any:
     if args.calibration is None:
         return None
-    path = Path(args.calibration)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CLIError(f"{_CMD}: error: --calibration {path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise CLIError(
-            f"{_CMD}: error: --calibration {path}: not UTF-8 text (byte {e.start})"
-        ) from None
-    except OSError as e:
-        raise CLIError(f"{_CMD}: error: --calibration {path}: {e.strerror or e}") from None
-    if not text.strip():
-        raise CLIError(f"{_CMD}: error: --calibration {path} is empty")
-    return text
+    return read_text(args.calibration, "--calibration", _CMD)
 
 
 class _Bar:

@@ -192,27 +192,36 @@ def save_hf(
             _json(tmp / "tokenizer_config.json", tokenizer_config(model.tokenizer, config))
         # safetensors creates its file private (0600); every file gets the mode atomic_write
         # gave config.json (what the umask implies for a new file)
-        mode = stat.S_IMODE(os.stat(tmp / "config.json").st_mode)
-        for f in tmp.iterdir():
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.chmod(f, mode)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            if not target.is_dir():
-                raise FileExistsError(17, "exists and is not a folder", str(target))
-            old = parent / f".{target.name}.{secrets.token_hex(8)}.old"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        publish_folder(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
         raise
-    sync_folder(parent)
     return target
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Puts a folder built at ``tmp`` (beside ``target``) in place: every file gets the mode
+    ``config.json`` got (what the umask implies; the safetensors package creates its files
+    0600) and is synced, then ``tmp`` is renamed to ``target`` (an existing folder is moved
+    aside first and removed after), and the rename is made durable."""
+    mode = stat.S_IMODE(os.stat(tmp / "config.json").st_mode)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.chmod(f, mode)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(17, "exists and is not a folder", str(target))
+        old = target.parent / f".{target.name}.{secrets.token_hex(8)}.old"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    sync_folder(target.parent)
 
 
 def sync_folder(folder: Path) -> None:

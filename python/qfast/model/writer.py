@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,28 +168,13 @@ class ModelWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": self.weight_map}
             _json(tmp / INDEX, index)
             self._tokenizer(config)
-            mode = stat.S_IMODE(os.stat(tmp / "config.json").st_mode)
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with contextlib.suppress(OSError, NotImplementedError):
-                        os.chmod(f, mode)
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            target = self.target
-            if target.exists():
-                old = self.parent / f".{target.name}.{secrets.token_hex(8)}.old"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            from .export import publish_folder
+
+            publish_folder(tmp, self.target)
         except BaseException:
             self.abort()
             raise
         self.done = True
-        from .export import sync_folder
-
-        sync_folder(self.parent)
         return self.target
 
     def _tokenizer(self, config: dict[str, Any]) -> None:

@@ -580,20 +580,8 @@ class Bert(Model):
             )
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
             raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size})")
-        h = (
-            _dense(w, "embeddings.word_embeddings.weight")[ids]
-            + _dense(w, "embeddings.position_embeddings.weight")[:seq]
-            + _dense(w, "embeddings.token_type_embeddings.weight")[0]
-        )
-        h = _layer_norm(
-            h,
-            _dense(w, "embeddings.LayerNorm.weight"),
-            _dense(w, "embeddings.LayerNorm.bias"),
-            cfg.layer_norm_eps,
-        )
-        # Additive attention bias over keys: -inf on padding, so their softmax weight is exactly
-        # 0 and a padded batch gives its real tokens the same values as an unpadded one.
-        key_bias = np.where(real, np.float32(0), np.float32(-np.inf))[:, None, None, :]
+        h = self._embeddings(ids, w)
+        key_bias = _key_bias(real)
         for i in range(cfg.num_hidden_layers):
             h = self._layer(h, key_bias, real, f"encoder.layer.{i}.", w, record)
         return h
@@ -709,22 +697,23 @@ class Bert(Model):
         """``(input_ids, attention_mask)`` -> the embeddings layer 0 reads."""
         ids, mask = (np.asarray(a) for a in batch)
         real = mask.astype(bool)
-        cfg = self.config
-        w = self.weights
+        h = self._embeddings(ids, self.weights)
+        return CalibrationBatch(np.ascontiguousarray(h, dtype=np.float32), real, _key_bias(real))
+
+    def _embeddings(self, ids: np.ndarray, w: Mapping[str, Weight]) -> F32:
+        """Word + position + token-type (0) embeddings, layer-normed: layer 0's input."""
         seq = ids.shape[1]
         h = (
             _dense(w, "embeddings.word_embeddings.weight")[ids]
             + _dense(w, "embeddings.position_embeddings.weight")[:seq]
             + _dense(w, "embeddings.token_type_embeddings.weight")[0]
         )
-        h = _layer_norm(
+        return _layer_norm(
             h,
             _dense(w, "embeddings.LayerNorm.weight"),
             _dense(w, "embeddings.LayerNorm.bias"),
-            cfg.layer_norm_eps,
+            self.config.layer_norm_eps,
         )
-        key_bias = np.where(real, np.float32(0), np.float32(-np.inf))[:, None, None, :]
-        return CalibrationBatch(np.ascontiguousarray(h, dtype=np.float32), real, key_bias)
 
     def block_stage(self, i: int, k: int, h: F32, x: F32 | None, ctx: Any = None) -> F32 | None:
         """Stage ``k`` of layer ``i`` (0..4) on one batch; ``ctx`` is the batch's attention
@@ -870,6 +859,13 @@ class Bert(Model):
             arr.flags.writeable = False
             out[name] = arr
         return out
+
+
+def _key_bias(real: npt.NDArray[np.bool_]) -> F32:
+    """The additive attention bias over keys ``[batch, 1, 1, seq]``: -inf on padding, so its
+    softmax weight is exactly 0 and a padded batch gives its real tokens the same values as an
+    unpadded one."""
+    return np.where(real, np.float32(0), np.float32(-np.inf))[:, None, None, :]
 
 
 def _text_order(lengths: npt.NDArray[np.int64], batches: list[np.ndarray]) -> np.ndarray:

@@ -90,11 +90,15 @@ def _calibration(args: argparse.Namespace) -> Any:
 class _Bar:
     """A tqdm bar over the blocks (or nothing)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, header: str) -> None:
         self.bar: Any = None
         self.enabled = enabled
+        self.header: str | None = header
 
     def __call__(self, done: int, total: int, desc: str) -> None:
+        if self.header is not None:  # once the run has started (its checks passed)
+            print(self.header, file=sys.stderr, flush=True)
+            self.header = None
         if not self.enabled:
             return
         if self.bar is None:
@@ -134,8 +138,7 @@ def run_model(args: argparse.Namespace) -> int:
         kwargs["samples"] = args.samples
     if args.seq_len is not None:
         kwargs["seq_len"] = args.seq_len
-    bar = _Bar(progress)
-    print(f"{_CMD}: {source} -> {out}: {recipe.describe()}", file=sys.stderr)
+    bar = _Bar(progress, f"{_CMD}: {source} -> {out}: {recipe.describe()}")
     with Threads(args.threads):
         try:
             q = quantize_model(

@@ -557,20 +557,23 @@ def quantize_model(
     _check_plan(model, run.plan, recipe)
     blocks = model.num_blocks
     total = blocks + 1
-    if progress is not None:
-        progress(0, total, recipe.describe())
+    inputs: list[Any] = []
+    if recipe.calibrated:  # bad calibration data fails before anything is written
+        with run.timed("calibration"):
+            inputs = _batches(model, calibration, samples, seq_len)
     writer = None
     if output is not None:
         from .writer import ModelWriter
 
         writer = ModelWriter(output, model, recipe, n_shards=blocks + 1, overwrite=overwrite)
+    if progress is not None:
+        progress(0, total, recipe.describe())
     with writer if writer is not None else contextlib.nullcontext():
         states: list[CalibrationBatch] = []
         if recipe.calibrated:
             with run.timed("calibration"):
-                inputs = _batches(model, calibration, samples, seq_len)
                 states = [model.calibration_batch(b) for b in inputs]
-                model.weights.release()  # the embedding table: read once, for the states
+                inputs.clear()
                 report.calibration_tokens = sum(
                     int(st.h.shape[0] * st.h.shape[1] if st.real is None else st.real.sum())
                     for st in states

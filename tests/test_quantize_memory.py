@@ -246,11 +246,16 @@ def test_quantize_model_peak_memory_is_bounded(
         )
         # Nothing accumulates from block to block (a leak of a fraction of a block per block,
         # such as the written QTensors kept alive, can hide under the bound's slack): the RSS
-        # after the last block is within one float32 block of the RSS after the first.
+        # after the last block is within one float32 block of the most it was over the first
+        # quarter of the blocks. (The first blocks may grow it once: the allocator keeps the
+        # arenas of the first stages' arrays, and the forward pass's caches fill; seen as one
+        # step of 46 MB at block 2 in a clean-clone CI run, flat from there to block 41. A
+        # leak grows it all the way: the written QTensors kept alive add 212 MB.)
         rss = got["blocks_rss"]  # at the start, after each block, at the end
-        growth = rss[CONFIG["num_hidden_layers"]] - rss[1]
+        n = CONFIG["num_hidden_layers"]
+        growth = rss[n] - max(rss[1 : 1 + n // 4])
         assert growth <= block, (
-            f"{method}: RSS grew by {growth / MB:.0f} MB from block 1 to block "
+            f"{method}: RSS grew by {growth / MB:.0f} MB from the first quarter to block "
             f"{CONFIG['num_hidden_layers']}: {[round(r / MB) for r in rss]} MB"
         )
         assert got["wall"] < TIME_LIMIT, f"{method}: {got['wall']:.0f} s ({got['seconds']})"

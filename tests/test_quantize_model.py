@@ -886,3 +886,22 @@ def test_minilm_int8_keeps_the_embeddings(minilm_cosines: dict[str, float]) -> N
 )
 def test_minilm_gptq4_keeps_the_embeddings(minilm_cosines: dict[str, float]) -> None:
     assert minilm_cosines["gptq4"] >= 0.99, minilm_cosines
+
+
+def test_a_model_without_stages_is_refused(tmp_path: Path) -> None:
+    """A Model that only evaluates (no block stages) is a TypeError naming the protocol,
+    before anything is written."""
+    from qfast.model.base import Model, WeightStore
+
+    class Flat(Model):
+        arch = "flat"
+        kind = "causal"
+
+        def linear_names(self) -> list[str]:
+            return ["head"]
+
+    w = np.ones((4, 4), np.float32)
+    flat = Flat(None, WeightStore({"head.weight": (4, 4)}, lambda name: w))
+    with pytest.raises(TypeError, match="stage protocol"):
+        qfast.quantize_model(flat, "rtn", output=tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

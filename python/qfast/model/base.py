@@ -266,6 +266,8 @@ class Model(ABC):
 
     # -- calibration in stages (what ``qfast.quantize_model`` drives) ----------------------
     #
+    # Optional: a model that only evaluates (a test's toy model) need not run in blocks; the
+    # defaults below say so, and quantize_model refuses such a model up front.
     # A block runs as stages between its linear groups: stage 0 computes the input of group
     # 0; stage k runs group k - 1's linears on their input and computes group k's; the last
     # stage finishes the block (the residual stream ``h`` is updated in place). Between the

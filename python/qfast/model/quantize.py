@@ -547,6 +547,12 @@ def quantize_model(
     t_start = time.perf_counter()
     if not isinstance(model, Model):
         raise TypeError(f"quantize_model takes a qfast Model (load_model), not {type(model)!r}")
+    if type(model).block_stage is Model.block_stage:  # the stage protocol is optional
+        raise TypeError(
+            f"quantize_model runs architectures that run in blocks (the Llama family, BERT); "
+            f"{type(model).__name__} ({model.arch!r}) does not implement the stage protocol "
+            "(Model.block_groups / calibration_batch / block_stage)"
+        )
     recipe = _as_recipe(recipe)
     for name, value in (("samples", samples), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -375,9 +375,18 @@ class _Run:
             scale_dtype=spec.scale_dtype,
         )
 
+    def quantize_plain_group(self, group: LinearGroup) -> None:
+        """Quantizes a group's linears that the recipe selects, each from its weight alone."""
+        for m in group.names:
+            spec = self.plan[m]
+            if spec is not None:
+                with self.timed("quantize"):
+                    qt = self.quantize_plain(m, spec)
+                self.record(m, qt, spec)
+
     # -- a calibrated group --
 
-    def quantize_group(self, group: LinearGroup, acts: _Acts, block: dict[str, Any]) -> None:
+    def quantize_group(self, group: LinearGroup, acts: _Acts) -> None:
         """Quantizes one group on its input ``acts``; sets the dequantized weights for the
         stages that follow (and, for AWQ, folds the scales and rescales ``acts``)."""
         members = [(m, spec) for m in group.names if (spec := self.plan[m]) is not None]
@@ -408,7 +417,7 @@ class _Run:
                     )
                 self.set_quantized(m, qt, spec)
             return
-        self.awq_group(group, members, rows, acts, block)
+        self.awq_group(group, members, rows, acts)
 
     def awq_group(
         self,
@@ -416,7 +425,6 @@ class _Run:
         members: list[tuple[str, LayerSpec]],
         rows: np.ndarray,
         acts: _Acts,
-        block: dict[str, Any],
     ) -> None:
         from ..algorithms.awq import awq
 
@@ -442,7 +450,7 @@ class _Run:
                           search_scales=False)  # fmt: skip
                 qts.append(one.qweights[0])
         if fold is not None and not np.all(scales == 1):
-            self.fold(fold, scales, block)
+            self.fold(fold, scales)
             acts.scale(scales)
             # float members of the group (kept by an override) read the rescaled input too
             for m in group.names:
@@ -452,7 +460,7 @@ class _Run:
             qt.meta["awq_ratio"] = res.ratio
             self.set_quantized(m, qt, s)
 
-    def fold(self, target: str, scales: np.ndarray, block: dict[str, Any]) -> None:
+    def fold(self, target: str, scales: np.ndarray) -> None:
         """Divides the output of ``target`` (a norm's weight, or a linear's rows) by
         ``scales``."""
         w = self.model.weights
@@ -467,10 +475,8 @@ class _Run:
             bias = target + ".bias"
             if bias in w:
                 w[bias] = np.asarray(w[bias], np.float32) / scales
-                block.setdefault("changed", set()).add(bias)
             return
         w[target] = np.asarray(w[target], np.float32) / scales
-        block.setdefault("changed", set()).add(target)
 
     def set_quantized(self, module: str, qt: QTensor, spec: LayerSpec) -> None:
         """Records ``qt`` and gives the forward pass its dequantized values."""
@@ -592,23 +598,16 @@ def quantize_model(
         for i in range(blocks):
             prefix = model.block_prefix(i)
             names = [n for n in model.weights if n.startswith(prefix)]
-            block: dict[str, Any] = {}
             if recipe.calibrated:
-                _calibrate_block(run, i, states, block)
+                _calibrate_block(run, i, states)
             else:
                 for group in model.block_groups(i):
-                    for m in group.names:
-                        spec = run.plan[m]
-                        if spec is not None:
-                            with run.timed("quantize"):
-                                qt = run.quantize_plain(m, spec)
-                            run.record(m, qt, spec)
-            _finish_block(run, names, block, writer)
+                    run.quantize_plain_group(group)
+            _finish_block(run, names, writer)
             done.update(names)
             if progress is not None:
                 progress(i + 1, total, f"block {i + 1}/{blocks}")
         rest = [n for n in model.weights if n not in done]
-        block = {}
         head = model.head_group()
         if head is not None and any(run.plan.get(m) is not None for m in head.names):
             if recipe.calibrated:
@@ -616,15 +615,11 @@ def quantize_model(
                 with run.timed("forward"):
                     for b, st in enumerate(states):
                         acts.put(b, model.head_input(st.h, st.ctx))
-                run.quantize_group(head, acts, block)
+                run.quantize_group(head, acts)
             else:
-                for m in head.names:
-                    spec = run.plan[m]
-                    if spec is not None:
-                        with run.timed("quantize"):
-                            run.record(m, run.quantize_plain(m, spec), spec)
+                run.quantize_plain_group(head)
         states.clear()
-        _finish_block(run, rest, block, writer)
+        _finish_block(run, rest, writer)
         if progress is not None:
             progress(total, total, "done")
         if writer is not None:
@@ -675,9 +670,7 @@ def _check_plan(model: Model, plan: dict[str, LayerSpec | None], recipe: Recipe)
                     )
 
 
-def _calibrate_block(
-    run: _Run, i: int, states: list[CalibrationBatch], block: dict[str, Any]
-) -> None:
+def _calibrate_block(run: _Run, i: int, states: list[CalibrationBatch]) -> None:
     model = run.model
     groups = model.block_groups(i)
     acts: _Acts | None = None
@@ -691,10 +684,10 @@ def _calibrate_block(
         acts = nxt if nxt.big is not None else None
         if k < len(groups):
             assert acts is not None
-            run.quantize_group(groups[k], acts, block)
+            run.quantize_group(groups[k], acts)
 
 
-def _finish_block(run: _Run, names: list[str], block: dict[str, Any], writer: Any) -> None:
+def _finish_block(run: _Run, names: list[str], writer: Any) -> None:
     """Writes (or keeps) a block's tensors, then drops what it read."""
     model = run.model
     weights = model.weights

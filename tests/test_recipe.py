@@ -23,7 +23,7 @@ DOWN10 = "model.layers.10.mlp.down_proj"
 DEFAULTS = {
     "rtn": (4, 128, True, "float16", False, "float"),
     "gptq": (4, 128, True, "float16", True, "float"),
-    "awq": (4, 128, True, "float32", True, "float"),
+    "awq": (4, 128, True, "float16", True, "float"),
     "hqq": (4, 128, False, "float32", False, "float"),
     "w8a8": (8, None, True, "float16", False, "int8"),
 }
@@ -211,9 +211,9 @@ BAD = [
     (dict(method="rtn", act_order=True), ValueError, "act_order is GPTQ's; rtn does not take it"),
     (dict(method="awq", act_order=True), ValueError, "act_order is GPTQ's; awq does not"),
     (
-        dict(method="awq", scale_dtype="float16"),
+        dict(method="hqq", symmetric=False, scale_dtype="float16"),
         ValueError,
-        "scale_dtype 'float16': awq takes float32",
+        "scale_dtype 'float16': hqq takes float32",
     ),
     (dict(method="hqq", scale_dtype="bfloat16"), ValueError, "hqq takes float32"),
     (dict(scale_dtype="float64"), ValueError, "'float64': gptq takes float32, float16, bfloat16"),
@@ -258,7 +258,7 @@ BAD = [
     (dict(method="hqq", symmetric=False, overrides={"*": {"mse": True}}), ValueError, "mse is"),
     (dict(mse="yes"), TypeError, "mse must be True or False"),
     (
-        dict(method="awq", overrides={"*": {"scale_dtype": "float16"}}),
+        dict(method="hqq", symmetric=False, overrides={"*": {"scale_dtype": "float16"}}),
         ValueError,
         "an override's scale_dtype",
     ),

@@ -27,7 +27,13 @@ from .._checks import (
     check_group_divides,
     float32_input,
 )
-from ..tensor.qtensor import QTensor
+from ..tensor.qtensor import (
+    QTensor,
+    as_scale_dtype,
+    code_range,
+    round_scale,
+    scale_dtype_name,
+)
 
 F32 = np.float32
 
@@ -157,6 +163,7 @@ def awq(
     n_sample_tokens: int = 512,
     search_scales: bool = True,
     progress: Callable[[int, int], Any] | None = None,
+    scale_dtype: Any = np.float32,
 ) -> AWQResult:
     """Activation-aware weight quantization of one linear layer or of a group sharing X.
 
@@ -196,6 +203,10 @@ def awq(
             one loss of unscaled weights).
         progress: called as ``progress(done, total)`` after each grid ratio and after each
             weight's clip search (``total = n_grid + len(W)`` with clipping, else ``n_grid``).
+        scale_dtype: np.float32 (default), np.float16 (as AWQ checkpoints store scales, the
+            way AutoAWQ's export rounds them) or ml_dtypes.bfloat16: the final grid's scales
+            are rounded to it and the codes computed against the rounded scales (the zero
+            points stay those of the float32 grid). The searches run in float32.
 
     Returns:
         An :class:`AWQResult`: the quantized weights, ``scales`` (divide the layer input by
@@ -207,6 +218,7 @@ def awq(
         TypeError: integer (non-float) W or X.
     """
     bits = check_bits(bits)
+    sdtype = scale_dtype_name(scale_dtype)
     sym = as_bool(symmetric, "symmetric")
     duo_scaling = as_bool(duo_scaling, "duo_scaling")
     clip = as_bool(clip, "clip")
@@ -247,7 +259,7 @@ def awq(
             clip_max.append(best)
             if progress is not None:
                 progress(n_scale + k + 1, total)
-    qweights = tuple(_qtensor(w, g, bits, sym, group_size is None) for w in scaled)
+    qweights = tuple(_qtensor(w, g, bits, sym, group_size is None, sdtype) for w in scaled)
     best_i = int(np.argmin(losses))  # first minimum, as the reference's strict `<`
     return AWQResult(
         qweights=qweights,
@@ -288,17 +300,36 @@ def _search_scales(
     return best[1], best[2], losses
 
 
-def _qtensor(w: np.ndarray, g: int, bits: int, sym: bool, per_row: bool) -> QTensor:
-    """`w` quantized on AutoAWQ's grid as a QTensor (codes packed densely below 8 bits)."""
+def _qtensor(
+    w: np.ndarray, g: int, bits: int, sym: bool, per_row: bool, sdtype: str = "float32"
+) -> QTensor:
+    """`w` quantized on AutoAWQ's grid as a QTensor (codes packed densely below 8 bits), its
+    scales rounded to ``sdtype`` and the codes computed against them."""
     rows, n = w.shape
     codes, scale, zero = _qfast.awq_quantize(w, g, bits, sym)
     codes = codes.reshape(rows, n)  # signed codes as two's complement bytes
     shape = (rows, n // g)
+    scale = scale.reshape(shape)
+    if sdtype != "float32":
+        scale = round_scale(scale, sdtype)
+        if not np.isfinite(scale).all():
+            raise ValueError(
+                f"the weights' range needs scales larger than {sdtype} can hold; pass "
+                "scale_dtype=np.float32 (or bfloat16)"
+            )
+        lo, hi = code_range(bits, sym)
+        q = np.rint(w.reshape(rows, n // g, g) / scale[:, :, None])
+        if not sym:
+            q += zero.reshape(shape)[:, :, None]
+        codes = (
+            np.clip(q, lo, hi).astype(np.int8 if sym else np.uint8).view(np.uint8).reshape(rows, n)
+        )
+        scale = as_scale_dtype(scale, sdtype)
     return QTensor.from_codes(
         codes.view(np.int8) if sym else codes,
         bits,
         sym,
-        scale.reshape(shape),
+        scale,
         None if sym else zero.reshape(shape),
         group_size=n if per_row else g,
         meta={"method": "awq"},

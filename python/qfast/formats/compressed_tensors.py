@@ -146,9 +146,7 @@ def unpack(tensors: Mapping[str, Any], *, args: Mapping[str, Any], name: str = "
     return to_qtensor(g)
 
 
-def config(
-    layers: Mapping[str, dict[str, Any]], float_linears: list[str], version: str
-) -> dict[str, Any]:
+def config(layers: Mapping[str, dict[str, Any]], float_linears: list[str]) -> dict[str, Any]:
     """``quantization_config`` for a ``pack-quantized`` checkpoint: one config group per
     distinct ``weights`` args. When one group covers every quantized linear it targets
     ``["Linear"]`` (llm-compressor's usual scheme) and ``ignore`` lists the float linears;
@@ -182,7 +180,6 @@ def config(
         "sparsity_config": {},
         "transform_config": {},
         "global_compression_ratio": None,
-        "version": version,
     }
 
 

@@ -51,12 +51,12 @@ def check(g: Grid, name: str) -> None:
     check_bits_in(g.bits, BITS, name, FORMAT, "AutoGPTQ's packer and vLLM's kernels")
     out, n_in = g.shape
     for what, n in (("in_features", n_in), ("out_features", out)):
-        if n * g.bits % 32:
-            step = 32 // np.gcd(32, g.bits)
+        if n % 32:
             raise ValueError(
-                f"{name}: GPTQ packs {g.bits}-bit codes into int32 words along {what}, so "
-                f"{what} must be a multiple of {step}; it is {n}: save with format='qfast' "
-                "or keep this layer in float (Recipe overrides={...: None})"
+                f"{name}: GPTQ's loaders (AutoGPTQ, GPTQModel) size qweight and qzeros as "
+                f"{what} // 32 * bits words, so {what} must be a multiple of 32; it is {n}: "
+                "save with format='compressed-tensors' or 'qfast', or keep this layer in float "
+                "(Recipe overrides={...: None})"
             )
 
 
@@ -204,11 +204,11 @@ def config(
     _check_format(checkpoint_format)
     if not layers:
         raise ValueError("no quantized linear to describe: quantize the model first")
-    counts: dict[tuple[Any, ...], int] = {}
+    counts: dict[tuple[tuple[str, Any], ...], int] = {}
     for args in layers.values():
         key = tuple(sorted(args.items()))
         counts[key] = counts.get(key, 0) + 1
-    common = dict(max(counts, key=lambda k: counts[k]))
+    common: dict[str, Any] = dict(max(counts.items(), key=lambda kv: kv[1])[0])
     dynamic: dict[str, dict[str, Any]] = {}
     for module, args in layers.items():
         diff = {k: v for k, v in args.items() if common[k] != v}

@@ -148,7 +148,7 @@ def write_entries(
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"safetensors metadata is str -> str, not {k!r}: {v!r}")
         meta[k] = v
-    meta["format"] = FILE_FORMAT
+    meta.setdefault("format", FILE_FORMAT)  # transformers reads only "pt" files
     entries = _entries(tensors)
     if atomic:
         with atomic_write(path) as tmp:

@@ -240,13 +240,34 @@ class Model(ABC):
         """Every linear layer's module name (its weight is ``f"{name}.weight"``), block by
         block, in execution order: the names `capture` hooks receive."""
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Writes the model (float, or with QTensor linears) to the folder ``path`` in qfast's
-        format, block by block and atomically; ``qfast.load_model(path)`` reads it back
-        exactly (see ``qfast.model.writer``)."""
+    def save(
+        self,
+        path: str | Path,
+        *,
+        format: str = "qfast",
+        overwrite: bool = False,
+        checkpoint_format: str | None = None,
+    ) -> Path:
+        """Writes the model (float, or with QTensor linears) to the folder ``path``, block by
+        block and atomically; ``qfast.load_model(path)`` reads it back exactly.
+
+        Args:
+            path: the folder to create.
+            format: ``"qfast"`` (default; any QTensor), or a checkpoint transformers and vLLM
+                load: ``"gptq"``, ``"awq"`` (GEMM) or ``"compressed-tensors"``
+                (``pack-quantized``). See ``qfast.model.writer``.
+            overwrite: replace an existing folder.
+            checkpoint_format: GPTQ only: ``"gptq"`` (v1: zero points stored minus 1) or
+                ``"gptq_v2"``; default v1, or v2 with a warning when a zero point of 0 needs it.
+
+        Raises:
+            ValueError: a quantized linear the format cannot hold (the message names it and
+                says what to do); nothing is written then.
+        """
         from .writer import save_model
 
-        return save_model(self, path, overwrite=overwrite)
+        options = {} if checkpoint_format is None else {"checkpoint_format": checkpoint_format}
+        return save_model(self, path, format=format, overwrite=overwrite, **options)
 
     def linear(self, x: F32, name: str, bias: str | None = None) -> F32:
         """``x @ W.T (+ b)`` over the last axis of ``x``, with the weight ``name``."""

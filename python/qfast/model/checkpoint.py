@@ -36,6 +36,7 @@ from typing import Any
 
 from ..formats.safetensors import SafetensorsFile, qtensor_prefixes
 from .base import Model, Weight, WeightStore
+from .layouts import reader
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "architecture", "load_model"]
 
@@ -80,6 +81,7 @@ class _Tensors:
         self.dtypes: dict[str, str] = {}
         self.loaders: dict[str, Callable[[], Weight]] = {}
         self.evictors: dict[str, Callable[[], None]] = {}
+        self.raws: dict[str, Callable[[], Any]] = {}  # an entry as stored (no conversion)
 
     def add(
         self,
@@ -146,6 +148,41 @@ def _add_safetensors(out: _Tensors, st: SafetensorsFile) -> None:
             functools.partial(st.float32, key),
             functools.partial(st.evict, key),
         )
+        out.raws[key] = functools.partial(st.raw, key)
+
+
+def _group_quantized(out: _Tensors, rd: Any) -> None:
+    """Replaces each quantized linear's entries (GPTQ's ``NAME.qweight``, ``.qzeros``, ...;
+    in any shards) by one ``NAME.weight`` that decodes them into a QTensor when read."""
+    marker = "." + rd.marker
+    for key in [k for k in out.shapes if k.endswith(marker)]:
+        module = key[: -len(marker)]
+        members = {s: f"{module}.{s}" for s in rd.suffixes if f"{module}.{s}" in out.shapes}
+        name = f"{module}.weight"
+        if name in out.shapes:
+            raise ValueError(
+                f"{out.where}: {module} has both a float weight and {rd.method} tensors; the "
+                "checkpoint is inconsistent"
+            )
+        raws = {s: out.raws[k] for s, k in members.items()}
+        shapes = {k: out.shapes[k] for k in members.values()}
+        evictors = [out.evictors[k] for k in members.values() if k in out.evictors]
+        try:
+            shape = rd.shape(module, shapes, lambda k: out.raws[k]())
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"{out.where}: {module}'s {rd.method} tensors: {e}") from None
+
+        def load(module: str = module, raws: dict[str, Any] = raws) -> Weight:
+            return rd.decode(module, {s: r() for s, r in raws.items()})
+
+        def evict(evictors: list[Callable[[], None]] = evictors) -> None:
+            for e in evictors:
+                e()
+
+        for k in members.values():
+            del out.shapes[k], out.dtypes[k], out.loaders[k], out.raws[k]
+            out.evictors.pop(k, None)
+        out.add(name, shape, "qtensor", load, evict)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -486,9 +523,14 @@ def load_model(path: str | os.PathLike[str], *, compute: str | None = None) -> M
         raise ValueError(f"{config_path}: config.json is not a JSON object")
     architecture(config.get("model_type"))  # an unknown one fails before any file is opened
     recipe = _recipe(folder)
+    tensors = _hf_tensors(folder, single)
+    rd = reader(config)
+    if rd is not None:
+        _group_quantized(tensors, rd)
+        if compute is None and recipe is None:
+            compute = "float"  # GPTQ / AWQ / compressed-tensors weight-only checkpoints
     if compute is None:
         compute = "int8" if recipe is None else recipe.compute
-    tensors = _hf_tensors(folder, single)
     tokenizer = _hf_tokenizer(folder)
     model = _build(config, tensors, tokenizer, p, compute)
     model.recipe = recipe

@@ -436,9 +436,11 @@ class _Run:
         with self.timed("quantize"):
             if fold is None:  # nothing can absorb scales: AWQ's clip search alone
                 res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric,
-                          search_scales=False, clip=False)  # fmt: skip
+                          search_scales=False, clip=False,
+                          scale_dtype=spec.scale_dtype)  # fmt: skip
             else:
-                res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric, clip=False)
+                res = awq(weights, x, spec.bits, spec.group_size, spec.symmetric, clip=False,
+                          scale_dtype=spec.scale_dtype)  # fmt: skip
             scales = res.scales
             xs = np.ascontiguousarray(x / scales)
             qts = []
@@ -447,7 +449,7 @@ class _Run:
                     qts.append(q)
                     continue
                 one = awq(w * scales, xs, s.bits, s.group_size, s.symmetric,
-                          search_scales=False)  # fmt: skip
+                          search_scales=False, scale_dtype=s.scale_dtype)  # fmt: skip
                 qts.append(one.qweights[0])
         if fold is not None and not np.all(scales == 1):
             self.fold(fold, scales)
@@ -513,6 +515,8 @@ def quantize_model(
     samples: int = 128,
     seq_len: int = 512,
     output: str | os.PathLike[str] | None = None,
+    format: str = "qfast",
+    checkpoint_format: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Model:
@@ -531,9 +535,13 @@ def quantize_model(
             of the Wikipedia sample (``qfast.calibration.calibration_paragraphs``), whose
             articles are disjoint from ``heldout_paragraphs``'. Ignored by rtn / hqq / w8a8.
         samples, seq_len: how much calibration data (default 128 x 512 tokens).
-        output: a folder to write the quantized model to, in qfast's format, block by block
-            (bounded memory: each block's QTensors leave memory once written). The returned
-            model then reads from it.
+        output: a folder to write the quantized model to, block by block (bounded memory:
+            each block's QTensors leave memory once written). The returned model then reads
+            from it.
+        format: ``output``'s format: ``"qfast"`` (default), ``"gptq"``, ``"awq"`` or
+            ``"compressed-tensors"`` (see :meth:`Model.save`). A recipe the format cannot
+            hold is refused before any work.
+        checkpoint_format: GPTQ's ``"gptq"`` (v1) or ``"gptq_v2"`` (see :meth:`Model.save`).
         overwrite: replace an existing ``output``.
         progress: called as ``progress(done, total, description)`` at the start and after
             each block (``total``: the blocks, plus one for the head and the rest).
@@ -567,6 +575,13 @@ def quantize_model(
     report = QuantizeReport(recipe)
     run = _Run(model, recipe, report)
     _check_plan(model, run.plan, recipe)
+    options = {} if checkpoint_format is None else {"checkpoint_format": checkpoint_format}
+    if output is not None:
+        from .layouts import check_plan
+
+        check_plan(format, run.plan, model.weights.shape, **options)
+    elif format != "qfast" or options:
+        raise ValueError("format= and checkpoint_format= describe output=: pass output too")
     blocks = model.num_blocks
     total = blocks + 1
     inputs: list[Any] = []
@@ -577,7 +592,15 @@ def quantize_model(
     if output is not None:
         from .writer import ModelWriter
 
-        writer = ModelWriter(output, model, recipe, n_shards=blocks + 1, overwrite=overwrite)
+        writer = ModelWriter(
+            output,
+            model,
+            recipe,
+            n_shards=blocks + 1,
+            overwrite=overwrite,
+            format=format,
+            **options,
+        )
     if progress is not None:
         progress(0, total, recipe.describe())
     with writer if writer is not None else contextlib.nullcontext():

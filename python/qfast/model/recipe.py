@@ -48,12 +48,12 @@ CALIBRATED = ("gptq", "awq")
 #: Fields an override may change.
 OVERRIDABLE = ("bits", "group_size", "symmetric", "act_order", "damp", "mse", "scale_dtype")
 _SCALE_DTYPES = ("float32", "float16", "bfloat16")
-#: Scale dtypes a method computes its grid in (awq and hqq find float32 scales).
+#: Scale dtypes a method computes its grid in (hqq finds float32 scales).
 _METHOD_SCALE_DTYPES = {
     "rtn": _SCALE_DTYPES,
     "gptq": _SCALE_DTYPES,
     "w8a8": _SCALE_DTYPES,
-    "awq": ("float32",),
+    "awq": _SCALE_DTYPES,
     "hqq": ("float32",),
 }
 _FORMAT_VERSION = 1
@@ -89,9 +89,9 @@ class Recipe:
         mse: rtn / gptq: the reference's MSE grid search (each group's range shrunk to the
             least ``Σ|q - x|^2.4``) instead of min / max.
         scale_dtype: the dtype scales are stored in, which the codes are computed against:
-            ``"float16"`` (the default for rtn / gptq / w8a8, as GPTQ checkpoints store them,
-            so an export loses nothing), ``"float32"`` (the default, and the only choice, for
-            awq and hqq), or ``"bfloat16"``.
+            ``"float16"`` (the default for rtn / gptq / awq / w8a8, as GPTQ and AWQ
+            checkpoints store them, so an export loses nothing), ``"float32"`` (the default,
+            and the only choice, for hqq), or ``"bfloat16"``.
         ignore: module patterns kept in float (default ``("lm_head",)``).
         overrides: pattern -> fields to change (``bits``, ``group_size``, ``symmetric``,
             ``act_order``, ``damp``, ``scale_dtype``), or ``None`` to keep those modules in
@@ -127,7 +127,7 @@ class Recipe:
         if self.symmetric is None:
             set_(self, "symmetric", method != "hqq")
         if self.scale_dtype is None:
-            set_(self, "scale_dtype", "float32" if method in ("awq", "hqq") else "float16")
+            set_(self, "scale_dtype", "float32" if method == "hqq" else "float16")
         if isinstance(self.ignore, str):
             set_(self, "ignore", (self.ignore,))
         set_(self, "ignore", tuple(self.ignore))

@@ -1,6 +1,8 @@
-"""qfast's own model format, written as it is produced.
+"""Model folders, written as they are produced: qfast's own format, or a GPTQ, AWQ or
+compressed-tensors checkpoint that transformers and vLLM load (``format=``; see
+:mod:`qfast.model.layouts` for how each stores a quantized linear).
 
-A folder that ``qfast.load_model`` reads back exactly:
+qfast's format is a folder that ``qfast.load_model`` reads back exactly:
 
 - ``model-00001-of-000NN.safetensors`` ...: one shard per block (written as soon as the block
   is quantized), then one with the rest (embeddings, norms, the LM head). Quantized linears
@@ -14,6 +16,10 @@ A folder that ``qfast.load_model`` reads back exactly:
   (:class:`qfast.Recipe`), and the tokenizer (``tokenizer.json``, ``tokenizer_config.json``;
   for a Hugging Face folder, its other small files too, such as sentence-transformers'
   pooling config).
+
+The other formats have the same files, with each quantized linear stored as the format's
+tensors (``NAME.qweight`` ...), every shard's metadata ``{"format": "pt"}`` (transformers
+reads no other), and ``quantization_config`` the format's.
 
 The folder is built as a hidden temporary folder beside the target (``.NAME.<random>.tmp``)
 and renamed into place only when complete: an interrupted run (an error, Ctrl-C, a kill)
@@ -97,7 +103,12 @@ class ModelWriter:
         *,
         n_shards: int,
         overwrite: bool = False,
+        format: str = "qfast",
+        **options: Any,
     ) -> None:
+        from .layouts import layout
+
+        self.layout = layout(format, recipe, **options)
         self.target = Path(path)
         self.model = model
         self.recipe = recipe
@@ -117,6 +128,7 @@ class ModelWriter:
             shutil.rmtree(stale, ignore_errors=True)
         self.tmp = self.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
         self.tmp.mkdir()
+        self.shards: list[Path] = []
         self.weight_map: dict[str, str] = {}
         self.total_bytes = 0
         self.written = 0
@@ -142,14 +154,38 @@ class ModelWriter:
 
         if self.written >= self.n_shards:
             raise ValueError(f"all {self.n_shards} shards are written")
+        entries: dict[str, QTensor | np.ndarray] = {}
+        for key, value in tensors.items():
+            entries.update(self.layout.entries(key, value))
+        change = self.layout.rewrite()
+        if change is not None:
+            entries = {k: v if isinstance(v, QTensor) else change(k, v) for k, v in entries.items()}
+            for shard in self.shards:
+                self._rewrite(shard, change)
         self.written += 1
         name = f"model-{self.written:05d}-of-{self.n_shards:05d}.safetensors"
         path = self.tmp / name
-        keys = write_entries(path, tensors, {"format": "qfast"}, atomic=False)
+        keys = write_entries(path, entries, self._metadata(), atomic=False)
         for key in keys:
             self.weight_map[key] = name
         self.total_bytes += path.stat().st_size
+        self.shards.append(path)
         return path
+
+    def _metadata(self) -> dict[str, str]:
+        return {"format": "qfast" if self.layout.name == "qfast" else "pt"}
+
+    def _rewrite(self, path: Path, change: Any) -> None:
+        """Rewrites a shard written before with ``change(key, array)`` applied to its
+        entries (GPTQ's switch from v1 to v2 zero points)."""
+        from ..formats.safetensors import SafetensorsFile, write_entries
+
+        st = SafetensorsFile(path)
+        entries = {k: change(k, np.array(st.raw(k))) for k in st.entries}
+        del st
+        before = path.stat().st_size
+        write_entries(path, entries, self._metadata(), atomic=True)
+        self.total_bytes += path.stat().st_size - before
 
     def finish(self) -> Path:
         """Writes the index, config, recipe and tokenizer, and renames the folder into place."""
@@ -158,10 +194,9 @@ class ModelWriter:
         tmp = self.tmp
         try:
             config = dict(self.config)
-            config["quantization_config"] = {
-                "quant_method": "qfast",
-                **(self.recipe.to_dict() if self.recipe is not None else {}),
-            }
+            quantized = set(self.layout.quantized)
+            float_linears = [m for m in self.model.linear_names() if m not in quantized]
+            config["quantization_config"] = self.layout.quantization_config(float_linears)
             _json(tmp / "config.json", config)
             if self.recipe is not None:
                 atomic_write_bytes(tmp / RECIPE, self.recipe.to_json().encode())
@@ -220,20 +255,36 @@ def stored_float(model: Model, name: str, value: np.ndarray) -> np.ndarray:
     return cast(value, dtype if dtype in ("float16", "bfloat16") else "float32")
 
 
-def save_model(model: Model, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Writes ``model`` (float or with QTensor linears) in qfast's format (see the module's
-    docstring): one shard per block and one for the rest, atomically. ``model.recipe`` is
-    saved as ``recipe.json`` when set.
+def save_model(
+    model: Model,
+    path: str | os.PathLike[str],
+    *,
+    format: str = "qfast",
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Writes ``model`` (float or with QTensor linears) as a folder in ``format`` (see the
+    module's docstring): one shard per block and one for the rest, atomically.
+    ``model.recipe`` is saved as ``recipe.json`` when set.
 
     Raises:
         FileExistsError: ``path`` exists (and ``overwrite`` is False).
-        ValueError: the model cannot be described by a config.json.
+        ValueError: the model cannot be described by a config.json; a quantized linear the
+            format cannot hold (named, with what to do; nothing is left at ``path``).
     """
     from .quantize import hf_layout
 
     model = hf_layout(model)
     blocks = model.num_blocks
-    with ModelWriter(path, model, model.recipe, n_shards=blocks + 1, overwrite=overwrite) as w:
+    with ModelWriter(
+        path,
+        model,
+        model.recipe,
+        n_shards=blocks + 1,
+        overwrite=overwrite,
+        format=format,
+        **options,
+    ) as w:
         done: set[str] = set()
         for i in range(blocks):
             prefix = model.block_prefix(i)

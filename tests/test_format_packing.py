@@ -16,6 +16,7 @@ step), as the definitions are written, not vectorised the way a packer is.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,7 @@ def awq_reference_unpack(t: dict[str, np.ndarray], group_size: int, shape: tuple
     asserts it); no g_idx."""
     out_f, in_f = shape
     gs = in_f if group_size == -1 else group_size
-    assert in_f % gs == 0
+    assert in_f % gs == 0 and t["qweight"].shape == (in_f, out_f // 8)
     return {
         "codes": awq_read_fields(t["qweight"]).T,
         "zero": awq_read_fields(t["qzeros"]).T,
@@ -477,9 +478,12 @@ def test_gptq_words_by_hand():
 # AWQ
 # --------------------------------------------------------------------------------------------
 
-# (out, in, group_size): out a multiple of 8 but not of 32, per-channel, groups.
+# (out, in, group_size): out a multiple of 8 but not of 32; one group the width of the row
+# (AutoAWQ's group_size -1); groups. qfast refuses per-channel grids (axis=0) for AWQ: vLLM's
+# AWQLinearMethod sizes scales input_size // group_size, which a -1 makes negative (see
+# test_awq_refuses_per_channel).
 AWQ_LAYOUTS = {
-    "channel": (40, 96, None),
+    "one_group": (40, 96, 96),
     "group32": (40, 128, 32),
     "group64": (64, 128, 64),
 }
@@ -534,7 +538,8 @@ def test_awq_words_by_hand():
     # AWQ_ORDER[i], so the nibbles from the low end read 0 2 4 6 1 3 5 7.
     codes = np.tile(np.arange(8), (16, 1)).T.astype(np.uint8)  # [out=8, in=16], code = out row
     z = np.arange(8, dtype=np.int32).reshape(8, 1)
-    qt = qfast.QTensor.from_codes(codes, 4, False, np.ones((8, 1), np.float16), z, axis=0)
+    scale = np.ones((8, 1), np.float16)
+    qt = qfast.QTensor.from_codes(codes, 4, False, scale, z, group_size=16)
     t = awq_fmt.pack(qt, name=NAME)
     assert (_u32(t["qweight"]) == 0x75316420).all()
     assert (_u32(t["qzeros"]) == 0x75316420).all()  # the true zeros, in the same order
@@ -553,6 +558,15 @@ CT_LAYOUTS = {
     "act_order": (64, 128, 32, True),
     "act_order_ragged": (64, 100, 32, True),
 }
+
+
+def _refusal(pack, qt: qfast.QTensor) -> str | None:
+    """The message of ``pack``'s ValueError, or None when it packs."""
+    try:
+        pack(qt, name=NAME)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def ct_args(qt: qfast.QTensor, t: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -642,12 +656,11 @@ def test_ct_other_widths_refused_or_per_definition(bits):
     # a silently different layout is not.
     rng = np.random.default_rng(bits)
     qt, want = build(rng, 64, 128, bits, grid="asym", group_size=32)
-    try:
-        ct_fmt.pack(qt, name=NAME)
-    except ValueError as e:
-        assert NAME in str(e)
-        return
-    ct_check(qt, want)
+    refusal = _refusal(ct_fmt.pack, qt)
+    if refusal is not None:
+        assert NAME in refusal
+    else:
+        ct_check(qt, want)
 
 
 def test_ct_asym_out_not_a_multiple_of_the_pack_factor():
@@ -657,12 +670,11 @@ def test_ct_asym_out_not_a_multiple_of_the_pack_factor():
     # are both acceptable.
     rng = np.random.default_rng(36)
     qt, want = build(rng, 36, 128, 4, grid="asym", group_size=32)
-    try:
-        ct_fmt.pack(qt, name=NAME)
-    except ValueError as e:
-        assert NAME in str(e)
-        return
-    ct_check(qt, want)
+    refusal = _refusal(ct_fmt.pack, qt)
+    if refusal is not None:
+        assert NAME in refusal
+    else:
+        ct_check(qt, want)
 
 
 def test_ct_words_by_hand():
@@ -680,7 +692,7 @@ def test_ct_words_by_hand():
 
 
 def _refused(fn, *args, **kwargs) -> str:
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError, match=re.escape(NAME)) as e:
         fn(*args, name=NAME, **kwargs)
     msg = str(e.value)
     assert NAME in msg, msg
@@ -701,6 +713,11 @@ def test_awq_refuses_bits_other_than_4(bits):
 
 def test_awq_refuses_g_idx():
     qt, _ = build(np.random.default_rng(1), 64, 128, 4, grid="asym", group_size=32, act_order=True)
+    _refused(awq_fmt.pack, qt)
+
+
+def test_awq_refuses_per_channel():
+    qt, _ = build(np.random.default_rng(3), 64, 128, 4, grid="asym", group_size=None)
     _refused(awq_fmt.pack, qt)
 
 
@@ -753,3 +770,35 @@ def test_gptq_refuses_unpackable_shapes(bits, out_f, in_f):
     qt, _ = build(np.random.default_rng(bits), out_f, in_f, bits, grid="sym", group_size=None)
     for fmt in ("gptq", "gptq_v2"):
         _refused(gptq_fmt.pack, qt, checkpoint_format=fmt)
+
+
+@pytest.mark.parametrize(
+    ("bits", "out_f", "in_f"),
+    [
+        (4, 64, 40),  # 160 bits: 5 words by in·bits/32, but 40 // 32 · 4 = 4 rows in AutoGPTQ
+        (2, 64, 48),  # 96 bits: 3 words, 48 // 32 · 2 = 2 rows
+        (8, 64, 36),  # 288 bits: 9 words, 36 // 32 · 8 = 8 rows
+        (4, 40, 64),  # qzeros: 40 // 32 · 4 = 4 columns for 5 words
+    ],
+)
+def test_gptq_refuses_shapes_autogptq_sizes_otherwise(bits, out_f, in_f):
+    # AutoGPTQ's QuantLinear.__init__ (qlinear_cuda.py) and GPTQModel's BaseQuantLinear
+    # (gptqmodel/nn_modules/qlinear/__init__.py) register qweight [in // 32 · bits, out] and
+    # qzeros [groups, out // 32 · bits]; vLLM's gptq.py sizes them in // (32 / bits). The two
+    # agree only when in and out are multiples of 32; otherwise transformers' loaders (optimum
+    # -> GPTQModel/AutoGPTQ) meet a shape mismatch, so the export is refused.
+    qt, _ = build(np.random.default_rng(bits), out_f, in_f, bits, grid="sym", group_size=None)
+    for fmt in ("gptq", "gptq_v2"):
+        _refused(gptq_fmt.pack, qt, checkpoint_format=fmt)
+
+
+@pytest.mark.parametrize("bits", GPTQ_BITS)
+def test_gptq_v1_reader_refuses_a_wrapped_zero(bits):
+    # A v1 field of all ones is zero − 1 = −1 wrapped (AutoGPTQ's pack of a zero of 0);
+    # AutoGPTQ's forward reads it back as 2^bits, a zero point no code grid holds.
+    qt, _ = build(np.random.default_rng(bits), 64, 128, bits, grid="sym", group_size=32)
+    t = gptq_fmt.pack(qt, name=NAME, checkpoint_format="gptq")
+    t["qzeros"] = np.full_like(t["qzeros"], -1)
+    _refused(gptq_fmt.unpack, t, bits=bits, group_size=32, checkpoint_format="gptq")
+    back = gptq_fmt.unpack(t, bits=bits, group_size=32, checkpoint_format="gptq_v2", name=NAME)
+    assert (back.zero_point == (1 << bits) - 1).all()  # v2: the true zero, 2^bits − 1

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             ("--seq-len", args.seq_len),
             ("--act-order", args.act_order or None),
             ("--eval", args.eval or None),
+            ("--format", args.format),
+            ("--checkpoint-format", args.checkpoint_format),
         )
         if value is not None
     ]
@@ -177,7 +179,8 @@ def add_parser(sub: Any) -> None:
         help="quantize a model with a recipe (GPTQ, AWQ, RTN, HQQ, W8A8), or one tensor file",
         description="Quantize MODEL (a Hugging Face folder, a .safetensors file with its "
         "config.json, a .gguf file, or a registry asset name such as SmolLM2-135M-Instruct) "
-        "with a recipe and write it to the folder OUT in qfast's format, block by block in "
+        "with a recipe and write it to the folder OUT (qfast's format, or --format gptq / awq / "
+        "compressed-tensors for transformers and vLLM), block by block in "
         "bounded memory; then print a summary (time split, size, bits per weight, peak "
         "memory; with --eval, the error against the float model on held-out text). The older "
         "form IN.safetensors OUT.safetensors quantizes every 2-D float weight of one tensor "
@@ -225,7 +228,19 @@ def add_parser(sub: Any) -> None:
         "--scale-dtype",
         choices=("float32", "float16", "bfloat16"),
         help="the dtype scales are stored in; codes are computed against the rounded scale "
-        "(models: float16 for rtn/gptq/w8a8, float32 for awq/hqq; tensor file: float32)",
+        "(models: float16, hqq float32; tensor file: float32)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("qfast", "gptq", "awq", "compressed-tensors"),
+        help="OUT's format (default qfast): a GPTQ, AWQ (GEMM) or compressed-tensors "
+        "(pack-quantized) checkpoint loads in transformers and vLLM",
+    )
+    p.add_argument(
+        "--checkpoint-format",
+        choices=("gptq", "gptq_v2"),
+        help="--format gptq: v1 (zero points stored minus 1; the default, or v2 with a warning "
+        "when a zero point of 0 needs it) or v2",
     )
     p.add_argument(
         "--calibration",

@@ -146,6 +146,8 @@ def run_model(args: argparse.Namespace) -> int:
                 recipe,
                 calibration,
                 output=out,
+                format=args.format or "qfast",
+                checkpoint_format=args.checkpoint_format,
                 overwrite=args.overwrite,
                 progress=bar,
                 **kwargs,

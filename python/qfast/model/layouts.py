@@ -101,7 +101,7 @@ class GPTQLayout(_Foreign):
                 "1): the checkpoint is written as checkpoint_format 'gptq_v2' (read by "
                 "GPTQModel and vLLM >= 0.11.1); pass checkpoint_format='gptq' to refuse instead",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=6,  # model.save's caller
             )
             self.version = "gptq_v2"
             self._v1 = set(self.quantized)

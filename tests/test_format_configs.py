@@ -567,6 +567,7 @@ def check_awq(model: Any, ckpt: Checkpoint) -> None:
 
 AWQ_CASES = {
     "awq4-asym-g32": qfast.Recipe("awq", bits=4, group_size=32, symmetric=False),
+    "rtn4-asym-g32": qfast.Recipe("rtn", bits=4, group_size=32, symmetric=False),
     "rtn4-sym-g32": qfast.Recipe("rtn", bits=4, group_size=32),
     "rtn4-float-down0": qfast.Recipe("rtn", bits=4, group_size=32, overrides={DOWN0: None}),
 }

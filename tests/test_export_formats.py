@@ -206,10 +206,18 @@ def test_gptq_v1_zero_point_of_zero_becomes_v2_with_a_warning(
     with pytest.raises(ValueError, match=r"zero point of row \d+, group \d+ is 0.*gptq_v2"):
         q.save(tmp_path / "v1", format="gptq", checkpoint_format="gptq")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["auto"]
-    # v2 asked for: no warning
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # v2 asked for: no switch to announce; the recipe's float up_proj of block 1 (gate_proj
+    # quantized) is announced, since vLLM fuses gate / up into one layer
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         q.save(tmp_path / "v2", format="gptq", checkpoint_format="gptq_v2")
+    messages = [str(w.message) for w in seen]
+    assert not any("zero point" in m for m in messages), messages
+    assert any(
+        "1 groups of linears that vLLM runs as one fused layer" in m
+        and "model.layers.1.mlp.gate_proj, model.layers.1.mlp.up_proj" in m
+        for m in messages
+    ), messages
 
 
 def test_symmetric_gptq_writes_v1(folder: Path, tmp_path: Path) -> None:
@@ -332,3 +340,27 @@ def test_smollm2_round_trip_same_qtensors_and_logits(
     back = qfast.load_model(path)
     assert_same_model(back, smollm2_w4)
     np.testing.assert_array_equal(back.logits(np.array([ids])), smollm2_w4.logits(np.array([ids])))
+
+
+def test_static_groups_act_order_stores_no_permutation(folder: Path, tmp_path: Path) -> None:
+    """Act-order on static groups (what current vLLM loads): no permuted g_idx, GPTQ's
+    ``desc_act`` false with ``static_groups`` true, compressed-tensors' ``actorder: weight``;
+    the codes are GPTQ's with ``static_groups=True`` on the same inputs."""
+    recipe = qfast.Recipe("gptq", bits=4, group_size=16, act_order=True, static_groups=True)
+    q = qfast.quantize_model(qfast.load_model(folder), recipe, IDS, samples=SAMPLES, seq_len=SEQ)
+    assert recipe.describe().endswith("act-order static-groups")
+    w = q.weights["model.layers.0.self_attn.q_proj.weight"]
+    assert w.g_idx is None and w.meta["static_groups"] and w.meta["act_order"]
+    path = q.save(tmp_path / "gptq", format="gptq")
+    cfg = qconfig(path)
+    assert (cfg["desc_act"], cfg["static_groups"]) == (False, True)
+    t = files(path)
+    np.testing.assert_array_equal(
+        t["model.layers.0.self_attn.q_proj.g_idx"], np.arange(CFG["hidden_size"]) // 16
+    )
+    assert_same_model(qfast.load_model(path), q)
+    path = q.save(tmp_path / "ct", format="compressed-tensors")
+    (group,) = qconfig(path)["config_groups"].values()
+    assert group["weights"]["actorder"] == "weight"
+    assert not any(k.endswith("weight_g_idx") for k in files(path))
+    assert_same_model(qfast.load_model(path), q)

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             ("--samples", args.samples),
             ("--seq-len", args.seq_len),
             ("--act-order", args.act_order or None),
+            ("--static-groups", args.static_groups or None),
             ("--eval", args.eval or None),
             ("--format", args.format),
             ("--checkpoint-format", args.checkpoint_format),
@@ -221,6 +222,12 @@ def add_parser(sub: Any) -> None:
     )
     gran.add_argument("--per-tensor", action="store_true", help="tensor file: one scale")
     p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing H[i, i]")
+    p.add_argument(
+        "--static-groups",
+        action="store_true",
+        help="GPTQ: fix the groups' grids before the column loop (act-order without a "
+        "permuted g_idx, which current vLLM requires)",
+    )
     p.add_argument(
         "--damp", type=float, metavar="F", help="GPTQ: damping, a fraction of mean diag(H)"
     )

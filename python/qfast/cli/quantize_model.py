@@ -66,6 +66,8 @@ def _recipe(args: argparse.Namespace) -> Any:
         fields["group_size"] = None
     if args.act_order:
         fields["act_order"] = True
+    if args.static_groups:
+        fields["static_groups"] = True
     if args.damp is not None:
         fields["damp"] = args.damp
     if args.scale_dtype is not None:

@@ -57,7 +57,8 @@ class Grid:
     ``codes`` uint8 ``[out, in]`` unsigned; ``zeros`` int32 ``[out, groups]`` (a symmetric
     grid's are all ``2^(bits-1)``); ``scales`` ``[out, groups]`` as the QTensor stores them;
     ``group_size`` ``None`` for one group per row; ``g_idx`` int32 ``[in]`` or ``None`` when
-    column ``i`` is in group ``i // group_size``.
+    column ``i`` is in group ``i // group_size``; ``static_order``: the columns were
+    quantized in activation order on groups fixed beforehand (GPTQ's ``static_groups``).
     """
 
     codes: np.ndarray
@@ -66,6 +67,7 @@ class Grid:
     bits: int
     group_size: int | None
     g_idx: np.ndarray | None
+    static_order: bool = False  # GPTQ act-order with static groups (no g_idx needed)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -130,6 +132,7 @@ def grid(qt: Any, name: str, fmt: str) -> Grid:
         bits=qt.bits,
         group_size=qt.group_size,
         g_idx=g_idx,
+        static_order=bool(qt.meta.get("act_order") and qt.meta.get("static_groups")),
     )
 
 

@@ -80,7 +80,8 @@ def layer_args(g: Grid) -> dict[str, Any]:
         "group_size": g.group_size,
         "block_structure": None,
         "dynamic": False,
-        "actorder": "group" if g.g_idx is not None else None,
+        # "group": a permuted g_idx is stored; "weight": act-order on static groups
+        "actorder": "group" if g.g_idx is not None else "weight" if g.static_order else None,
         "observer": "minmax",
         "observer_kwargs": {},
     }

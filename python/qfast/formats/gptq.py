@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._qfast import __version__
 from ..tensor.qtensor import QTensor
 from ._words import Grid, check_bits_in, from_words, grid, half_scales, to_qtensor, words
 
@@ -213,10 +214,10 @@ def config(
     for module, args in layers.items():
         diff = {k: v for k, v in args.items() if common[k] != v}
         if diff:
-            dynamic[f"+:^{re.escape(module)}$"] = diff
-    for module in float_linears:
-        if module != "lm_head":
-            dynamic[f"-:^{re.escape(module)}$"] = {}
+            dynamic["+:" + _module_regex(module)] = diff
+    in_blocks = [m for m in float_linears if m != "lm_head"]
+    for module in in_blocks:
+        dynamic["-:" + _module_regex(module)] = {}
     out = {
         "quant_method": "gptq",
         "bits": common["bits"],
@@ -228,12 +229,32 @@ def config(
         "static_groups": bool(static_groups),
         "checkpoint_format": checkpoint_format,
         "lm_head": bool(lm_head),
-        "model_name_or_path": None,
-        "model_file_base_name": None,
+        "meta": {"quantizer": [f"qfast:{__version__}"]},
     }
+    if in_blocks:
+        # transformers (optimum's convert_model) reads no `dynamic`: it turns every linear of
+        # the blocks into a GPTQ layer unless this list (of lists; names matched by suffix)
+        # leaves it out. vLLM reads it too.
+        out["modules_in_block_to_quantize"] = [[m for m in layers if m != "lm_head"]]
     if dynamic:
         out["dynamic"] = dynamic
     return out
+
+
+# vLLM runs q/k/v as one layer (qkv_proj) and gate/up as one (gate_up_proj), and asks the
+# `dynamic` rules about those fused names (vLLM's gptq_utils.get_dynamic_override).
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
+_FUSED |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+def _module_regex(module: str) -> str:
+    """An anchored regex for ``module`` that also matches vLLM's fused layer holding it."""
+    parent, _, leaf = module.rpartition(".")
+    fused = _FUSED.get(leaf)
+    head = re.escape(parent) + r"\." if parent else ""
+    if fused is None:
+        return f"^{head}{re.escape(leaf)}$"
+    return f"^{head}(?:{re.escape(leaf)}|{fused})$"
 
 
 def layer_reader(qcfg: Mapping[str, Any]) -> Any:

@@ -93,6 +93,7 @@ class GPTQLayout(_Foreign):
         self.explicit = checkpoint_format is not None
         self.version = checkpoint_format or "gptq"
         self._v1: set[str] = set()  # modules encoded in v1 before the switch to v2
+        self.static = False  # some layer ran act-order on static groups
 
     def encode(self, g: Grid, name: str) -> dict[str, np.ndarray]:
         if self.version == "gptq" and not self.explicit and gptq.v1_needs_v2(g):
@@ -108,6 +109,7 @@ class GPTQLayout(_Foreign):
         return gptq.encode(g, name, self.version)
 
     def args(self, g: Grid) -> dict[str, Any]:
+        self.static = self.static or g.static_order
         return gptq.layer_args(g)
 
     def rewrite(self) -> Callable[[str, np.ndarray], np.ndarray] | None:
@@ -133,6 +135,7 @@ class GPTQLayout(_Foreign):
             float_linears,
             checkpoint_format=self.version,
             damp=getattr(recipe, "damp", 0.01) if recipe is not None else 0.01,
+            static_groups=self.static,
             lm_head="lm_head" in self.quantized,
         )
 

@@ -411,6 +411,7 @@ class _Run:
                         group_size=spec.group_size,
                         symmetric=spec.symmetric,
                         act_order=spec.act_order,
+                        static_groups=spec.static_groups,
                         damp=spec.damp,
                         mse=spec.mse,
                         scale_dtype=spec.scale_dtype,

@@ -46,7 +46,16 @@ METHODS = ("rtn", "gptq", "awq", "hqq", "w8a8")
 #: Methods that learn from calibration data (the others only read the weights).
 CALIBRATED = ("gptq", "awq")
 #: Fields an override may change.
-OVERRIDABLE = ("bits", "group_size", "symmetric", "act_order", "damp", "mse", "scale_dtype")
+OVERRIDABLE = (
+    "bits",
+    "group_size",
+    "symmetric",
+    "act_order",
+    "static_groups",
+    "damp",
+    "mse",
+    "scale_dtype",
+)
 _SCALE_DTYPES = ("float32", "float16", "bfloat16")
 #: Scale dtypes a method computes its grid in (hqq finds float32 scales).
 _METHOD_SCALE_DTYPES = {
@@ -71,6 +80,7 @@ class LayerSpec:
     damp: float
     scale_dtype: str
     mse: bool = False
+    static_groups: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,12 @@ class Recipe:
         symmetric: signed grid around zero (default True; ``hqq`` and the AWQ paper's setting
             are asymmetric: ``hqq`` requires False).
         act_order: GPTQ's ``desc_act``: columns by decreasing Hessian diagonal.
+        static_groups: GPTQ with groups: every group's grid is fixed on the original column
+            order before the (act-order) column loop, so each column stays in group
+            ``i // group_size`` and no ``g_idx`` permutation is stored (AutoGPTQ's
+            ``static_groups``; "static activation ordering", which current vLLM requires:
+            it refuses act-order checkpoints with a permuted ``g_idx``). No effect per
+            channel.
         damp: GPTQ's ``percdamp``, a fraction of the Hessian's mean diagonal.
         mse: rtn / gptq: the reference's MSE grid search (each group's range shrunk to the
             least ``Σ|q - x|^2.4``) instead of min / max.
@@ -107,6 +123,7 @@ class Recipe:
     group_size: int | str | None = "default"
     symmetric: bool | None = None
     act_order: bool = False
+    static_groups: bool = False
     damp: float = 0.01
     mse: bool = False
     scale_dtype: str | None = None
@@ -196,12 +213,18 @@ class Recipe:
             )
         if act_order and self.method != "gptq":
             raise ValueError(f"Recipe: act_order is GPTQ's; {self.method} does not take it")
+        static = as_bool(values["static_groups"], "static_groups")
+        if static and self.method != "gptq":
+            raise ValueError(f"Recipe: static_groups is GPTQ's; {self.method} does not take it")
+        static = static and group is not None  # one grid per row is fixed anyway
         mse = as_bool(values["mse"], "mse")
         if mse and self.method not in ("rtn", "gptq"):
             raise ValueError(
                 f"Recipe: mse is the GPTQ grid's search (rtn, gptq), not {self.method}'s"
             )
-        return LayerSpec(self.method, bits, group, symmetric, act_order, float(damp), sdtype, mse)
+        return LayerSpec(
+            self.method, bits, group, symmetric, act_order, float(damp), sdtype, mse, static
+        )
 
     def resolve(self, module: str) -> LayerSpec | None:
         """The settings for the linear ``module`` (``None``: it stays in float)."""
@@ -230,6 +253,7 @@ class Recipe:
         gran = "per-channel" if self.group_size is None else f"g{self.group_size}"
         sym = "symmetric" if self.symmetric else "asymmetric"
         extra = (" act-order" if self.act_order else "") + (" mse" if self.mse else "")
+        extra += " static-groups" if self.static_groups else ""
         acts = " + INT8 activations" if self.method == "w8a8" else ""
         return f"{self.method} INT{self.bits} {sym} {gran}{extra}{acts}"
 

@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,7 @@ class ModelWriter:
             config = dict(self.config)
             quantized = set(self.layout.quantized)
             float_linears = [m for m in self.model.linear_names() if m not in quantized]
+            self._warn_fused()
             config["quantization_config"] = self.layout.quantization_config(float_linears)
             _json(tmp / "config.json", config)
             if self.recipe is not None:
@@ -211,6 +213,30 @@ class ModelWriter:
             raise
         self.done = True
         return self.target
+
+    def _warn_fused(self) -> None:
+        """Warns when linears vLLM fuses into one layer (q/k/v, gate/up: a block's linear
+        groups) are stored partly in float, or with different settings: vLLM refuses such a
+        checkpoint ("some but not all shards"), though transformers loads it."""
+        model, quantized = self.model, self.layout.quantized
+        if self.layout.name == "qfast" or type(model).block_groups is Model.block_groups:
+            return
+        mixed = []
+        for i in range(model.num_blocks):
+            for group in model.block_groups(i):
+                args = [quantized.get(m) for m in group.names]
+                if any(a != args[0] for a in args):
+                    mixed.append(", ".join(group.names))
+        if mixed:
+            more = ", ..." if len(mixed) > 1 else ""
+            warnings.warn(
+                f"{len(mixed)} groups of linears that vLLM runs as one fused layer are stored "
+                f"partly in float or with different settings ({mixed[0]}{more}): "
+                "vLLM refuses such a checkpoint (transformers loads it); give each group "
+                "one setting in the recipe's overrides",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _tokenizer(self, config: dict[str, Any]) -> None:
         tmp, model = self.tmp, self.model

@@ -299,6 +299,9 @@ def test_save_refuses_what_a_format_cannot_hold_and_leaves_nothing(
     assert files(tmp_path / "ct32")["model.layers.0.mlp.up_proj.weight_scale"].dtype == np.float32
     with pytest.raises(ValueError, match=r"format 'gguf'.*qfast\.gguf"):
         f32.save(tmp_path / "g", format="gguf")
+    for fmt in FORMATS:
+        with pytest.raises(ValueError, match="has none: quantize it first"):
+            qfast.load_model(folder).save(tmp_path / "float", format=fmt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct32"]
 
 

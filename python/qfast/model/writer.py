@@ -301,6 +301,14 @@ def save_model(
     from .quantize import hf_layout
 
     model = hf_layout(model)
+    weights = model.weights
+    if format != "qfast" and not any(
+        weights.stored_dtype(m + ".weight") == "qtensor" for m in model.linear_names()
+    ):
+        raise ValueError(
+            f"format {format!r} stores quantized linears, and this model has none: quantize "
+            "it first (qfast.quantize_model), or save a float model with format='qfast'"
+        )
     blocks = model.num_blocks
     with ModelWriter(
         path,

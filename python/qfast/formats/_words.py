@@ -194,3 +194,17 @@ def check_bits_in(bits: int, allowed: tuple[int, ...], name: str, fmt: str, why:
             f"{name}: {fmt} holds {widths}-bit weights ({why}); this one is {bits}-bit: "
             f"quantize it to one of those widths, or save with format='qfast'"
         )
+
+
+def packed_triplet(tensors: Any, name: str, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ's and AWQ's ``qweight``, ``qzeros`` (2-D int32) and ``scales`` of one linear."""
+    try:
+        qweight = np.asarray(tensors["qweight"])
+        qzeros = np.asarray(tensors["qzeros"])
+        scales = np.asarray(tensors["scales"])
+    except KeyError as e:
+        raise ValueError(f"{name}: the {fmt} tensor {e.args[0]!r} is missing") from None
+    for key, a in (("qweight", qweight), ("qzeros", qzeros)):
+        if a.dtype not in (np.int32, np.uint32) or a.ndim != 2:
+            raise ValueError(f"{name}.{key}: {fmt} stores 2-D int32; got {a.dtype} {a.shape}")
+    return qweight, qzeros, scales

@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 
 from ..tensor.qtensor import QTensor
-from ._words import Grid, check_bits_in, from_words, grid, half_scales, to_qtensor, words
+from ._words import (
+    Grid,
+    check_bits_in,
+    from_words,
+    grid,
+    half_scales,
+    packed_triplet,
+    to_qtensor,
+    words,
+)
 
 __all__ = ["ORDER", "pack", "unpack"]
 
@@ -97,15 +106,7 @@ def unpack(
 ) -> QTensor:
     """The canonical QTensor (unsigned codes, int32 zero points) of AWQ GEMM's tensors."""
     check_bits_in(int(bits), (4,), name, FORMAT, "AutoAWQ's GEMM layout")
-    try:
-        qweight = np.asarray(tensors["qweight"])
-        qzeros = np.asarray(tensors["qzeros"])
-        scales = np.asarray(tensors["scales"])
-    except KeyError as e:
-        raise ValueError(f"{name}: the AWQ tensor {e.args[0]!r} is missing") from None
-    for key, a in (("qweight", qweight), ("qzeros", qzeros)):
-        if a.dtype not in (np.int32, np.uint32) or a.ndim != 2:
-            raise ValueError(f"{name}.{key}: AWQ stores 2-D int32; got {a.dtype} {a.shape}")
+    qweight, qzeros, scales = packed_triplet(tensors, name, FORMAT)
     n_in, w = qweight.shape
     out = w * 8
     gs = int(group_size)

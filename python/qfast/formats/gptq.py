@@ -26,7 +26,16 @@ import numpy as np
 
 from .._qfast import __version__
 from ..tensor.qtensor import QTensor
-from ._words import Grid, check_bits_in, from_words, grid, half_scales, to_qtensor, words
+from ._words import (
+    Grid,
+    check_bits_in,
+    from_words,
+    grid,
+    half_scales,
+    packed_triplet,
+    to_qtensor,
+    words,
+)
 
 __all__ = ["BITS", "CHECKPOINT_FORMATS", "pack", "unpack"]
 
@@ -115,15 +124,7 @@ def unpack(
     """
     v1 = _check_format(checkpoint_format)
     check_bits_in(int(bits), BITS, name, FORMAT, "AutoGPTQ's packer and vLLM's kernels")
-    try:
-        qweight = np.asarray(tensors["qweight"])
-        qzeros = np.asarray(tensors["qzeros"])
-        scales = np.asarray(tensors["scales"])
-    except KeyError as e:
-        raise ValueError(f"{name}: the GPTQ tensor {e.args[0]!r} is missing") from None
-    for key, a in (("qweight", qweight), ("qzeros", qzeros)):
-        if a.dtype not in (np.int32, np.uint32) or a.ndim != 2:
-            raise ValueError(f"{name}.{key}: GPTQ stores 2-D int32; got {a.dtype} {a.shape}")
+    qweight, qzeros, scales = packed_triplet(tensors, name, FORMAT)
     words_in, out = qweight.shape
     n_in = words_in * 32 // bits
     g_idx_raw = tensors.get("g_idx")

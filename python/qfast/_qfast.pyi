@@ -15,9 +15,11 @@ __all__ = [
     "cpu_info",
     "dequantize",
     "get_num_threads",
+    "gguf_can_quantize_rows",
     "gguf_dequantize",
     "gguf_dot_q4_0_q8_0",
     "gguf_quantize",
+    "gguf_quantize_rows",
     "gguf_type_info",
     "gptq_block",
     "gptq_find_params",
@@ -126,6 +128,13 @@ def matmul_int8_batched(
 ) -> npt.NDArray[np.int32]: ...
 def gguf_type_info(name: str) -> tuple[str, int, int, int, bool]: ...
 def gguf_quantize(x: npt.NDArray[np.float32], name: str) -> npt.NDArray[np.uint8]: ...
+def gguf_quantize_rows(
+    x: npt.NDArray[np.float32],
+    n_per_row: int,
+    name: str,
+    imatrix: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.uint8]: ...
+def gguf_can_quantize_rows(name: str, weighted: bool) -> bool: ...
 def gguf_dequantize(blocks: npt.NDArray[np.uint8], name: str) -> npt.NDArray[np.float32]: ...
 def gguf_dot_q4_0_q8_0(
     w: npt.NDArray[np.uint8], x: npt.NDArray[np.uint8], rows: int

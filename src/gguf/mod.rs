@@ -6,8 +6,11 @@
 //! drivers here work on flat slices and the binding handles shapes.
 
 pub mod dot;
+pub mod kq_affine;
+pub mod kq_sym;
 pub mod kquants;
 pub mod legacy;
+pub mod rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

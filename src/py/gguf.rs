@@ -48,6 +48,50 @@ pub fn gguf_quantize<'py>(
     Ok(out)
 }
 
+/// gguf_quantize_rows(x, n_per_row, type, imatrix=None)
+/// --
+///
+/// Kernel entry of `qfast.gguf.quantize` for the row quantizers (K-quants, IQ4_NL, and any
+/// type with an importance matrix): contiguous float32 rows of `n_per_row` values to the
+/// type's bytes, as ggml's `quantize_<type>` with `quant_weights = imatrix`.
+#[pyfunction]
+#[pyo3(signature = (x, n_per_row, name, imatrix=None))]
+pub fn gguf_quantize_rows<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+    n_per_row: usize,
+    name: &str,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let t = ggml_type(name)?;
+    let xs = x.as_slice()?;
+    let w = match &imatrix {
+        Some(a) => Some(a.as_slice()?),
+        None => None,
+    };
+    let bs = t.block_size();
+    if n_per_row == 0 || !n_per_row.is_multiple_of(bs) || !xs.len().is_multiple_of(n_per_row) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{name} rows hold whole blocks of {bs} values; got rows of {n_per_row} over {} values",
+            xs.len()
+        )));
+    }
+    let out = super::zeros::<u8, numpy::Ix1>(py, &[xs.len() / bs * t.type_size()])?;
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut()?;
+        py.detach(|| gguf::rows::quantize_rows(t, xs, n_per_row, w, dst))
+            .map_err(to_py)?;
+    }
+    Ok(out)
+}
+
+/// Whether `gguf_quantize_rows` runs `type` (with an importance matrix when `weighted`).
+#[pyfunction]
+pub fn gguf_can_quantize_rows(name: &str, weighted: bool) -> PyResult<bool> {
+    Ok(gguf::rows::row_quantizer(ggml_type(name)?, weighted).is_some())
+}
+
 /// gguf_dequantize(blocks, type)
 /// --
 ///

@@ -418,7 +418,10 @@ mod _qfast {
         matmul_int8, matmul_int8_batched, pack_linear, peak_int8_gmacs, PackedLinear,
     };
     #[pymodule_export]
-    use super::gguf::{gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize, gguf_type_info};
+    use super::gguf::{
+        gguf_can_quantize_rows, gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize,
+        gguf_quantize_rows, gguf_type_info,
+    };
     #[pymodule_export]
     use super::gptq::{gptq_block, gptq_find_params};
     #[pymodule_export]

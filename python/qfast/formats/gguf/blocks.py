@@ -73,12 +73,16 @@ def _name(type: Any) -> str:
     raise TypeError(f"a GGUF type is a name such as 'Q4_0' or a GGMLQuantizationType, not {type!r}")
 
 
-def quantize(x: npt.ArrayLike, type: Any) -> npt.NDArray[Any]:
+def quantize(x: npt.ArrayLike, type: Any, imatrix: npt.ArrayLike | None = None) -> npt.NDArray[Any]:
     """Quantizes ``x`` (float32, float64, float16 or bfloat16; last axis a multiple of the block
-    size) to GGUF ``type``.
+    size) to GGUF ``type``, row by row along the last axis.
 
-    Returns what ``gguf.quants.quantize(x, type)`` returns, byte for byte. NaN or Inf in ``x``
-    is an error for the block types (F16 and BF16 store them as they are).
+    Without ``imatrix`` the legacy types return what ``gguf.quants.quantize(x, type)``
+    returns, byte for byte; the K-quants and IQ4_NL run ggml's reference quantizers
+    (``quantize_row_*_ref``). With ``imatrix`` (an importance matrix: one weight >= 0 per
+    column of a row, as ``llama-imatrix`` computes) each row runs ggml's weighted search, as
+    ``llama-quantize --imatrix`` does (Q8_0, F16 and BF16 ignore it). NaN or Inf in ``x`` is an
+    error for the block types (F16 and BF16 store them as they are).
     """
     info = type_info(type)
     arr = float_input(x, "x")
@@ -88,12 +92,23 @@ def quantize(x: npt.ArrayLike, type: Any) -> npt.NDArray[Any]:
         raise ValueError(
             "qfast.gguf.quantize needs at least one axis (the blocks run along the last)"
         )
-    if not info.can_quantize:
-        raise ValueError(
-            f"qfast.gguf cannot quantize to {info.name} (it can read it: use dequantize); "
-            "quantize supports F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0"
-        )
     n = arr.shape[-1]
+    weights = None
+    if imatrix is not None and info.name not in ("F16", "BF16"):
+        weights = np.ascontiguousarray(float_input(imatrix, "imatrix"), dtype=np.float32)
+        if weights.shape != (n,):
+            raise ValueError(
+                f"imatrix has shape {weights.shape}; it holds one weight per column of a row: "
+                f"({n},)"
+            )
+    rows = weights is not None or not info.can_quantize
+    if rows and not _qfast.gguf_can_quantize_rows(info.name, weights is not None):
+        with_ = " with an importance matrix" if weights is not None else ""
+        raise ValueError(
+            f"qfast.gguf cannot quantize to {info.name}{with_} (it can read it: use "
+            "dequantize); quantize supports F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"
+            f"{_row_types()}"
+        )
     if n % info.block_size:
         raise ValueError(
             f"{info.name} stores blocks of {info.block_size} values along the last axis, which "
@@ -101,12 +116,21 @@ def quantize(x: npt.ArrayLike, type: Any) -> npt.NDArray[Any]:
         )
     flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
     try:
-        out = _qfast.gguf_quantize(flat, info.name)
+        if rows:
+            out = _qfast.gguf_quantize_rows(flat, n, info.name, weights)
+        else:
+            out = _qfast.gguf_quantize(flat, info.name)
     except ValueError as e:
         raise ValueError(_position(str(e), arr.shape)) from None
     row_bytes = n // info.block_size * info.type_size
     out = out.reshape(*arr.shape[:-1], row_bytes)
     return out.view(np.float16) if info.name == "F16" else out
+
+
+def _row_types() -> str:
+    names = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
+    more = [t for t in names if _qfast.gguf_can_quantize_rows(t, False)]
+    return "".join(", " + t for t in more)
 
 
 def _position(message: str, shape: tuple[int, ...]) -> str:

@@ -235,16 +235,101 @@ def build(jobs: int | None = None) -> Path:
     return done
 
 
+# -- ggml's quantizers as a library: the oracle of qfast's GGUF quantizers -----------------------
+
+# The symbols ggml-quants.c needs from the rest of ggml: the row size of the block types it
+# quantizes, and an abort. (qfast's own shim, compiled beside ggml-quants.c.)
+QUANTS_SHIM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stddef.h>
+void ggml_abort(const char * file, int line, const char * fmt, ...) {
+    (void) fmt;
+    fprintf(stderr, "ggml_abort at %s:%d\n", file, line);
+    abort();
+}
+/* ggml type id -> (values per block, bytes per block) */
+static const int BLOCK[40] = {[2] = 32, [3] = 32, [6] = 32, [7] = 32, [8] = 32, [10] = 256,
+    [11] = 256, [12] = 256, [13] = 256, [14] = 256, [20] = 32, [23] = 256};
+static const int BYTES[40] = {[2] = 18, [3] = 20, [6] = 22, [7] = 24, [8] = 34, [10] = 84,
+    [11] = 110, [12] = 144, [13] = 176, [14] = 210, [20] = 18, [23] = 136};
+size_t ggml_type_size(int t) {
+    if (t < 0 || t >= 40 || !BYTES[t]) abort();
+    return BYTES[t];
+}
+size_t ggml_row_size(int t, int64_t ne) { return ggml_type_size(t) * ne / BLOCK[t]; }
+const char * ggml_type_name(int t) { (void) t; return "?"; }
+"""
+QUANTS_FLAGS = ("-O3", "-DNDEBUG", "-ffp-contract=off", "-fPIC", "-shared")
+QUANTS_LIB = "libggml-quants.so"
+
+
+def quants_dir() -> Path:
+    spec = json.dumps({"key": build_key(), "flags": QUANTS_FLAGS, "shim": QUANTS_SHIM})
+    return build_dir().parent / f"quants-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+
+def build_quants() -> Path:
+    """``ggml-quants.c`` of the pinned llama.cpp as a shared library (``quantize_q4_K`` and
+    the rest, called with ctypes by the tests), compiled as llama-quantize's build compiles it
+    (``-O3``, no FMA contraction); cached. Returns the library's path."""
+    out = quants_dir() / QUANTS_LIB
+    if out.is_file():
+        return out
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BuildError("a C compiler (cc) is needed to build ggml's quantizers")
+    with _lock(cache_dir() / "llama.cpp" / f".{quants_dir().name}.lock"):
+        if out.is_file():
+            return out
+        sdist = _sdist()
+        work = Path(tempfile.mkdtemp(prefix="quants-", dir=cache_dir() / "llama.cpp"))
+        try:
+            prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/ggml/"
+            with tarfile.open(sdist) as tar:
+                members = [
+                    m
+                    for m in tar.getmembers()
+                    if m.name.startswith(prefix)
+                    and (m.name.endswith(".h") or m.name.endswith("/ggml-quants.c"))
+                ]
+                for m in members:
+                    m.name = m.name[len(prefix) :]
+                tar.extractall(work, members=members, filter="data")
+            (work / "shim.c").write_text(QUANTS_SHIM)
+            lib = work / QUANTS_LIB
+            subprocess.run(
+                [cc, *QUANTS_FLAGS, "-I", str(work / "src"), "-I", str(work / "include"),
+                 "-o", str(lib), str(work / "src" / "ggml-quants.c"), str(work / "shim.c"),
+                 "-lm"],
+                check=True,
+            )  # fmt: skip
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib, out.with_suffix(".part"))
+            out.with_suffix(".part").rename(out)
+            _log(f"built {out}")
+        except subprocess.CalledProcessError as e:
+            raise BuildError(f"compiling ggml-quants.c failed: {e}; see {work}") from e
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the tools if needed; print their directory")
     b.add_argument("-j", "--jobs", type=int, default=None)
     sub.add_parser("path", help="print the tools' directory; exit 1 when not built")
+    sub.add_parser("quants", help="build ggml's quantizers as a library; print its path")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
             print(build(args.jobs))
+            return 0
+        if args.cmd == "quants":
+            print(build_quants())
             return 0
         d = bin_dir()
         if d is None:

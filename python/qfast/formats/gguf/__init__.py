@@ -4,9 +4,12 @@ Types are named as GGUF names them (``"Q4_0"``, case-insensitive), or given as a
 ``gguf.GGMLQuantizationType`` or its integer id. Shapes are in NumPy order: the blocks run along
 the last axis, so its length must be a multiple of the type's block size.
 
-- ``quantize(x, type)``: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, following each format's
-  own rounding rule (Q4_0's ``trunc(x / d + 8.5)`` with ``d = max / -8``, Q8_0's ties away
-  from zero, ...), not qfast's ties-to-even grid.
+- ``quantize(x, type, imatrix=None)``: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, following
+  each format's own rounding rule (Q4_0's ``trunc(x / d + 8.5)`` with ``d = max / -8``, Q8_0's
+  ties away from zero, ...), not qfast's ties-to-even grid; the K-quants and IQ4_NL, and any
+  type with an importance matrix, as ggml's ``quantize_<type>`` (as they land).
+- ``tensor_types(tensors, mix, ...)`` and ``MIXES``: llama.cpp's type mixes (``Q4_K_M``, ...):
+  the type ``llama-quantize`` gives each tensor.
 - ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
   and IQ4_XS.
 - ``to_qtensor`` / ``from_qtensor``: Q8_0, Q4_0 and Q4_1 blocks as group-32 QTensors (for
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 from .blocks import TypeInfo, dequantize, dot, from_qtensor, quantize, to_qtensor, type_info
 from .file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
+from .mixes import MIXES, tensor_types
 
 __all__ = [
+    "MIXES",
     "REQUIRED_KEYS",
     "GGUFFile",
     "GGUFTensor",
@@ -38,6 +43,7 @@ __all__ = [
     "load",
     "quantize",
     "save",
+    "tensor_types",
     "to_qtensor",
     "type_info",
 ]

@@ -45,6 +45,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{PROG} quantize: error: give the output once: MODEL -o OUT (a model), or "
                 "IN.safetensors OUT.safetensors (one tensor file)"
             )
+        if args.format == "gguf":
+            from .quantize_gguf import run_gguf
+
+            return run_gguf(args)
+        for flag, value in (("--type", args.type), ("--imatrix", args.imatrix)):
+            if value is not None:
+                raise CLIError(f"{PROG} quantize: error: {flag} is for --format gguf")
         from .quantize_model import run_model
 
         return run_model(args)
@@ -66,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             ("--eval", args.eval or None),
             ("--format", args.format),
             ("--checkpoint-format", args.checkpoint_format),
+            ("--type", args.type),
+            ("--imatrix", args.imatrix),
         )
         if value is not None
     ]
@@ -239,9 +248,21 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--format",
-        choices=("qfast", "gptq", "awq", "compressed-tensors"),
+        choices=("qfast", "gptq", "awq", "compressed-tensors", "gguf"),
         help="OUT's format (default qfast): a GPTQ, AWQ (GEMM) or compressed-tensors "
-        "(pack-quantized) checkpoint loads in transformers and vLLM",
+        "(pack-quantized) checkpoint loads in transformers and vLLM; gguf: a GGUF file of "
+        "llama.cpp's type mix --type, as llama-quantize writes it (MODEL: a GGUF file)",
+    )
+    p.add_argument(
+        "--type",
+        metavar="MIX",
+        help="--format gguf: llama.cpp's type mix (Q4_0, Q4_K_M, Q3_K_M, ...)",
+    )
+    p.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="--format gguf: an importance matrix (llama-imatrix's .dat or .gguf, or "
+        "qfast imatrix's)",
     )
     p.add_argument(
         "--checkpoint-format",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
@@ -826,3 +826,67 @@ def _write(
         writer.write_tensors_to_file()
     finally:
         writer.close()
+
+
+def save_streamed(
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    tensors: Sequence[tuple[str, str, tuple[int, ...]]],
+    data: Callable[[str], npt.NDArray[Any]],
+    *,
+    value_types: Mapping[str, ValueType] | None = None,
+    check: bool = True,
+) -> None:
+    """Writes a GGUF file tensor by tensor, atomically, holding one tensor at a time.
+
+    ``tensors`` lists ``(name, type, shape)`` in file order (the header is written first);
+    ``data(name)`` is then called once per tensor, in that order, and returns its data as
+    :func:`save` takes a ``(data, type, shape)`` tuple's (``qfast.gguf.quantize``'s bytes, or
+    float32 / float16 values for F32 / F16). ``metadata``, ``value_types`` and ``check`` as
+    for :func:`save`. Raises ValueError when a tensor's data does not match its type and shape
+    (nothing is left at ``path``).
+    """
+    metadata = dict(metadata)
+    arch = metadata.get("general.architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"general.architecture is a str, not {type(arch).__name__}")
+    align = metadata.get("general.alignment")
+    align = _DEFAULT_ALIGNMENT if align is None else as_int(align, "alignment")
+    if as_bool(check, "check"):
+        _check_required(metadata, arch)
+    kvs = _metadata_entries(metadata, value_types or {}, arch, int(align))
+    specs = []
+    for name, qtype, shape in tensors:
+        t = _ggml_type(name, qtype)
+        block_size, type_size = _gguf().GGML_QUANT_SIZES[t]
+        shape = tuple(int(d) for d in shape)
+        if shape[-1] % block_size:
+            raise ValueError(
+                f"tensor {name!r}: {t.name} stores blocks of {block_size} values along the last "
+                f"axis, which has {shape[-1]} (shape {shape})"
+            )
+        specs.append(
+            (name, t, shape, math.prod(shape[:-1]) * (shape[-1] // block_size) * type_size)
+        )
+    with atomic_write(path) as tmp:
+        writer = _gguf().GGUFWriter(tmp, arch=arch or "")
+        try:
+            for key, value, vtype, element in kvs:
+                if key == "general.alignment":
+                    writer.add_custom_alignment(value)
+                else:
+                    writer.add_key_value(key, value, vtype, sub_type=element)
+            for name, t, shape, nbytes in specs:
+                plain = t.name in _PLAIN_DTYPES
+                dtype = np.dtype(_PLAIN_DTYPES[t.name]) if plain else np.dtype(np.uint8)
+                block_size, type_size = _gguf().GGML_QUANT_SIZES[t]
+                info_shape = shape if plain else (*shape[:-1], shape[-1] // block_size * type_size)
+                writer.add_tensor_info(name, info_shape, dtype, nbytes, raw_dtype=t)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for name, t, shape, _ in specs:
+                _, rows, _ = _raw_rows(name, np.asarray(data(name)), t, shape)
+                writer.write_tensor_data(rows)
+        finally:
+            writer.close()

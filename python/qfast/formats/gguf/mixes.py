@@ -19,9 +19,10 @@ type (the fallbacks still apply).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["MIXES", "default_type", "tensor_types"]
+__all__ = ["MIXES", "default_type", "llama_order", "tensor_types"]
 
 #: mix name -> its default type (``llama_ftype_get_default_type``).
 MIXES = {
@@ -54,6 +55,21 @@ def default_type(mix: str) -> str:
         raise ValueError(
             f"unknown type mix {mix!r}; llama-quantize's mixes qfast writes: {', '.join(MIXES)}"
         ) from None
+
+
+_LAYER = re.compile(r"blk\.(-?\d+)\.")
+
+
+def llama_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the order llama.cpp's model loader keeps them (and ``llama-quantize``
+    writes them): the tensors outside the blocks first, then block by block, each group
+    sorted by name (``llama_model_loader::weight_name_comparer``)."""
+
+    def key(name: str) -> tuple[int, str]:
+        m = _LAYER.match(name)
+        return (int(m.group(1)) if m else -1, name)
+
+    return sorted(names, key=key)
 
 
 def _category(name: str) -> str:
@@ -110,9 +126,10 @@ def tensor_types(
     """The GGUF type each tensor is written as under ``mix``.
 
     Args:
-        tensors: ``(name, shape, type)`` of every tensor, in the file's order (llama.cpp's
-            names; ``shape`` in NumPy order, so a row is ``shape[-1]`` values; ``type`` as
-            stored, kept by the tensors that are not quantized).
+        tensors: ``(name, shape, type)`` of every tensor (llama.cpp's names; ``shape`` in
+            NumPy order, so a row is ``shape[-1]`` values; ``type`` as stored, kept by the
+            tensors that are not quantized). They are visited in :func:`llama_order`, as the
+            layer counters of the rules count them.
         mix: one of :data:`MIXES`.
         n_layer, n_head, n_head_kv: the model's block count and attention heads (GQA).
         has_imatrix: an importance matrix is given (``--imatrix``).
@@ -126,7 +143,8 @@ def tensor_types(
     is_70b = n_layer == 80 and n_head != n_head_kv  # llama.cpp's LLM_TYPE_70B for llama
     i_attn_v = i_ffn_down = 0
     out: dict[str, str] = {}
-    for name, shape, stored in tensors:
+    by_name = {t[0]: t for t in tensors}
+    for name, shape, stored in (by_name[n] for n in llama_order(list(by_name))):
         if not _quantizable(name, len(shape)):
             out[name] = stored
             continue

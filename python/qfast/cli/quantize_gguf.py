@@ -1,0 +1,66 @@
+"""``qfast quantize MODEL.gguf -o OUT.gguf --format gguf --type MIX [--imatrix F]``: a GGUF file
+quantized with one of llama.cpp's type mixes, as ``llama-quantize`` writes it (see
+``qfast.formats.gguf.requantize``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import QfastError
+from ._common import PROG, CLIError
+
+_CMD = f"{PROG} quantize"
+
+
+def run_gguf(args: argparse.Namespace) -> int:
+    from ..formats.gguf.mixes import MIXES
+    from ..formats.gguf.requantize import requantize
+    from .quantize_model import resolve_model
+
+    if args.type is None:
+        raise CLIError(f"{_CMD}: error: --format gguf needs --type, one of {', '.join(MIXES)}")
+    if args.type not in MIXES:
+        raise CLIError(f"{_CMD}: error: --type {args.type}: pick one of {', '.join(MIXES)}")
+    method = args.method or "rtn"
+    if method != "rtn":
+        raise CLIError(
+            f"{_CMD}: error: --format gguf runs --method rtn (llama-quantize's own quantizers); "
+            f"{method} into GGUF's block grids is not written yet"
+        )
+    source = resolve_model(args.input)
+    if source.is_dir() or source.suffix.lower() != ".gguf":
+        raise CLIError(
+            f"{_CMD}: error: --format gguf reads a GGUF file (an F32 / F16 / BF16 or quantized "
+            f"one); {source} is not: convert a Hugging Face folder with llama.cpp's "
+            "convert_hf_to_gguf.py first"
+        )
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{_CMD}: error: {out} exists; pick a new file or pass --overwrite")
+    imatrix: Any = None
+    if args.imatrix is not None:
+        from ..model.imatrix import load_importance_matrix
+
+        try:
+            imatrix = load_importance_matrix(args.imatrix)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"{_CMD}: error: --imatrix {args.imatrix}: {e}") from None
+    t0 = time.perf_counter()
+    try:
+        requantize(source, out, args.type, imatrix=imatrix, overwrite=args.overwrite)
+    except (ValueError, TypeError, QfastError) as e:
+        raise CLIError(f"{_CMD}: error: {e}") from None
+    except OSError as e:
+        raise CLIError(f"{_CMD}: error: cannot write {out}: {e.strerror or e}") from None
+    size = out.stat().st_size
+    print(
+        f"{_CMD}: {source} -> {out}: {args.type}"
+        f"{' with an importance matrix' if imatrix is not None else ''}, "
+        f"{size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,104 @@
+"""``qfast.gguf.requantize`` / ``qfast quantize --format gguf --type MIX`` write the bytes
+``llama-quantize`` writes: every tensor (type and data) and the metadata, for every type mix,
+on SmolLM2's F32 GGUF (576 wide: the fallbacks) and synthetic Llamas (widths that are multiples
+of 256, so the K-quant types run; 288 wide).
+
+A mix that needs a type qfast cannot write yet is an expected failure that names the types
+(the K-quant quantizers land type by type)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llamacpp import llamacpp_bin, requantize, smollm2_f32  # noqa: F401
+from test_gguf_mixes import CONFIGS, llama_quantize, synthetic
+
+import qfast
+from qfast.cli import main
+from qfast.formats.gguf.mixes import MIXES
+from qfast.formats.gguf.requantize import _can_write, plan
+from qfast.formats.gguf.requantize import requantize as qfast_requantize
+
+
+def assert_same_file(ours: Path, theirs: Path, what: str) -> None:
+    a, b = qfast.gguf.load(ours), qfast.gguf.load(theirs)
+    assert list(a.tensors) == list(b.tensors), what
+    for name, t in b.tensors.items():
+        u = a.tensors[name]
+        assert (u.type, u.shape) == (t.type, t.shape), f"{what}: {name}"
+        np.testing.assert_array_equal(
+            np.asarray(u.data).view(np.uint8), np.asarray(t.data).view(np.uint8), f"{what}: {name}"
+        )
+    meta = {k: v for k, v in b.metadata.items() if not k.startswith("quantize.imatrix.")}
+    assert {k: str(v) for k, v in a.metadata.items()} == {k: str(v) for k, v in meta.items()}
+
+
+def xfail_missing(src: qfast.gguf.GGUFFile, mix: str) -> None:
+    types = plan(src, mix)
+    missing = sorted(
+        {t for n, t in types.items() if t != src.tensors[n].type and not _can_write(t, False)}
+    )
+    if missing:
+        with pytest.raises(ValueError, match="cannot write yet"):
+            qfast_requantize(src, "/nonexistent/never-written.gguf", mix)
+        pytest.xfail(f"{mix} needs {', '.join(missing)}, which qfast cannot write yet")
+
+
+@pytest.mark.parametrize("mix", [m for m in MIXES if m != "Q2_K_S"])
+def test_smollm2_every_mix_is_llama_quantizes_file(
+    llamacpp_bin: Path,  # noqa: F811
+    mix: str,
+    tmp_path: Path,
+) -> None:
+    src = qfast.gguf.load(smollm2_f32(llamacpp_bin))
+    xfail_missing(src, mix)
+    ours = qfast_requantize(src, tmp_path / "ours.gguf", mix)
+    assert_same_file(ours, requantize(llamacpp_bin, src.path, mix), f"SmolLM2 {mix}")
+
+
+@pytest.mark.parametrize("config", ["gqa4-untied-16", "ragged-288"])
+@pytest.mark.parametrize("mix", [m for m in MIXES if m != "Q2_K_S"])
+def test_synthetic_every_mix_is_llama_quantizes_file(
+    llamacpp_bin: Path,  # noqa: F811
+    config: str,
+    mix: str,
+    tmp_path: Path,
+) -> None:
+    src_path = synthetic(tmp_path / "src.gguf", *CONFIGS[config])
+    src = qfast.gguf.load(src_path)
+    xfail_missing(src, mix)
+    theirs = llama_quantize(llamacpp_bin, src_path, tmp_path / "theirs.gguf", mix)
+    ours = qfast_requantize(src, tmp_path / "ours.gguf", mix)
+    assert_same_file(ours, theirs, f"{config} {mix}")
+
+
+def test_cli_format_gguf(llamacpp_bin: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    src = smollm2_f32(llamacpp_bin)
+    out = tmp_path / "q8.gguf"
+    rc = main(["quantize", str(src), "-o", str(out), "--format", "gguf", "--type", "Q8_0"])
+    assert rc == 0, capsys.readouterr().err
+    assert_same_file(out, requantize(llamacpp_bin, src, "Q8_0"), "CLI Q8_0")
+    cases = [
+        (["--format", "gguf"], "needs --type"),
+        (["--format", "gguf", "--type", "Q4_K_X"], "--type Q4_K_X: pick one of"),
+        (["--format", "gguf", "--type", "Q4_0", "--method", "gptq"], "runs --method rtn"),
+        (["--type", "Q4_0"], "--type is for --format gguf"),
+        (["--format", "gguf", "--type", "Q4_0"], "exists; pick a new file"),
+    ]
+    for extra, message in cases:
+        rc = main(["quantize", str(src), "-o", str(out), *extra])
+        assert rc == 2 and message in capsys.readouterr().err, extra
+
+
+def test_requantize_refuses_bad_input(llamacpp_bin: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = smollm2_f32(llamacpp_bin)
+    with pytest.raises(ValueError, match="unknown type mix"):
+        qfast_requantize(src, tmp_path / "x.gguf", "Q4_Z")
+    (tmp_path / "x.gguf").write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        qfast_requantize(src, tmp_path / "x.gguf", "Q8_0")
+    assert (tmp_path / "x.gguf").read_bytes() == b"keep"
+    with pytest.raises(TypeError, match="imatrix must be a mapping"):
+        qfast_requantize(src, tmp_path / "y.gguf", "Q8_0", imatrix=3)

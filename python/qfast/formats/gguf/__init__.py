@@ -9,7 +9,8 @@ the last axis, so its length must be a multiple of the type's block size.
   ties away from zero, ...), not qfast's ties-to-even grid; the K-quants and IQ4_NL, and any
   type with an importance matrix, as ggml's ``quantize_<type>`` (as they land).
 - ``tensor_types(tensors, mix, ...)`` and ``MIXES``: llama.cpp's type mixes (``Q4_K_M``, ...):
-  the type ``llama-quantize`` gives each tensor.
+  the type ``llama-quantize`` gives each tensor; ``requantize(src, path, mix, imatrix=None)``:
+  a GGUF file quantized with a mix, the bytes ``llama-quantize`` writes.
 - ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
   and IQ4_XS.
 - ``to_qtensor`` / ``from_qtensor``: Q8_0, Q4_0 and Q4_1 blocks as group-32 QTensors (for
@@ -30,6 +31,7 @@ from __future__ import annotations
 from .blocks import TypeInfo, dequantize, dot, from_qtensor, quantize, to_qtensor, type_info
 from .file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 from .mixes import MIXES, tensor_types
+from .requantize import requantize
 
 __all__ = [
     "MIXES",
@@ -42,6 +44,7 @@ __all__ = [
     "from_qtensor",
     "load",
     "quantize",
+    "requantize",
     "save",
     "tensor_types",
     "to_qtensor",

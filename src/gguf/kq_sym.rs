@@ -102,95 +102,108 @@ fn signed_amax(x: &[f32]) -> (f32, f32) {
     (amax, max)
 }
 
-/// `sum(w * x * l)` and `sum(w * l * l)` (C order) with `l = clamp(nearest_int(iscale * x),
-/// -nmax, nmax - 1)`.
 #[inline(always)]
-fn qx_sums(nmax: i32, iscale: f32, x: &[f32], w: &[f32]) -> (f32, f32) {
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for (&xi, &wi) in x.iter().zip(w) {
-        let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1) as f32;
-        sumlx += wi * xi * l;
-        suml2 += wi * l * l;
+fn qx_codes<const N: usize>(nmax: i32, iscale: f32, x: &[f32; N], ls: &mut [i8; N]) {
+    for i in 0..N {
+        ls[i] = (nmax + nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1)) as i8;
     }
-    (sumlx, suml2)
 }
 
-#[inline(always)]
-fn qx_codes(nmax: i32, iscale: f32, x: &[f32], ls: &mut [i8]) {
-    for (li, &xi) in ls.iter_mut().zip(x) {
-        *li = (nmax + nearest_int(iscale * xi).clamp(-nmax, nmax - 1)) as i8;
-    }
-}
+/// The trial scales of `make_qx_quants`: the first `-nmax / max`, then
+/// `-(nmax + 0.1 is) / max` for `is = -9 ..= 9` but 0 (the C's order); one spare lane.
+const QX_LANES: usize = 20;
 
 /// ggml's `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)` with the per-value weights `w`
 /// (`qw`, or `x * x` where the C passes `NULL`: the same floats). Writes codes
 /// `l + nmax` (`0 ..= 2 nmax - 1`) into `ls` and returns the scale; an all-zero group gets
 /// codes 0 and scale 0.
-fn make_qx_quants(nmax: i32, x: &[f32], ls: &mut [i8], w: &[f32]) -> f32 {
+///
+/// The C computes each trial's `sum(w * x * l)` and `sum(w * l * l)` in turn; here all 19
+/// trials' sums run side by side (one lane each, every lane still summing over `i` left to
+/// right with the C's products `(w * x) * l` and `(w * l) * l`), then the trials are compared
+/// in the C's order with its strict `>`, and the codes of the last winner are written.
+fn make_qx_quants<const N: usize>(nmax: i32, x: &[f32; N], ls: &mut [i8; N], w: &[f32; N]) -> f32 {
     let (amax, max) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         ls.fill(0);
         return 0.0;
     }
-    let iscale = (-nmax) as f32 / max;
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for ((li, &xi), &wi) in ls.iter_mut().zip(x).zip(w) {
-        let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
-        *li = (l + nmax) as i8;
-        let l = l as f32;
-        sumlx += wi * xi * l;
-        suml2 += wi * l * l;
-    }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
+    let mut iscales = [0f32; QX_LANES];
+    iscales[0] = (-nmax) as f32 / max;
+    let mut k = 1;
     for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        let iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        let (sumlx, suml2) = qx_sums(nmax, iscale, x, w);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            qx_codes(nmax, iscale, x, ls);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        if is != 0 {
+            iscales[k] = -(nmax as f32 + 0.1f32 * is as f32) / max;
+            k += 1;
         }
     }
+    let mut sumlx = [0f32; QX_LANES];
+    let mut suml2 = [0f32; QX_LANES];
+    for i in 0..N {
+        let (xi, wi) = (x[i], w[i]);
+        let wx = wi * xi;
+        for k in 0..QX_LANES {
+            let l = nearest_int(iscales[k] * xi).clamp(-nmax, nmax - 1) as f32;
+            sumlx[k] += wx * l;
+            suml2[k] += wi * l * l;
+        }
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut win = 0;
+    for k in 1..QX_LANES - 1 {
+        if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best * suml2[k] {
+            scale = sumlx[k] / suml2[k];
+            best = scale * sumlx[k];
+            win = k;
+        }
+    }
+    qx_codes(nmax, iscales[win], x, ls);
     scale
 }
 
 /// ggml's `make_q3_quants(n, nmax, x, L, do_rmse = true)`: the `x * x`-weighted search with
 /// up to five rounds of one-value moves. Codes `l + nmax` (all 0 for an all-zero group).
-fn make_q3_quants(nmax: i32, x: &[f32], ls: &mut [i8]) -> f32 {
+fn make_q3_quants<const N: usize>(nmax: i32, x: &[f32; N], ls: &mut [i8; N]) -> f32 {
     let (amax, max) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         ls.fill(0);
         return 0.0;
     }
+    // The C's `w = x*x` and `w*x` (the left part of `w*x[i]*l`), the same floats.
+    let mut w = [0f32; N];
+    let mut wx = [0f32; N];
+    for i in 0..N {
+        w[i] = x[i] * x[i];
+        wx[i] = w[i] * x[i];
+    }
     let iscale = (-nmax) as f32 / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for (li, &xi) in ls.iter_mut().zip(x) {
-        let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
-        *li = l as i8;
-        let w = xi * xi;
+    for i in 0..N {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        ls[i] = l as i8;
         let l = l as f32;
-        sumlx += w * xi * l;
-        suml2 += w * l * l;
+        sumlx += wx[i] * l;
+        suml2 += w[i] * l * l;
     }
     for _ in 0..5 {
         let mut n_changed = 0;
-        for (li, &xi) in ls.iter_mut().zip(x) {
-            let w = xi * xi;
-            let lf = f32::from(*li);
-            let mut slx = sumlx - w * xi * lf;
+        for i in 0..N {
+            let lf = f32::from(ls[i]);
+            let mut slx = sumlx - wx[i] * lf;
             if slx > 0.0 {
-                let mut sl2 = suml2 - w * lf * lf;
-                let new_l = nearest_int(xi * sl2 / slx).clamp(-nmax, nmax - 1);
-                if new_l != i32::from(*li) {
+                let mut sl2 = suml2 - w[i] * lf * lf;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != i32::from(ls[i]) {
                     let nl = new_l as f32;
-                    slx += w * xi * nl;
-                    sl2 += w * nl * nl;
+                    slx += wx[i] * nl;
+                    sl2 += w[i] * nl * nl;
                     if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        *li = new_l as i8;
+                        ls[i] = new_l as i8;
                         sumlx = slx;
                         suml2 = sl2;
                         n_changed += 1;
@@ -245,10 +258,9 @@ fn quantize_block_q6_k(x: &[f32], w: &[f32], y: &mut [u8]) {
     let mut ls = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for (ib, ((xs, ws), lb)) in x
-        .chunks_exact(16)
-        .zip(w.chunks_exact(16))
-        .zip(ls.chunks_exact_mut(16))
+    for (ib, ((xs, ws), lb)) in (x.as_chunks::<16>().0.iter())
+        .zip(w.as_chunks::<16>().0)
+        .zip(ls.as_chunks_mut::<16>().0)
         .enumerate()
     {
         let scale = make_qx_quants(32, xs, lb, ws);
@@ -354,10 +366,13 @@ fn finish_q3_k(x: &[f32], ls: &mut [i8; QK_K], y: &mut [u8]) {
     }
     let (hmask, rest) = y.split_at_mut(Q3_QS);
     hmask.fill(0);
-    for (j, li) in ls.iter_mut().enumerate() {
-        if *li > 3 {
-            hmask[j % 32] |= 1 << (j / 32);
-            *li -= 4;
+    // Code `j`'s high bit is bit `j / 32` of `hmask[j % 32]` (branch-free: the codes are
+    // random, a branch would mispredict).
+    for (g, lg) in ls.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+        for (h, li) in hmask.iter_mut().zip(lg.iter_mut()) {
+            let high = u8::from(*li > 3);
+            *h |= high << g;
+            *li -= 4 * high as i8;
         }
     }
     let qs = &mut rest[..QK_K / 4];
@@ -375,7 +390,10 @@ fn quantize_block_q3_k_ref(x: &[f32], y: &mut [u8]) {
     let mut ls = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
-    for (j, (xs, lb)) in x.chunks_exact(16).zip(ls.chunks_exact_mut(16)).enumerate() {
+    for (j, (xs, lb)) in (x.as_chunks::<16>().0.iter())
+        .zip(ls.as_chunks_mut::<16>().0)
+        .enumerate()
+    {
         scales[j] = make_q3_quants(4, xs, lb);
         let scale = scales[j].abs();
         if scale > amax {
@@ -410,10 +428,9 @@ fn quantize_block_q3_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
         sumx2 += v * v;
     }
     let sigma2 = 2.0f32 * sumx2 / QK_K as f32;
-    for (j, ((xs, qs), lb)) in x
-        .chunks_exact(16)
-        .zip(qw.chunks_exact(16))
-        .zip(ls.chunks_exact_mut(16))
+    for (j, ((xs, qs), lb)) in (x.as_chunks::<16>().0.iter())
+        .zip(qw.as_chunks::<16>().0)
+        .zip(ls.as_chunks_mut::<16>().0)
         .enumerate()
     {
         for ((w, &q), &v) in weight.iter_mut().zip(qs).zip(xs) {
@@ -535,9 +552,8 @@ fn quantize_row_sym_weighted(
     let sigma2 = sum_x2 / x.len() as f32;
     let mut weight = [0f32; QK];
     let mut ls = [0i8; QK];
-    for ((xb, qb), ob) in x
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
+    for ((xb, qb), ob) in (x.as_chunks::<QK>().0.iter())
+        .zip(qw.as_chunks::<QK>().0)
         .zip(out.chunks_exact_mut(bytes))
     {
         for ((w, &q), &v) in weight.iter_mut().zip(qb).zip(xb) {
@@ -611,7 +627,12 @@ mod tests {
         let exp_bits = (bits >> 13) & 0x7C00;
         let mantissa_bits = bits & 0x0FFF;
         let nonsign = exp_bits + mantissa_bits;
-        ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+        ((sign >> 16)
+            | if shl1_w > 0xFF00_0000 {
+                0x7E00
+            } else {
+                nonsign
+            }) as u16
     }
 
     #[test]
@@ -625,14 +646,29 @@ mod tests {
             }
             bits += 251;
         }
-        for f in [65504.0f32, 65519.99, 65520.0, 1e30, 5.96e-8, 2.98e-8, 2.9802322e-8] {
+        for f in [
+            65504.0f32,
+            65519.99,
+            65520.0,
+            1e30,
+            5.96e-8,
+            2.98e-8,
+            2.9802322e-8,
+        ] {
             assert_eq!(to_f16(f).to_bits(), ggml_fp32_to_fp16(f), "{f:e}");
         }
     }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (v, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3)] {
+        for (v, want) in [
+            (0.5f32, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+        ] {
             assert_eq!(nearest_int(v), want, "{v}");
         }
         assert_eq!(nearest_int(-4194303.0), -4194303);

@@ -120,7 +120,7 @@ def assert_same(lib: Any, x: np.ndarray, t: str, w: np.ndarray | None, what: str
 def test_types_are_offered() -> None:
     for t in TYPES:
         assert qfast._qfast.gguf_can_quantize_rows(t, True), t
-    for t in K_TYPES + ("IQ4_NL",):
+    for t in (*K_TYPES, "IQ4_NL"):
         assert qfast._qfast.gguf_can_quantize_rows(t, False), t
 
 

@@ -6,11 +6,13 @@ rows and on the rows where the searches' special cases and ties decide the bytes
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from ggml_oracle import ggml_quantize, ggml_quants  # noqa: F401
+from llamacpp import llamacpp_bin, requantize, smollm2_f32  # noqa: F401
 
 import qfast
 
@@ -159,3 +161,23 @@ def test_negative_zeros(ggml_quants: Any, t: str) -> None:  # noqa: F811
         # (Without an imatrix Q4_0 / Q5_0 follow gguf-py, which stores d = +0.0 for a
         # block of -0.0 where ggml's C stores -0.0: tests/test_gguf.py.)
         assert_same(ggml_quants, x, t, None, f"{t} -0.0")
+
+
+@pytest.mark.parametrize(
+    ("mix", "types"), [("Q3_K_S", {"Q3_K", "Q4_0"}), ("Q4_K_M", {"Q6_K", "Q5_0"})]
+)
+def test_smollm2_matches_llama_quantize(llamacpp_bin: Path, mix: str, types: set[str]) -> None:  # noqa: F811
+    """llama-quantize's own file: every SmolLM2 tensor it writes in one of these types (Q3_K /
+    Q6_K on the 1536-wide rows, the Q4_0 / Q5_0 fallbacks on the 576-wide ones) is qfast's
+    bytes for the same float32 weights."""
+    f32 = qfast.gguf.load(smollm2_f32(llamacpp_bin))
+    out = qfast.gguf.load(requantize(llamacpp_bin, f32.path, mix))
+    checked: dict[str, int] = {}
+    for name, t in out.tensors.items():
+        if t.type not in types:
+            continue
+        x = np.asarray(f32.tensors[name].data, np.float32).reshape(-1, t.shape[-1])
+        got = qfast.gguf.quantize(x, t.type)
+        assert np.array_equal(got.reshape(-1), np.asarray(t.data).reshape(-1)), (mix, name)
+        checked[t.type] = checked.get(t.type, 0) + 1
+    assert set(checked) == types and min(checked.values()) >= 14, checked

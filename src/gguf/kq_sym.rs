@@ -459,29 +459,83 @@ fn quantize_block_q3_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
 /// Quantizes one row to IQ4_NL, as `quantize_iq4_nl` (`quantize_row_iq4_nl_impl` per block
 /// of 32, `ntry = 7`), with or without `imatrix`.
 pub fn quantize_row_iq4_nl(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (ib, (xb, ob)) in x
-        .chunks_exact(IQ4_NL_BLOCK)
-        .zip(out.chunks_exact_mut(IQ4_NL_BYTES))
-        .enumerate()
-    {
-        let qw = imatrix.map(|w| &w[ib * IQ4_NL_BLOCK..(ib + 1) * IQ4_NL_BLOCK]);
-        quantize_block_iq4_nl(xb, qw, ob);
+    let blocks = (x.as_chunks::<IQ4_NL_BLOCK>().0.iter()).zip(out.chunks_exact_mut(IQ4_NL_BYTES));
+    match imatrix {
+        Some(w) => {
+            for ((xb, ob), wb) in blocks.zip(w.as_chunks::<IQ4_NL_BLOCK>().0) {
+                quantize_block_iq4_nl(xb, Some(wb), ob);
+            }
+        }
+        None => {
+            for (xb, ob) in blocks {
+                quantize_block_iq4_nl(xb, None, ob);
+            }
+        }
     }
 }
 
-/// `sum(w * q * x)` and `sum(w * q * q)` with `q` the codebook value nearest `id * x`.
+/// A float's position in float order, as an integer (`-0.0` just below `+0.0`); its own
+/// inverse.
+const fn order_key(bits: i32) -> i32 {
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// For each pair of neighbours `IQ4_KVALUES[m] < IQ4_KVALUES[m + 1]`, the smallest float
+/// `al` for which ggml's `best_index_int8` picks `m + 1` or above: the first `al` where
+/// `al - v[m] < v[m + 1] - al` (float32, as the C rounds it) is false. That test is monotone
+/// in `al` (float subtraction is), so for every float that is not NaN
+/// `best_index_int8(al) == #{m : al >= IQ4_UP[m]}`; the unit test checks it around every
+/// threshold.
+const IQ4_UP: [f32; 15] = iq4_thresholds();
+
+const fn iq4_thresholds() -> [f32; 15] {
+    let mut up = [0f32; 15];
+    let mut m = 0;
+    while m < 15 {
+        let lo = IQ4_KVALUES[m] as f32;
+        let hi = IQ4_KVALUES[m + 1] as f32;
+        // Bisect on float order: the test is false at `lo`, true at `hi`.
+        // (In i64: the keys of a negative and a positive float can be more than i32::MAX
+        // apart.)
+        let mut a = order_key(lo.to_bits() as i32) as i64;
+        let mut b = order_key(hi.to_bits() as i32) as i64;
+        while b - a > 1 {
+            let mid = a + (b - a) / 2;
+            let al = f32::from_bits(order_key(mid as i32) as u32);
+            if al - lo < hi - al {
+                a = mid;
+            } else {
+                b = mid;
+            }
+        }
+        up[m] = f32::from_bits(order_key(b as i32) as u32);
+        m += 1;
+    }
+    up
+}
+
+/// `IQ4_KVALUES[best_index_int8(al)]` without branches: `v[0]` plus the steps whose threshold
+/// `al` reaches (sums of small integers: exact); NaN, which every comparison of the C
+/// rejects, gets the last value as in the C.
 #[inline(always)]
-fn iq4_sums(values: &[i8; 16], id: f32, x: &[f32], w: &[f32]) -> (f32, f32) {
-    let (mut sumqx, mut sumq2) = (0f32, 0f32);
-    for (&xj, &wj) in x.iter().zip(w) {
-        let q = f32::from(values[best_index_int8(values, id * xj)]);
-        sumqx += wj * q * xj;
-        sumq2 += wj * q * q;
+fn iq4_value(al: f32) -> f32 {
+    let mut q = f32::from(IQ4_KVALUES[0]);
+    for m in 0..15 {
+        let step = f32::from(IQ4_KVALUES[m + 1]) - f32::from(IQ4_KVALUES[m]);
+        q += if al >= IQ4_UP[m] { step } else { 0.0 };
     }
-    (sumqx, sumq2)
+    if al.is_nan() {
+        f32::from(IQ4_KVALUES[15])
+    } else {
+        q
+    }
 }
 
-fn quantize_block_iq4_nl(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+/// The trials of `quantize_row_iq4_nl_impl` with `ntry = 7`: the first scale `1 / d`, then
+/// `(itry + values[0]) / max` for `itry = -7 ..= 7`.
+const IQ4_LANES: usize = 16;
+
+fn quantize_block_iq4_nl(x: &[f32; IQ4_NL_BLOCK], qw: Option<&[f32; IQ4_NL_BLOCK]>, y: &mut [u8]) {
     const NTRY: i32 = 7;
     let values = &IQ4_KVALUES;
     let mut sigma2 = 0f32;
@@ -509,15 +563,34 @@ fn quantize_block_iq4_nl(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
         // ntry > 0: d = -max / values[0]. (The C's codes from this first pass are
         // overwritten below, so only its sums matter.)
         let d = -max / f32::from(values[0]);
-        let (sumqx, sumq2) = iq4_sums(values, 1.0 / d, x, &weight);
-        let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -NTRY..=NTRY {
-            let id = (itry + i32::from(values[0])) as f32 / max;
-            let (sumqx, sumq2) = iq4_sums(values, id, x, &weight);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
+        let mut ids = [0f32; IQ4_LANES];
+        ids[0] = 1.0 / d;
+        for (k, itry) in (-NTRY..=NTRY).enumerate() {
+            ids[k + 1] = (itry + i32::from(values[0])) as f32 / max;
+        }
+        // Every trial's sums side by side, each summed over `j` in the C's order with its
+        // products `(w * q) * x` and `(w * q) * q`.
+        let mut sumqx = [0f32; IQ4_LANES];
+        let mut sumq2 = [0f32; IQ4_LANES];
+        for j in 0..IQ4_NL_BLOCK {
+            let (xj, wj) = (x[j], weight[j]);
+            for k in 0..IQ4_LANES {
+                let q = iq4_value(ids[k] * xj);
+                let wq = wj * q;
+                sumqx[k] += wq * xj;
+                sumq2[k] += wq * q;
+            }
+        }
+        let mut d = if sumq2[0] > 0.0 {
+            sumqx[0] / sumq2[0]
+        } else {
+            0.0
+        };
+        let mut best = d * sumqx[0];
+        for k in 1..IQ4_LANES {
+            if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best * sumq2[k] {
+                d = sumqx[k] / sumq2[k];
+                best = d * sumqx[k];
             }
         }
         d
@@ -681,6 +754,44 @@ mod tests {
         assert_eq!(best_index_int8(&IQ4_KVALUES, -4.6), 7);
         assert_eq!(best_index_int8(&IQ4_KVALUES, f32::NAN), 15);
         assert_eq!(best_index_int8(&IQ4_KVALUES, -1000.0), 0);
+    }
+
+    #[test]
+    fn iq4_thresholds_agree_with_best_index_int8() {
+        let check = |al: f32| {
+            let want = f32::from(IQ4_KVALUES[best_index_int8(&IQ4_KVALUES, al)]);
+            assert_eq!(iq4_value(al).to_bits(), want.to_bits(), "{al:e}");
+        };
+        for f in [
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e30,
+            -1e30,
+        ] {
+            check(f);
+        }
+        // Every float within 4096 steps of each threshold and of each codebook value.
+        let near = IQ4_UP
+            .iter()
+            .chain(&IQ4_KVALUES.map(f32::from))
+            .copied()
+            .collect::<Vec<_>>();
+        for t in near {
+            let k = order_key(t.to_bits() as i32);
+            for d in -4096..=4096 {
+                check(f32::from_bits(order_key(k.wrapping_add(d)) as u32));
+            }
+        }
+        // A sweep of [-256, 256] in steps of 1/1024 plus an irrational offset.
+        let mut al = -256.0f32;
+        while al < 256.0 {
+            check(al + 0.000_123_4);
+            check(al);
+            al += 1.0 / 1024.0;
+        }
     }
 
     #[test]

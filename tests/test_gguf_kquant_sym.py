@@ -38,7 +38,16 @@ KINDS = (
     "sparse_blocks",
 )
 
-IMATRICES = ("none", "random", "ones", "with_zeros", "all_zeros", "one_huge", "one_large")
+IMATRICES = (
+    "none",
+    "random",
+    "ones",
+    "with_zeros",
+    "all_zeros",
+    "one_huge",
+    "one_large",
+    "one_max",
+)
 
 
 def rows_of(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,6 +76,7 @@ def rows_of(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         x[2] = 1e-12 * rng.standard_normal(n)
     elif kind == "huge":
         x = 1e30 * rng.standard_normal(shape)
+        x[1, ::3] = np.finfo(np.float32).max  # x * x overflows to inf
         x[2] = 3e4 * rng.standard_normal(n)
     elif kind == "negative":
         x = -np.abs(rng.standard_normal(shape))
@@ -101,6 +111,9 @@ def imatrix_of(kind: str, n: int, rng: np.random.Generator) -> np.ndarray | None
     elif kind == "one_large":
         w = rng.random(n)
         w[rng.integers(0, n)] = 1e6
+    elif kind == "one_max":  # the weights overflow to inf in the searches
+        w = rng.random(n)
+        w[rng.integers(0, n)] = np.finfo(np.float32).max
     else:  # pragma: no cover
         raise AssertionError(kind)
     return w.astype(np.float32)

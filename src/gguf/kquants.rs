@@ -47,7 +47,7 @@ pub const IQ4_NL_BYTES: usize = 18;
 pub const IQ4_XS_BYTES: usize = 136;
 
 /// The IQ4_NL / IQ4_XS codebook (`kvalues_iq4nl` in ggml, `IQ4_NL.kvalues` in gguf-py).
-const IQ4_KVALUES: [i8; 16] = [
+pub(crate) const IQ4_KVALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 

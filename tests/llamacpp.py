@@ -271,12 +271,21 @@ def read_kl_base(path: Path) -> KlBase:
 # llama-quantize
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The file's sha256, computed once per process for a file that has not changed since
+    (keyed on its path, size and modification time)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def requantize(bin_dir: Path, source: Path, qtype: str, threads: int = 2) -> Path:

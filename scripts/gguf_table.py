@@ -1,0 +1,108 @@
+"""SmolLM2-135M in llama.cpp's type mixes, measured by llama-perplexity itself: the GGUF table.
+
+    python scripts/gguf_table.py [--mixes Q4_0,Q4_K_M,Q3_K_M] [--chunks 16] [--imatrix-chunks 32]
+
+For each mix, the F32 GGUF of SmolLM2 (``llama-quantize --allow-requantize ... F32`` of the
+asset) is quantized
+
+- by ``llama-quantize`` without and with an importance matrix (``llama-imatrix`` on
+  ``--imatrix-chunks`` x 512 tokens of the calibration half of the Wikipedia sample), and
+- by qfast (``qfast.gguf.requantize``, with the same importance matrix as read by
+  ``qfast.load_importance_matrix``), whose files are checked to be the same bytes;
+
+then measured by ``llama-perplexity -c 512`` on ``--chunks`` chunks of the held-out half, and
+by ``qfast.evaluate`` with llama.cpp's convention and weight-only compute on the same text
+(its perplexity must agree within 1%). File sizes in MB. The catch: SmolLM2's weights were
+published as Q4_1, so mixes with a 32-value block and a min land near them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import llamacpp  # noqa: E402  (the harness: tools, perplexity, imatrix runs)
+
+import qfast  # noqa: E402
+from qfast.calibration.text import calibration_paragraphs, heldout_paragraphs  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mixes", default="Q4_0,Q4_K_M,Q3_K_M")
+    p.add_argument("--chunks", type=int, default=16)
+    p.add_argument("--imatrix-chunks", type=int, default=32)
+    args = p.parse_args(argv)
+    bin_dir = Path(llamacpp.script().build())
+    f32 = llamacpp.smollm2_f32(bin_dir)
+    work = Path(tempfile.mkdtemp(prefix="gguf-table-"))
+    held = work / "heldout.txt"
+    held.write_bytes("\n".join(heldout_paragraphs(400)).encode("utf-8"))
+    calib = work / "calibration.txt"
+    calib.write_bytes("\n".join(calibration_paragraphs(400)).encode("utf-8"))
+    imatrix_path = work / "imatrix.gguf"
+    t0 = time.perf_counter()
+    llamacpp._run(
+        [str(bin_dir / "llama-imatrix"), "-m", str(f32), "-f", str(calib), "-o",
+         str(imatrix_path), "-c", "512", "--chunks", str(args.imatrix_chunks), "-t", "2"],
+    )  # fmt: skip
+    print(f"llama-imatrix: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    from qfast.model.imatrix import load_importance_matrix
+
+    imatrix = load_importance_matrix(imatrix_path)
+    text = held.read_text(encoding="utf-8")
+    rows = []
+    for mix in args.mixes.split(","):
+        for with_imatrix in (False, True):
+            theirs = work / f"llama-{mix}{'-imat' if with_imatrix else ''}.gguf"
+            cmd = [str(bin_dir / "llama-quantize")]
+            if with_imatrix:
+                cmd += ["--imatrix", str(imatrix_path)]
+            llamacpp._run([*cmd, str(f32), str(theirs), mix, "2"])
+            ours = work / f"qfast-{mix}{'-imat' if with_imatrix else ''}.gguf"
+            t0 = time.perf_counter()
+            qfast.gguf.requantize(f32, ours, mix, imatrix=imatrix if with_imatrix else None)
+            seconds = time.perf_counter() - t0
+            a, b = qfast.gguf.load(ours), qfast.gguf.load(theirs)
+            same = all(
+                a.tensors[n].type == t.type and bytes(a.tensors[n].data) == bytes(t.data)
+                for n, t in b.tensors.items()
+            )
+            ppl = llamacpp.perplexity(bin_dir, theirs, held, n_ctx=512, chunks=args.chunks)
+            model = qfast.load_model(theirs, compute="float")
+            ev = qfast.evaluate(
+                model, text, n_ctx=512, convention="llama.cpp", max_tokens=args.chunks * 512
+            )
+            rows.append(
+                (
+                    f"llama-quantize {mix}{' + imatrix' if with_imatrix else ''}",
+                    ppl.ppl,
+                    ppl.ppl_error,
+                    ev.perplexity,
+                    theirs.stat().st_size / 1e6,
+                    "same bytes" if same else "DIFFERENT",
+                    seconds,
+                )
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    print(f"| file | llama-perplexity (-c 512, {args.chunks} chunks) | qfast.evaluate | "
+          "size MB | qfast.gguf.requantize | qfast time |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name, ppl, err, ev, size, same, sec in rows:
+        agree = 100 * (ev / ppl - 1)
+        print(
+            f"| {name} | {ppl:.4f} ± {err:.4f} | {ev:.4f} ({agree:+.2f}%) | {size:.1f} | "
+            f"{same} | {sec:.1f} s |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

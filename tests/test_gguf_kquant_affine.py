@@ -159,6 +159,36 @@ def test_many_random_rows_are_ggml(ggml_quants, qtype: str) -> None:  # noqa: F8
     _check(ggml_quants, x, qtype, w, "256 rows of mixed scales, imatrix")
 
 
+def _sparse_blocks(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """16384 rows of one super-block: sparse values (1% to 30% nonzero, every other row
+    non-negative) and an importance matrix that is zero on about half the columns."""
+    rng = np.random.default_rng(seed)
+    rows, n = 16384, 256
+    dens = rng.uniform(0.01, 0.3, (rows, 1))
+    x = rng.standard_normal((rows, n)) * (rng.random((rows, n)) < dens)
+    x[::2] = np.abs(x[::2])
+    w = rng.random(n) ** 3 * (rng.random(n) < 0.5)
+    return x, w
+
+
+# (seed, rows): super-blocks where make_qkx3_quants's least-squares fit returns a negative
+# sub-block scale, so make_qp_quants sees values below zero. ggml then keeps the low byte of a
+# negative code (uint8_t) and sums with the int; Q4_K packs such a code unclamped, Q5_K clamps
+# it to 63. Found by search: each row here gives other bytes when the codes are summed as
+# uint8_t (and the Q4_K rows when Q4_K clamps like Q5_K).
+NEGATIVE_SCALE_ROWS = {
+    "Q4_K": [(2, [12279, 13783, 14571]), (4, [13035])],
+    "Q5_K": [(2, [9913]), (4, [5967, 12491])],
+}
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K"])
+def test_negative_subblock_scales_are_ggml(ggml_quants, qtype: str) -> None:  # noqa: F811
+    for seed, rows in NEGATIVE_SCALE_ROWS[qtype]:
+        x, w = _sparse_blocks(seed)
+        _check(ggml_quants, x[rows], qtype, w, f"sparse super-blocks {rows} of seed {seed}")
+
+
 @pytest.mark.parametrize("qtype", K_TYPES + LEGACY_TYPES)
 def test_offered_with_and_without_imatrix(qtype: str) -> None:
     from qfast import _qfast

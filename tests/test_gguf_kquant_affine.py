@@ -68,6 +68,15 @@ def _huge(rng: np.random.Generator, n: int) -> np.ndarray:
     return 1e30 * rng.standard_normal((ROWS, n))
 
 
+def _near_f32_max(rng: np.random.Generator, n: int) -> np.ndarray:
+    # x * x, sums and max - min overflow to infinity inside the searches
+    return rng.choice([-1.0, 1.0], (ROWS, n)) * rng.uniform(1e38, 3.4e38, (ROWS, n))
+
+
+def _subnormal(rng: np.random.Generator, n: int) -> np.ndarray:
+    return 1e-40 * rng.standard_normal((ROWS, n))
+
+
 def _negative(rng: np.random.Generator, n: int) -> np.ndarray:
     return -np.abs(rng.standard_normal((ROWS, n))) - 0.01
 
@@ -93,6 +102,8 @@ CASES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "ties_small_grid": _ties_small_grid,
     "tiny": _tiny,
     "huge": _huge,
+    "near_f32_max": _near_f32_max,
+    "subnormal": _subnormal,
     "negative": _negative,
     "positive": _positive,
     "sparse": _sparse,
@@ -110,6 +121,7 @@ def _imatrices(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         "with_zeros": with_zeros,
         "all_zeros": np.zeros(n),
         "one_huge": huge,
+        "subnormal": np.full(n, 1e-40),
     }
 
 

@@ -58,7 +58,10 @@ pub(crate) fn fp32_to_fp16(f: f32) -> u16 {
     if bias < 0x7100_0000 {
         bias = 0x7100_0000;
     }
-    base = f32::from_bits((bias >> 1) + 0x0780_0000) + base;
+    #[allow(clippy::assign_op_pattern)] // C's operand order
+    {
+        base = f32::from_bits((bias >> 1) + 0x0780_0000) + base;
+    }
     let bits = base.to_bits();
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
@@ -120,6 +123,27 @@ fn c_max_f(a: f32, b: f32) -> f32 {
     }
 }
 
+/// `l[i] = clamp(nearest_int(iscale * (x[i] - min)), 0, nmax)`.
+#[inline(always)]
+fn codes(x: &[f32], min: f32, iscale: f32, nmax: i32, l: &mut [u8]) {
+    for (li, &xi) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
+    }
+}
+
+/// `Σ w[i] * err(scale * l[i] + min - x[i])`, `err` the absolute value or the square, summed
+/// in order.
+#[inline(always)]
+fn weighted_error(x: &[f32], w: &[f32], l: &[u8], scale: f32, min: f32, use_mad: bool) -> f32 {
+    let mut err = 0f32;
+    for ((&xi, &wi), &li) in x.iter().zip(w).zip(l) {
+        let diff = scale * li as f32 + min - xi;
+        let diff = if use_mad { diff.abs() } else { diff * diff };
+        err += wi * diff;
+    }
+    err
+}
+
 /// The shared body of `make_qkx2_quants` and `make_qkx3_quants` (with weights): the codes
 /// `L` in `0..=nmax`, and `(scale, the_min)` with `x ≈ scale * L - the_min`. The two C
 /// functions differ only in the flat-group test (`max == min` and `max <= min`, the same for
@@ -165,27 +189,21 @@ fn make_qkx(
     let fnmax = nmax as f32;
     let mut iscale = fnmax / (max - min);
     let mut scale = 1.0 / iscale;
-    let mut best_error = 0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l_out[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
-        let diff = if use_mad { diff.abs() } else { diff * diff };
-        best_error += weights[i] * diff;
-    }
+    // The codes first (independent per value), then the sums in ggml's order.
+    codes(x, min, iscale, nmax, l_out);
+    let mut best_error = weighted_error(x, weights, l_out, scale, min, use_mad);
     if nstep < 1 {
         return (scale, -min);
     }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + fnmax) / (max - min);
+        codes(x, min, iscale, nmax, laux);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let (w, lf) = (weights[i], l as f32);
+        for ((&xi, &w), &l) in x.iter().zip(weights).zip(laux.iter()) {
+            let lf = l as f32;
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+            sum_xl += w * lf * xi;
         }
         let d = sum_w * sum_l2 - sum_l * sum_l;
         if d > 0.0 {
@@ -195,12 +213,7 @@ fn make_qkx(
                 this_min = 0.0;
                 this_scale = sum_xl / sum_l2;
             }
-            let mut cur_error = 0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                let diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
+            let cur_error = weighted_error(x, weights, laux, this_scale, this_min, use_mad);
             if cur_error < best_error {
                 l_out.copy_from_slice(laux);
                 best_error = cur_error;
@@ -714,7 +727,7 @@ fn k_row(
     out: &mut [u8],
     imatrix: Option<&[f32]>,
 ) {
-    debug_assert!(x.len() % QK_K == 0 && out.len() == x.len() / QK_K * bytes);
+    debug_assert!(x.len().is_multiple_of(QK_K) && out.len() == x.len() / QK_K * bytes);
     debug_assert!(imatrix.is_none_or(|w| w.len() == x.len()));
     for (i, (xb, ob)) in x
         .chunks_exact(QK_K)
@@ -754,7 +767,9 @@ fn affine_weighted_row(
     bytes: usize,
     pack: fn(&[u8; QK], &mut [u8]),
 ) {
-    debug_assert!(x.len() % QK == 0 && out.len() == x.len() / QK * bytes && qw.len() == x.len());
+    debug_assert!(
+        x.len().is_multiple_of(QK) && out.len() == x.len() / QK * bytes && qw.len() == x.len()
+    );
     let mut sum_x2 = 0f32;
     for &v in x {
         sum_x2 += v * v;
@@ -855,6 +870,46 @@ mod tests {
             assert_eq!(h, half::f16::from_f32(f).to_bits(), "{f:e}");
             let back = fp16_to_fp32(h);
             assert_eq!(back.to_bits(), half::f16::from_bits(h).to_f32().to_bits());
+        }
+    }
+
+    /// Extreme rows and weights run through every quantizer without a panic (in a debug build:
+    /// no arithmetic overflow).
+    #[test]
+    fn extremes_do_not_panic() {
+        let n = 2 * QK_K;
+        let rows: Vec<Vec<f32>> = vec![
+            vec![0.0; n],
+            vec![-0.0; n],
+            (0..n)
+                .map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX })
+                .collect(),
+            (0..n).map(|i| f32::MAX * (i as f32 / n as f32)).collect(),
+            (0..n).map(|i| 1e-45 * (i % 7) as f32).collect(),
+            (0..n).map(|i| if i == 3 { 1e30 } else { 1e-3 }).collect(),
+            (0..n).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect(),
+        ];
+        let weights: Vec<Vec<f32>> = vec![
+            vec![1.0; n],
+            vec![0.0; n],
+            vec![f32::MAX; n],
+            (0..n).map(|i| if i == 5 { 1e30 } else { 0.5 }).collect(),
+        ];
+        let quantizers: [(fn(&[f32], &mut [u8], Option<&[f32]>), usize, usize); 5] = [
+            (quantize_row_q2_k, QK_K, Q2_K_BYTES),
+            (quantize_row_q4_k, QK_K, Q4_K_BYTES),
+            (quantize_row_q5_k, QK_K, Q5_K_BYTES),
+            (quantize_row_q4_1_weighted, QK, Q4_1_BYTES),
+            (quantize_row_q5_1_weighted, QK, Q5_1_BYTES),
+        ];
+        for (q, bs, ts) in quantizers {
+            let mut out = vec![0u8; n / bs * ts];
+            for x in &rows {
+                q(x, &mut out, None);
+                for w in &weights {
+                    q(x, &mut out, Some(w));
+                }
+            }
         }
     }
 

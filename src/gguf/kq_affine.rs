@@ -895,7 +895,7 @@ mod tests {
             vec![f32::MAX; n],
             (0..n).map(|i| if i == 5 { 1e30 } else { 0.5 }).collect(),
         ];
-        let quantizers: [(fn(&[f32], &mut [u8], Option<&[f32]>), usize, usize); 5] = [
+        let quantizers: [(crate::gguf::rows::RowQuantizer, usize, usize); 5] = [
             (quantize_row_q2_k, QK_K, Q2_K_BYTES),
             (quantize_row_q4_k, QK_K, Q4_K_BYTES),
             (quantize_row_q5_k, QK_K, Q5_K_BYTES),

@@ -102,3 +102,28 @@ def test_requantize_refuses_bad_input(llamacpp_bin: Path, tmp_path: Path) -> Non
     assert (tmp_path / "x.gguf").read_bytes() == b"keep"
     with pytest.raises(TypeError, match="imatrix must be a mapping"):
         qfast_requantize(src, tmp_path / "y.gguf", "Q8_0", imatrix=3)
+
+
+@pytest.mark.parametrize("mix", ["Q4_0", "Q4_K_M", "Q3_K_M"])
+def test_evaluate_agrees_with_llama_perplexity(
+    llamacpp_bin: Path,  # noqa: F811
+    mix: str,
+    tmp_path: Path,
+) -> None:
+    """qfast.evaluate with llama.cpp's convention and weight-only compute, on llama-quantize's
+    file, gives llama-perplexity's perplexity within 1% (4 chunks of 256 held-out tokens)."""
+    from llamacpp import perplexity
+
+    from qfast.calibration.text import heldout_paragraphs
+
+    text_file = tmp_path / "heldout.txt"
+    text_file.write_bytes("\n".join(heldout_paragraphs(16)).encode("utf-8"))
+    path = requantize(llamacpp_bin, smollm2_f32(llamacpp_bin), mix)
+    ref = perplexity(llamacpp_bin, path, text_file, n_ctx=256, chunks=4)
+    model = qfast.load_model(path, compute="float")
+    ev = qfast.evaluate(
+        model, text_file.read_text(encoding="utf-8"), n_ctx=256, convention="llama.cpp",
+        max_tokens=4 * 256,
+    )  # fmt: skip
+    assert ev.windows == ref.chunks == 4
+    assert ev.perplexity == pytest.approx(ref.ppl, rel=0.01), (mix, ev.perplexity, ref.ppl)

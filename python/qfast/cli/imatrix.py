@@ -51,6 +51,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--chunks", type=positive_int, metavar="N", help="use at most N chunks")
     p.add_argument(
+        "--batch",
+        type=positive_int,
+        metavar="N",
+        help="llama-imatrix's -b, to reproduce its schedule exactly (default: --ctx, one chunk "
+        "per decode, every token counted; llama-imatrix's own default 2048 skips a few tokens "
+        "of each chunk for some chunk counts)",
+    )
+    p.add_argument(
         "--output-format",
         choices=("gguf", "dat"),
         help="the file format (default: from the suffix of -o, .gguf or .dat)",
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 text,
                 n_ctx=args.ctx,
                 chunks=args.chunks,
+                n_batch=args.batch,
                 progress=progress,
                 dataset=dataset,
             )

@@ -16,14 +16,18 @@ The definition (``IMatrixCollector::collect_imatrix`` and ``compute_imatrix``):
   ``in_sum2[j] += x[j] * x[j]`` in float32, token after token, and ``counts`` is the number of
   tokens. The LM head (``output.weight``) is left out, as llama-imatrix leaves it out without
   ``--process-output`` (a tied head is ``token_embd.weight``, never collected).
-- llama.cpp skips a multiplication over fewer than 16 tokens (a physical batch, ``-ub``, 512
-  tokens by default): the tokens of a chunk run in pieces of ``min(n_ctx, 512)``, and a last
-  piece of fewer than 16 tokens is not counted. This is what ``llama-imatrix -c N_CTX -b
-  N_CTX`` computes (one chunk per decode). With its default ``-b 2048`` it packs ``2048 //
-  n_ctx`` chunks into one batch and splits that batch into equal pieces per chunk; when the
-  pieces do not divide ``n_ctx`` (3 chunks of 512 in one batch: pieces of 170 tokens), the last
-  few tokens of each chunk fall into a piece under 16 tokens and are not counted (1530 tokens
-  for 3 chunks, not 1536). Run llama-imatrix with ``-b N_CTX`` to compare.
+- llama.cpp skips a multiplication over fewer than 16 tokens, and the tokens reach the
+  multiplications in physical batches (``-ub``, 512 tokens): ``n_batch`` (llama-imatrix's
+  ``-b``) reproduces its schedule (:func:`schedule`). The default, ``n_batch = n_ctx``, is one
+  chunk per decode, as ``llama-imatrix -b N_CTX`` runs: every token is counted, in order (for
+  ``n_ctx`` above 512, all but a last piece under 16 tokens). llama-imatrix's own default ``-b
+  2048`` runs ``2048 // n_ctx`` chunks per decode in physical batches of ``512 // n_seqs``
+  tokens of each chunk in turn; where those do not divide ``n_ctx`` the last few tokens of each
+  chunk fall into a piece under 16 tokens and are not counted (3 chunks of 512 in one decode:
+  pieces of 170, 1530 tokens counted, not 1536). ``n_batch=2048`` gives exactly those counts.
+- Attention: llama.cpp keeps K/V in float16 by default (``-ctk``/``-ctv f16``, and flash
+  attention in float16); qfast attends in float32, as ``llama-imatrix -fa off -ctk f32 -ctv
+  f32`` does. The float16 cache moves llama-imatrix's values by about 4e-3 relative (SmolLM2).
 - ``chunk_count`` is ``max(counts) // n_ctx``; ``chunk_size`` is ``n_ctx``.
 
 ``ImportanceMatrix.weights(name)`` is what ``llama-quantize`` passes to the quantizers as
@@ -64,6 +68,7 @@ __all__ = [
     "hf_linear_name",
     "importance_matrix",
     "load_importance_matrix",
+    "schedule",
 ]
 
 _F32 = np.float32
@@ -289,10 +294,13 @@ class ImportanceMatrix:
             cf = c.astype(_F32)
             tensors[name + _COUNTS] = cf if n_mat == 1 else cf.reshape(n_mat, 1)
         datasets = self.datasets or [""]
+        chunks = int(self.chunks)
+        if self.legacy:  # as llama-imatrix counts them once it has loaded the file: max ncall
+            chunks = max(int(c[0]) for c in self.counts.values())
         metadata = {
             "general.type": "imatrix",
             _KEY_DATASETS: datasets,
-            _KEY_CHUNK_COUNT: int(self.chunks),
+            _KEY_CHUNK_COUNT: chunks,
             _KEY_CHUNK_SIZE: self._chunk_size(),
         }
         value_types: dict[str, Any] = {
@@ -479,14 +487,29 @@ def _token_stream(model: Any, text_or_ids: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _counted_rows(n_ctx: int, ubatch: int) -> np.ndarray:
-    """The positions of a chunk llama-imatrix counts: pieces of ``ubatch`` tokens, less a last
-    piece of fewer than 16."""
-    keep = np.ones(n_ctx, bool)
-    for start in range(0, n_ctx, ubatch):
-        if min(ubatch, n_ctx - start) < MIN_TOKENS:
-            keep[start : start + ubatch] = False
-    return keep
+def schedule(n_ctx: int, n_seqs: int, n_batch: int, n_ubatch: int = UBATCH) -> np.ndarray:
+    """The rows llama-imatrix sums when ``n_seqs`` chunks of ``n_ctx`` tokens share a decode,
+    in its order: indices into the chunks' rows side by side (chunk ``s``'s position ``t`` is
+    row ``s * n_ctx + t``), without the rows of physical batches under 16 tokens.
+
+    ``n_batch`` (``-b``, as llama-imatrix clamps it: at most ``n_seqs * n_ctx``) and
+    ``n_ubatch`` (``-ub``) as llama.cpp takes them: one chunk per decode runs in batches of
+    ``n_batch`` tokens, each split into physical batches of ``n_ubatch`` in order
+    (``split_simple``); several chunks per decode are split into physical batches that take
+    ``n_ubatch // n_seqs`` tokens of every chunk, chunk after chunk (``split_equal``)."""
+    n_ubatch = min(n_ubatch, n_batch)
+    pieces: list[np.ndarray] = []
+    if n_seqs == 1:
+        for b in range(0, n_ctx, n_batch):
+            end = min(b + n_batch, n_ctx)
+            pieces += [np.arange(u, min(u + n_ubatch, end)) for u in range(b, end, n_ubatch)]
+    else:
+        k = max(1, n_ubatch // n_seqs)
+        for t in range(0, n_ctx, k):
+            rows = np.arange(t, min(t + k, n_ctx))
+            pieces.append((np.arange(n_seqs)[:, None] * n_ctx + rows).reshape(-1))
+    kept = [p for p in pieces if len(p) >= MIN_TOKENS]
+    return np.concatenate(kept) if kept else np.zeros(0, np.int64)
 
 
 class _Accumulator:
@@ -529,6 +552,7 @@ def importance_matrix(
     chunks: int | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
     dataset: str | None = None,
+    n_batch: int | None = None,
     fma: bool = False,
 ) -> ImportanceMatrix:
     """llama-imatrix's importance matrix of ``model`` on a text (see the module doc).
@@ -545,6 +569,11 @@ def importance_matrix(
         dataset: the text's name for the file (``imatrix.datasets``); default ``"<text>"`` or
             ``"<ids>"``. ``qfast imatrix`` passes the calibration file's path, as llama-imatrix
             does.
+        n_batch: llama-imatrix's ``-b``, to reproduce its schedule: the default ``n_ctx`` is
+            one chunk per decode, every token counted when ``n_ctx`` is at most 512 (and all
+            but a last piece under 16 tokens beyond); its own default 2048 runs ``2048 //
+            n_ctx`` chunks per decode, which drops a few tokens of each chunk for some chunk
+            counts (see the module doc and :func:`schedule`).
         fma: sum with one fused multiply-add per step, as llama-imatrix does where the
             compiler contracts ``acc += x * x`` (ARM builds), instead of a rounded product and
             a rounded sum, as its x86-64 builds do (``scripts/llama_cpp.py``'s: ``mulss`` then
@@ -555,9 +584,10 @@ def importance_matrix(
 
     Raises:
         TypeError: ``model`` has no block-wise forward pass, or ``text_or_ids`` is neither.
-        ValueError: the text has fewer than ``n_ctx`` tokens, or a bad argument.
+        ValueError: the text has fewer than ``n_ctx`` tokens, the schedule counts no token
+            (pieces under 16 tokens), or a bad argument.
     """
-    n_ctx = check_at_least(n_ctx, "n_ctx", MIN_TOKENS)
+    n_ctx = check_at_least(n_ctx, "n_ctx", 1)
     if chunks is not None:
         chunks = check_at_least(chunks, "chunks", 1)
     for attr in ("embed", "block", "num_blocks"):
@@ -577,8 +607,23 @@ def importance_matrix(
     n_chunk = n_max if chunks is None else min(chunks, n_max)
     tok = getattr(model, "tokenizer", None)
     bos = getattr(tok, "bos_id", None) if getattr(tok, "add_bos", False) else None
-    keep = _counted_rows(n_ctx, min(n_ctx, UBATCH))
-    all_rows = bool(keep.all())
+    if n_batch is None:
+        n_batch = n_ctx
+    n_batch = check_at_least(n_batch, "n_batch", 1)
+    n_seq = max(1, n_batch // n_ctx)
+    n_batch = min(n_batch, n_seq * n_ctx)  # llama-imatrix's clamp: below or a multiple
+    # the row order of each decode's chunks (None: all rows in order)
+    orders: dict[int, np.ndarray | None] = {}
+    for n in {min(n_seq, n_chunk), n_chunk % n_seq or n_seq} - {0}:
+        o = schedule(n_ctx, n, n_batch)
+        orders[n] = None if np.array_equal(o, np.arange(n * n_ctx)) else o
+    if all(o is not None and len(o) == 0 for o in orders.values()):
+        raise ValueError(
+            f"importance_matrix: with n_ctx {n_ctx} and n_batch {n_batch}, every "
+            "multiplication runs over fewer than 16 tokens, which llama-imatrix does not count; "
+            "give a larger n_ctx"
+        )
+    order: list[np.ndarray | None] = [None]
 
     acc = _Accumulator(fma)
     group: list[str] = []
@@ -587,7 +632,11 @@ def importance_matrix(
     def flush() -> None:
         if group:
             x = group_x[0]
-            acc.add(group, x if all_rows else x[keep])
+            o = order[0]
+            if o is None:
+                acc.add(group, x)
+            elif len(o):
+                acc.add(group, x[o])
             group.clear()
             group_x[0] = None
 
@@ -609,18 +658,20 @@ def importance_matrix(
         except ImportError:
             bar = None
     try:
-        for c in range(n_chunk):
-            w = ids[c * n_ctx : (c + 1) * n_ctx].copy()
+        for c in range(0, n_chunk, n_seq):
+            n = min(n_seq, n_chunk - c)
+            w = ids[c * n_ctx : (c + n) * n_ctx].reshape(n, n_ctx).copy()
             if bos is not None:
-                w[0] = bos
-            h = model.embed(w[None])
+                w[:, 0] = bos
+            order[0] = orders[n]
+            h = model.embed(w)
             for i in range(model.num_blocks):
                 h = model.block(i, h, capture=hook)
                 flush()
             if bar is not None:
-                bar.update(1)
+                bar.update(n)
             elif callable(progress):
-                progress(c + 1, n_chunk)
+                progress(c + n, n_chunk)
     finally:
         if bar is not None:
             bar.close()

@@ -15,6 +15,7 @@ from .calibration.hessian import Hessian
 from .formats.safetensors import load, save
 from .model.checkpoint import load_model
 from .model.evaluate import Evaluation, evaluate
+from .model.imatrix import ImportanceMatrix, importance_matrix, load_importance_matrix
 from .model.quantize import QuantizeReport, quantize_model
 from .model.recipe import Recipe
 from .tensor.linear import linear, matmul_int8
@@ -25,6 +26,7 @@ __all__ = [
     "AWQResult",
     "Evaluation",
     "Hessian",
+    "ImportanceMatrix",
     "QTensor",
     "QfastError",
     "QuantizeReport",
@@ -38,8 +40,10 @@ __all__ = [
     "gguf",
     "gptq",
     "hqq",
+    "importance_matrix",
     "linear",
     "load",
+    "load_importance_matrix",
     "load_model",
     "matmul_int8",
     "pack",

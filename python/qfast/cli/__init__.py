@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from .. import __version__
-from . import demo, evaluate, inspect, quantize
+from . import demo, evaluate, imatrix, inspect, quantize
 from ._common import FILE_FORMAT, PROG, CLIError, Parser, os_reason
 from .demo import numpy_int4_group, numpy_int8_per_channel
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The commands, in ``qfast --help`` order: each module's ``add_parser`` and ``run``.
-COMMANDS = (demo, quantize, evaluate, inspect)
+COMMANDS = (demo, quantize, evaluate, inspect, imatrix)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,3 +127,52 @@ def test_evaluate_agrees_with_llama_perplexity(
     )  # fmt: skip
     assert ev.windows == ref.chunks == 4
     assert ev.perplexity == pytest.approx(ref.ppl, rel=0.01), (mix, ev.perplexity, ref.ppl)
+
+
+def random_imatrix(src: qfast.gguf.GGUFFile, path: Path, seed: int = 0) -> Path:
+    """An importance matrix over every block weight of ``src`` (random positive sums, with a
+    few zero columns), saved in llama-imatrix's GGUF format."""
+    rng = np.random.default_rng(seed)
+    sums, counts = {}, {}
+    for name, t in src.tensors.items():
+        if name.startswith("blk.") and len(t.shape) == 2:
+            s = (rng.gamma(0.5, 1.0, t.shape[-1]) * 100).astype(np.float32)
+            s[rng.integers(0, t.shape[-1], 3)] = 0
+            sums[name], counts[name] = s, np.array([100], np.int64)
+    imat = qfast.ImportanceMatrix(sums=sums, counts=counts, chunks=1, chunk_size=512)
+    imat.save(path)
+    return path
+
+
+@pytest.mark.parametrize("config", ["gqa4-untied-16", "ragged-288"])
+def test_synthetic_every_mix_with_an_importance_matrix(
+    llamacpp_bin: Path,  # noqa: F811
+    config: str,
+    tmp_path: Path,
+) -> None:
+    src_path = synthetic(tmp_path / "src.gguf", *CONFIGS[config])
+    src = qfast.gguf.load(src_path)
+    imat_path = random_imatrix(src, tmp_path / "imatrix.gguf")
+    imat = qfast.load_importance_matrix(imat_path)
+    for mix in MIXES:
+        theirs = llama_quantize(
+            llamacpp_bin, src_path, tmp_path / "theirs.gguf", mix, "--imatrix", str(imat_path)
+        )
+        ours = qfast_requantize(src, tmp_path / "ours.gguf", mix, imatrix=imat, overwrite=True)
+        assert_same_file(ours, theirs, f"{config} {mix} + imatrix")
+
+
+@pytest.mark.parametrize("mix", ["Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K_S"])
+def test_smollm2_with_an_importance_matrix(
+    llamacpp_bin: Path,  # noqa: F811
+    mix: str,
+    tmp_path: Path,
+) -> None:
+    src = qfast.gguf.load(smollm2_f32(llamacpp_bin))
+    imat_path = random_imatrix(src, tmp_path / "imatrix.gguf", seed=1)
+    theirs = llama_quantize(
+        llamacpp_bin, src.path, tmp_path / "theirs.gguf", mix, "--imatrix", str(imat_path)
+    )
+    imat = qfast.load_importance_matrix(imat_path)
+    ours = qfast_requantize(src, tmp_path / "ours.gguf", mix, imatrix=imat)
+    assert_same_file(ours, theirs, f"SmolLM2 {mix} + imatrix")

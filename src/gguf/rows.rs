@@ -20,7 +20,8 @@ use crate::parallel;
 /// weight per value of the row (or none).
 pub type RowQuantizer = fn(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>);
 
-fn blockwise(q: fn(&[f32], &mut [u8]), bs: usize, ts: usize, x: &[f32], out: &mut [u8]) {
+/// Runs a block quantizer over a row, block by block.
+pub(crate) fn blockwise(q: fn(&[f32], &mut [u8]), bs: usize, ts: usize, x: &[f32], out: &mut [u8]) {
     for (xb, ob) in x.chunks_exact(bs).zip(out.chunks_exact_mut(ts)) {
         q(xb, ob);
     }

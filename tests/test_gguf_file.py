@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -844,6 +845,35 @@ def test_load_and_save_without_gguf_py_reader_or_writer(
         value_types=f.value_types,
     )
     assert filecmp.cmp(tmp_path / "streamed.gguf", smollm2_path, shallow=False)
+
+
+@pytest.mark.parametrize(
+    ("element", "bad", "match"),
+    [
+        (V.STRING, 7, "7 is not a valid STRING"),
+        (V.UINT32, 1 << 32, "4294967296 is not a valid UINT32"),
+        (V.INT8, True, "True is not a valid INT8"),
+        (V.FLOAT32, 1e39, "1e+39 is not a valid FLOAT32"),
+        (V.BOOL, 1, "1 is not a valid BOOL"),
+    ],
+)
+def test_long_array_names_its_bad_element(
+    tmp_path: Path, element: Any, bad: Any, match: str
+) -> None:
+    """One wrong element among 50,000: a ValueError naming it, nothing written."""
+    good = {V.STRING: "a", V.UINT32: 3, V.INT8: -1, V.FLOAT32: 0.5, V.BOOL: False}[element]
+    values = [good] * 50_000
+    values[40_000] = bad
+    path = tmp_path / "x.gguf"
+    with pytest.raises(ValueError, match=rf"metadata k\[40000\]: {re.escape(match)}"):
+        save(
+            path,
+            {},
+            {"general.architecture": "t", "k": values},
+            value_types={"k": (V.ARRAY, element)},
+            check=False,
+        )
+    assert not path.exists()
 
 
 def test_metadata_string_not_utf8(tmp_path: Path) -> None:

@@ -751,7 +751,27 @@ def _encode(key: str, value: Any, vtype: GGUFValueType, element: GGUFValueType |
     items = value.tolist() if isinstance(value, np.ndarray) else list(value)
     if not items:
         raise ValueError(f"metadata {key!r}: gguf-py's GGUFWriter cannot write an empty array")
+    if _plain_items_fit(items, element.name):
+        return items
     return [_encode_scalar(f"{key}[{i}]", v, element) for i, v in enumerate(items)]
+
+
+def _plain_items_fit(items: list[Any], name: str) -> bool:
+    """All ``items`` are plain str / bool / int / float values that ``_encode_scalar`` would
+    pass unchanged as ``name`` (a vocabulary's 49k strings checked at once); False sends them
+    one by one through ``_encode_scalar``, for its conversions and its errors."""
+    kinds = set(map(type, items))
+    if name == "STRING" or name == "BOOL":
+        return kinds == {str if name == "STRING" else bool}
+    if name in _INT_RANGES:
+        lo, hi = _INT_RANGES[name]
+        return kinds == {int} and lo <= min(items) and max(items) < hi
+    if name in ("FLOAT32", "FLOAT64") and kinds == {float}:
+        if name == "FLOAT64":
+            return True
+        size = np.abs(np.array(items, np.float64))
+        return not bool(np.any(size[np.isfinite(size)] > _FLOAT32_MAX))
+    return False
 
 
 def _encode_scalar(where: str, value: Any, vtype: GGUFValueType) -> Any:

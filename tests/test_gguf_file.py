@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import qfast.gguf as qg
+from qfast.formats.gguf import file as gguf_file
 from qfast.formats.gguf.file import REQUIRED_KEYS, GGUFFile, GGUFTensor, load, save
 
 gguf = pytest.importorskip("gguf")
@@ -505,12 +507,11 @@ def test_failure_while_writing_leaves_path_untouched(
     path = tmp_path / "model.gguf"
     path.write_bytes(b"previous model")
 
-    def fail_midway(self: Any, *args: Any, **kwargs: Any) -> None:
-        for fout in self.fout:
-            fout.write(b"\0" * 1000)  # some tensor data, then the disk fills up
+    def fail_midway(f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"\0" * 1000)  # some tensor data, then the disk fills up
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail_midway)
+    monkeypatch.setattr(gguf_file, "_write_tensor", fail_midway)
     with pytest.raises(OSError, match="No space left"):
         save(path, {"a": np.ones(1000, np.float32)}, tiny_metadata())
     assert path.read_bytes() == b"previous model"
@@ -693,6 +694,215 @@ def test_truncated_after_load(tmp_path: Path) -> None:
     assert any(line.startswith("save refused |") for line in lines)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["m.gguf"]
+
+
+# --- qfast's own header code: GGUFWriter's bytes, GGUFReader's values, without either ---------
+
+
+def _every_kind_of_metadata() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metadata with every scalar type, an array of every element type, a vocabulary-sized
+    string array (non-ASCII, empty and long strings among them) and a custom alignment; with the
+    value type of each key."""
+    vocab = [f"tok{i}" for i in range(50_000)] + ["", "▁héllo", "日本語", "x" * 300, "\n"]
+    scalars = {
+        V.UINT8: 255, V.INT8: -128, V.UINT16: 65535, V.INT16: -32768, V.UINT32: (1 << 32) - 1,
+        V.INT32: -(1 << 31), V.FLOAT32: 0.1, V.UINT64: (1 << 64) - 1, V.INT64: -(1 << 63),
+        V.FLOAT64: 1e300, V.BOOL: True, V.STRING: "ünïcode",
+    }  # fmt: skip
+    arrays = {
+        V.UINT8: [0, 7, 255], V.INT8: [-128, 0, 127], V.UINT16: [0, 65535],
+        V.INT16: [-32768, 32767], V.UINT32: [0, (1 << 32) - 1], V.INT32: [-(1 << 31), 5],
+        V.FLOAT32: [0.1, -1e30, float("inf"), 0.0], V.UINT64: [(1 << 64) - 1, 0],
+        V.INT64: [-(1 << 63), 1], V.FLOAT64: [0.1, -1e300], V.BOOL: [True, False, True],
+        V.STRING: ["a", "", "ß"],
+    }  # fmt: skip
+    metadata: dict[str, Any] = {"general.architecture": "test", "general.alignment": 64}
+    types: dict[str, Any] = {"general.alignment": V.UINT32}
+    for t, value in scalars.items():
+        metadata[f"s.{t.name.lower()}"], types[f"s.{t.name.lower()}"] = value, t
+        metadata[f"a.{t.name.lower()}"] = arrays[t]
+        types[f"a.{t.name.lower()}"] = (V.ARRAY, t)
+    metadata["s.empty"], types["s.empty"] = "", V.STRING
+    metadata["tokenizer.ggml.tokens"] = vocab
+    types["tokenizer.ggml.tokens"] = (V.ARRAY, V.STRING)
+    return metadata, types
+
+
+def _every_kind_of_tensor() -> dict[str, tuple[np.ndarray, str, tuple[int, ...]]]:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    return {
+        "f32": (x[0, :40].copy(), "F32", (40,)),
+        "f16": (x[:2, :48].astype(np.float16), "F16", (2, 48)),
+        "q8": (qg.quantize(x[:, :64], "Q8_0"), "Q8_0", (3, 64)),
+        "q4k": (qg.quantize(x, "Q4_K"), "Q4_K", (3, 256)),
+        "ids": (np.arange(-5, 5, dtype=np.int8), "I8", (10,)),
+    }
+
+
+def _gguf_py_write(
+    path: Path, metadata: dict[str, Any], types: dict[str, Any], tensors: dict[str, Any]
+) -> None:
+    """The file gguf-py's GGUFWriter writes: the oracle for qfast's bytes."""
+    w = gguf.GGUFWriter(path, arch=metadata["general.architecture"])
+    for key, value in metadata.items():
+        if key == "general.alignment":
+            w.add_custom_alignment(value)
+        elif key != "general.architecture":
+            t = types[key]
+            vtype, sub = t if isinstance(t, tuple) else (t, None)
+            w.add_key_value(key, value, vtype, sub_type=sub)
+    for name, (data, qtype, shape) in tensors.items():
+        block_size, type_size = gguf.GGML_QUANT_SIZES[T[qtype]]
+        rows = raw_bytes(data).reshape(*shape[:-1], shape[-1] // block_size * type_size)
+        w.add_tensor(name, rows, raw_dtype=T[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_written_bytes_are_gguf_writers(tmp_path: Path) -> None:
+    """save and save_streamed write, byte for byte, the file GGUFWriter writes from the same
+    metadata and tensors; load reads back what GGUFReader reads from it."""
+    metadata, types = _every_kind_of_metadata()
+    tensors = _every_kind_of_tensor()
+    _gguf_py_write(tmp_path / "oracle.gguf", metadata, types, tensors)
+    want = (tmp_path / "oracle.gguf").read_bytes()
+    save(tmp_path / "saved.gguf", tensors, metadata, value_types=types, check=False)
+    assert (tmp_path / "saved.gguf").read_bytes() == want
+    specs = [(name, qtype, shape) for name, (_, qtype, shape) in tensors.items()]
+    gguf_file.save_streamed(
+        tmp_path / "streamed.gguf",
+        metadata,
+        specs,
+        lambda name: tensors[name][0],
+        value_types=types,
+        check=False,
+    )
+    assert (tmp_path / "streamed.gguf").read_bytes() == want
+    # and without an architecture, at the default alignment
+    plain = {k: v for k, v in metadata.items() if k not in ("general.alignment", "a.float32")}
+    plain["general.architecture"] = ""
+    save(tmp_path / "plain.gguf", tensors, plain, value_types=types, check=False)
+    w = gguf.GGUFWriter(tmp_path / "plain-oracle.gguf", arch="")
+    for key, value in plain.items():
+        if key != "general.architecture":
+            t = types[key]
+            vtype, sub = t if isinstance(t, tuple) else (t, None)
+            w.add_key_value(key, value, vtype, sub_type=sub)
+    for name, (data, qtype, shape) in tensors.items():
+        block_size, type_size = gguf.GGML_QUANT_SIZES[T[qtype]]
+        rows = raw_bytes(data).reshape(*shape[:-1], shape[-1] // block_size * type_size)
+        w.add_tensor(name, rows, raw_dtype=T[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert (tmp_path / "plain.gguf").read_bytes() == (tmp_path / "plain-oracle.gguf").read_bytes()
+
+    reader = gguf.GGUFReader(tmp_path / "oracle.gguf")
+    f = load(tmp_path / "saved.gguf")
+    assert loaded_metadata(f) == reader_metadata(reader)
+    for key, field in reader.fields.items():  # the same Python types as contents() gives
+        if not key.startswith("GGUF."):
+            got, want_value = f.metadata[key], field.contents()
+            assert got == want_value and type(got) is type(want_value), key
+            if isinstance(got, list):
+                assert [type(v) for v in got] == [type(v) for v in want_value], key
+    assert f.alignment == reader.alignment == 64
+    assert list(f.tensors) == [t.name for t in reader.tensors]
+    for t in reader.tensors:
+        got_t = f.tensors[t.name]
+        assert got_t.type == t.tensor_type.name and got_t.shape == logical_shape(t)
+        assert type(got_t.data) is type(t.data) and got_t.data.dtype == t.data.dtype
+        assert got_t.data.shape == t.data.shape and not got_t.data.flags.writeable
+        assert np.array_equal(raw_bytes(got_t.data), raw_bytes(t.data))
+
+
+def test_load_and_save_without_gguf_py_reader_or_writer(
+    tmp_path: Path, smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load, save and save_streamed parse and write the header themselves: GGUFReader makes a
+    NumPy view per vocabulary string (seconds for a 49k-token model), GGUFWriter packs each."""
+    want = reader_metadata(gguf.GGUFReader(smollm2_path))
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("gguf-py's reader or writer was used")
+
+    monkeypatch.setattr(gguf, "GGUFReader", refused)
+    monkeypatch.setattr(gguf, "GGUFWriter", refused)
+    f = load(smollm2_path)
+    assert loaded_metadata(f) == want
+    save(tmp_path / "copy.gguf", f)
+    assert filecmp.cmp(tmp_path / "copy.gguf", smollm2_path, shallow=False)
+    specs = [(name, t.type, t.shape) for name, t in f.tensors.items()]
+    gguf_file.save_streamed(
+        tmp_path / "streamed.gguf",
+        f.metadata,
+        specs,
+        lambda name: f.tensors[name].data,
+        value_types=f.value_types,
+    )
+    assert filecmp.cmp(tmp_path / "streamed.gguf", smollm2_path, shallow=False)
+
+
+@pytest.mark.parametrize(
+    ("element", "bad", "match"),
+    [
+        (V.STRING, 7, "7 is not a valid STRING"),
+        (V.UINT32, 1 << 32, "4294967296 is not a valid UINT32"),
+        (V.INT8, True, "True is not a valid INT8"),
+        (V.FLOAT32, 1e39, "1e+39 is not a valid FLOAT32"),
+        (V.BOOL, 1, "1 is not a valid BOOL"),
+    ],
+)
+def test_long_array_names_its_bad_element(
+    tmp_path: Path, element: Any, bad: Any, match: str
+) -> None:
+    """One wrong element among 50,000: a ValueError naming it, nothing written."""
+    good = {V.STRING: "a", V.UINT32: 3, V.INT8: -1, V.FLOAT32: 0.5, V.BOOL: False}[element]
+    values = [good] * 50_000
+    values[40_000] = bad
+    path = tmp_path / "x.gguf"
+    with pytest.raises(ValueError, match=rf"metadata k\[40000\]: {re.escape(match)}"):
+        save(
+            path,
+            {},
+            {"general.architecture": "t", "k": values},
+            value_types={"k": (V.ARRAY, element)},
+            check=False,
+        )
+    assert not path.exists()
+
+
+def test_metadata_string_not_utf8(tmp_path: Path) -> None:
+    """A metadata string, or one string of an array, that is not UTF-8: a ValueError naming
+    the file and the key."""
+    save(
+        tmp_path / "ok.gguf",
+        {},
+        {"general.architecture": "test", "a.s": "xy", "a.list": ["ab", "cd"]},
+        check=False,
+    )
+    raw = (tmp_path / "ok.gguf").read_bytes()
+    for key, good in (("a.s", b"xy"), ("a.list", b"cd")):
+        path = tmp_path / f"{key}.gguf"
+        path.write_bytes(raw.replace(good, b"\xff\xfe"))
+        with pytest.raises(ValueError, match=rf"metadata '{key}' holds a string that is not UTF-8"):
+            load(path)
+
+
+def test_streamed_tensor_names_unique(tmp_path: Path) -> None:
+    specs = [("a", "F32", (4,)), ("a", "F32", (4,))]
+    with pytest.raises(ValueError, match="'a' is listed twice"):
+        gguf_file.save_streamed(
+            tmp_path / "x.gguf",
+            {"general.architecture": "test"},
+            specs,
+            lambda name: np.zeros(4, np.float32),
+        )
+    assert not (tmp_path / "x.gguf").exists()
 
 
 # --- corrupt headers: every count, length and offset checked before anything reads it -----------

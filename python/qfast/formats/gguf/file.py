@@ -1,6 +1,7 @@
-"""GGUF files (llama.cpp's model format): ``load`` and ``save``, on top of gguf-py.
+"""GGUF files (llama.cpp's model format): ``load`` and ``save``.
 
-Needs the ``gguf`` package (``pip install gguf``).
+Needs the ``gguf`` package (``pip install gguf``) for its type tables; the header, metadata and
+tensor infos are read and written here (the bytes gguf-py's GGUFWriter writes, faster).
 
 ``load(path)`` memory-maps a file: its metadata is decoded, its tensors are views of the file and
 nothing is dequantized until ``GGUFTensor.dequantize()`` is called. ``save(path, tensors,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as _field
@@ -34,7 +36,7 @@ from ..._files import atomic_write
 from .blocks import dequantize
 
 if TYPE_CHECKING:
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
+    from gguf import GGMLQuantizationType, GGUFValueType
 
     # A scalar's GGUFValueType, or (GGUFValueType.ARRAY, element type) for an array.
     ValueType = Union[GGUFValueType, tuple[GGUFValueType, GGUFValueType]]
@@ -71,7 +73,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 """Metadata keys ``save(..., check=True)`` requires, by architecture; other architectures need
 ``general.architecture`` only."""
 
-# GGUFReader's pseudo-fields for the file header: not metadata.
+# GGUFReader's pseudo-fields for the file header: not metadata keys.
 _HEADER_FIELDS = frozenset({"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"})
 _DEFAULT_ALIGNMENT = 32  # gguf.GGUF_DEFAULT_ALIGNMENT
 _MAX_NAME_BYTES = 63  # llama.cpp's GGML_MAX_NAME (64) less the terminating NUL
@@ -233,58 +235,48 @@ def load(path: str | os.PathLike[str]) -> GGUFFile:
     Raises FileNotFoundError if there is no file, and ValueError for a file that is not GGUF
     (version 2 or 3), is truncated or corrupt, is big-endian, or has a nested array (llama.cpp
     rejects those too). Every count, length, type and tensor offset in the header is checked
-    against the file's size (and the alignment) before gguf-py reads it or anything is mapped,
-    so a corrupt file is refused in milliseconds, with a message that names the field.
+    against the file's size (and the alignment) before it is used or anything is mapped, so a
+    corrupt file is refused in milliseconds, with a message that names the field.
     """
     path = Path(path)
-    reader = _open_reader(path)
-    metadata: dict[str, Any] = {}
-    value_types: dict[str, ValueType] = {}
-    for key, field in reader.fields.items():
-        if key not in _HEADER_FIELDS:
-            metadata[key], value_types[key] = _decode_field(path, key, field)
-    source = _MappedFile(path, reader.data)
-    tensors = {t.name: _loaded_tensor(t, source) for t in reader.tensors}
-    return GGUFFile(path, metadata, value_types, tensors, int(reader.alignment))
-
-
-def _open_reader(path: Path) -> GGUFReader:
-    gguf = _gguf()  # ImportError before anything is read
-    layout = _scan_header(path)  # every count, length and offset checked before gguf-py reads
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        raise ValueError(
-            f"cannot read {path}: a truncated or corrupt GGUF file, or an unsupported version "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    if reader.byte_order != "I":
-        raise ValueError(f"{path} is a big-endian GGUF file; qfast reads little-endian ones")
-    _check_reader(path, reader, layout)
-    return reader
-
-
-def _check_reader(path: Path, reader: GGUFReader, layout: _Layout) -> None:
-    """GGUFReader saw the layout ``_scan_header`` checked (else the file changed meanwhile)."""
-    got = [(t.name, int(t.data_offset), int(t.data.nbytes)) for t in reader.tensors]
-    want = [(t.name, t.start, t.nbytes) for t in layout.tensors]
-    if int(reader.data_offset) != layout.data_start or got != want:
+    _gguf()  # ImportError before anything is read
+    layout = _scan_header(path)  # the header parsed, every count, length and offset checked
+    mapped = np.memmap(path, mode="r")
+    source = _MappedFile(path, mapped)
+    end = max((t.start + t.nbytes for t in layout.tensors), default=0)
+    if source.loaded_size is not None and source.loaded_size < end:
         raise ValueError(
             f"cannot read {path}: its tensors are not where its header puts them (was the file "
             "changed while it was read?); load it again"
         )
+    tensors = {t.name: _mapped_tensor(t, mapped, source) for t in layout.tensors}
+    return GGUFFile(path, layout.metadata, layout.value_types, tensors, layout.alignment)
 
 
-# --- checking a file's header before gguf-py reads it --------------------------------------------
+def _mapped_tensor(t: _TensorSpan, mapped: Any, source: _MappedFile) -> GGUFTensor:
+    """The tensor's bytes in the map, as GGUFReader gives them: an array of ``shape`` for the
+    plain types, uint8 rows ``(*shape[:-1], row_bytes)`` for the others."""
+    raw = mapped[t.start : t.start + t.nbytes]
+    plain = _PLAIN_DTYPES.get(t.type)
+    if plain is not None:
+        data = raw.view(plain).reshape(t.shape)
+    else:
+        data = raw.reshape(*t.shape[:-1], t.row_bytes)
+    return GGUFTensor(t.name, t.type, t.shape, data, source, t.start + t.nbytes)
+
+
+# --- reading a file's header ---------------------------------------------------------------------
 #
-# GGUFReader trusts every count, length and offset in a file: a corrupt count makes it loop for
-# hours (an array "length" of 8e18 read from string bytes), an offset of 2**64 - 1 wraps around
-# in uint64 and maps the wrong bytes. ``_scan_header`` walks the header first (GGUF v2/v3,
-# little-endian: magic, version, tensor and KV counts, KV entries, tensor infos), checks each
-# count and length against the bytes left before going on, and each tensor's bytes against the
-# data section, with Python ints; its work is bounded by the file's size.
+# gguf-py's GGUFReader trusts every count, length and offset in a file (a corrupt count makes it
+# loop for hours, an offset of 2**64 - 1 wraps around in uint64 and maps the wrong bytes), and it
+# makes a NumPy view per string of a vocabulary (2 s for a 49k-token one). ``_scan_header`` reads
+# the header itself (GGUF v2/v3, little-endian: magic, version, tensor and KV counts, KV entries,
+# tensor infos), checks each count and length against the bytes left before going on, and each
+# tensor's bytes against the data section, with Python ints; its work is bounded by the file's
+# size. It decodes the metadata as GGUFReader's ``ReaderField.contents()`` does.
 
 _GGUF_VERSIONS = (2, 3)  # v1 had 32-bit counts; gguf-py and llama.cpp read 2 and 3
+_GGUF_VERSION = 3  # the version written (gguf.GGUF_VERSION)
 _STRING, _ARRAY = 8, 9  # GGUFValueType ids
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _UINT32 = 4
@@ -292,6 +284,13 @@ _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 _INT64_MAX = (1 << 63) - 1
 _READ_CHUNK = 1 << 20
+_U64 = struct.Struct("<Q")
+# Scalars by GGUFValueType id, in struct's format (GGUFWriter's): as struct packs and unpacks
+# them, and as NumPy reads arrays of them.
+_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+                   11: "q", 12: "d"}  # fmt: skip
+_SCALAR_STRUCTS = {t: struct.Struct("<" + c) for t, c in _SCALAR_FORMATS.items()}
+_ARRAY_DTYPES = {t: np.dtype("<" + c) for t, c in _SCALAR_FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -301,15 +300,21 @@ class _TensorSpan:
     name: str
     start: int
     nbytes: int
+    type: str  # GGMLQuantizationType name
+    shape: tuple[int, ...]  # NumPy order
+    row_bytes: int  # the bytes of one row (of shape[-1] values)
 
 
 @dataclass(frozen=True)
 class _Layout:
-    """What ``_scan_header`` found: the data section's start, its alignment, the tensors."""
+    """What ``_scan_header`` found: the data section's start, its alignment, the tensors and
+    the metadata (decoded, with its value types)."""
 
     data_start: int
     alignment: int
     tensors: tuple[_TensorSpan, ...]
+    metadata: dict[str, Any]
+    value_types: dict[str, ValueType]
 
 
 class _HeaderReader:
@@ -319,7 +324,7 @@ class _HeaderReader:
 
     def __init__(self, path: Path, f: Any, size: int) -> None:
         self.path, self.f, self.size = path, f, size
-        self.buf = bytearray()
+        self.buf = bytearray()  # the file's first len(buf) bytes (grown in place)
         self.pos = 0
 
     def corrupt(self, what: str) -> ValueError:
@@ -331,19 +336,26 @@ class _HeaderReader:
     def left(self) -> int:
         return self.size - self.pos
 
-    def take(self, n: int, what: str) -> int:
-        """Skips ``n`` bytes (``what``), returning where they start."""
-        if n > self.left():
+    def need(self, start: int, n: int, what: str) -> None:
+        """Makes ``buf`` hold the ``n`` bytes at ``start`` (``what``), or raises if the file
+        has fewer."""
+        if n > self.size - start:
             raise self.corrupt(
-                f"{what} at byte {self.pos:,} takes {n:,} bytes, but only {self.left():,} are left"
+                f"{what} at byte {start:,} takes {n:,} bytes, but only {self.size - start:,} "
+                "are left"
             )
-        start, end = self.pos, self.pos + n
+        end = start + n
         if end > len(self.buf):
             want = max(end, min(self.size, 2 * len(self.buf) + _READ_CHUNK)) - len(self.buf)
             self.buf += self.f.read(want)
             if end > len(self.buf):
                 raise self.corrupt(f"the file ended at byte {len(self.buf):,} while it was read")
-        self.pos = end
+
+    def take(self, n: int, what: str) -> int:
+        """Skips ``n`` bytes (``what``), returning where they start."""
+        start = self.pos
+        self.need(start, n, what)
+        self.pos = start + n
         return start
 
     def u32(self, what: str) -> int:
@@ -360,8 +372,42 @@ class _HeaderReader:
         except UnicodeDecodeError:
             raise self.corrupt(f"{what} at byte {self.pos - n:,} is not UTF-8") from None
 
-    def skip_string(self, what: str) -> None:
-        self.take(self.u64(f"the length of {what}"), what)
+    def value_string(self, key: str, what: str) -> str:
+        """A string value of metadata ``key`` (``what``); one that is not UTF-8 is a ValueError
+        naming the key."""
+        n = self.u64(f"the length of {what}")
+        raw = self.buf[self.take(n, what) : self.pos]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.not_utf8(key, e) from None
+
+    def not_utf8(self, key: str, e: UnicodeDecodeError) -> ValueError:
+        return ValueError(
+            f"cannot read {self.path}: metadata {key!r} holds a string that is not UTF-8 ({e}); "
+            "a corrupt file, or one written by a broken converter"
+        )
+
+    def strings(self, n: int, key: str) -> list[str]:
+        """An array of ``n`` strings (u64 length, then the bytes) of metadata ``key``."""
+        buf, pos = self.buf, self.pos
+        out: list[str] = []
+        append, length = out.append, _U64.unpack_from
+        for j in range(n):
+            if pos + 8 > len(buf):  # read on (buf grows in place), or raise
+                self.need(pos, 8, f"the length of {key}[{j}]")
+            n_bytes = length(buf, pos)[0]
+            pos += 8
+            end = pos + n_bytes
+            if end > len(buf):
+                self.need(pos, n_bytes, f"{key}[{j}]")
+            try:
+                append(buf[pos:end].decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise self.not_utf8(key, e) from None
+            pos = end
+        self.pos = pos
+        return out
 
     def count(self, what: str, item_bytes: int, items: str) -> int:
         """A count of items of at least ``item_bytes`` each, checked against the bytes left."""
@@ -375,9 +421,9 @@ class _HeaderReader:
 
 
 def _scan_header(path: Path) -> _Layout:
-    """Checks the layout of the GGUF file at ``path`` (ValueError if it is not GGUF v2/v3
+    """Reads the header of the GGUF file at ``path`` (ValueError if it is not GGUF v2/v3
     little-endian, or a count, length, type or offset in it is corrupt or points past the end);
-    returns where its tensors lie."""
+    returns its metadata and where its tensors lie."""
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic != b"GGUF":
@@ -402,13 +448,15 @@ def _scan_header(path: Path) -> _Layout:
                 f"the tensor count is {n_tensors:,}, but the {r.left():,} bytes after the "
                 f"header hold at most {r.left() // _MIN_TENSOR_INFO_BYTES:,} tensor infos"
             )
-        alignment = _scan_metadata(r, n_kv)
+        metadata: dict[str, Any] = {}
+        value_types: dict[str, ValueType] = {}
+        alignment = _scan_metadata(r, n_kv, metadata, value_types)
         infos = [_scan_tensor_info(r, i) for i in range(n_tensors)]
         header_end = r.pos
     data_start = -(-header_end // alignment) * alignment
     names: set[str] = set()
     spans = []
-    for name, offset, nbytes in infos:
+    for name, offset, nbytes, qtype, shape, row_bytes in infos:
         if name in names:
             raise r.corrupt(f"two tensors are named {name!r}")
         names.add(name)
@@ -424,21 +472,24 @@ def _scan_header(path: Path) -> _Layout:
                 f"{end:,} of the file, which has {r.size:,} (its data section starts at byte "
                 f"{data_start:,})"
             )
-        spans.append(_TensorSpan(name, data_start + offset, nbytes))
-    return _Layout(data_start, alignment, tuple(spans))
+        spans.append(_TensorSpan(name, data_start + offset, nbytes, qtype, shape, row_bytes))
+    return _Layout(data_start, alignment, tuple(spans), metadata, value_types)
 
 
-def _scan_metadata(r: _HeaderReader, n_kv: int) -> int:
-    """Walks ``n_kv`` metadata entries; returns the alignment they set (32 by default)."""
+def _scan_metadata(
+    r: _HeaderReader, n_kv: int, metadata: dict[str, Any], value_types: dict[str, ValueType]
+) -> int:
+    """Reads ``n_kv`` metadata entries into ``metadata`` and ``value_types`` (the values as
+    GGUFReader's ``contents()`` gives them); returns the alignment they set (32 by default)."""
+    T = _gguf().GGUFValueType
     alignment = _DEFAULT_ALIGNMENT
-    keys: set[str] = set()
     for i in range(n_kv):
         key = r.string(f"metadata key #{i}")
-        if key in keys:
+        if key in metadata:
             raise r.corrupt(f"the metadata key {key!r} appears twice")
-        keys.add(key)
         at = r.pos
         vtype = r.u32(f"the value type of {key!r}")
+        value: Any
         if vtype == _ARRAY:
             element = r.u32(f"the element type of {key!r}")
             if element == _ARRAY:
@@ -450,27 +501,32 @@ def _scan_metadata(r: _HeaderReader, n_kv: int) -> int:
             size = 8 if element == _STRING else _SCALAR_BYTES[element]
             n = r.count(f"the length of array {key!r}", size, "elements")
             if element == _STRING:
-                for j in range(n):
-                    r.skip_string(f"{key}[{j}]")
+                value = r.strings(n, key)
             else:
-                r.take(n * size, f"the values of {key!r}")
+                start = r.take(n * size, f"the values of {key!r}")
+                raw = r.buf[start : r.pos]  # a copy: buf itself must not be exported (it grows)
+                value = np.frombuffer(raw, _ARRAY_DTYPES[element]).tolist()
+            metadata[key], value_types[key] = value, (T.ARRAY, T(element))
         elif vtype == _STRING:
-            r.skip_string(f"the value of {key!r}")
+            metadata[key], value_types[key] = r.value_string(key, f"the value of {key!r}"), T(vtype)
         elif vtype in _SCALAR_BYTES:
-            r.take(_SCALAR_BYTES[vtype], f"the value of {key!r}")
+            start = r.take(_SCALAR_BYTES[vtype], f"the value of {key!r}")
+            value = _SCALAR_STRUCTS[vtype].unpack_from(r.buf, start)[0]
+            metadata[key], value_types[key] = value, T(vtype)
         else:
             raise r.corrupt(f"metadata {key!r} has unknown value type {vtype:,} (at byte {at:,})")
         if key == "general.alignment":
             if vtype != _UINT32:
                 raise r.corrupt("general.alignment is not a UINT32")
-            alignment = int.from_bytes(r.buf[r.pos - 4 : r.pos], "little")
+            alignment = metadata[key]
             if alignment == 0 or alignment & (alignment - 1):
                 raise r.corrupt(f"general.alignment is {alignment:,}, not a power of two")
     return alignment
 
 
-def _scan_tensor_info(r: _HeaderReader, i: int) -> tuple[str, int, int]:
-    """Walks tensor info ``i``; returns its name, offset and size in bytes."""
+def _scan_tensor_info(r: _HeaderReader, i: int) -> tuple[str, int, int, str, tuple[int, ...], int]:
+    """Reads tensor info ``i``; returns its name, offset, size in bytes, type name, shape
+    (NumPy order) and the bytes of a row."""
     gguf = _gguf()
     name = r.string(f"the name of tensor #{i}")
     n_dims = r.u32(f"the axis count of tensor {name!r}")
@@ -497,31 +553,17 @@ def _scan_tensor_info(r: _HeaderReader, i: int) -> tuple[str, int, int]:
             f"tensor {name!r} of type {qtype.name} has rows of {row:,} values, not a multiple of "
             f"its block size {block_size}"
         )
-    return name, offset, n // block_size * type_size
-
-
-def _decode_field(path: Path, key: str, field: ReaderField) -> tuple[Any, ValueType]:
-    T = _gguf().GGUFValueType
-    try:
-        value = field.contents()
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"cannot read {path}: metadata {key!r} holds a string that is not UTF-8 ({e}); "
-            "a corrupt file, or one written by a broken converter"
-        ) from None
-    if field.types[0] != T.ARRAY:
-        return value, field.types[0]
-    # The element type is the array's first part (field.types lacks it for an empty array).
-    element = T(int(field.parts[3][0]))
-    if element == T.ARRAY:
-        raise ValueError(f"{path}: metadata {key!r} is a nested array, which GGUF does not allow")
-    return value, (T.ARRAY, element)
-
-
-def _loaded_tensor(t: ReaderTensor, source: _MappedFile) -> GGUFTensor:
-    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    end = int(t.data_offset) + int(t.n_bytes)
-    return GGUFTensor(t.name, t.tensor_type.name, shape, t.data, source, end)
+    if not dims and qtype.name not in _PLAIN_DTYPES:  # GGUFReader has no byte shape for it
+        raise r.corrupt(f"tensor {name!r} of type {qtype.name} has no axes")
+    shape = tuple(dims[::-1])
+    return (
+        name,
+        offset,
+        n // block_size * type_size,
+        qtype.name,
+        shape,
+        row // block_size * type_size,
+    )
 
 
 def save(
@@ -709,7 +751,27 @@ def _encode(key: str, value: Any, vtype: GGUFValueType, element: GGUFValueType |
     items = value.tolist() if isinstance(value, np.ndarray) else list(value)
     if not items:
         raise ValueError(f"metadata {key!r}: gguf-py's GGUFWriter cannot write an empty array")
+    if _plain_items_fit(items, element.name):
+        return items
     return [_encode_scalar(f"{key}[{i}]", v, element) for i, v in enumerate(items)]
+
+
+def _plain_items_fit(items: list[Any], name: str) -> bool:
+    """All ``items`` are plain str / bool / int / float values that ``_encode_scalar`` would
+    pass unchanged as ``name`` (a vocabulary's 49k strings checked at once); False sends them
+    one by one through ``_encode_scalar``, for its conversions and its errors."""
+    kinds = set(map(type, items))
+    if name == "STRING" or name == "BOOL":
+        return kinds == {str if name == "STRING" else bool}
+    if name in _INT_RANGES:
+        lo, hi = _INT_RANGES[name]
+        return kinds == {int} and lo <= min(items) and max(items) < hi
+    if name in ("FLOAT32", "FLOAT64") and kinds == {float}:
+        if name == "FLOAT64":
+            return True
+        size = np.abs(np.array(items, np.float64))
+        return not bool(np.any(size[np.isfinite(size)] > _FLOAT32_MAX))
+    return False
 
 
 def _encode_scalar(where: str, value: Any, vtype: GGUFValueType) -> Any:
@@ -812,20 +874,83 @@ def _raw_rows(
 def _write(
     path: Path, architecture: str | None, entries: list[KeyValue], tensors: list[RawTensor]
 ) -> None:
-    writer = _gguf().GGUFWriter(path, arch=architecture or "")  # "": no general.architecture
-    try:
-        for key, value, vtype, element in entries:
-            if key == "general.alignment":
-                writer.add_custom_alignment(value)  # also what aligns the tensor data
-            else:
-                writer.add_key_value(key, value, vtype, sub_type=element)
-        for name, rows, qtype in tensors:
-            writer.add_tensor(name, rows, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    alignment = _alignment_of(entries)
+    infos = [
+        (name, qtype, _logical_shape(rows, qtype), rows.nbytes) for name, rows, qtype in tensors
+    ]
+    with open(path, "wb") as f:
+        f.write(_header_bytes(architecture, entries, infos, alignment))
+        for _, rows, _ in tensors:
+            _write_tensor(f, rows, alignment)
+
+
+def _alignment_of(entries: list[KeyValue]) -> int:
+    return next((v for k, v, _, _ in entries if k == "general.alignment"), _DEFAULT_ALIGNMENT)
+
+
+def _logical_shape(rows: npt.NDArray[np.uint8], qtype: GGMLQuantizationType) -> tuple[int, ...]:
+    """The shape of raw rows ``(..., row_bytes)`` in values (gguf's quant_shape_from_byte_shape)."""
+    block_size, type_size = _gguf().GGML_QUANT_SIZES[qtype]
+    return (*rows.shape[:-1], rows.shape[-1] // type_size * block_size)
+
+
+def _header_bytes(
+    architecture: str | None,
+    entries: list[KeyValue],
+    tensors: list[tuple[str, GGMLQuantizationType, tuple[int, ...], int]],
+    alignment: int,
+) -> bytes:
+    """The file up to its tensor data, padded to ``alignment``: the bytes GGUFWriter writes for
+    ``GGUFWriter(path, arch=architecture or "")`` given ``entries`` with ``add_key_value``
+    (``general.alignment`` with ``add_custom_alignment``) and ``tensors`` (name, type, logical
+    shape, bytes) with ``add_tensor_info``."""
+    STRING = _gguf().GGUFValueType.STRING
+    if architecture:  # GGUFWriter's add_architecture (add_string skips "")
+        entries = [("general.architecture", architecture, STRING, None), *entries]
+    out = [b"GGUF", struct.pack("<IQQ", _GGUF_VERSION, len(tensors), len(entries))]
+    for key, value, vtype, element in entries:
+        out.append(_string_bytes(key))
+        out.append(struct.pack("<I", vtype))
+        if element is None:
+            out.append(_scalar_bytes(value, int(vtype)))
+        else:
+            out.append(struct.pack("<IQ", element, len(value)))
+            out.append(_array_bytes(value, int(element)))
+    offset = 0
+    for name, qtype, shape, nbytes in tensors:
+        out.append(_string_bytes(name))
+        out.append(struct.pack(f"<I{len(shape)}QIQ", len(shape), *shape[::-1], qtype, offset))
+        offset += -(-nbytes // alignment) * alignment
+    header = b"".join(out)
+    return header + bytes(-len(header) % alignment)
+
+
+def _string_bytes(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _U64.pack(len(raw)) + raw
+
+
+def _scalar_bytes(value: Any, vtype: int) -> bytes:
+    if vtype == _STRING:
+        return _string_bytes(value)
+    return _SCALAR_STRUCTS[vtype].pack(value)
+
+
+def _array_bytes(values: list[Any], element: int) -> bytes:
+    if element == _STRING:
+        encoded = [v.encode("utf-8") for v in values]
+        parts: list[bytes] = [b""] * (2 * len(encoded))
+        parts[0::2] = [_U64.pack(len(e)) for e in encoded]
+        parts[1::2] = encoded
+        return b"".join(parts)
+    return struct.pack(f"<{len(values)}{_SCALAR_FORMATS[element]}", *values)
+
+
+def _write_tensor(f: Any, rows: npt.NDArray[Any], alignment: int) -> None:
+    """Writes a tensor's bytes at ``f``'s position, then zeros up to the alignment."""
+    flat = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
+    f.write(flat.data)
+    f.write(bytes(-flat.nbytes % alignment))
 
 
 def save_streamed(
@@ -856,7 +981,11 @@ def save_streamed(
         _check_required(metadata, arch)
     kvs = _metadata_entries(metadata, value_types or {}, arch, int(align))
     specs = []
+    names: set[str] = set()
     for name, qtype, shape in tensors:
+        if name in names:
+            raise ValueError(f"tensor {name!r} is listed twice; GGUF tensor names are unique")
+        names.add(name)
         t = _ggml_type(name, qtype)
         block_size, type_size = _gguf().GGML_QUANT_SIZES[t]
         shape = tuple(int(d) for d in shape)
@@ -868,25 +997,10 @@ def save_streamed(
         specs.append(
             (name, t, shape, math.prod(shape[:-1]) * (shape[-1] // block_size) * type_size)
         )
-    with atomic_write(path) as tmp:
-        writer = _gguf().GGUFWriter(tmp, arch=arch or "")
-        try:
-            for key, value, vtype, element in kvs:
-                if key == "general.alignment":
-                    writer.add_custom_alignment(value)
-                else:
-                    writer.add_key_value(key, value, vtype, sub_type=element)
-            for name, t, shape, nbytes in specs:
-                plain = t.name in _PLAIN_DTYPES
-                dtype = np.dtype(_PLAIN_DTYPES[t.name]) if plain else np.dtype(np.uint8)
-                block_size, type_size = _gguf().GGML_QUANT_SIZES[t]
-                info_shape = shape if plain else (*shape[:-1], shape[-1] // block_size * type_size)
-                writer.add_tensor_info(name, info_shape, dtype, nbytes, raw_dtype=t)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for name, t, shape, _ in specs:
-                _, rows, _ = _raw_rows(name, np.asarray(data(name)), t, shape)
-                writer.write_tensor_data(rows)
-        finally:
-            writer.close()
+    alignment = _alignment_of(kvs)
+    header = _header_bytes(arch, kvs, specs, alignment)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        for name, t, shape, _ in specs:
+            _, rows, _ = _raw_rows(name, np.asarray(data(name)), t, shape)
+            _write_tensor(f, rows, alignment)

@@ -1,6 +1,7 @@
 """SmolLM2-135M in llama.cpp's type mixes, measured by llama-perplexity itself: the GGUF table.
 
     python scripts/gguf_table.py [--mixes Q4_0,Q4_K_M,Q3_K_M] [--chunks 16] [--imatrix-chunks 32]
+    python scripts/gguf_table.py --speed [--mixes Q4_K_M] [--runs 3]
 
 For each mix, the F32 GGUF of SmolLM2 (``llama-quantize --allow-requantize ... F32`` of the
 asset) is quantized
@@ -14,6 +15,10 @@ then measured by ``llama-perplexity -c 512`` on ``--chunks`` chunks of the held-
 by ``qfast.evaluate`` with llama.cpp's convention and weight-only compute on the same text
 (its perplexity must agree within 1%). File sizes in MB. The catch: SmolLM2's weights were
 published as Q4_1, so mixes with a 32-value block and a min land near them.
+
+``--speed``: wall time of ``qfast quantize F32.gguf -o OUT --format gguf --type MIX --threads
+2`` (the CLI end to end, a fresh process) against ``llama-quantize F32.gguf OUT MIX 2``,
+alternating, ``--runs`` times each; and whether the tensors are the same bytes.
 """
 
 from __future__ import annotations
@@ -39,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixes", default="Q4_0,Q4_K_M,Q3_K_M")
     p.add_argument("--chunks", type=int, default=16)
     p.add_argument("--imatrix-chunks", type=int, default=32)
+    p.add_argument("--speed", action="store_true", help="time qfast against llama-quantize")
+    p.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
     bin_dir = Path(llamacpp.script().build())
     f32 = llamacpp.smollm2_f32(bin_dir)
     work = Path(tempfile.mkdtemp(prefix="gguf-table-"))
+    if args.speed:
+        return speed(bin_dir, f32, work, args.mixes.split(","), args.runs)
     held = work / "heldout.txt"
     held.write_bytes("\n".join(heldout_paragraphs(400)).encode("utf-8"))
     calib = work / "calibration.txt"
@@ -101,6 +110,39 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {ppl:.4f} ± {err:.4f} | {ev:.4f} ({agree:+.2f}%) | {size:.1f} | "
             f"{same} | {sec:.1f} s |"
         )
+    return 0
+
+
+def speed(bin_dir: Path, f32: Path, work: Path, mixes: list[str], runs: int) -> int:
+    import subprocess
+
+    qfast_cli = [sys.executable, "-m", "qfast.cli"]
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO / "python"))
+    print("| mix | qfast min / median | llama-quantize min / median | same bytes |")
+    print("|---|---|---|---|")
+    for mix in mixes:
+        times: dict[str, list[float]] = {"qfast": [], "llama": []}
+        ours, theirs = work / f"qfast-{mix}.gguf", work / f"llama-{mix}.gguf"
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [str(bin_dir / "llama-quantize"), str(f32), str(theirs), mix, "2"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            times["llama"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            subprocess.run(
+                [*qfast_cli, "quantize", str(f32), "-o", str(ours), "--format", "gguf",
+                 "--type", mix, "--threads", "2", "--overwrite"],
+                check=True, capture_output=True, env=env,
+            )  # fmt: skip
+            times["qfast"].append(time.perf_counter() - t0)
+        a, b = qfast.gguf.load(ours), qfast.gguf.load(theirs)
+        same = all(bytes(a.tensors[n].data) == bytes(t.data) for n, t in b.tensors.items())
+        q, ll = sorted(times["qfast"]), sorted(times["llama"])
+        ours_s = f"{q[0]:.2f} / {q[len(q) // 2]:.2f} s"
+        theirs_s = f"{ll[0]:.2f} / {ll[len(ll) // 2]:.2f} s"
+        print(f"| {mix} | {ours_s} | {theirs_s} | {same} |")
     return 0
 
 

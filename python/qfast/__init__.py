@@ -9,6 +9,7 @@ from . import gguf
 from ._qfast import QfastError, __version__, cpu_info, get_num_threads, set_num_threads
 from .algorithms.awq import AWQResult, awq
 from .algorithms.gptq import gptq
+from .algorithms.gptq_gguf import gptq_gguf
 from .algorithms.hqq import hqq
 from .algorithms.rtn import rtn
 from .calibration.hessian import Hessian
@@ -39,6 +40,7 @@ __all__ = [
     "get_num_threads",
     "gguf",
     "gptq",
+    "gptq_gguf",
     "hqq",
     "importance_matrix",
     "linear",

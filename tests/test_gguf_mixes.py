@@ -25,12 +25,21 @@ CONFIGS = {
 }
 
 
-def synthetic(path: Path, blocks: int, hidden: int, ffn: int, heads: int, kv: int, tied: bool):
+def synthetic(
+    path: Path,
+    blocks: int,
+    hidden: int,
+    ffn: int,
+    heads: int,
+    kv: int,
+    tied: bool,
+    scale: float = 1.0,
+):
     rng = np.random.default_rng(0)
     hd = hidden // heads
 
     def w(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape).astype(np.float32)
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     vocab = 256
     t = {"token_embd.weight": w(vocab, hidden)}

@@ -26,10 +26,10 @@ def run_gguf(args: argparse.Namespace) -> int:
     if args.type not in MIXES:
         raise CLIError(f"{_CMD}: error: --type {args.type}: pick one of {', '.join(MIXES)}")
     method = args.method or "rtn"
-    if method != "rtn":
+    if method not in ("rtn", "gptq"):
         raise CLIError(
-            f"{_CMD}: error: --format gguf runs --method rtn (llama-quantize's own quantizers); "
-            f"{method} into GGUF's block grids is not written yet"
+            f"{_CMD}: error: --format gguf runs --method rtn (llama-quantize's own quantizers) "
+            f"or gptq (GPTQ inside GGUF's block grids), not {method}"
         )
     source = resolve_model(args.input)
     if source.is_dir() or source.suffix.lower() != ".gguf":
@@ -51,14 +51,41 @@ def run_gguf(args: argparse.Namespace) -> int:
             raise CLIError(f"{_CMD}: error: --imatrix {args.imatrix}: {e}") from None
     t0 = time.perf_counter()
     try:
-        requantize(source, out, args.type, imatrix=imatrix, overwrite=args.overwrite)
+        if method == "gptq":
+            from ..model.gguf_gptq import gptq_to_gguf
+            from ._common import read_text
+
+            calibration = (
+                None
+                if args.calibration is None
+                else read_text(args.calibration, "--calibration", _CMD)
+            )
+            kwargs: dict[str, Any] = {}
+            if args.samples is not None:
+                kwargs["samples"] = args.samples
+            if args.seq_len is not None:
+                kwargs["seq_len"] = args.seq_len
+            if args.damp is not None:
+                kwargs["damp"] = args.damp
+            seconds = gptq_to_gguf(
+                source, out, args.type, calibration, imatrix=imatrix,
+                overwrite=args.overwrite, **kwargs,
+            )  # fmt: skip
+            print(
+                f"{_CMD}: GPTQ: calibration {seconds['calibration']:.1f} s, forward "
+                f"{seconds['forward']:.1f} s, GPTQ {seconds['gptq']:.1f} s, write "
+                f"{seconds['write']:.1f} s",
+                file=sys.stderr,
+            )
+        else:
+            requantize(source, out, args.type, imatrix=imatrix, overwrite=args.overwrite)
     except (ValueError, TypeError, QfastError) as e:
         raise CLIError(f"{_CMD}: error: {e}") from None
     except OSError as e:
         raise CLIError(f"{_CMD}: error: cannot write {out}: {e.strerror or e}") from None
     size = out.stat().st_size
     print(
-        f"{_CMD}: {source} -> {out}: {args.type}"
+        f"{_CMD}: {source} -> {out}: {method} {args.type}"
         f"{' with an importance matrix' if imatrix is not None else ''}, "
         f"{size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s",
         file=sys.stderr,

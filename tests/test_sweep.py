@@ -2087,7 +2087,6 @@ for _k, (_tname, (_tv, _exc)) in enumerate(
         "unknown-id": (999, ValueError),
         "none": (None, TypeError),
         "float": (2.0, TypeError),
-        "k-quant": ("Q4_K", ValueError),
         "iq": ("IQ4_XS", ValueError),
         "id-9-q8_1": (9, ValueError),
     }.items()

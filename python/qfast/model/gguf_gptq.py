@@ -44,6 +44,7 @@ def gptq_to_gguf(
     seq_len: int = 512,
     imatrix: Any = None,
     damp: float = 0.01,
+    batch_tokens: int = 4096,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, float]:
@@ -59,6 +60,8 @@ def gptq_to_gguf(
         imatrix: importance weights for the tensors ggml's quantizer writes (and the mix's
             importance-matrix rules), as ``qfast.gguf.requantize``.
         damp: GPTQ's damping.
+        batch_tokens: tokens per forward batch (memory; the result does not depend on it
+            beyond float rounding).
         overwrite: replace an existing ``path``.
         progress: called as ``progress(done, total, description)`` per block.
 
@@ -87,7 +90,7 @@ def gptq_to_gguf(
     seconds = {"calibration": 0.0, "gptq": 0.0, "forward": 0.0, "write": 0.0}
     t0 = time.perf_counter()
     windows = _causal_windows(model, calibration, samples, seq_len)
-    per = max(1, 4096 // windows.shape[1])
+    per = max(1, int(batch_tokens) // windows.shape[1])
     hs = [model.calibration_batch(windows[i : i + per]).h for i in range(0, len(windows), per)]
     seconds["calibration"] = time.perf_counter() - t0
     done: dict[str, np.ndarray] = {}
@@ -122,8 +125,13 @@ def gptq_to_gguf(
                     model.weights[hf] = dequantize(data, t, W.shape)
             seconds["gptq"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            nxt = [model.block_stage(i, k, h, x) for h, x in zip(hs, xs)]
-            xs = [np.array(x) for x in nxt] if nxt[0] is not None else []
+            nxt = []
+            for h, x in zip(hs, xs):
+                # a stage's output lives in a buffer the next call reuses: copy it at once
+                out_k = model.block_stage(i, k, h, x)
+                if out_k is not None:
+                    nxt.append(np.array(out_k))
+            xs = nxt
             seconds["forward"] += time.perf_counter() - t0
         prefix = model.block_prefix(i)
         model.weights.release([n for n in model.weights if n.startswith(prefix)])

@@ -12,8 +12,10 @@ in ggml, the codes use the float32 ``1 / d`` and the stored value is the float16
 float16 grid, ``w - dequantize(code)``. A value the feedback moves past its block's range gets
 the nearest code the block holds (ggml's rule never meets one).
 
-The blocks are GGUF's, in the original column order, so there is no act-order permutation
-(a GGUF row cannot store one). With a Hessian that is the identity (uncorrelated inputs),
+The blocks are GGUF's, in the original column order: a GGUF row cannot store a permutation.
+With ``act_order=True`` the columns still run by decreasing Hessian diagonal (GPTQ's
+``desc_act``), on grids fixed beforehand on the original weights (AutoGPTQ's static groups).
+With a Hessian that is the identity (uncorrelated inputs),
 GPTQ's feedback is zero and the result is exactly ``qfast.gguf.quantize(W, type)``, byte for
 byte.
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_at_least, check_positive
+from .._checks import as_bool, check_at_least, check_positive
 from .gptq import _hessian_matrix, hinv_factor
 
 __all__ = ["GGUF_TYPES", "gptq_gguf"]
@@ -132,6 +134,7 @@ def gptq_gguf(
     type: str = "Q4_0",
     damp: float = 0.01,
     block_size: int = 128,
+    act_order: bool = False,
 ) -> np.ndarray:
     """GPTQ of a linear layer's weight into a GGUF block type (see the module's docstring).
 
@@ -142,6 +145,10 @@ def gptq_gguf(
         type: ``"Q4_0"``, ``"Q5_0"``, ``"Q4_1"``, ``"Q5_1"`` or ``"Q8_0"``.
         damp: GPTQ's ``percdamp`` (a fraction of the mean diagonal).
         block_size: columns per lazy update (a multiple of 32).
+        act_order: process the columns by decreasing ``H[i, i]`` (GPTQ's ``desc_act``), each
+            block's grid fixed beforehand on the original weights (static groups: a GGUF
+            block cannot follow a permutation). Without it, the blocks' grids are chosen on
+            the compensated weights as the loop reaches them.
 
     Returns:
         uint8 ``[out, in / 32 * bytes_per_block]``: the tensor's GGUF bytes.
@@ -157,6 +164,7 @@ def gptq_gguf(
     if cols % QK:
         raise ValueError(f"{type} stores blocks of {QK} input columns; in_features is {cols}")
     block_size = check_at_least(block_size, "block_size", QK)
+    act_order = as_bool(act_order, "act_order")
     if block_size % QK:
         raise ValueError(f"block_size must be a multiple of {QK}, got {block_size}")
     damp = check_positive(damp, "damp")
@@ -164,12 +172,23 @@ def gptq_gguf(
     dead = np.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    U, _ = hinv_factor(H, damp)
-    del H
     nb = cols // QK
     codes = np.zeros((rows, nb, QK), np.int32)
     d_all = np.zeros((rows, nb), F32)
     m_all = np.zeros((rows, nb), F32)
+    if act_order:
+        # static grids: every block's ggml grid on the weights before any update, so that
+        # the columns can run in any order (a GGUF row stores its blocks in column order)
+        grids = [_grid(W[:, b * QK : (b + 1) * QK], type) for b in range(nb)]
+        for b, (_, _, d16, m16) in enumerate(grids):
+            d_all[:, b], m_all[:, b] = d16, m16
+        perm = np.argsort(-np.diag(H), kind="stable")
+        W = np.ascontiguousarray(W[:, perm])
+        H = H[np.ix_(perm, perm)]
+    else:
+        perm = np.arange(cols)
+    U, _ = hinv_factor(H, damp)
+    del H
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].copy()
@@ -177,9 +196,10 @@ def gptq_gguf(
         U1 = U[i1:i2, i1:i2]
         inv = m32 = d16 = m16 = np.zeros(rows, F32)
         for i in range(i2 - i1):
-            col = i1 + i
-            b, j = divmod(col, QK)
-            if j == 0:
+            b, j = divmod(int(perm[i1 + i]), QK)
+            if act_order:
+                inv, m32, d16, m16 = grids[b]
+            elif j == 0:
                 inv, m32, d16, m16 = _grid(W1[:, i : i + QK], type)
                 d_all[:, b], m_all[:, b] = d16, m16
             w = W1[:, i]

@@ -67,6 +67,7 @@ def run_gguf(args: argparse.Namespace) -> int:
                 kwargs["seq_len"] = args.seq_len
             if args.damp is not None:
                 kwargs["damp"] = args.damp
+            kwargs["act_order"] = bool(args.act_order)
             seconds = gptq_to_gguf(
                 source, out, args.type, calibration, imatrix=imatrix,
                 overwrite=args.overwrite, **kwargs,

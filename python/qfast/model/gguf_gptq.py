@@ -44,6 +44,7 @@ def gptq_to_gguf(
     seq_len: int = 512,
     imatrix: Any = None,
     damp: float = 0.01,
+    act_order: bool = False,
     batch_tokens: int = 4096,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -60,6 +61,7 @@ def gptq_to_gguf(
         imatrix: importance weights for the tensors ggml's quantizer writes (and the mix's
             importance-matrix rules), as ``qfast.gguf.requantize``.
         damp: GPTQ's damping.
+        act_order: GPTQ's ``desc_act`` on static block grids (see :func:`qfast.gptq_gguf`).
         batch_tokens: tokens per forward batch (memory; the result does not depend on it
             beyond float rounding).
         overwrite: replace an existing ``path``.
@@ -112,7 +114,9 @@ def gptq_to_gguf(
             for t, modules in by_type.items():
                 Ws = [np.asarray(model.weights[m + ".weight"], np.float32) for m in modules]
                 if t in GGUF_TYPES:
-                    stacked = gptq_gguf(np.concatenate(Ws), hessian=H, type=t, damp=damp)
+                    stacked = gptq_gguf(
+                        np.concatenate(Ws), hessian=H, type=t, damp=damp, act_order=act_order
+                    )
                     parts = np.split(stacked, np.cumsum([w.shape[0] for w in Ws])[:-1])
                 else:  # a K-quant type: ggml's quantizer, as llama-quantize
                     parts = []

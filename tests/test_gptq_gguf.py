@@ -30,12 +30,61 @@ def rows(kind: str, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("kind", ["normal", "zeros", "outlier", "ties", "positive"])
 @pytest.mark.parametrize("t", TYPES)
-def test_identity_hessian_is_ggmls_quantizer(t: str, kind: str) -> None:
+def test_identity_hessian_is_ggmls_quantizer(t: str, kind: str, act_order: bool) -> None:
     W = rows(kind, np.random.default_rng(1))
-    got = qfast.gptq_gguf(W, hessian=np.eye(W.shape[1], dtype=F32), type=t)
+    H = np.diag(np.linspace(1, 2, W.shape[1])).astype(F32)  # act-order permutes every column
+    got = qfast.gptq_gguf(W, hessian=H, type=t, act_order=act_order)
     np.testing.assert_array_equal(got, qfast.gguf.quantize(W, t))
+
+
+def block_grid(blk: np.ndarray, t: str) -> tuple[np.ndarray, ...]:
+    """ggml's grid of each row of a 32-value block: (1/d, min) for the codes, float16 d, m."""
+    rows_ = blk.shape[0]
+    top = {"Q4_0": 15, "Q5_0": 31, "Q4_1": 15, "Q5_1": 31}.get(t)
+    if t == "Q8_0":
+        d = (np.abs(blk).max(1) / F32(127)).astype(F32)
+        mn = np.zeros(rows_, F32)
+    elif t in ("Q4_0", "Q5_0"):
+        big = blk[np.arange(rows_), np.abs(blk).argmax(1)]
+        big = np.where(np.abs(big) > 0, big, F32(0))
+        d = (big / F32(-(top + 1) // 2)).astype(F32)
+        mn = np.zeros(rows_, F32)
+    else:
+        mn = blk.min(1).astype(F32)
+        d = ((blk.max(1) - mn) / F32(top)).astype(F32)
+    inv = np.array([F32(1) / x if x else F32(0) for x in d], F32)
+    return inv, mn, d.astype(np.float16).astype(F32), mn.astype(np.float16).astype(F32)
+
+
+def reference_act_order(W: np.ndarray, H: np.ndarray, t: str) -> np.ndarray:
+    """Act-order on static grids: every block's grid from the original weights, then the
+    columns by decreasing H[i, i] with GPTQ's feedback (no lazy blocks)."""
+    W = W.astype(F32).copy()
+    grids = [block_grid(W[:, b : b + 32], t) for b in range(0, W.shape[1], 32)]
+    perm = np.argsort(-np.diag(H), kind="stable")
+    U, _ = hinv_factor(H[np.ix_(perm, perm)], 0.01)
+    Wp = W[:, perm]
+    out = np.zeros_like(W)
+    top = {"Q4_0": 15, "Q5_0": 31, "Q4_1": 15, "Q5_1": 31}.get(t)
+    for c in range(W.shape[1]):
+        inv, mn, d16, m16 = grids[perm[c] // 32]
+        w = Wp[:, c]
+        if t == "Q8_0":
+            v = w * inv
+            dq = np.clip(np.sign(v) * np.floor(np.abs(v) + F32(0.5)), -128, 127).astype(F32) * d16
+        elif t in ("Q4_0", "Q5_0"):
+            half = (top + 1) // 2
+            dq = (np.clip(np.trunc(w * inv + F32(half + 0.5)), 0, top) - half).astype(F32) * d16
+        else:
+            q = np.clip(np.trunc((w - mn) * inv + F32(0.5)), 0, top)
+            dq = q.astype(F32) * d16 + m16
+        out[:, perm[c]] = dq
+        err = (w - dq) / U[c, c]
+        Wp[:, c:] -= np.outer(err, U[c, c:]).astype(F32)
+    return out
 
 
 def reference(W: np.ndarray, U: np.ndarray, t: str) -> np.ndarray:
@@ -99,14 +148,15 @@ def test_column_loop_is_gptqs(t: str) -> None:
     assert err(blocked) == pytest.approx(err(got), rel=0.05)
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("t", TYPES)
-def test_beats_ggmls_quantizer_on_correlated_inputs(t: str) -> None:
+def test_beats_ggmls_quantizer_on_correlated_inputs(t: str, act_order: bool) -> None:
     rng = np.random.default_rng(3)
     X = rng.standard_normal((2048, 256)).astype(F32) @ rng.standard_normal((256, 256)).astype(F32)
     X[:, 5] *= 20  # an outlier channel, as LLM activations have
     W = rng.standard_normal((64, 256)).astype(F32)
     rtn = qfast.gguf.dequantize(qfast.gguf.quantize(W, t), t, W.shape)
-    gptq = qfast.gguf.dequantize(qfast.gptq_gguf(W, X, type=t), t, W.shape)
+    gptq = qfast.gguf.dequantize(qfast.gptq_gguf(W, X, type=t, act_order=act_order), t, W.shape)
     e_rtn = np.linalg.norm(X @ (rtn - W).T)
     e_gptq = np.linalg.norm(X @ (gptq - W).T)
     assert e_gptq < 0.8 * e_rtn, (t, e_gptq / e_rtn)

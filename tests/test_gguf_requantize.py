@@ -83,7 +83,7 @@ def test_cli_format_gguf(llamacpp_bin: Path, tmp_path: Path, capsys) -> None:  #
     cases = [
         (["--format", "gguf"], "needs --type"),
         (["--format", "gguf", "--type", "Q4_K_X"], "--type Q4_K_X: pick one of"),
-        (["--format", "gguf", "--type", "Q4_0", "--method", "gptq"], "runs --method rtn"),
+        (["--format", "gguf", "--type", "Q4_0", "--method", "awq"], "runs --method rtn"),
         (["--type", "Q4_0"], "--type is for --format gguf"),
         (["--format", "gguf", "--type", "Q4_0"], "exists; pick a new file"),
     ]

@@ -59,75 +59,42 @@ def block_grid(blk: np.ndarray, t: str) -> tuple[np.ndarray, ...]:
     return inv, mn, d.astype(np.float16).astype(F32), mn.astype(np.float16).astype(F32)
 
 
-def reference_act_order(W: np.ndarray, H: np.ndarray, t: str) -> np.ndarray:
-    """Act-order on static grids: every block's grid from the original weights, then the
-    columns by decreasing H[i, i] with GPTQ's feedback (no lazy blocks)."""
+def dequant_column(w: np.ndarray, grid: tuple[np.ndarray, ...], t: str) -> np.ndarray:
+    """One column on its rows' block grids: ggml's codes (float32 1/d and min), clamped to
+    the type's codes, dequantized with the float16 d (and m)."""
+    inv, mn, d16, m16 = grid
+    top = {"Q4_0": 15, "Q5_0": 31, "Q4_1": 15, "Q5_1": 31}.get(t)
+    if t == "Q8_0":
+        v = w * inv
+        return np.clip(np.sign(v) * np.floor(np.abs(v) + F32(0.5)), -128, 127).astype(F32) * d16
+    if t in ("Q4_0", "Q5_0"):
+        half = (top + 1) // 2
+        return (np.clip(np.trunc(w * inv + F32(half + 0.5)), 0, top) - half).astype(F32) * d16
+    q = np.clip(np.trunc((w - mn) * inv + F32(0.5)), 0, top)
+    return q.astype(F32) * d16 + m16
+
+
+def reference(W: np.ndarray, H: np.ndarray, t: str, act_order: bool = False) -> np.ndarray:
+    """GPTQ's column loop, one column at a time over the whole row (no lazy blocks), with
+    ggml's block rules. Without act-order, block b's grid is chosen on the compensated weights
+    when column 32b is reached; with it, every grid is fixed on the original weights and the
+    columns run by decreasing H[i, i]."""
     W = W.astype(F32).copy()
-    grids = [block_grid(W[:, b : b + 32], t) for b in range(0, W.shape[1], 32)]
-    perm = np.argsort(-np.diag(H), kind="stable")
+    cols = W.shape[1]
+    perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(cols)
+    grids = [block_grid(W[:, b : b + 32], t) for b in range(0, cols, 32)] if act_order else []
     U, _ = hinv_factor(H[np.ix_(perm, perm)], 0.01)
     Wp = W[:, perm]
     out = np.zeros_like(W)
-    top = {"Q4_0": 15, "Q5_0": 31, "Q4_1": 15, "Q5_1": 31}.get(t)
-    for c in range(W.shape[1]):
-        inv, mn, d16, m16 = grids[perm[c] // 32]
+    for c in range(cols):
+        b = perm[c] // 32
+        if not act_order and c % 32 == 0:
+            grids.append(block_grid(Wp[:, c : c + 32], t))
         w = Wp[:, c]
-        if t == "Q8_0":
-            v = w * inv
-            dq = np.clip(np.sign(v) * np.floor(np.abs(v) + F32(0.5)), -128, 127).astype(F32) * d16
-        elif t in ("Q4_0", "Q5_0"):
-            half = (top + 1) // 2
-            dq = (np.clip(np.trunc(w * inv + F32(half + 0.5)), 0, top) - half).astype(F32) * d16
-        else:
-            q = np.clip(np.trunc((w - mn) * inv + F32(0.5)), 0, top)
-            dq = q.astype(F32) * d16 + m16
+        dq = dequant_column(w, grids[b], t)
         out[:, perm[c]] = dq
         err = (w - dq) / U[c, c]
         Wp[:, c:] -= np.outer(err, U[c, c:]).astype(F32)
-    return out
-
-
-def reference(W: np.ndarray, U: np.ndarray, t: str) -> np.ndarray:
-    """GPTQ's column loop, one column at a time over the whole row (no lazy blocks), with
-    ggml's block rules: the grid of block b chosen on the compensated weights when column 32b
-    is reached, codes with the float32 1/d (and min), clamped to the type's codes, errors
-    against the float16 d (and m)."""
-    W = W.astype(F32).copy()
-    rows_, cols = W.shape
-    out = np.zeros_like(W)
-    top = {"Q4_0": 15, "Q5_0": 31, "Q4_1": 15, "Q5_1": 31}.get(t)
-    for c in range(cols):
-        if c % 32 == 0:
-            blk = W[:, c : c + 32]
-            if t == "Q8_0":
-                d = (np.abs(blk).max(1) / F32(127)).astype(F32)
-                mn = np.zeros(rows_, F32)
-            elif t in ("Q4_0", "Q5_0"):
-                big = blk[np.arange(rows_), np.abs(blk).argmax(1)]
-                big = np.where(np.abs(big) > 0, big, F32(0))
-                d = (big / F32(-(top + 1) // 2)).astype(F32)
-                mn = np.zeros(rows_, F32)
-            else:
-                mn = blk.min(1).astype(F32)
-                d = ((blk.max(1) - mn) / F32(top)).astype(F32)
-            inv = np.array([F32(1) / x if x else F32(0) for x in d], F32)
-            d16 = d.astype(np.float16).astype(F32)
-            m16 = mn.astype(np.float16).astype(F32)
-        w = W[:, c]
-        if t == "Q8_0":
-            v = w * inv
-            q = np.clip(np.sign(v) * np.floor(np.abs(v) + F32(0.5)), -128, 127)
-            dq = q.astype(F32) * d16
-        elif t in ("Q4_0", "Q5_0"):
-            half = (top + 1) // 2
-            q = np.clip(np.trunc(w * inv + F32(half + 0.5)), 0, top)
-            dq = (q - half).astype(F32) * d16
-        else:
-            q = np.clip(np.trunc((w - mn) * inv + F32(0.5)), 0, top)
-            dq = q.astype(F32) * d16 + m16
-        out[:, c] = dq
-        err = (w - dq) / U[c, c]
-        W[:, c:] -= np.outer(err, U[c, c:]).astype(F32)
     return out
 
 
@@ -137,9 +104,8 @@ def test_column_loop_is_gptqs(t: str) -> None:
     X = rng.standard_normal((512, 96)).astype(F32) @ rng.standard_normal((96, 96)).astype(F32)
     W = rng.standard_normal((24, 96)).astype(F32)
     H = (2 / X.shape[0] * (X.T @ X)).astype(F32)
-    U, _ = hinv_factor(H, 0.01)
     got = qfast.gguf.dequantize(qfast.gptq_gguf(W, hessian=H, type=t, block_size=96), t, W.shape)
-    np.testing.assert_array_equal(got, reference(W, U, t))
+    np.testing.assert_array_equal(got, reference(W, H, t))
     # the lazy blocks (32 columns at a time) move rounding only: the same layer error
     blocked = qfast.gguf.dequantize(
         qfast.gptq_gguf(W, hessian=H, type=t, block_size=32), t, W.shape

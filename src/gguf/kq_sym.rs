@@ -685,27 +685,8 @@ pub fn quantize_row_q5_0_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f
 mod tests {
     use super::*;
 
-    /// ggml's `ggml_compute_fp32_to_fp16` (the bit-trick version in `ggml-impl.h`).
-    fn ggml_fp32_to_fp16(f: f32) -> u16 {
-        let scale_to_inf = f32::from_bits(0x7780_0000);
-        let scale_to_zero = f32::from_bits(0x0880_0000);
-        let mut base = (f.abs() * scale_to_inf) * scale_to_zero;
-        let w = f.to_bits();
-        let shl1_w = w.wrapping_add(w);
-        let sign = w & 0x8000_0000;
-        let bias = (shl1_w & 0xFF00_0000).max(0x7100_0000);
-        base += f32::from_bits((bias >> 1) + 0x0780_0000);
-        let bits = base.to_bits();
-        let exp_bits = (bits >> 13) & 0x7C00;
-        let mantissa_bits = bits & 0x0FFF;
-        let nonsign = exp_bits + mantissa_bits;
-        ((sign >> 16)
-            | if shl1_w > 0xFF00_0000 {
-                0x7E00
-            } else {
-                nonsign
-            }) as u16
-    }
+    /// ggml's `ggml_compute_fp32_to_fp16`, as kq_affine ports it.
+    use crate::gguf::kq_affine::fp32_to_fp16 as ggml_fp32_to_fp16;
 
     #[test]
     fn half_rounds_as_ggml_fp32_to_fp16() {

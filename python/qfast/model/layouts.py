@@ -18,6 +18,7 @@ it to a canonical QTensor.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -62,7 +63,7 @@ class Layout:
         return None
 
 
-class _Foreign(Layout):
+class _Foreign(Layout, ABC):
     """A layout whose quantized linears are a format's tensors."""
 
     fmt: str = ""
@@ -76,11 +77,13 @@ class _Foreign(Layout):
         self.quantized[module] = self.args(g)
         return {f"{module}.{k}": v for k, v in out.items()}
 
+    @abstractmethod
     def encode(self, g: Grid, name: str) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The format's tensors of one linear (keyed by suffix)."""
 
+    @abstractmethod
     def args(self, g: Grid) -> dict[str, Any]:
-        raise NotImplementedError
+        """The linear's settings as the format's config describes them."""
 
 
 class GPTQLayout(_Foreign):

@@ -286,6 +286,22 @@ def gguf_tensor_name(name: str) -> str | None:
     return None
 
 
+_HF_GLOBAL = {hf: g for g, hf in _GGUF_GLOBAL.items()}
+_HF_BLOCK = {hf: g for g, hf in _GGUF_BLOCK.items()}
+_HF_BLOCK_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def hf_to_gguf_name(name: str) -> str | None:
+    """The llama.cpp name of a Hugging Face Llama tensor name (the inverse of
+    :func:`gguf_tensor_name`; None if qfast does not know it)."""
+    if name in _HF_GLOBAL:
+        return _HF_GLOBAL[name]
+    m = _HF_BLOCK_NAME.match(name)
+    if m and m.group(2) in _HF_BLOCK:
+        return f"blk.{int(m.group(1))}.{_HF_BLOCK[m.group(2)]}"
+    return None
+
+
 def gguf_config(metadata: Mapping[str, Any], tensor_names: Any = ()) -> dict[str, Any]:
     """A Hugging Face ``config.json`` dict from a GGUF file's metadata (``llama.*`` /
     ``qwen2.*`` keys); ``tensor_names`` (llama.cpp's) tells whether the output layer is tied

@@ -9,6 +9,13 @@ tensor bytes are then the ones ``llama-quantize`` writes; the metadata is the so
 
 The tensors are written in llama.cpp's order (:func:`~qfast.formats.gguf.mixes.llama_order`),
 tensor by tensor (one tensor in memory at a time), atomically.
+
+The source may also be a Hugging Face Llama checkpoint (a folder or ``.safetensors``) or a qfast
+model: it is read as ``convert_hf_to_gguf.py`` would write it
+(:class:`~qfast.formats.gguf.convert.ConvertedSource`, built by ``qfast.model.gguf_source``),
+so the result is the file ``llama-quantize`` writes from the converter's F32 file. ``mix`` may
+also be ``"F32"``, ``"F16"`` or ``"BF16"``: a plain conversion (``--outtype``; a converted
+source keeps the converter's tensor order then).
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from .blocks import quantize
+from .convert import FLOAT_TYPES, ConvertedSource, SourceTensor
 from .file import GGUFFile, load, save_streamed
-from .mixes import default_type, llama_order, tensor_types
+from .mixes import _quantizable, default_type, llama_order, tensor_types
 
 __all__ = ["FILE_TYPES", "requantize"]
 
@@ -70,9 +78,16 @@ def _weights_of(imatrix: Any) -> Callable[[str], np.ndarray | None]:
 
 
 def plan(
-    source: GGUFFile, mix: str, *, has_imatrix: bool = False, pure: bool = False
+    source: GGUFFile | ConvertedSource, mix: str, *, has_imatrix: bool = False, pure: bool = False
 ) -> dict[str, str]:
-    """The type each tensor of ``source`` gets under ``mix``."""
+    """The type each tensor of ``source`` gets under ``mix`` (a tensor of a converted source
+    that holds a QTensor's exact ggml blocks keeps its type)."""
+    fixed = {n: t.type for n, t in source.tensors.items() if getattr(t, "fixed", False)}
+    if mix in FLOAT_TYPES:  # llama-quantize / convert --outtype: every quantizable tensor
+        return {
+            n: fixed.get(n, mix if _quantizable(n, len(t.shape)) else t.type)
+            for n, t in source.tensors.items()
+        }
     m = source.metadata
     arch = source.architecture or ""
     try:
@@ -84,7 +99,7 @@ def plan(
             f"{source.path}: no {arch}.block_count / attention.head_count: llama.cpp's type "
             "mixes need them"
         ) from None
-    return tensor_types(
+    types = tensor_types(
         [(n, t.shape, t.type) for n, t in source.tensors.items()],
         mix,
         n_layer=n_layer,
@@ -93,10 +108,39 @@ def plan(
         has_imatrix=has_imatrix,
         pure=pure,
     )
+    return {**types, **fixed}
+
+
+def open_source(source: Any) -> GGUFFile | ConvertedSource:
+    """A GGUF path -> the loaded file; a loaded file or converted source as given; a Hugging
+    Face checkpoint path or a qfast model -> its converted source (``qfast.model.gguf_source``,
+    imported on use: the model layer builds it)."""
+    if isinstance(source, (GGUFFile, ConvertedSource)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.is_file() and (p.suffix.lower() == ".gguf" or _starts_gguf(p)):
+            return load(p)
+    from ...model.gguf_source import open_gguf_source
+
+    return open_gguf_source(source)
+
+
+def _starts_gguf(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def file_type(mix: str) -> int:
+    """``general.file_type`` of ``mix`` (a llama.cpp mix or F32 / F16 / BF16)."""
+    return FLOAT_TYPES[mix] if mix in FLOAT_TYPES else FILE_TYPES[mix]
 
 
 def requantize(
-    source: str | os.PathLike[str] | GGUFFile,
+    source: str | os.PathLike[str] | GGUFFile | ConvertedSource | Any,
     path: str | os.PathLike[str],
     mix: str,
     *,
@@ -107,9 +151,13 @@ def requantize(
     """Writes ``source`` (a GGUF file) quantized with llama.cpp's type mix ``mix`` at ``path``.
 
     Args:
-        source: a GGUF path or a loaded :class:`GGUFFile`.
+        source: a GGUF path or a loaded :class:`GGUFFile`; or a Hugging Face Llama checkpoint
+            (a folder, a ``.safetensors`` file with ``config.json`` beside it), a qfast model,
+            or a :class:`~qfast.formats.gguf.convert.ConvertedSource`: read as
+            ``convert_hf_to_gguf.py`` would write it.
         path: the file to write.
-        mix: ``"Q4_K_M"``, ... (:data:`~qfast.formats.gguf.mixes.MIXES`).
+        mix: ``"Q4_K_M"``, ... (:data:`~qfast.formats.gguf.mixes.MIXES`), or ``"F32"``,
+            ``"F16"``, ``"BF16"``.
         imatrix: importance weights per tensor (llama.cpp names): a mapping name -> weights
             (one per column), or an importance matrix (``qfast.load_importance_matrix``). As
             ``llama-quantize --imatrix``.
@@ -121,13 +169,14 @@ def requantize(
             length does not match a tensor's rows.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    default_type(mix)
-    src = source if isinstance(source, GGUFFile) else load(source)
+    if mix not in FLOAT_TYPES:
+        default_type(mix)
     out = Path(path)
     if out.exists() and not overwrite:
         raise FileExistsError(
             17, "already exists: pick a new file or pass overwrite=True", str(out)
         )
+    src = open_source(source)
     weights = _weights_of(imatrix)
     types = plan(src, mix, has_imatrix=imatrix is not None, pure=pure)
     missing = sorted(
@@ -142,16 +191,22 @@ def requantize(
             f"the mix {mix} needs {', '.join(missing)}, which qfast.gguf cannot write yet"
         )
     metadata = dict(src.metadata)
-    metadata["general.file_type"] = FILE_TYPES[mix]
+    metadata["general.file_type"] = file_type(mix)
     metadata["general.quantization_version"] = _QUANTIZATION_VERSION
-    specs = [(n, types[n], src.tensors[n].shape) for n in llama_order(list(src.tensors))]
+    names = list(src.tensors)
+    if not (mix in FLOAT_TYPES and isinstance(src, ConvertedSource)):  # convert's own order
+        names = llama_order(names)
+    specs = [(n, types[n], src.tensors[n].shape) for n in names]
 
     def data(name: str) -> np.ndarray:
         t = src.tensors[name]
         want = types[name]
         if want == t.type:
             t.check_mapped()
-            return np.asarray(t.data)
+            raw = np.asarray(t.data)
+            if isinstance(t, SourceTensor):  # computed: drop the model's copy of the weight
+                t.evict()
+            return raw
         x = t.dequantize()
         w = weights(name)
         out = quantize(x, want, imatrix=w) if w is not None else quantize(x, want)

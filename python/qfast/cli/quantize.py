@@ -251,12 +251,14 @@ def add_parser(sub: Any) -> None:
         choices=("qfast", "gptq", "awq", "compressed-tensors", "gguf"),
         help="OUT's format (default qfast): a GPTQ, AWQ (GEMM) or compressed-tensors "
         "(pack-quantized) checkpoint loads in transformers and vLLM; gguf: a GGUF file of "
-        "llama.cpp's type mix --type, as llama-quantize writes it (MODEL: a GGUF file)",
+        "llama.cpp's type mix --type, as llama-quantize writes it (MODEL: a GGUF file, or a "
+        "Hugging Face Llama read as convert_hf_to_gguf.py writes it)",
     )
     p.add_argument(
         "--type",
         metavar="MIX",
-        help="--format gguf: llama.cpp's type mix (Q4_0, Q4_K_M, Q3_K_M, ...)",
+        help="--format gguf: llama.cpp's type mix (Q4_0, Q4_K_M, Q3_K_M, ...), or F32 / F16 / "
+        "BF16 for a plain conversion (convert_hf_to_gguf.py --outtype)",
     )
     p.add_argument(
         "--imatrix",

@@ -1,6 +1,9 @@
-"""``qfast quantize MODEL.gguf -o OUT.gguf --format gguf --type MIX [--imatrix F]``: a GGUF file
+"""``qfast quantize MODEL -o OUT.gguf --format gguf --type MIX [--imatrix F]``: a GGUF file
 quantized with one of llama.cpp's type mixes, as ``llama-quantize`` writes it (see
-``qfast.formats.gguf.requantize``)."""
+``qfast.formats.gguf.requantize``). MODEL is a GGUF file, or a Hugging Face Llama checkpoint
+(a folder, a ``.safetensors`` file with ``config.json`` beside it) read as
+``convert_hf_to_gguf.py`` writes it; ``--type F32`` / ``F16`` / ``BF16`` is that plain
+conversion (``convert_hf_to_gguf.py --outtype f32 / f16 / bf16``)."""
 
 from __future__ import annotations
 
@@ -17,14 +20,16 @@ _CMD = f"{PROG} quantize"
 
 
 def run_gguf(args: argparse.Namespace) -> int:
+    from ..formats.gguf.convert import FLOAT_TYPES
     from ..formats.gguf.mixes import MIXES
     from ..formats.gguf.requantize import requantize
     from .quantize_model import resolve_model
 
+    types = ", ".join([*MIXES, *FLOAT_TYPES])
     if args.type is None:
-        raise CLIError(f"{_CMD}: error: --format gguf needs --type, one of {', '.join(MIXES)}")
-    if args.type not in MIXES:
-        raise CLIError(f"{_CMD}: error: --type {args.type}: pick one of {', '.join(MIXES)}")
+        raise CLIError(f"{_CMD}: error: --format gguf needs --type, one of {types}")
+    if args.type not in MIXES and args.type not in FLOAT_TYPES:
+        raise CLIError(f"{_CMD}: error: --type {args.type}: pick one of {types}")
     method = args.method or "rtn"
     if method not in ("rtn", "gptq"):
         raise CLIError(
@@ -32,11 +37,10 @@ def run_gguf(args: argparse.Namespace) -> int:
             f"or gptq (GPTQ inside GGUF's block grids), not {method}"
         )
     source = resolve_model(args.input)
-    if source.is_dir() or source.suffix.lower() != ".gguf":
+    if method == "gptq" and args.type in FLOAT_TYPES:
         raise CLIError(
-            f"{_CMD}: error: --format gguf reads a GGUF file (an F32 / F16 / BF16 or quantized "
-            f"one); {source} is not: convert a Hugging Face folder with llama.cpp's "
-            "convert_hf_to_gguf.py first"
+            f"{_CMD}: error: --type {args.type} is a plain conversion; --method gptq takes a "
+            f"quantized mix ({', '.join(MIXES)})"
         )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -50,6 +54,19 @@ def run_gguf(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise CLIError(f"{_CMD}: error: --imatrix {args.imatrix}: {e}") from None
     t0 = time.perf_counter()
+    source_arg: Any = source
+    if not (source.is_file() and source.suffix.lower() == ".gguf"):
+        from ..model.gguf_source import open_gguf_source
+
+        try:  # a Hugging Face checkpoint, read as convert_hf_to_gguf.py reads it
+            source_arg = open_gguf_source(source)
+        except MemoryError:
+            raise
+        except (OSError, ValueError, TypeError, ImportError, KeyError, QfastError) as e:
+            reason = str(e) or type(e).__name__
+            raise CLIError(
+                f"{_CMD}: error: cannot read {source} as a GGUF source: {reason}"
+            ) from None
     try:
         if method == "gptq":
             from ..model.gguf_gptq import gptq_to_gguf
@@ -69,7 +86,7 @@ def run_gguf(args: argparse.Namespace) -> int:
                 kwargs["damp"] = args.damp
             kwargs["act_order"] = bool(args.act_order)
             seconds = gptq_to_gguf(
-                source, out, args.type, calibration, imatrix=imatrix,
+                source_arg, out, args.type, calibration, imatrix=imatrix,
                 overwrite=args.overwrite, **kwargs,
             )  # fmt: skip
             print(
@@ -79,8 +96,8 @@ def run_gguf(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         else:
-            requantize(source, out, args.type, imatrix=imatrix, overwrite=args.overwrite)
-    except (ValueError, TypeError, QfastError) as e:
+            requantize(source_arg, out, args.type, imatrix=imatrix, overwrite=args.overwrite)
+    except (ValueError, TypeError, QfastError, ImportError) as e:
         raise CLIError(f"{_CMD}: error: {e}") from None
     except OSError as e:
         raise CLIError(f"{_CMD}: error: cannot write {out}: {e.strerror or e}") from None

@@ -247,24 +247,39 @@ class Model(ABC):
         format: str = "qfast",
         overwrite: bool = False,
         checkpoint_format: str | None = None,
+        type: str | None = None,
+        imatrix: Any = None,
     ) -> Path:
         """Writes the model (float, or with QTensor linears) to the folder ``path``, block by
         block and atomically; ``qfast.load_model(path)`` reads it back exactly.
 
         Args:
-            path: the folder to create.
+            path: the folder to create (for ``"gguf"``: the file).
             format: ``"qfast"`` (default; any QTensor), or a checkpoint transformers and vLLM
                 load: ``"gptq"``, ``"awq"`` (GEMM) or ``"compressed-tensors"``
-                (``pack-quantized``). See ``qfast.model.writer``.
+                (``pack-quantized``). See ``qfast.model.writer``. ``"gguf"``: one GGUF file
+                llama.cpp loads (a Llama; see ``qfast.model.gguf_source``).
             overwrite: replace an existing folder.
             checkpoint_format: GPTQ only: ``"gptq"`` (v1: zero points stored minus 1) or
                 ``"gptq_v2"``; default v1, or v2 with a warning when a zero point of 0 needs it.
+            type: GGUF only: ``"F32"``, ``"F16"``, ``"BF16"`` (``convert_hf_to_gguf.py
+                --outtype``) or a llama.cpp mix (``"Q4_K_M"``, ...: ``llama-quantize``'s bytes).
+            imatrix: GGUF only: an importance matrix for the mix (``llama-quantize --imatrix``).
 
         Raises:
             ValueError: a quantized linear the format cannot hold (the message names it and
                 says what to do); nothing is written then.
         """
         from .writer import save_model
+
+        if format == "gguf":
+            if checkpoint_format is not None:
+                raise ValueError("checkpoint_format= is for format='gptq', not 'gguf'")
+            from .gguf_source import save_gguf
+
+            return save_gguf(self, path, type=type, imatrix=imatrix, overwrite=overwrite)
+        if type is not None or imatrix is not None:
+            raise ValueError(f"type= and imatrix= are for format='gguf', not {format!r}")
 
         options = {} if checkpoint_format is None else {"checkpoint_format": checkpoint_format}
         return save_model(self, path, format=format, overwrite=overwrite, **options)

@@ -24,9 +24,16 @@ import numpy as np
 from ..algorithms.gptq_gguf import GGUF_TYPES, gptq_gguf
 from ..calibration.hessian import Hessian
 from ..formats.gguf.blocks import dequantize, quantize
-from ..formats.gguf.file import load, save_streamed
+from ..formats.gguf.convert import ConvertedSource
+from ..formats.gguf.file import save_streamed
 from ..formats.gguf.mixes import llama_order
-from ..formats.gguf.requantize import _QUANTIZATION_VERSION, FILE_TYPES, _weights_of, plan
+from ..formats.gguf.requantize import (
+    _QUANTIZATION_VERSION,
+    FILE_TYPES,
+    _weights_of,
+    open_source,
+    plan,
+)
 from .checkpoint import gguf_tensor_name, load_model
 
 __all__ = ["gptq_to_gguf"]
@@ -35,7 +42,7 @@ Progress = Callable[[int, int, str], Any]
 
 
 def gptq_to_gguf(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Any,
     path: str | os.PathLike[str],
     mix: str,
     calibration: Any = None,
@@ -53,7 +60,8 @@ def gptq_to_gguf(
 
     Args:
         source: a GGUF file of a Llama-family model (F32 / F16 / BF16, or quantized: its
-            values are dequantized first).
+            values are dequantized first), or a Hugging Face Llama checkpoint (folder or
+            ``.safetensors``) or qfast model, read as ``convert_hf_to_gguf.py`` writes it.
         path: the file to write.
         mix: llama.cpp's type mix (``"Q4_0"``, ...).
         calibration: text or token ids, as ``qfast.quantize_model`` takes them (default:
@@ -78,10 +86,15 @@ def gptq_to_gguf(
         raise FileExistsError(
             17, "already exists: pick a new file or pass overwrite=True", str(out)
         )
-    src = load(source)
+    # a GGUF file, or a Hugging Face checkpoint read as convert_hf_to_gguf.py writes it (its
+    # model in llama.cpp's Q/K layout, so the rows below are the file's)
+    src = open_source(source)
     types = plan(src, mix, has_imatrix=imatrix is not None)
     weights_of = _weights_of(imatrix)
-    model = load_model(source, compute="float")
+    if isinstance(src, ConvertedSource):
+        model = src.model
+    else:
+        model = load_model(src.path, compute="float")
     if model.arch != "llama":
         raise ValueError(f"GPTQ into GGUF runs Llama-family models, not {model.arch!r}")
     hf_to_gguf = {}

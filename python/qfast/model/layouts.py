@@ -31,7 +31,8 @@ from ..tensor.qtensor import QTensor
 
 __all__ = ["FORMATS", "Layout", "Reader", "layout", "reader"]
 
-#: ``model.save(path, format=...)`` values (``"gguf"`` is written by ``qfast.gguf``).
+#: ``model.save(path, format=...)`` folder formats (``"gguf"``, one file, is written by
+#: ``qfast.model.gguf_source.save_gguf``).
 FORMATS = ("qfast", "gptq", "awq", "compressed-tensors")
 _FOREIGN = {"gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors"}
 
@@ -197,7 +198,11 @@ def layout(fmt: str, recipe: Any = None, **options: Any) -> Layout:
     """The layout of ``fmt`` (one of :data:`FORMATS`). ``options``: ``checkpoint_format``
     for GPTQ."""
     if fmt not in FORMATS:
-        hint = " (GGUF files are written by qfast.gguf)" if fmt == "gguf" else ""
+        hint = (
+            " (a GGUF file: model.save(path, format='gguf', type='Q4_K_M'))"
+            if fmt == "gguf"
+            else ""
+        )
         raise ValueError(f"format {fmt!r}: pick one of {', '.join(FORMATS)}{hint}")
     allowed = {"gptq": {"checkpoint_format"}}.get(fmt, set())
     unknown = set(options) - allowed

@@ -499,7 +499,7 @@ def llama_metadata(
                 "n_inner",
                 "hidden_dim",
             ),
-        ),  # fmt: skip
+        ),
         ("llama.attention.head_count", ("num_attention_heads", "n_head", "n_heads")),
         ("llama.attention.head_count_kv", ("num_key_value_heads", "n_kv_heads")),
     ):

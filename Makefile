@@ -29,7 +29,7 @@ llama-cpp: install ## llama.cpp's reference tools (pinned sdist from PyPI, cache
 # as the reference.
 LLAMACPP_TESTS := tests/test_llamacpp.py tests/test_ggml_oracle.py tests/test_gguf_kquant_affine.py \
 	tests/test_gguf_kquant_sym.py tests/test_gguf_mixes.py tests/test_gguf_requantize.py \
-	tests/test_imatrix.py tests/test_gguf_gptq.py
+	tests/test_imatrix.py tests/test_gguf_gptq.py tests/test_gguf_convert_llamacpp.py
 
 test-python: build-dev ## the Python tests but the llama.cpp comparisons
 	$(BIN)/python -m pytest -q tests $(addprefix --ignore=,$(LLAMACPP_TESTS))

@@ -297,7 +297,7 @@ def test_save_refuses_what_a_format_cannot_hold_and_leaves_nothing(
         f32.save(tmp_path / "f32", format="awq")
     f32.save(tmp_path / "ct32", format="compressed-tensors")  # keeps the scales' dtype
     assert files(tmp_path / "ct32")["model.layers.0.mlp.up_proj.weight_scale"].dtype == np.float32
-    with pytest.raises(ValueError, match=r"format 'gguf'.*qfast\.gguf"):
+    with pytest.raises(ValueError, match=r"format='gguf' needs type="):
         f32.save(tmp_path / "g", format="gguf")
     for fmt in FORMATS:
         with pytest.raises(ValueError, match="has none: quantize it first"):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from llamacpp import llamacpp_bin, perplexity, requantize, smollm2_f32, tokenize  # noqa: F401
+from test_gguf_convert import synthetic_hf
 from test_gguf_mixes import llama_quantize
 from test_gguf_requantize import random_imatrix
 
@@ -165,50 +166,6 @@ def test_llama_cpp_runs_the_export_as_the_gguf_path(
     assert tokenize(llamacpp_bin, exported_f32, TEXT, parse_special=True) == tok.encode(TEXT)
 
 
-def synthetic_hf(folder: Path, tokenizer_from: Path, *, layers: int = 4) -> Path:
-    """A random Llama in Hugging Face's layout: 256 wide, ffn 768, 8 query heads over 2 KV
-    heads (head_dim 32, GQA 4), untied, SmolLM2's tokenizer (49152 ids). Weights are scaled so
-    attention is far from uniform (a wrong Q / K layout changes the perplexity)."""
-    from qfast.formats.safetensors import safetensors_numpy
-
-    rng = np.random.default_rng(5)
-    hidden, ffn, heads, kv, vocab = 256, 768, 8, 2, 49152
-    hd = hidden // heads
-
-    def w(*shape: int, s: float) -> np.ndarray:
-        return (rng.standard_normal(shape) * s).astype(np.float32)
-
-    t = {
-        "model.embed_tokens.weight": w(vocab, hidden, s=1.0),
-        "lm_head.weight": w(vocab, hidden, s=0.08),
-    }
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = (1 + w(hidden, s=0.1)).astype(np.float32)
-        t[p + "post_attention_layernorm.weight"] = (1 + w(hidden, s=0.1)).astype(np.float32)
-        t[p + "self_attn.q_proj.weight"] = w(heads * hd, hidden, s=0.25)
-        t[p + "self_attn.k_proj.weight"] = w(kv * hd, hidden, s=0.25)
-        t[p + "self_attn.v_proj.weight"] = w(kv * hd, hidden, s=0.06)
-        t[p + "self_attn.o_proj.weight"] = w(hidden, heads * hd, s=0.06)
-        t[p + "mlp.gate_proj.weight"] = w(ffn, hidden, s=0.06)
-        t[p + "mlp.up_proj.weight"] = w(ffn, hidden, s=0.06)
-        t[p + "mlp.down_proj.weight"] = w(hidden, ffn, s=0.04)
-    t["model.norm.weight"] = np.ones(hidden, np.float32)
-    folder.mkdir(parents=True)
-    safetensors_numpy().save_file(t, str(folder / "model.safetensors"))
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "vocab_size": vocab, "tie_word_embeddings": False, "max_position_embeddings": 512,
-        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-    }  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (folder / name).write_bytes((tokenizer_from / name).read_bytes())
-    return folder
-
-
 def test_synthetic_gqa_llama_exports_and_runs_in_llama_cpp(
     llamacpp_bin: Path,  # noqa: F811
     hf_folder: Path,
@@ -217,7 +174,11 @@ def test_synthetic_gqa_llama_exports_and_runs_in_llama_cpp(
 ) -> None:
     from qfast.calibration.text import heldout_paragraphs
 
-    folder = synthetic_hf(tmp_path / "synthetic", hf_folder)
+    # 256 wide, ffn 768, 8 query heads over 2 KV heads (head_dim 32, GQA 4), untied, SmolLM2's
+    # tokenizer; Q / K large enough that attention is far from uniform
+    folder = synthetic_hf(
+        tmp_path / "synthetic", hf_folder, hidden=256, ffn=768, heads=8, kv=2, layers=4
+    )
     out = tmp_path / "synthetic-f32.gguf"
     args = ["quantize", str(folder), "-o", str(out), "--format", "gguf", "--type", "F32"]
     assert main(args) == 0, capsys.readouterr().err
@@ -232,7 +193,8 @@ def test_synthetic_gqa_llama_exports_and_runs_in_llama_cpp(
         max_tokens=2 * 128,
     )  # fmt: skip
     assert ev.windows == ref.chunks == 2
-    assert ev.perplexity == pytest.approx(ref.ppl, rel=1e-3), (ev.perplexity, ref.ppl)
+    # within 1%, the harness's figure (llama.cpp keeps its KV cache in F16)
+    assert ev.perplexity == pytest.approx(ref.ppl, rel=0.01), (ev.perplexity, ref.ppl)
     # the comparison sees the Q / K layout: the same file with Hugging Face's rows runs off
     from qfast.model.arch.llama import unpermute_qk
 
@@ -244,7 +206,7 @@ def test_synthetic_gqa_llama_exports_and_runs_in_llama_cpp(
     wrong = tmp_path / "wrong-layout.gguf"
     qfast.gguf.save(wrong, tensors, f.metadata, value_types=f.value_types)
     off = perplexity(llamacpp_bin, wrong, text_file, n_ctx=128, chunks=2).ppl
-    assert abs(off / ref.ppl - 1) > 0.02, (off, ref.ppl)
+    assert abs(off / ref.ppl - 1) > 0.03, (off, ref.ppl)
     # Q4_K (multiples of 256: the real K-quant paths) loads and runs too
     q = tmp_path / "synthetic-q4km.gguf"
     assert (

@@ -166,8 +166,9 @@ def converted_source(model: Model, *, outtype: str = "F32") -> ConvertedSource:
         config = hf_config(model)
     freqs = rope_freqs(config)
     if freqs is not None:
+        factors: np.ndarray = freqs
         tensors["rope_freqs.weight"] = SourceTensor(
-            "rope_freqs.weight", "F32", freqs.shape, lambda f=freqs: f
+            "rope_freqs.weight", "F32", factors.shape, lambda: factors
         )
     store = gmodel.weights
     rows_of = getattr(gmodel, "_gguf_rows", lambda name: None)

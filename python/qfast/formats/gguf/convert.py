@@ -381,7 +381,9 @@ def vocab_metadata(
     merges = _merges(tokenizer)
     if merges:
         meta.add("tokenizer.ggml.merges", merges, "ARRAY", "STRING")
-    ids, add, template = _special_vocab(tokenizer, tokenizer_config and dict(tc), config, folder)
+    ids, add, template = _special_vocab(
+        tokenizer, None if tokenizer_config is None else tc, config, folder
+    )
     for typ, tid in ids.items():
         meta.add(_TOKEN_ID_KEYS[typ], tid, "UINT32")
     for typ, flag in add.items():

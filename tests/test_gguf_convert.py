@@ -287,3 +287,31 @@ def test_qfast_imatrix_reads_the_folder(folder: Path, tmp_path: Path) -> None:
     assert sorted(a.sums) == sorted(b.sums) and "blk.1.attn_q.weight" in a.sums
     for k in a.sums:
         np.testing.assert_allclose(a.sums[k], b.sums[k], rtol=1e-4, err_msg=k)
+
+
+def test_llama3_rope_scaling_writes_the_converters_rope_freqs(
+    tokenizer_files: Path, tmp_path: Path
+) -> None:
+    """rope_type llama3: no rope.scaling keys, and rope_freqs.weight (first) holds the factors
+    llama.cpp divides each frequency by: qfast's own scaled frequencies' ratio."""
+    from qfast.model.arch.llama import _rope_frequencies
+
+    folder = synthetic_hf(tmp_path / "hf", tokenizer_files, hidden=64, heads=2, kv=1)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
+    (folder / "config.json").write_text(json.dumps(config))  # fmt: skip
+    model = qfast.load_model(folder)
+    f = qfast.gguf.load(requantize(folder, tmp_path / "m.gguf", "F32"))
+    assert next(iter(f.tensors)) == "rope_freqs.weight"
+    assert not any("rope.scaling" in k for k in f.metadata)
+    plain = 1.0 / 10000.0 ** (np.arange(0, 32, 2, dtype=np.float64) / 32)
+    want = plain / _rope_frequencies(model.config)
+    got = np.asarray(f.tensors["rope_freqs.weight"].data)
+    assert want.min() == 1 and want.max() == 8 and 1 < np.median(want) <= 8
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -216,3 +216,19 @@ def test_synthetic_gqa_llama_exports_and_runs_in_llama_cpp(
     assert perplexity(llamacpp_bin, q, text_file, n_ctx=128, chunks=2).ppl == pytest.approx(
         ref.ppl, rel=0.2
     )
+
+
+def test_a_model_read_from_gguf_saves_llama_quantizes_file(
+    llamacpp_bin: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``model.save(format="gguf")`` of a model loaded from a GGUF file keeps that file's
+    metadata (no conversion): SmolLM2 (Q4_1, dequantized) as Q4_K_M is llama-quantize's file
+    from the F32 GGUF, tensors and metadata."""
+    model = qfast.load_model(assets.smollm2_gguf())
+    out = model.save(tmp_path / "q4km.gguf", format="gguf", type="Q4_K_M")
+    a = qfast.gguf.load(out)
+    b = qfast.gguf.load(requantize(llamacpp_bin, smollm2_f32(llamacpp_bin), "Q4_K_M"))
+    assert list(a.tensors) == list(b.tensors) and a.metadata == b.metadata
+    for name, t in b.tensors.items():
+        assert np.asarray(a.tensors[name].data).tobytes() == np.asarray(t.data).tobytes(), name

@@ -67,7 +67,6 @@ _TOKEN_ID_KEYS = {
     "unk": "tokenizer.ggml.unknown_token_id",
     "sep": "tokenizer.ggml.seperator_token_id",  # sic: gguf-py's spelling
     "pad": "tokenizer.ggml.padding_token_id",
-    "cls": "tokenizer.ggml.cls_token_id",
     "mask": "tokenizer.ggml.mask_token_id",
     "eot": "tokenizer.ggml.eot_token_id",
     "eom": "tokenizer.ggml.eom_token_id",
@@ -326,6 +325,34 @@ def _special_vocab(
     return ids, add, template
 
 
+def _normalizer_flags(normalizer: Any) -> tuple[bool | None, bool | None]:
+    """SpecialVocab's ``_parse_normalizer``: (lowercase, strip_accents) of a normalizer."""
+    lower: bool | None = None
+    strip: bool | None = None
+
+    def walk(n: Any) -> None:
+        nonlocal lower, strip
+        if not isinstance(n, dict):
+            return
+        kind = n.get("type")
+        if kind == "Lowercase":
+            lower = True
+        elif kind == "StripAccents":
+            strip = True
+        elif kind == "BertNormalizer":
+            if "lowercase" in n:
+                lower = n["lowercase"]
+            if "strip_accents" in n:
+                strip = n["strip_accents"]
+        elif kind == "Sequence":
+            for m in n.get("normalizers", []):
+                walk(m)
+
+    if normalizer:
+        walk(normalizer)
+    return lower, strip
+
+
 def vocab_metadata(
     meta: _Meta,
     config: Mapping[str, Any],
@@ -385,7 +412,8 @@ def vocab_metadata(
         tokenizer, None if tokenizer_config is None else tc, config, folder
     )
     for typ, tid in ids.items():
-        meta.add(_TOKEN_ID_KEYS[typ], tid, "UINT32")
+        if typ in _TOKEN_ID_KEYS:  # GGUFWriter has no add_cls_token_id: the converter skips it
+            meta.add(_TOKEN_ID_KEYS[typ], tid, "UINT32")
     for typ, flag in add.items():
         if typ in ("bos", "eos", "sep"):  # GGUFWriter has add_add_{bos,eos,sep}_token only
             meta.add(f"tokenizer.ggml.add_{typ}_token", flag, "BOOL")
@@ -408,6 +436,11 @@ def vocab_metadata(
         template = default
     if isinstance(template, str):
         meta.add("tokenizer.chat_template", template, "STRING")
+    lower, strip = _normalizer_flags(tokenizer.get("normalizer"))
+    if lower is not None:
+        meta.add("tokenizer.ggml.normalizer.lowercase", lower, "BOOL")
+    if strip is not None:
+        meta.add("tokenizer.ggml.normalizer.strip_accents", strip, "BOOL")
     if config.get("vocab_size", 32000) == 49152:  # the converter's rule for granite-small
         meta.add("tokenizer.ggml.add_bos_token", False, "BOOL")
 

@@ -271,6 +271,9 @@ def test_gptq_from_the_folder_is_gptq_from_its_f32_gguf(folder: Path, tmp_path: 
     gptq_to_gguf(f32, b, "Q4_0", ids, samples=8, seq_len=32)
     assert a.read_bytes() == b.read_bytes()
     assert qfast.gguf.load(a).tensors["blk.0.attn_q.weight"].type == "Q4_0"
+    with pytest.raises(ValueError, match="F16 is a float type"):
+        gptq_to_gguf(folder, tmp_path / "f16.gguf", "F16", ids, samples=8, seq_len=32)
+    assert not (tmp_path / "f16.gguf").exists()
 
 
 def test_qfast_imatrix_reads_the_folder(folder: Path, tmp_path: Path) -> None:

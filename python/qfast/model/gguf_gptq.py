@@ -24,7 +24,7 @@ import numpy as np
 from ..algorithms.gptq_gguf import GGUF_TYPES, gptq_gguf
 from ..calibration.hessian import Hessian
 from ..formats.gguf.blocks import dequantize, quantize
-from ..formats.gguf.convert import ConvertedSource
+from ..formats.gguf.convert import FLOAT_TYPES, ConvertedSource
 from ..formats.gguf.file import save_streamed
 from ..formats.gguf.mixes import llama_order
 from ..formats.gguf.requantize import (
@@ -85,6 +85,11 @@ def gptq_to_gguf(
     if out.exists() and not overwrite:
         raise FileExistsError(
             17, "already exists: pick a new file or pass overwrite=True", str(out)
+        )
+    if mix in FLOAT_TYPES:
+        raise ValueError(
+            f"{mix} is a float type; GPTQ into GGUF takes a quantized mix (Q4_0, Q4_K_M, ...): "
+            f"for a plain conversion use qfast.gguf.requantize(source, path, {mix!r})"
         )
     # a GGUF file, or a Hugging Face checkpoint read as convert_hf_to_gguf.py writes it (its
     # model in llama.cpp's Q/K layout, so the rows below are the file's)

@@ -10,7 +10,9 @@ the last axis, so its length must be a multiple of the type's block size.
   type with an importance matrix, as ggml's ``quantize_<type>`` (as they land).
 - ``tensor_types(tensors, mix, ...)`` and ``MIXES``: llama.cpp's type mixes (``Q4_K_M``, ...):
   the type ``llama-quantize`` gives each tensor; ``requantize(src, path, mix, imatrix=None)``:
-  a GGUF file quantized with a mix, the bytes ``llama-quantize`` writes.
+  a GGUF file quantized with a mix, the bytes ``llama-quantize`` writes (``src`` may also be a
+  Hugging Face Llama checkpoint, read as ``convert_hf_to_gguf.py`` writes it: ``convert``;
+  ``mix`` ``"F32"`` / ``"F16"`` / ``"BF16"`` is that plain conversion).
 - ``dequantize(data, type, shape=None)``: those, plus Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
   and IQ4_XS.
 - ``to_qtensor`` / ``from_qtensor``: Q8_0, Q4_0 and Q4_1 blocks as group-32 QTensors (for

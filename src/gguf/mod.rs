@@ -6,6 +6,7 @@
 //! drivers here work on flat slices and the binding handles shapes.
 
 pub mod dot;
+pub mod ggml;
 pub mod kq_affine;
 pub mod kq_sym;
 pub mod kquants;

@@ -26,7 +26,7 @@ pub enum Kind {
 /// CPU lacks it, else whether every value of `x` was finite (when one is not, `out` holds
 /// garbage and the caller reports the value).
 pub fn quantize_chunk(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
-    if !crate::simd::x86_64::has_avx512() {
+    if !crate::simd::probe::has_avx512() {
         return None;
     }
     let ts = match kind {
@@ -254,7 +254,7 @@ impl Q8Row {
             corr: try_vec(0i32, padded * 8)?,
             d: try_vec(0f32, padded)?,
         };
-        assert!(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni());
+        assert!(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni());
         // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
         // arrays sized for `padded >= nb` blocks.
         unsafe { prepare_vnni(y, &mut row) };
@@ -288,7 +288,7 @@ unsafe fn prepare_vnni(y: &[u8], row: &mut Q8Row) {
 /// without VNNI.
 pub fn dot_q4_0_q8_0(x: &[u8], y: &Q8Row) -> Option<f32> {
     use super::legacy::Q4_0_BYTES;
-    if !(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni()) {
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return None;
     }
     assert_eq!(x.len(), y.nb * Q4_0_BYTES);

@@ -281,20 +281,6 @@ pub fn panel_code(codes: &[u8], bits: u32, j: usize, k: usize) -> u8 {
     }
 }
 
-/// Runs `iters` rounds of the path's integer dot-product instruction on independent register
-/// accumulators and returns the multiply-adds done: the peak the tile kernels are measured
-/// against. `None` for paths without such a loop.
-pub fn peak_loop(isa: super::Isa, iters: u64) -> Option<u64> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512Vnni => super::x86_64::gemm::peak_vnni(iters),
-        _ => {
-            let _ = iters; // no register-only loop for this path
-            None
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Packing
 

@@ -6,6 +6,7 @@
 //! what makes the safe wrappers around the `#[target_feature]` functions sound.
 
 pub mod gemm;
+pub mod probe;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -61,15 +62,15 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86_64::has_avx2(),
+            Isa::Avx2 => probe::has_avx2(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_64::has_avx512(),
+            Isa::Avx512 => probe::has_avx512(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => x86_64::has_avx512() && x86_64::has_avx512vnni(),
+            Isa::Avx512Vnni => probe::has_avx512() && probe::has_avx512vnni(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[cfg(target_arch = "aarch64")]
-            Isa::NeonDotprod => aarch64::has_dotprod(),
+            Isa::NeonDotprod => probe::has_dotprod(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -108,18 +109,7 @@ pub fn available() -> Vec<Isa> {
 
 /// The CPU features qfast looks at, as detected at run time.
 pub fn cpu_features() -> Vec<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86_64::features()
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        aarch64::features()
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        Vec::new()
-    }
+    probe::features()
 }
 
 /// Chooses the path: the best one available, or the one `requested` names (e.g. the value of

@@ -94,7 +94,7 @@ pub fn dot_tile_dotprod(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     // SAFETY: the dotprod kernel runs only where the CPU has dotprod (checked just before),
     // the NEON one anywhere (enabled at compile time); the lengths were checked above.
     unsafe {
-        if super::has_dotprod() {
+        if crate::simd::probe::has_dotprod() {
             dot_dotprod(panel, x, out)
         } else {
             dot_neon(panel, x, out)
@@ -108,7 +108,7 @@ pub fn linear_tile_dotprod(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut 
     // the NEON ones anywhere (enabled at compile time); the panel, rows and sums were checked
     // above.
     unsafe {
-        match (super::has_dotprod(), panel.bits == 4) {
+        match (crate::simd::probe::has_dotprod(), panel.bits == 4) {
             (true, true) => linear_dotprod::<true>(panel, x, xsum, out),
             (true, false) => linear_dotprod::<false>(panel, x, xsum, out),
             (false, true) => linear_neon::<true>(panel, x, xsum, out),

@@ -41,7 +41,7 @@ pub const KERNELS: Kernels = Kernels {
 /// this is a few relaxed loads.
 #[inline(always)]
 fn cpu_ok() -> bool {
-    super::has_avx2()
+    crate::simd::probe::has_avx2()
 }
 
 /// How far ahead (in bytes) the streaming kernels prefetch what they read: far enough for the

@@ -61,7 +61,7 @@ pub const KERNELS_VNNI: Kernels = Kernels {
 /// this is a few relaxed loads.
 #[inline(always)]
 fn cpu_ok() -> bool {
-    super::has_avx512()
+    crate::simd::probe::has_avx512()
 }
 
 // ---------------------------------------------------------------------------------------------

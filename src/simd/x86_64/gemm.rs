@@ -34,7 +34,7 @@ unsafe fn bcast4(p: *const i8) -> i32 {
 
 pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     gemm::check_dot(panel, x);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return gemm::dot_tile_ref(panel, x, out);
     }
     // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
@@ -54,7 +54,7 @@ pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
 
 pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
     gemm::check_dot_wide(panels, x);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return gemm::dot_tile_wide_ref(panels, x, out);
     }
     // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
@@ -72,7 +72,7 @@ pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
 
 pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
     gemm::check_linear(panel, x, xsum);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return gemm::linear_tile_ref(panel, x, xsum, out);
     }
     // SAFETY: the CPU has AVX-512 VNNI; the panel, rows and sums were checked above.
@@ -101,7 +101,7 @@ pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
 pub fn linear_tile_f32_avx512(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
     panel.check(x.kp);
     assert!(x.in_bounds());
-    if !super::has_avx512() {
+    if !crate::simd::probe::has_avx512() {
         return gemm::linear_tile_f32_body(panel, x, out);
     }
     // SAFETY: the CPU has AVX-512; the panel and rows were checked above.
@@ -450,7 +450,7 @@ pub fn matmul_rows_vnni(
     out: &mut [i32],
 ) {
     gemm::check_rows(a, m, b, kn, c0, out);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return gemm::matmul_rows_ref(a, signed, m, b, kn, c0, out);
     }
     // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
@@ -622,37 +622,8 @@ pub fn pack_i8_panels_avx512(
     kp: usize,
     out: &mut [u8],
 ) {
-    let quad4 = super::has_avx512().then_some(pack_quad4_avx512 as gemm::PackQuad4);
+    let quad4 = crate::simd::probe::has_avx512().then_some(pack_quad4_avx512 as gemm::PackQuad4);
     gemm::pack_panels_with(b, kn, n0, panels, kp, out, quad4)
-}
-
-/// `iters` rounds of 16 independent `vpdpbusd` (64 multiply-adds each); the result is kept
-/// alive so the loop is not optimised away. `None` without VNNI.
-pub fn peak_vnni(iters: u64) -> Option<u64> {
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return None;
-    }
-    // SAFETY: the CPU has AVX-512 VNNI.
-    let sink = unsafe { peak_vnni_loop(iters) };
-    std::hint::black_box(sink);
-    Some(iters * 16 * 64)
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn peak_vnni_loop(iters: u64) -> i32 {
-    let a = std::hint::black_box(_mm512_set1_epi8(3));
-    let b = std::hint::black_box(_mm512_set1_epi8(-5));
-    let mut acc = [_mm512_setzero_si512(); 16];
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_dpbusd_epi32(*v, a, b);
-        }
-    }
-    let mut sum = _mm512_setzero_si512();
-    for v in acc {
-        sum = _mm512_add_epi32(sum, v);
-    }
-    _mm512_reduce_add_epi32(sum)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,7 +635,7 @@ const R_AVX2: usize = 2;
 
 pub fn dot_tile_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     gemm::check_dot(panel, x);
-    if !super::has_avx2() {
+    if !crate::simd::probe::has_avx2() {
         return gemm::dot_tile_ref(panel, x, out);
     }
     // SAFETY: the CPU has AVX2; the lengths were checked above.
@@ -673,7 +644,7 @@ pub fn dot_tile_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
 
 pub fn linear_tile_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
     gemm::check_linear(panel, x, xsum);
-    if !super::has_avx2() {
+    if !crate::simd::probe::has_avx2() {
         return gemm::linear_tile_ref(panel, x, xsum, out);
     }
     // SAFETY: the CPU has AVX2 and FMA; the panel, rows and sums were checked above.
@@ -687,7 +658,7 @@ pub fn linear_tile_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
 }
 
 pub fn linear_tile_f32_avx2(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    if !super::has_avx2() {
+    if !crate::simd::probe::has_avx2() {
         return gemm::linear_tile_f32_body(panel, x, out);
     }
     // SAFETY: the CPU has AVX2 and FMA (the body checks its inputs itself).

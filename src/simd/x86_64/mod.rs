@@ -3,4 +3,3 @@
 
 pub mod avx2;
 pub mod avx512;
-pub mod gemm;

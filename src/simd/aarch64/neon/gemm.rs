@@ -20,7 +20,7 @@
 //! and fused `fmla` (as `f32::mul_add`), segment after segment, in the reference's order.
 //!
 //! Soundness: NEON is part of every aarch64 target with `std` (asserted at compile time in
-//! `neon.rs`); the dotprod wrappers check the CPU (a cached load) before entering
+//! `neon/quant.rs`); the dotprod wrappers check the CPU (a cached load) before entering
 //! `#[target_feature(enable = "neon,dotprod")]` code, and fall back to the NEON kernels.
 
 // Register arrays indexed by row read clearer as `for r in 0..R` in these kernels.
@@ -65,14 +65,14 @@ macro_rules! with_rows {
 
 pub fn dot_tile_neon(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     gemm::check_dot(panel, x);
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`); the
+    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon/quant.rs`); the
     // lengths were checked above.
     unsafe { dot_neon(panel, x, out) }
 }
 
 pub fn linear_tile_neon(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
     gemm::check_linear(panel, x, xsum);
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`); the
+    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon/quant.rs`); the
     // panel, rows and sums were checked above.
     unsafe {
         if panel.bits == 4 {
@@ -84,7 +84,7 @@ pub fn linear_tile_neon(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
 }
 
 pub fn linear_tile_f32_neon(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`; the
+    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon/quant.rs`; the
     // body checks its inputs itself).
     unsafe { linear_f32_neon(panel, x, out) }
 }

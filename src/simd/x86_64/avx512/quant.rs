@@ -1,4 +1,4 @@
-//! AVX-512 path (F, BW, DQ, VL): 512-bit vectors, 16 floats or 64 bytes at a time.
+//! AVX-512 (F, BW, DQ, VL) quantization kernels: 512-bit vectors, 16 floats or 64 bytes at a time.
 //!
 //! Every kernel is a safe wrapper (length checks, CPU check) around a `#[target_feature]` entry
 //! point that runs one per-vector body three ways (see `three_way`): four vectors per
@@ -10,51 +10,17 @@
 //! The bodies are closures written inside the entry points, so they inherit their target
 //! features and inline into them; the `#[inline(always)]` helpers define no closures (one
 //! written there would lack the features, and its intrinsics would not inline). `quantize`
-//! has a loop of its own for its reciprocal fast path (see `Reciprocal` in `avx2.rs`).
+//! has a loop of its own for its reciprocal fast path (see `Reciprocal` in `avx2/quant.rs`).
 //!
 //! Soundness: `Isa::kernels` hands this table out only after `has_avx512()`, but `KERNELS` is a
 //! public constant, so each wrapper checks the CPU again (one cached load) and falls back to
 //! the scalar kernel rather than run an AVX-512 instruction on a CPU without it.
 
-use super::avx2::{
+use super::super::avx2::quant::{
     prefetch, prefetch_distance, Reciprocal, IDENTITY, SIGNED_CRUMBS, SIGNED_NIBBLES, STREAM_AHEAD,
 };
-use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use crate::simd::{scalar, MinMax, QParams};
 use core::arch::x86_64::*;
-
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Avx512,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
-    pack_panels: super::gemm::pack_i8_panels_avx512,
-    dot_tile: super::gemm::dot_tile_avx2,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_avx2,
-    linear_tile_f32: super::gemm::linear_tile_f32_avx512,
-};
-
-/// The VNNI path differs only in the integer dot products (`vpdpbusd`).
-pub const KERNELS_VNNI: Kernels = Kernels {
-    isa: Isa::Avx512Vnni,
-    pack_panels: super::gemm::pack_i8_panels_avx512,
-    dot_tile: super::gemm::dot_tile_vnni,
-    dot_tile_wide: Some(super::gemm::dot_tile_wide_vnni),
-    matmul_rows: Some(super::gemm::matmul_rows_vnni),
-    linear_tile: super::gemm::linear_tile_vnni,
-    ..KERNELS
-};
 
 /// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check
 /// before entering `#[target_feature]` code). `is_x86_feature_detected!` caches CPUID itself:
@@ -67,7 +33,7 @@ fn cpu_ok() -> bool {
 // ---------------------------------------------------------------------------------------------
 // Safe wrappers: the `Kernels` entries.
 
-fn minmax(x: &[f32]) -> MinMax {
+pub fn minmax(x: &[f32]) -> MinMax {
     if !cpu_ok() {
         return scalar::minmax(x);
     }
@@ -75,7 +41,7 @@ fn minmax(x: &[f32]) -> MinMax {
     unsafe { minmax_avx512(x) }
 }
 
-fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
+pub fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     assert!(x.len() == min.len() && x.len() == max.len());
     if !cpu_ok() {
         return scalar::minmax_lanes(x, min, max);
@@ -84,7 +50,7 @@ fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     unsafe { minmax_lanes_avx512(x, min, max) }
 }
 
-fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
+pub fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
     assert_eq!(x.len(), out.len());
     if !cpu_ok() {
         return scalar::quantize(x, p, out);
@@ -93,7 +59,7 @@ fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
     unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
 }
 
-fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+pub fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
     crate::simd::check_groups(x.len(), group_size, out.len());
     if !cpu_ok() {
         return scalar::minmax_groups(x, group_size, out);
@@ -102,7 +68,7 @@ fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
     unsafe { minmax_groups_avx512(x, group_size, out) }
 }
 
-fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+pub fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
     crate::simd::check_groups(x.len(), group_size, grid.len());
     assert_eq!(x.len(), out.len());
     if !cpu_ok() {
@@ -112,7 +78,7 @@ fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8
     unsafe { quantize_groups_avx512(x, group_size, grid, out) }
 }
 
-fn quantize_lanes(
+pub fn quantize_lanes(
     x: &[f32],
     scale: &[f32],
     zero_point: &[i32],
@@ -128,7 +94,7 @@ fn quantize_lanes(
     unsafe { quantize_lanes_avx512(x, scale, zero_point, qmin, qmax, out) }
 }
 
-fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
+pub fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
     assert_eq!(codes.len(), out.len());
     if !cpu_ok() {
         return scalar::dequantize(codes, signed, scale, zero_point, out);
@@ -143,7 +109,7 @@ fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut
     }
 }
 
-fn dequantize_lanes(
+pub fn dequantize_lanes(
     codes: &[u8],
     signed: bool,
     scale: &[f32],
@@ -166,7 +132,7 @@ fn dequantize_lanes(
     }
 }
 
-fn pack4(codes: &[u8], out: &mut [u8]) {
+pub fn pack4(codes: &[u8], out: &mut [u8]) {
     assert_eq!(out.len(), codes.len().div_ceil(2));
     if !cpu_ok() {
         return scalar::pack4(codes, out);
@@ -175,7 +141,7 @@ fn pack4(codes: &[u8], out: &mut [u8]) {
     unsafe { pack4_avx512(codes, out) }
 }
 
-fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
+pub fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
     assert!(packed.len() >= out.len().div_ceil(2));
     if !cpu_ok() {
         return scalar::unpack4(packed, signed, out);
@@ -184,7 +150,7 @@ fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
     unsafe { unpack4_avx512(packed, signed, out) }
 }
 
-fn pack2(codes: &[u8], out: &mut [u8]) {
+pub fn pack2(codes: &[u8], out: &mut [u8]) {
     assert_eq!(out.len(), codes.len().div_ceil(4));
     if !cpu_ok() {
         return scalar::pack2(codes, out);
@@ -193,7 +159,7 @@ fn pack2(codes: &[u8], out: &mut [u8]) {
     unsafe { pack2_avx512(codes, out) }
 }
 
-fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
+pub fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
     assert!(packed.len() >= out.len().div_ceil(4));
     if !cpu_ok() {
         return scalar::unpack2(packed, signed, out);

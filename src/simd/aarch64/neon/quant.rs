@@ -1,4 +1,4 @@
-//! The NEON path: every kernel on 128-bit vectors, bit-identical to the scalar oracle.
+//! NEON quantization kernels on 128-bit vectors, bit-identical to the scalar oracle.
 //!
 //! Main loops take 16 floats (or one 16-byte vector of codes) per step; the remainder goes to
 //! the scalar kernel, so tails cannot disagree with it. Float operations are the oracle's own,
@@ -10,7 +10,7 @@
 //! The GEMM tiles are in `gemm.rs`; the `neon-dotprod` table differs from the NEON one only in
 //! `dot_tile` and `linear_tile` (`sdot`).
 
-use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use crate::simd::{scalar, MinMax, QParams};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -23,38 +23,6 @@ const _: () = assert!(
     "qfast's aarch64 kernels need the `neon` target feature"
 );
 
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Neon,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_neon,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_neon,
-    linear_tile_f32: super::gemm::linear_tile_f32_neon,
-};
-
-pub const KERNELS_DOTPROD: Kernels = Kernels {
-    isa: Isa::NeonDotprod,
-    pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_dotprod,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_dotprod,
-    ..KERNELS
-};
-
 /// Floats per main-loop step: four vectors, enough independent work to hide latencies.
 const STEP: usize = 16;
 
@@ -63,22 +31,22 @@ const ABS_MASK: u32 = 0x7fff_ffff;
 // ---------------------------------------------------------------------------------------------
 // Safe entry points (the table's function pointers).
 
-fn minmax(x: &[f32]) -> MinMax {
+pub fn minmax(x: &[f32]) -> MinMax {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { minmax_neon(x) }
 }
 
-fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
+pub fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { minmax_lanes_neon(x, min, max) }
 }
 
-fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
+pub fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { quantize_neon(x, p, out) }
 }
 
-fn quantize_lanes(
+pub fn quantize_lanes(
     x: &[f32],
     scale: &[f32],
     zero_point: &[i32],
@@ -91,16 +59,16 @@ fn quantize_lanes(
 }
 
 /// Composed from the per-slice kernel: a direct call per group.
-fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
+pub fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
     crate::simd::minmax_groups_with(minmax, x, group_size, out);
 }
 
 /// Composed from the per-slice kernel: a direct call per group.
-fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
+pub fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
     crate::simd::quantize_groups_with(quantize, x, group_size, grid, out);
 }
 
-fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
+pub fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe {
         if signed {
@@ -111,7 +79,7 @@ fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut
     }
 }
 
-fn dequantize_lanes(
+pub fn dequantize_lanes(
     codes: &[u8],
     signed: bool,
     scale: &[f32],
@@ -128,12 +96,12 @@ fn dequantize_lanes(
     }
 }
 
-fn pack4(codes: &[u8], out: &mut [u8]) {
+pub fn pack4(codes: &[u8], out: &mut [u8]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { pack4_neon(codes, out) }
 }
 
-fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
+pub fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe {
         if signed {
@@ -144,12 +112,12 @@ fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
     }
 }
 
-fn pack2(codes: &[u8], out: &mut [u8]) {
+pub fn pack2(codes: &[u8], out: &mut [u8]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe { pack2_neon(codes, out) }
 }
 
-fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
+pub fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
     // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
     unsafe {
         if signed {

@@ -187,6 +187,43 @@ pub type QuantizeGroups = fn(x: &[f32], group_size: usize, grid: &[QParams], out
 pub type DequantizeLanes =
     fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]);
 
+/// The GGUF block types a path may quantize with SIMD code ([`GgufQuantize`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+/// `gguf_quantize(kind, x, out)`: whole 32-value blocks of `x` into `out` (`x.len() / 32`
+/// blocks of `kind`), the bytes of `gguf::legacy`'s portable quantizers: `None` (nothing
+/// written) when the CPU lacks the path, else whether every value of `x` was finite (when one
+/// is not, `out` holds garbage and the caller reports the value).
+pub type GgufQuantize = fn(kind: GgufKind, x: &[f32], out: &mut [u8]) -> Option<bool>;
+
+/// The Q8_0 side of `Q4_0 · Q8_0` as a path's [`GgufDot`] arranges it, once per call for every
+/// row: the int8 values back to back (padded to an even number of blocks), each lane's
+/// `8 · Σ q8` (the `- 8` of the 4-bit codes), and the float32 scales. Only a path's `prepare`
+/// makes one (the fields are private to `simd`: the kernels read them without bounds checks).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub struct Q8Row {
+    pub(in crate::simd) nb: usize,
+    pub(in crate::simd) qs: Vec<i8>,
+    pub(in crate::simd) corr: Vec<i32>,
+    pub(in crate::simd) d: Vec<f32>,
+}
+
+/// A path's `Q4_0 · Q8_0` (`gguf::dot_q4_0_q8_0`): `prepare` arranges the Q8_0 row once, `dot`
+/// takes one Q4_0 row against it, the bits of `gguf::dot::dot_ref` (`None` where the CPU lacks
+/// the path: the caller runs `dot_ref`).
+#[derive(Clone, Copy)]
+pub struct GgufDot {
+    pub prepare: fn(y: &[u8]) -> Result<Q8Row>,
+    pub dot: fn(x: &[u8], y: &Q8Row) -> Option<f32>,
+}
+
 /// The kernels of one ISA path. Codes are bytes: two's complement for signed codes. Packed
 /// 4-bit (2-bit) codes hold element `2i` (`4i`) in the lowest bits of byte `i`.
 pub struct Kernels {
@@ -231,6 +268,10 @@ pub struct Kernels {
     pub linear_tile: gemm::LinearTile,
     /// Tile of `linear` in float mode (W8A16 / W4A16), see [`gemm::LinearTileF32`].
     pub linear_tile_f32: gemm::LinearTileF32,
+    /// The GGUF quantizers of the 32-value block types, where the path has them.
+    pub gguf_quantize: Option<GgufQuantize>,
+    /// `Q4_0 · Q8_0`, where the path has it.
+    pub gguf_dot: Option<GgufDot>,
 }
 
 /// Panics unless `groups` runs of `group_size >= 1` cover `n` elements, the last one possibly

@@ -28,4 +28,6 @@ pub const KERNELS: Kernels = Kernels {
     matmul_rows: None,
     linear_tile: gemm::linear_tile_ref,
     linear_tile_f32: crate::simd::gemm::linear_tile_f32_body,
+    gguf_quantize: None,
+    gguf_dot: None,
 };

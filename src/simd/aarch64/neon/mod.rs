@@ -26,6 +26,8 @@ pub const KERNELS: Kernels = Kernels {
     matmul_rows: None,
     linear_tile: gemm::linear_tile_neon,
     linear_tile_f32: gemm::linear_tile_f32_neon,
+    gguf_quantize: None,
+    gguf_dot: None,
 };
 
 pub const KERNELS_DOTPROD: Kernels = Kernels {

@@ -25,4 +25,6 @@ pub const KERNELS: Kernels = Kernels {
     matmul_rows: None,
     linear_tile: gemm::linear_tile_avx2,
     linear_tile_f32: gemm::linear_tile_f32_avx2,
+    gguf_quantize: None,
+    gguf_dot: None,
 };

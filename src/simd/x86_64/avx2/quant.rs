@@ -133,8 +133,10 @@ impl Reciprocal {
 pub(in crate::simd::x86_64) const SIGNED_NIBBLES: [u8; 16] = [
     0, 1, 2, 3, 4, 5, 6, 7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff,
 ];
-pub(in crate::simd::x86_64) const SIGNED_CRUMBS: [u8; 16] = [0, 1, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-pub(in crate::simd::x86_64) const IDENTITY: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+pub(in crate::simd::x86_64) const SIGNED_CRUMBS: [u8; 16] =
+    [0, 1, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub(in crate::simd::x86_64) const IDENTITY: [u8; 16] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
 // ---------------------------------------------------------------------------------------------
 // Safe wrappers: the `Kernels` entries.

@@ -4,10 +4,11 @@
 //! `avx512`, and only replaces entries of its table.
 
 pub mod gemm;
+pub mod gguf;
 pub mod quant;
 
 use crate::simd::x86_64::avx2;
-use crate::simd::{Isa, Kernels};
+use crate::simd::{GgufDot, Isa, Kernels};
 
 pub const KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
@@ -30,6 +31,8 @@ pub const KERNELS: Kernels = Kernels {
     matmul_rows: None,
     linear_tile: avx2::gemm::linear_tile_avx2,
     linear_tile_f32: gemm::linear_tile_f32_avx512,
+    gguf_quantize: Some(gguf::quantize_blocks),
+    gguf_dot: None,
 };
 
 /// The VNNI path differs only in the integer dot products (`vpdpbusd`).
@@ -40,5 +43,9 @@ pub const KERNELS_VNNI: Kernels = Kernels {
     dot_tile_wide: Some(gemm::dot_tile_wide_vnni),
     matmul_rows: Some(gemm::matmul_rows_vnni),
     linear_tile: gemm::linear_tile_vnni,
+    gguf_dot: Some(GgufDot {
+        prepare: gguf::prepare_q8_0,
+        dot: gguf::dot_q4_0_q8_0,
+    }),
     ..KERNELS
 };

@@ -5,6 +5,7 @@
 //! A SIMD table is only ever handed out after the CPU was checked for its features, which is
 //! what makes the safe wrappers around the `#[target_feature]` functions sound.
 
+pub mod contract;
 pub mod gemm;
 pub mod probe;
 pub mod scalar;
@@ -140,6 +141,46 @@ pub fn active() -> Result<&'static Kernels> {
         })
         .clone()
 }
+
+/// The safe wrappers of a path's `#[target_feature]` kernels, one per entry:
+///
+/// ```text
+/// safe_wrappers! {
+///     cpu: probe::has_avx2(), else: crate::simd::scalar;
+///     fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) => quantize_avx2(x, p, out);
+/// }
+/// ```
+///
+/// defines `pub fn quantize(..)`, which checks the kernel's contract ([`contract`]`::quantize`),
+/// then the CPU (`cpu`, a cached probe: the tables are public constants, so a wrapper must not
+/// rely on `active()` having checked), and runs the body in `unsafe`, or `else::quantize` (the
+/// scalar oracle, or a lower path) where the CPU lacks the features.
+macro_rules! safe_wrappers {
+    (cpu: $cpu:expr, else: $($else:ident)::+; $($items:tt)*) => {
+        $crate::simd::safe_wrappers!(@item [$cpu] [$($else)::+] $($items)*);
+    };
+    (@item [$cpu:expr] [$($else:tt)*]) => {};
+    (
+        @item [$cpu:expr] [$($else:tt)*]
+        $(#[$attr:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:expr;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        #[allow(unused_unsafe)]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            $crate::simd::contract::$name($($arg),*);
+            if !$cpu {
+                return $($else)*::$name($($arg),*);
+            }
+            // SAFETY: the CPU has the path's features (checked just above) and the arguments
+            // meet the kernel's contract (checked first), which is all its entry point needs.
+            unsafe { $body }
+        }
+        $crate::simd::safe_wrappers!(@item [$cpu] [$($else)*] $($rest)*);
+    };
+}
+pub(crate) use safe_wrappers;
 
 /// The dispatch of generic code (the `algo` loops): defines `$name(isa, args..)`, which runs
 /// `$body(args..)` compiled for the ISA path `isa`, the choice of [`active`] that also picks

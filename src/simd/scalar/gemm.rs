@@ -2,11 +2,11 @@
 //! written out in plain Rust, the oracle of every other path's tiles.
 
 use crate::simd::gemm::{
-    check_dot, check_dot_wide, check_linear, check_rows, panel_code, Panel, Rows, TileF32, TileI32,
-    TileWide, MR, NR, WIDE_PANELS,
+    self, check_dot, check_dot_wide, check_linear, check_rows, panel_code, Panel, Rows, TileF32,
+    TileI32, TileWide, MR, NR, WIDE_PANELS,
 };
 
-pub fn dot_tile_ref(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
+pub fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     check_dot(panel, x);
     for m in 0..x.rows {
         let row = x.row(m);
@@ -21,12 +21,12 @@ pub fn dot_tile_ref(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     }
 }
 
-/// `dot_tile_wide` by way of [`dot_tile_ref`], for the tests.
-pub fn dot_tile_wide_ref(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
+/// `dot_tile_wide` by way of [`dot_tile`], for the tests.
+pub fn dot_tile_wide(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
     check_dot_wide(panels, x);
     let mut tile: TileI32 = [0; MR * NR];
     for (i, panel) in panels.chunks_exact(x.kp * NR).enumerate() {
-        dot_tile_ref(panel, x, &mut tile);
+        dot_tile(panel, x, &mut tile);
         for m in 0..x.rows {
             let dst = &mut out[m * WIDE_PANELS * NR + i * NR..][..NR];
             dst.copy_from_slice(&tile[m * NR..(m + 1) * NR]);
@@ -34,7 +34,7 @@ pub fn dot_tile_wide_ref(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
     }
 }
 
-pub fn linear_tile_ref(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
+pub fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
     check_linear(panel, x, xsum);
     let segs = panel.seg_len.len();
     let bpk = panel.bytes_per_k();
@@ -62,7 +62,7 @@ pub fn linear_tile_ref(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Tile
 }
 
 /// `matmul_rows` in plain Rust, for the tests.
-pub fn matmul_rows_ref(
+pub fn matmul_rows(
     a: &[u8],
     signed: bool,
     m: usize,
@@ -87,4 +87,9 @@ pub fn matmul_rows_ref(
             out[r * w + j] = acc;
         }
     }
+}
+
+/// The float-mode tile: [`gemm::linear_tile_f32_body`] compiled for the baseline.
+pub fn linear_tile_f32(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
+    gemm::linear_tile_f32_body(panel, x, out)
 }

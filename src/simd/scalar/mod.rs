@@ -4,6 +4,7 @@
 pub mod gemm;
 pub mod quant;
 
+pub use gemm::{dot_tile, dot_tile_wide, linear_tile, linear_tile_f32, matmul_rows};
 pub use quant::*;
 
 use crate::simd::{Isa, Kernels};
@@ -23,11 +24,11 @@ pub const KERNELS: Kernels = Kernels {
     pack2: quant::pack2,
     unpack2: quant::unpack2,
     pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: gemm::dot_tile_ref,
+    dot_tile: gemm::dot_tile,
     dot_tile_wide: None,
     matmul_rows: None,
-    linear_tile: gemm::linear_tile_ref,
-    linear_tile_f32: crate::simd::gemm::linear_tile_f32_body,
+    linear_tile: gemm::linear_tile,
+    linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: None,
     gguf_dot: None,
 };

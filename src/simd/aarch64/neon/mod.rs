@@ -21,11 +21,11 @@ pub const KERNELS: Kernels = Kernels {
     pack2: quant::pack2,
     unpack2: quant::unpack2,
     pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: gemm::dot_tile_neon,
+    dot_tile: gemm::dot_tile,
     dot_tile_wide: None,
     matmul_rows: None,
-    linear_tile: gemm::linear_tile_neon,
-    linear_tile_f32: gemm::linear_tile_f32_neon,
+    linear_tile: gemm::linear_tile,
+    linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: None,
     gguf_dot: None,
 };
@@ -33,9 +33,9 @@ pub const KERNELS: Kernels = Kernels {
 pub const KERNELS_DOTPROD: Kernels = Kernels {
     isa: Isa::NeonDotprod,
     pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: gemm::dot_tile_dotprod,
+    dot_tile: gemm::dotprod::dot_tile,
     dot_tile_wide: None,
     matmul_rows: None,
-    linear_tile: gemm::linear_tile_dotprod,
+    linear_tile: gemm::dotprod::linear_tile,
     ..KERNELS
 };

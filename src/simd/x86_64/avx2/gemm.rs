@@ -15,7 +15,6 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::simd::gemm::{self, Panel, Rows, TileF32, TileI32, NR};
-use crate::simd::scalar;
 use core::arch::x86_64::*;
 use core::ptr::read_unaligned;
 
@@ -28,36 +27,21 @@ unsafe fn bcast4(p: *const i8) -> i32 {
 /// rows, each re-reading the panel segment from L1.
 const R_AVX2: usize = 2;
 
-pub fn dot_tile_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    if !crate::simd::probe::has_avx2() {
-        return scalar::gemm::dot_tile_ref(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX2; the lengths were checked above.
-    unsafe { dot_avx2(panel, x, out) }
-}
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx2(), else: crate::simd::scalar;
 
-pub fn linear_tile_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    if !crate::simd::probe::has_avx2() {
-        return scalar::gemm::linear_tile_ref(panel, x, xsum, out);
-    }
-    // SAFETY: the CPU has AVX2 and FMA; the panel, rows and sums were checked above.
-    unsafe {
+    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => dot_avx2(panel, x, out);
+
+    fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         if panel.bits == 4 {
             linear_avx2::<true>(panel, x, xsum, out)
         } else {
             linear_avx2::<false>(panel, x, xsum, out)
         }
-    }
-}
+    };
 
-pub fn linear_tile_f32_avx2(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    if !crate::simd::probe::has_avx2() {
-        return gemm::linear_tile_f32_body(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX2 and FMA (the body checks its inputs itself).
-    unsafe { linear_f32_avx2(panel, x, out) }
+    fn linear_tile_f32(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) =>
+        linear_f32_avx2(panel, x, out);
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -14,14 +14,6 @@
 use crate::simd::{scalar, MinMax, QParams};
 use core::arch::x86_64::*;
 
-/// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check
-/// before entering `#[target_feature]` code). `is_x86_feature_detected!` caches CPUID itself:
-/// this is a few relaxed loads.
-#[inline(always)]
-fn cpu_ok() -> bool {
-    crate::simd::probe::has_avx2()
-}
-
 /// How far ahead (in bytes) the streaming kernels prefetch what they read: far enough for the
 /// hardware prefetchers' horizon to be extended (15-20% more read bandwidth from DRAM on one
 /// core here), near enough to stay in L1/L2 until used.
@@ -141,139 +133,61 @@ pub(in crate::simd::x86_64) const IDENTITY: [u8; 16] =
 // ---------------------------------------------------------------------------------------------
 // Safe wrappers: the `Kernels` entries.
 
-pub fn minmax(x: &[f32]) -> MinMax {
-    if !cpu_ok() {
-        return scalar::minmax(x);
-    }
-    // SAFETY: the CPU has AVX2 (checked above).
-    unsafe { minmax_avx2(x) }
-}
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx2(), else: crate::simd::scalar;
 
-pub fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
-    assert!(x.len() == min.len() && x.len() == max.len());
-    if !cpu_ok() {
-        return scalar::minmax_lanes(x, min, max);
-    }
-    // SAFETY: the CPU has AVX2; the three slices have the same length.
-    unsafe { minmax_lanes_avx2(x, min, max) }
-}
+    fn minmax(x: &[f32]) -> MinMax => minmax_avx2(x);
 
-pub fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize(x, p, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `x`.
-    unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
-}
+    fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool =>
+        minmax_lanes_avx2(x, min, max);
 
-pub fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
-    crate::simd::check_groups(x.len(), group_size, out.len());
-    if !cpu_ok() {
-        return scalar::minmax_groups(x, group_size, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds one entry per group of `group_size >= 1`.
-    unsafe { minmax_groups_avx2(x, group_size, out) }
-}
+    fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) =>
+        quantize_one_grid(x, p, out, prefetch_distance(x.len()));
 
-pub fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
-    crate::simd::check_groups(x.len(), group_size, grid.len());
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize_groups(x, group_size, grid, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `x`, `grid` has one entry per group.
-    unsafe { quantize_groups_avx2(x, group_size, grid, out) }
-}
+    fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) =>
+        minmax_groups_avx2(x, group_size, out);
 
-pub fn quantize_lanes(
-    x: &[f32],
-    scale: &[f32],
-    zero_point: &[i32],
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
-    assert!(x.len() == out.len() && x.len() == scale.len() && x.len() == zero_point.len());
-    if !cpu_ok() {
-        return scalar::quantize_lanes(x, scale, zero_point, qmin, qmax, out);
-    }
-    // SAFETY: the CPU has AVX2; the four slices have the same length.
-    unsafe { quantize_lanes_avx2(x, scale, zero_point, qmin, qmax, out) }
-}
+    fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) =>
+        quantize_groups_avx2(x, group_size, grid, out);
 
-pub fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
-    assert_eq!(codes.len(), out.len());
-    if !cpu_ok() {
-        return scalar::dequantize(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `codes`.
-    unsafe {
+    fn quantize_lanes(
+        x: &[f32],
+        scale: &[f32],
+        zero_point: &[i32],
+        qmin: i32,
+        qmax: i32,
+        out: &mut [u8],
+    ) => quantize_lanes_avx2(x, scale, zero_point, qmin, qmax, out);
+
+    fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) => {
         if signed {
             dequantize_avx2::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_avx2::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-pub fn dequantize_lanes(
-    codes: &[u8],
-    signed: bool,
-    scale: &[f32],
-    zero_point: &[f32],
-    out: &mut [f32],
-) {
-    assert!(
-        codes.len() == out.len() && codes.len() == scale.len() && codes.len() == zero_point.len()
-    );
-    if !cpu_ok() {
-        return scalar::dequantize_lanes(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX2; the four slices have the same length.
-    unsafe {
+    fn dequantize_lanes(
+        codes: &[u8],
+        signed: bool,
+        scale: &[f32],
+        zero_point: &[f32],
+        out: &mut [f32],
+    ) => {
         if signed {
             dequantize_lanes_avx2::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_lanes_avx2::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-pub fn pack4(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::pack4(codes, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds `codes.len().div_ceil(2)` bytes.
-    unsafe { pack4_avx2(codes, out) }
-}
+    fn pack4(codes: &[u8], out: &mut [u8]) => pack4_avx2(codes, out);
 
-pub fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::unpack4(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX2; `packed` holds at least `out.len().div_ceil(2)` bytes.
-    unsafe { unpack4_avx2(packed, signed, out) }
-}
+    fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) => unpack4_avx2(packed, signed, out);
 
-pub fn pack2(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::pack2(codes, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds `codes.len().div_ceil(4)` bytes.
-    unsafe { pack2_avx2(codes, out) }
-}
+    fn pack2(codes: &[u8], out: &mut [u8]) => pack2_avx2(codes, out);
 
-pub fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::unpack2(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX2; `packed` holds at least `out.len().div_ceil(4)` bytes.
-    unsafe { unpack2_avx2(packed, signed, out) }
+    fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) => unpack2_avx2(packed, signed, out);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@
 use crate::simd::gemm::{
     self, Panel, Rows, TileF32, TileI32, TileWide, NR, WIDE_PANELS, WIDE_ROWS,
 };
-use crate::simd::scalar;
 use core::arch::x86_64::*;
 use core::ptr::read_unaligned;
 
@@ -26,13 +25,11 @@ unsafe fn bcast4(p: *const i8) -> i32 {
     read_unaligned(p as *const i32)
 }
 
-pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
-        return scalar::gemm::dot_tile_ref(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni(),
+    else: crate::simd::scalar;
+
+    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => {
         match x.rows {
             1 => dot_vnni::<1>(panel, x, out),
             2 => dot_vnni::<2>(panel, x, out),
@@ -43,16 +40,9 @@ pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
             7 => dot_vnni::<7>(panel, x, out),
             _ => dot_vnni::<8>(panel, x, out),
         }
-    }
-}
+    };
 
-pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
-    gemm::check_dot_wide(panels, x);
-    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
-        return scalar::gemm::dot_tile_wide_ref(panels, x, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
+    fn dot_tile_wide(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) => {
         match x.rows {
             1 => dot_wide_vnni::<1>(panels, x, out),
             2 => dot_wide_vnni::<2>(panels, x, out),
@@ -61,16 +51,9 @@ pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
             5 => dot_wide_vnni::<5>(panels, x, out),
             _ => dot_wide_vnni::<6>(panels, x, out),
         }
-    }
-}
+    };
 
-pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
-        return scalar::gemm::linear_tile_ref(panel, x, xsum, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the panel, rows and sums were checked above.
-    unsafe {
+    fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         match (x.rows, panel.bits == 4) {
             (1, false) => linear_vnni::<1, false>(panel, x, xsum, out),
             (2, false) => linear_vnni::<2, false>(panel, x, xsum, out),
@@ -89,17 +72,35 @@ pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
             (7, true) => linear_vnni::<7, true>(panel, x, xsum, out),
             (_, true) => linear_vnni::<8, true>(panel, x, xsum, out),
         }
-    }
+    };
+
+    fn matmul_rows(
+        a: &[u8],
+        signed: bool,
+        m: usize,
+        b: &[i8],
+        kn: (usize, usize),
+        c0: usize,
+        out: &mut [i32],
+    ) => {
+        match (m, signed) {
+            (1, false) => rows_vnni::<1, false>(a, b, kn, c0, out),
+            (2, false) => rows_vnni::<2, false>(a, b, kn, c0, out),
+            (3, false) => rows_vnni::<3, false>(a, b, kn, c0, out),
+            (_, false) => rows_vnni::<4, false>(a, b, kn, c0, out),
+            (1, true) => rows_vnni::<1, true>(a, b, kn, c0, out),
+            (2, true) => rows_vnni::<2, true>(a, b, kn, c0, out),
+            (3, true) => rows_vnni::<3, true>(a, b, kn, c0, out),
+            (_, true) => rows_vnni::<4, true>(a, b, kn, c0, out),
+        }
+    };
 }
 
-pub fn linear_tile_f32_avx512(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    panel.check(x.kp);
-    assert!(x.in_bounds());
-    if !crate::simd::probe::has_avx512() {
-        return gemm::linear_tile_f32_body(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX-512; the panel and rows were checked above.
-    unsafe { linear_f32_avx512(panel, x, out) }
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx512(), else: crate::simd::scalar;
+
+    fn linear_tile_f32(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) =>
+        linear_f32_avx512(panel, x, out);
 }
 
 /// Values of `k` decoded at a time by the AVX-512 float tile: 256 x 64 bytes (16 KiB) of
@@ -431,34 +432,6 @@ pub unsafe fn pack_quad4_avx512(src: *const i8, n: usize, dst: *mut u8, panel_st
     ];
     for (i, v) in out.into_iter().enumerate() {
         _mm512_storeu_si512(dst.add(i * panel_stride) as *mut _, v);
-    }
-}
-
-pub fn matmul_rows_vnni(
-    a: &[u8],
-    signed: bool,
-    m: usize,
-    b: &[i8],
-    kn: (usize, usize),
-    c0: usize,
-    out: &mut [i32],
-) {
-    gemm::check_rows(a, m, b, kn, c0, out);
-    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
-        return scalar::gemm::matmul_rows_ref(a, signed, m, b, kn, c0, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
-        match (m, signed) {
-            (1, false) => rows_vnni::<1, false>(a, b, kn, c0, out),
-            (2, false) => rows_vnni::<2, false>(a, b, kn, c0, out),
-            (3, false) => rows_vnni::<3, false>(a, b, kn, c0, out),
-            (_, false) => rows_vnni::<4, false>(a, b, kn, c0, out),
-            (1, true) => rows_vnni::<1, true>(a, b, kn, c0, out),
-            (2, true) => rows_vnni::<2, true>(a, b, kn, c0, out),
-            (3, true) => rows_vnni::<3, true>(a, b, kn, c0, out),
-            (_, true) => rows_vnni::<4, true>(a, b, kn, c0, out),
-        }
     }
 }
 

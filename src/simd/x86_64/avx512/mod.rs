@@ -26,11 +26,11 @@ pub const KERNELS: Kernels = Kernels {
     unpack2: quant::unpack2,
     // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
     pack_panels: gemm::pack_i8_panels_avx512,
-    dot_tile: avx2::gemm::dot_tile_avx2,
+    dot_tile: avx2::gemm::dot_tile,
     dot_tile_wide: None,
     matmul_rows: None,
-    linear_tile: avx2::gemm::linear_tile_avx2,
-    linear_tile_f32: gemm::linear_tile_f32_avx512,
+    linear_tile: avx2::gemm::linear_tile,
+    linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: Some(gguf::quantize_blocks),
     gguf_dot: None,
 };
@@ -39,10 +39,10 @@ pub const KERNELS: Kernels = Kernels {
 pub const KERNELS_VNNI: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
     pack_panels: gemm::pack_i8_panels_avx512,
-    dot_tile: gemm::dot_tile_vnni,
-    dot_tile_wide: Some(gemm::dot_tile_wide_vnni),
-    matmul_rows: Some(gemm::matmul_rows_vnni),
-    linear_tile: gemm::linear_tile_vnni,
+    dot_tile: gemm::dot_tile,
+    dot_tile_wide: Some(gemm::dot_tile_wide),
+    matmul_rows: Some(gemm::matmul_rows),
+    linear_tile: gemm::linear_tile,
     gguf_dot: Some(GgufDot {
         prepare: gguf::prepare_q8_0,
         dot: gguf::dot_q4_0_q8_0,

@@ -2,8 +2,28 @@
 //!
 //! Every path fills the same [`Kernels`] table of safe function pointers; the scalar table is
 //! the oracle the others are tested against (bit-identical integer codes and float results).
-//! A SIMD table is only ever handed out after the CPU was checked for its features, which is
-//! what makes the safe wrappers around the `#[target_feature]` functions sound.
+//! A SIMD table is only ever handed out after the CPU was checked for its features, and each
+//! safe wrapper checks again before entering `#[target_feature]` code.
+//!
+//! The tree, one folder per path with the same file names in each (a file only where the
+//! path has code of that kind):
+//!
+//! ```text
+//! simd/
+//!   mod.rs        Isa, the Kernels table, select()/active(): the one run-time choice
+//!                 (QFAST_ISA), safe_wrappers! and per_isa!
+//!   contract.rs   what each kernel requires of its arguments, checked by every wrapper
+//!   probe.rs      the CPU probes and the peak loops
+//!   gemm.rs       the packed layouts and the tile contracts (the same on every path)
+//!   scalar/       quant.rs gemm.rs            the oracle (the GGUF one is gguf::legacy)
+//!   x86_64/avx2/  quant.rs gemm.rs            AVX2 + FMA + F16C
+//!   x86_64/avx512/ quant.rs gemm.rs gguf.rs   AVX-512 F/BW/VL/DQ; `avx512vnni` is a second
+//!                                             table here (it only swaps the integer tiles)
+//!   aarch64/neon/ quant.rs gemm.rs            NEON; `neon-dotprod` a second table here
+//! ```
+//!
+//! No code outside this module names an instruction set: the algorithms' loops (`algo`) are
+//! compiled per path by `per_isa!`, on the same [`active`] choice as the tables.
 
 pub mod contract;
 pub mod gemm;

@@ -16,7 +16,7 @@
 //!   probe.rs      the CPU probes and the peak loops
 //!   gemm.rs       the packed layouts and the tile contracts (the same on every path)
 //!   scalar/       quant.rs gemm.rs            the oracle (the GGUF one is gguf::legacy)
-//!   x86_64/avx2/  quant.rs gemm.rs            AVX2 + FMA + F16C
+//!   x86_64/avx2/  quant.rs gemm.rs gguf.rs    AVX2 + FMA + F16C
 //!   x86_64/avx512/ quant.rs gemm.rs gguf.rs   AVX-512 F/BW/VL/DQ; `avx512vnni` is a second
 //!                                             table here (it only swaps the integer tiles)
 //!   aarch64/neon/ quant.rs gemm.rs            NEON; `neon-dotprod` a second table here

@@ -1,6 +1,7 @@
 //! The AVX2 path (with FMA and F16C): 256-bit vectors.
 
 pub mod gemm;
+pub mod gguf;
 pub mod quant;
 
 use crate::simd::{Isa, Kernels};
@@ -25,6 +26,6 @@ pub const KERNELS: Kernels = Kernels {
     matmul_rows: None,
     linear_tile: gemm::linear_tile,
     linear_tile_f32: gemm::linear_tile_f32,
-    gguf_quantize: None,
+    gguf_quantize: Some(gguf::quantize_blocks),
     gguf_dot: None,
 };

@@ -261,9 +261,9 @@ fn main() {
     }
     let isa = simd::select(None).expect("an ISA path");
     if all || what.as_deref() == Some("peak") {
-        if let Some(ops) = gemm::peak_loop(isa, 1 << 22) {
+        if let Some(ops) = simd::probe::peak_loop(isa, 1 << 22) {
             let t = Instant::now();
-            gemm::peak_loop(isa, 1 << 22);
+            simd::probe::peak_loop(isa, 1 << 22);
             let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
             println!("vpdpbusd peak: {g:.1} G MAC/s");
         }

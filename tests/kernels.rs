@@ -944,7 +944,7 @@ fn run(isa: Isa) -> (u64, u64) {
         }
     }
 
-    // The reciprocal fast path of `quantize` (see `src/simd/x86_64/avx2.rs`): ties of
+    // The reciprocal fast path of `quantize` (see `src/simd/x86_64/avx2/quant.rs`): ties of
     // x / scale and their neighbours, for scales with inexact reciprocals and of every
     // magnitude, on every kind of grid, in slices long enough for whole blocks of vectors and
     // with every kind of remainder.
@@ -1217,7 +1217,7 @@ impl Check<'_> {
                     let w = (1 + self.rng.below(n - c0)).min(gemm::ROWS_COLS);
                     let mut expected = vec![0i32; m * w];
                     let mut got = vec![7i32; m * w];
-                    gemm::matmul_rows_ref(&a, signed, m, &b, (k, n), c0, &mut expected);
+                    scalar::gemm::matmul_rows(&a, signed, m, &b, (k, n), c0, &mut expected);
                     rows_fn(&a, signed, m, &b, (k, n), c0, &mut got);
                     self.compare(
                         "matmul_rows",
@@ -1261,12 +1261,12 @@ impl Check<'_> {
             |i| w.clone() + &format!(", tile index {i}"),
         );
 
-        // The wide tile: WIDE_PANELS panels, up to WIDE_ROWS rows, against dot_tile_ref.
+        // The wide tile: WIDE_PANELS panels, up to WIDE_ROWS rows, against dot_tile.
         if let (Some(wide), true) = (self.k.dot_tile_wide, rows <= WIDE_ROWS) {
             let panels = gemm_bytes(&mut self.rng, kind, WIDE_PANELS * kp * NR, 8, true);
             let mut expected = [0i32; WIDE_ROWS * WIDE_PANELS * NR];
             let mut got = [0i32; WIDE_ROWS * WIDE_PANELS * NR];
-            gemm::dot_tile_wide_ref(&panels, &xr, &mut expected);
+            scalar::gemm::dot_tile_wide(&panels, &xr, &mut expected);
             wide(&panels, &xr, &mut got);
             let n = rows * WIDE_PANELS * NR;
             let w = what("dot_tile_wide");

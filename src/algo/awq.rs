@@ -353,11 +353,11 @@ fn clip_rows(
     }
 }
 
-per_isa!(pseudo_quantize_isa => pseudo_quantize_rows(
+crate::simd::per_isa!(pseudo_quantize_isa => pseudo_quantize_rows(
     w: &[f32], layout: Layout, grid: Grid, scales: Option<&[f32]>, out: &mut [f32]));
-per_isa!(quantize_isa => quantize_rows(
+crate::simd::per_isa!(quantize_isa => quantize_rows(
     w: &[f32], g: usize, grid: Grid, codes: &mut [u8], params: &mut [(f32, i32)]));
-per_isa!(clip_isa => clip_rows(
+crate::simd::per_isa!(clip_isa => clip_rows(
     w: &[f32], xt: &[f32], tp: usize, tokens: usize, g: usize, grid: Grid, factors: &[f32],
     block: usize, best: &mut [f32]));
 

@@ -218,7 +218,7 @@ fn rows_task(b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) ->
     loss
 }
 
-per_isa!(rows_isa => rows_task(
+crate::simd::per_isa!(rows_isa => rows_task(
     b: &Block, hb: &[f32], grid: &Grid, groups: &Groups, rows: Rows) -> f64);
 
 /// Rows quantized together: the error update of a column is then one vector operation per

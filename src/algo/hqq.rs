@@ -494,9 +494,9 @@ fn codes_task(w: &[f32], grid: &Grid, scale: &[f32], zero: &[f32], out: &mut [u8
 
 // --- ISA paths -------------------------------------------------------------------------
 
-per_isa!(step_isa => step_task(
+crate::simd::per_isa!(step_isa => step_task(
     w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [f32], sh: &Shrink) -> f64);
-per_isa!(codes_isa => codes_task(
+crate::simd::per_isa!(codes_isa => codes_task(
     w: &[f32], grid: &Grid, s: &[f32], z: &[f32], out: &mut [u8]) -> f64);
 
 // --- errors ------------------------------------------------------------------------------

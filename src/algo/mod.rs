@@ -1,42 +1,7 @@
 //! Weight-quantization algorithms: the parts of GPTQ, AWQ and HQQ that NumPy/BLAS cannot do
 //! at the speed of the hardware (column loops, grid searches, iterations). `kernels` applies a
-//! given or min/max grid; these search for one.
-
-/// Defines `$name(isa, args..)`, which runs `$body(args..)` compiled for the ISA path `isa`
-/// (AVX2, AVX-512, or the build's baseline elsewhere; aarch64 needs no variant: NEON is part
-/// of its baseline). The body is the same Rust code on every path, and LLVM never contracts
-/// or reorders float operations, so every path gives the same bits.
-macro_rules! per_isa {
-    ($name:ident => $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name(isa: crate::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use crate::simd::Isa;
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                match isa {
-                    // SAFETY: simd::active() picks a path only where the CPU has its
-                    // features (AVX2 for `avx2`, AVX-512 F/BW/VL/DQ for the AVX-512 paths).
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    // SAFETY: as above.
-                    Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
-                    _ => {}
-                }
-            }
-            let _ = isa;
-            $body($($arg),*)
-        }
-    };
-}
+//! given or min/max grid; these search for one. Their loops run compiled for the active ISA
+//! path through `simd::per_isa!`.
 
 pub mod awq;
 pub mod gptq;

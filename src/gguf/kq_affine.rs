@@ -26,6 +26,7 @@
 //!
 //! This is the scalar oracle; faster code will live under `src/simd/<isa>/` and must match it.
 
+use super::ggml::{fp16_to_fp32, fp32_to_fp16, nearest_int};
 use super::kquants::{Q2_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, QK_K};
 use super::legacy::{Q4_1_BYTES, Q5_1_BYTES, QK};
 use super::GgmlType;
@@ -42,58 +43,6 @@ pub const DONE: &[GgmlType] = &[
 /// `GROUP_MAX_EPS`: below this the largest value of a group counts as zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-// ---------------------------------------------------------------------------------------------
-// float16, as ggml's `ggml_compute_fp32_to_fp16` / `ggml_compute_fp16_to_fp32`
-
-/// ggml's float32 to float16 (Maratyszcza's FP16): round to nearest even; any NaN becomes
-/// `0x7E00` with its sign.
-pub(crate) fn fp32_to_fp16(f: f32) -> u16 {
-    let scale_to_inf = f32::from_bits(0x7780_0000); // 2^112
-    let scale_to_zero = f32::from_bits(0x0880_0000); // 2^-110
-    let mut base = (f.abs() * scale_to_inf) * scale_to_zero;
-    let w = f.to_bits();
-    let shl1_w = w.wrapping_add(w);
-    let sign = w & 0x8000_0000;
-    let mut bias = shl1_w & 0xFF00_0000;
-    if bias < 0x7100_0000 {
-        bias = 0x7100_0000;
-    }
-    #[allow(clippy::assign_op_pattern)] // C's operand order
-    {
-        base = f32::from_bits((bias >> 1) + 0x0780_0000) + base;
-    }
-    let bits = base.to_bits();
-    let exp_bits = (bits >> 13) & 0x0000_7C00;
-    let mantissa_bits = bits & 0x0000_0FFF;
-    let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16)
-        | if shl1_w > 0xFF00_0000 {
-            0x7E00
-        } else {
-            nonsign
-        }) as u16
-}
-
-/// ggml's float16 to float32 (exact).
-pub(crate) fn fp16_to_fp32(h: u16) -> f32 {
-    let w = (h as u32) << 16;
-    let sign = w & 0x8000_0000;
-    let two_w = w.wrapping_add(w);
-    let exp_offset = 0xE0u32 << 23;
-    let exp_scale = f32::from_bits(0x0780_0000); // 2^-112
-    let normalized = f32::from_bits((two_w >> 4) + exp_offset) * exp_scale;
-    let magic_mask = 126u32 << 23;
-    let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
-    let denormalized_cutoff = 1u32 << 27;
-    let result = sign
-        | if two_w < denormalized_cutoff {
-            denormalized.to_bits()
-        } else {
-            normalized.to_bits()
-        };
-    f32::from_bits(result)
-}
-
 /// Stores `v` as ggml's float16 at `out[at..at + 2]` and returns the value stored, widened.
 fn put_f16(out: &mut [u8], at: usize, v: f32) -> f32 {
     let h = fp32_to_fp16(v);
@@ -103,15 +52,6 @@ fn put_f16(out: &mut [u8], at: usize, v: f32) -> f32 {
 
 // ---------------------------------------------------------------------------------------------
 // The searches
-
-/// ggml's `nearest_int`: `fval + 1.5 * 2^23` rounds to an integer (half to even) in the low
-/// mantissa bits. Exact for `|fval| <= 4194303`; beyond that (ggml's assert is compiled out)
-/// the same bit arithmetic gives the same garbage as C.
-#[inline(always)]
-pub(crate) fn nearest_int(fval: f32) -> i32 {
-    let val = fval + 12_582_912.0;
-    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
-}
 
 /// C's `MAX(a, b)` macro: `a > b ? a : b`.
 #[inline(always)]
@@ -833,37 +773,6 @@ pub fn quantize_row_q5_1_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_int_rounds_half_to_even() {
-        assert_eq!(nearest_int(0.5), 0);
-        assert_eq!(nearest_int(1.5), 2);
-        assert_eq!(nearest_int(2.5), 2);
-        assert_eq!(nearest_int(-0.5), 0);
-        assert_eq!(nearest_int(-1.5), -2);
-        assert_eq!(nearest_int(-0.0), 0);
-        assert_eq!(nearest_int(4194303.0), 4194303);
-        assert_eq!(nearest_int(-4194303.0), -4194303);
-    }
-
-    #[test]
-    fn fp16_matches_the_half_crate_on_finite_values() {
-        let mut s = 0x1234_5678u32;
-        for _ in 0..200_000 {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let f = f32::from_bits(s);
-            if f.is_nan() {
-                assert_eq!(fp32_to_fp16(f) & 0x7FFF, 0x7E00);
-                continue;
-            }
-            let h = fp32_to_fp16(f);
-            assert_eq!(h, half::f16::from_f32(f).to_bits(), "{f:e}");
-            let back = fp16_to_fp32(h);
-            assert_eq!(back.to_bits(), half::f16::from_bits(h).to_f32().to_bits());
-        }
-    }
 
     /// Extreme rows and weights run through every quantizer without a panic (in a debug build:
     /// no arithmetic overflow).

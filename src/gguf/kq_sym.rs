@@ -36,6 +36,7 @@
 //! `best_index_int8`'s own float test, so it needs no branches. Q3_K's high bits are packed
 //! without branches.
 
+use super::ggml::{fp32_to_fp16, nearest_int};
 use super::kquants::{IQ4_KVALUES, IQ4_NL_BLOCK, IQ4_NL_BYTES, Q3_K_BYTES, Q6_K_BYTES, QK_K};
 use super::legacy::{Q4_0_BYTES, Q5_0_BYTES, QK};
 use super::GgmlType;
@@ -53,18 +54,10 @@ pub const DONE: &[GgmlType] = &[
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below it is all zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// ggml's `nearest_int`: `fval + 12582912.f`, then the low 23 bits of the sum minus `2^22`.
-/// Rounds to nearest even for `|fval| <= 4194303`; outside that it returns what the C
-/// returns (ggml's release build does not assert the range).
-#[inline(always)]
-fn nearest_int(fval: f32) -> i32 {
-    let val = fval + 12_582_912.0;
-    ((val.to_bits() as i32) & 0x007f_ffff) - 0x0040_0000
-}
-
+/// ggml's float32 to float16 (round to nearest even), as [`f16`] for the stores below.
 #[inline(always)]
 fn to_f16(v: f32) -> f16 {
-    f16::from_f32(v)
+    f16::from_bits(fp32_to_fp16(v))
 }
 
 /// ggml's `best_index_int8(16, values, x)`: the index of the codebook value nearest `x` (the
@@ -684,48 +677,6 @@ pub fn quantize_row_q5_0_weighted(x: &[f32], out: &mut [u8], imatrix: Option<&[f
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// ggml's `ggml_compute_fp32_to_fp16`, as kq_affine ports it.
-    use crate::gguf::kq_affine::fp32_to_fp16 as ggml_fp32_to_fp16;
-
-    #[test]
-    fn half_rounds_as_ggml_fp32_to_fp16() {
-        // Every finite float32 with a stride prime to the mantissa patterns, plus the
-        // boundaries around float16's overflow and subnormal range.
-        let mut bits = 0u32;
-        while bits < 0x7F80_0000 {
-            for f in [f32::from_bits(bits), -f32::from_bits(bits)] {
-                assert_eq!(to_f16(f).to_bits(), ggml_fp32_to_fp16(f), "{f:e}");
-            }
-            bits += 251;
-        }
-        for f in [
-            65504.0f32,
-            65519.99,
-            65520.0,
-            1e30,
-            5.96e-8,
-            2.98e-8,
-            2.9802322e-8,
-        ] {
-            assert_eq!(to_f16(f).to_bits(), ggml_fp32_to_fp16(f), "{f:e}");
-        }
-    }
-
-    #[test]
-    fn nearest_int_rounds_half_to_even() {
-        for (v, want) in [
-            (0.5f32, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (-0.5, 0),
-            (-1.5, -2),
-            (3.49, 3),
-        ] {
-            assert_eq!(nearest_int(v), want, "{v}");
-        }
-        assert_eq!(nearest_int(-4194303.0), -4194303);
-    }
 
     #[test]
     fn best_index_takes_the_upper_value_on_a_tie() {

@@ -6,16 +6,16 @@
 //! drivers here work on flat slices and the binding handles shapes.
 
 pub mod dot;
+pub mod ggml;
 pub mod kq_affine;
 pub mod kq_sym;
 pub mod kquants;
 pub mod legacy;
 pub mod rows;
-#[cfg(target_arch = "x86_64")]
-mod x86;
 
 use crate::error::{QfastError, Result};
 use crate::parallel;
+use crate::simd::{GgufDot, GgufKind, GgufQuantize, Kernels, Q8Row};
 use half::{bf16, f16};
 
 /// The tensor types qfast reads (`dequantize`) and, for some, writes (`quantize`).
@@ -195,7 +195,7 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
     check_blocks(ty, x.len())?;
     assert_eq!(out.len(), x.len() / bs * ts);
     let kern = crate::simd::active()?;
-    let wide = wide_kind(ty, kern.isa);
+    let wide = kern.gguf_quantize.zip(simd_kind(ty));
     let check = ty != F16 && ty != BF16; // those two store NaN and Inf as they are
     let chunk = bs * BLOCKS_PER_TASK;
     let tasks: Vec<_> = x
@@ -234,47 +234,22 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
     results.into_iter().collect()
 }
 
-#[cfg(target_arch = "x86_64")]
-type Wide = Option<x86::Kind>;
-#[cfg(not(target_arch = "x86_64"))]
-type Wide = Option<()>;
-
-/// The SIMD quantizer for `ty` on path `isa`, if there is one.
-fn wide_kind(ty: GgmlType, isa: crate::simd::Isa) -> Wide {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Isa;
-        if !matches!(isa, Isa::Avx512 | Isa::Avx512Vnni) {
-            return None;
-        }
-        Some(match ty {
-            Q4_0 => x86::Kind::Q4_0,
-            Q4_1 => x86::Kind::Q4_1,
-            Q5_0 => x86::Kind::Q5_0,
-            Q5_1 => x86::Kind::Q5_1,
-            Q8_0 => x86::Kind::Q8_0,
-            _ => return None,
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (ty, isa);
-        None
-    }
+/// The block type of `ty` that a path's `gguf_quantize` may write.
+fn simd_kind(ty: GgmlType) -> Option<GgufKind> {
+    Some(match ty {
+        Q4_0 => GgufKind::Q4_0,
+        Q4_1 => GgufKind::Q4_1,
+        Q5_0 => GgufKind::Q5_0,
+        Q5_1 => GgufKind::Q5_1,
+        Q8_0 => GgufKind::Q8_0,
+        _ => return None,
+    })
 }
 
-/// Runs the SIMD quantizer when there is one (it reports whether every value was finite);
-/// `None` if the caller must run the portable one.
-fn run_wide(wide: Wide, x: &[f32], out: &mut [u8]) -> Option<bool> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        wide.and_then(|kind| x86::quantize_chunk(kind, x, out))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (wide, x, out);
-        None
-    }
+/// Runs the path's SIMD quantizer when there is one (it reports whether every value was
+/// finite); `None` if the caller must run the portable one.
+fn run_wide(wide: Option<(GgufQuantize, GgufKind)>, x: &[f32], out: &mut [u8]) -> Option<bool> {
+    wide.and_then(|(quantize, kind)| quantize(kind, x, out))
 }
 
 /// Dequantizes `blocks` (a whole number of blocks) into `out` (`block_size` values per block).
@@ -323,7 +298,7 @@ pub fn dot_q4_0_q8_0(w: &[u8], x: &[u8], out: &mut [f32]) -> Result<()> {
         out.fill(0.0);
         return Ok(());
     }
-    let rows_fn = RowDot::new(kern.isa, x)?;
+    let rows_fn = RowDot::new(kern, x)?;
     let per_task = (1 << 16) / row_bytes + 1;
     let tasks: Vec<_> = w
         .chunks(per_task * row_bytes)
@@ -340,27 +315,21 @@ pub fn dot_q4_0_q8_0(w: &[u8], x: &[u8], out: &mut [f32]) -> Result<()> {
 /// One row's `Q4_0 · Q8_0` on the active path, the Q8_0 row prepared once.
 enum RowDot<'a> {
     Portable(&'a [u8]),
-    #[cfg(target_arch = "x86_64")]
-    Vnni(x86::Q8Row, &'a [u8]),
+    Simd(GgufDot, Q8Row, &'a [u8]),
 }
 
 impl<'a> RowDot<'a> {
-    fn new(isa: crate::simd::Isa, x: &'a [u8]) -> Result<RowDot<'a>> {
-        #[cfg(target_arch = "x86_64")]
-        if isa == crate::simd::Isa::Avx512Vnni {
-            return Ok(RowDot::Vnni(x86::Q8Row::new(x)?, x));
-        }
-        let _ = isa;
-        Ok(RowDot::Portable(x))
+    fn new(kern: &Kernels, x: &'a [u8]) -> Result<RowDot<'a>> {
+        Ok(match kern.gguf_dot {
+            Some(simd) => RowDot::Simd(simd, (simd.prepare)(x)?, x),
+            None => RowDot::Portable(x),
+        })
     }
 
     fn dot(&self, row: &[u8]) -> f32 {
         match self {
             RowDot::Portable(x) => dot::dot_ref(row, x),
-            #[cfg(target_arch = "x86_64")]
-            RowDot::Vnni(y, x) => {
-                x86::dot_q4_0_q8_0(row, y).unwrap_or_else(|| dot::dot_ref(row, x))
-            }
+            RowDot::Simd(simd, y, x) => (simd.dot)(row, y).unwrap_or_else(|| dot::dot_ref(row, x)),
         }
     }
 }

@@ -240,7 +240,7 @@ pub fn peak_int8_gmacs(py: Python<'_>) -> Option<f64> {
         let mut best = 0f64;
         for _ in 0..5 {
             let t = std::time::Instant::now();
-            let macs = crate::simd::gemm::peak_loop(kern.isa, 1 << 20)?;
+            let macs = crate::simd::probe::peak_loop(kern.isa, 1 << 20)?;
             best = best.max(macs as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
         Some(best)

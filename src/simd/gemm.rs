@@ -226,34 +226,6 @@ pub fn check_rows(
     w
 }
 
-/// `matmul_rows` in plain Rust, for the tests.
-pub fn matmul_rows_ref(
-    a: &[u8],
-    signed: bool,
-    m: usize,
-    b: &[i8],
-    (k, n): (usize, usize),
-    c0: usize,
-    out: &mut [i32],
-) {
-    let w = check_rows(a, m, b, (k, n), c0, out);
-    for r in 0..m {
-        for j in 0..w {
-            let mut acc = 0i32;
-            for kk in 0..k {
-                let bv = b[kk * n + c0 + j];
-                let (av, bv) = if signed {
-                    (a[r * k + kk] as i8 as i32, (bv as u8 ^ 0x80) as i32)
-                } else {
-                    (a[r * k + kk] as i32, bv as i32)
-                };
-                acc = acc.wrapping_add(av * bv);
-            }
-            out[r * w + j] = acc;
-        }
-    }
-}
-
 /// Contract of `linear_tile`, checked by every path's wrapper.
 #[inline]
 pub fn check_linear(panel: &Panel, x: &Rows<i8>, xsum: &[f32]) {
@@ -278,20 +250,6 @@ pub fn panel_code(codes: &[u8], bits: u32, j: usize, k: usize) -> u8 {
         }
     } else {
         codes[(k / 4) * 64 + 4 * j + (k % 4)]
-    }
-}
-
-/// Runs `iters` rounds of the path's integer dot-product instruction on independent register
-/// accumulators and returns the multiply-adds done: the peak the tile kernels are measured
-/// against. `None` for paths without such a loop.
-pub fn peak_loop(isa: super::Isa, iters: u64) -> Option<u64> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512Vnni => super::x86_64::gemm::peak_vnni(iters),
-        _ => {
-            let _ = iters; // no register-only loop for this path
-            None
-        }
     }
 }
 
@@ -422,64 +380,6 @@ fn transpose_quad(rows: [&[i8]; 4], block: &mut [u8]) {
     for j in 0..NR {
         for c in 0..4 {
             block[4 * j + c] = (rows[c][j] as u8) ^ 0x80;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reference bodies: the scalar path's kernels, written as the definitions above.
-
-pub fn dot_tile_ref(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    check_dot(panel, x);
-    for m in 0..x.rows {
-        let row = x.row(m);
-        for j in 0..NR {
-            let mut acc = 0i32;
-            for (k, &xv) in row.iter().enumerate() {
-                let p = panel[(k / 4) * 64 + 4 * j + (k % 4)];
-                acc = acc.wrapping_add(p as i32 * xv as i32);
-            }
-            out[m * NR + j] = acc;
-        }
-    }
-}
-
-/// `dot_tile_wide` by way of [`dot_tile_ref`], for the tests.
-pub fn dot_tile_wide_ref(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
-    check_dot_wide(panels, x);
-    let mut tile: TileI32 = [0; MR * NR];
-    for (i, panel) in panels.chunks_exact(x.kp * NR).enumerate() {
-        dot_tile_ref(panel, x, &mut tile);
-        for m in 0..x.rows {
-            let dst = &mut out[m * WIDE_PANELS * NR + i * NR..][..NR];
-            dst.copy_from_slice(&tile[m * NR..(m + 1) * NR]);
-        }
-    }
-}
-
-pub fn linear_tile_ref(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    check_linear(panel, x, xsum);
-    let segs = panel.seg_len.len();
-    let bpk = panel.bytes_per_k();
-    for m in 0..x.rows {
-        let row = x.row(m);
-        for j in 0..NR {
-            let mut acc = 0f32;
-            let (mut k0, mut b0) = (0usize, 0usize);
-            for s in 0..segs {
-                let len = panel.seg_len[s] as usize;
-                let codes = &panel.codes[b0..b0 + len * bpk];
-                let mut raw = 0i32;
-                for k in 0..len {
-                    let p = panel_code(codes, panel.bits, j, k);
-                    raw += p as i32 * row[k0 + k] as i32;
-                }
-                acc = panel.scale[s * NR + j].mul_add(raw as f32, acc);
-                acc = panel.zscale[s * NR + j].mul_add(xsum[m * segs + s], acc);
-                k0 += len;
-                b0 += len * bpk;
-            }
-            out[m * NR + j] = acc;
         }
     }
 }

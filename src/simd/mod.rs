@@ -2,10 +2,32 @@
 //!
 //! Every path fills the same [`Kernels`] table of safe function pointers; the scalar table is
 //! the oracle the others are tested against (bit-identical integer codes and float results).
-//! A SIMD table is only ever handed out after the CPU was checked for its features, which is
-//! what makes the safe wrappers around the `#[target_feature]` functions sound.
+//! A SIMD table is only ever handed out after the CPU was checked for its features, and each
+//! safe wrapper checks again before entering `#[target_feature]` code.
+//!
+//! The tree, one folder per path with the same file names in each (a file only where the
+//! path has code of that kind):
+//!
+//! ```text
+//! simd/
+//!   mod.rs        Isa, the Kernels table, select()/active(): the one run-time choice
+//!                 (QFAST_ISA), safe_wrappers! and per_isa!
+//!   contract.rs   what each kernel requires of its arguments, checked by every wrapper
+//!   probe.rs      the CPU probes and the peak loops
+//!   gemm.rs       the packed layouts and the tile contracts (the same on every path)
+//!   scalar/       quant.rs gemm.rs            the oracle (the GGUF one is gguf::legacy)
+//!   x86_64/avx2/  quant.rs gemm.rs gguf.rs    AVX2 + FMA + F16C
+//!   x86_64/avx512/ quant.rs gemm.rs gguf.rs   AVX-512 F/BW/VL/DQ; `avx512vnni` is a second
+//!                                             table here (it only swaps the integer tiles)
+//!   aarch64/neon/ quant.rs gemm.rs            NEON; `neon-dotprod` a second table here
+//! ```
+//!
+//! No code outside this module names an instruction set: the algorithms' loops (`algo`) are
+//! compiled per path by `per_isa!`, on the same [`active`] choice as the tables.
 
+pub mod contract;
 pub mod gemm;
+pub mod probe;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -61,15 +83,15 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86_64::has_avx2(),
+            Isa::Avx2 => probe::has_avx2(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_64::has_avx512(),
+            Isa::Avx512 => probe::has_avx512(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => x86_64::has_avx512() && x86_64::has_avx512vnni(),
+            Isa::Avx512Vnni => probe::has_avx512() && probe::has_avx512vnni(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[cfg(target_arch = "aarch64")]
-            Isa::NeonDotprod => aarch64::has_dotprod(),
+            Isa::NeonDotprod => probe::has_dotprod(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -108,18 +130,7 @@ pub fn available() -> Vec<Isa> {
 
 /// The CPU features qfast looks at, as detected at run time.
 pub fn cpu_features() -> Vec<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86_64::features()
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        aarch64::features()
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        Vec::new()
-    }
+    probe::features()
 }
 
 /// Chooses the path: the best one available, or the one `requested` names (e.g. the value of
@@ -150,6 +161,85 @@ pub fn active() -> Result<&'static Kernels> {
         })
         .clone()
 }
+
+/// The safe wrappers of a path's `#[target_feature]` kernels, one per entry:
+///
+/// ```text
+/// safe_wrappers! {
+///     cpu: probe::has_avx2(), else: crate::simd::scalar;
+///     fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) => quantize_avx2(x, p, out);
+/// }
+/// ```
+///
+/// defines `pub fn quantize(..)`, which checks the kernel's contract ([`contract`]`::quantize`),
+/// then the CPU (`cpu`, a cached probe: the tables are public constants, so a wrapper must not
+/// rely on `active()` having checked), and runs the body in `unsafe`, or `else::quantize` (the
+/// scalar oracle, or a lower path) where the CPU lacks the features.
+macro_rules! safe_wrappers {
+    (cpu: $cpu:expr, else: $($else:ident)::+; $($items:tt)*) => {
+        $crate::simd::safe_wrappers!(@item [$cpu] [$($else)::+] $($items)*);
+    };
+    (@item [$cpu:expr] [$($else:tt)*]) => {};
+    (
+        @item [$cpu:expr] [$($else:tt)*]
+        $(#[$attr:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:expr;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        #[allow(unused_unsafe)]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            $crate::simd::contract::$name($($arg),*);
+            if !$cpu {
+                return $($else)*::$name($($arg),*);
+            }
+            // SAFETY: the CPU has the path's features (checked just above) and the arguments
+            // meet the kernel's contract (checked first), which is all its entry point needs.
+            unsafe { $body }
+        }
+        $crate::simd::safe_wrappers!(@item [$cpu] [$($else)*] $($rest)*);
+    };
+}
+pub(crate) use safe_wrappers;
+
+/// The dispatch of generic code (the `algo` loops): defines `$name(isa, args..)`, which runs
+/// `$body(args..)` compiled for the ISA path `isa`, the choice of [`active`] that also picks
+/// the tables: AVX2 or AVX-512 enabled, or the build's baseline elsewhere (aarch64 needs no
+/// variant: NEON is part of its baseline). `$body` must be `#[inline(always)]`, so that it is
+/// compiled inside each variant. The body is the same Rust code on every path, and LLVM never contracts
+/// or reorders float operations, so every path gives the same bits.
+macro_rules! per_isa {
+    ($name:ident => $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: crate::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::simd::Isa;
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match isa {
+                    // SAFETY: simd::active() picks a path only where the CPU has its
+                    // features (AVX2 for `avx2`, AVX-512 F/BW/VL/DQ for the AVX-512 paths).
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    // SAFETY: as above.
+                    Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
+                    _ => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use per_isa;
 
 /// Range statistics of a slice: its minimum, its maximum, and whether every value is finite.
 /// On a slice with a non-finite value, `min` and `max` are unspecified.
@@ -197,6 +287,43 @@ pub type QuantizeGroups = fn(x: &[f32], group_size: usize, grid: &[QParams], out
 pub type DequantizeLanes =
     fn(codes: &[u8], signed: bool, scale: &[f32], zero_point: &[f32], out: &mut [f32]);
 
+/// The GGUF block types a path may quantize with SIMD code ([`GgufQuantize`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+/// `gguf_quantize(kind, x, out)`: whole 32-value blocks of `x` into `out` (`x.len() / 32`
+/// blocks of `kind`), the bytes of `gguf::legacy`'s portable quantizers: `None` (nothing
+/// written) when the CPU lacks the path, else whether every value of `x` was finite (when one
+/// is not, `out` holds garbage and the caller reports the value).
+pub type GgufQuantize = fn(kind: GgufKind, x: &[f32], out: &mut [u8]) -> Option<bool>;
+
+/// The Q8_0 side of `Q4_0 · Q8_0` as a path's [`GgufDot`] arranges it, once per call for every
+/// row: the int8 values back to back (padded to an even number of blocks), each lane's
+/// `8 · Σ q8` (the `- 8` of the 4-bit codes), and the float32 scales. Only a path's `prepare`
+/// makes one (the fields are private to `simd`: the kernels read them without bounds checks).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub struct Q8Row {
+    pub(in crate::simd) nb: usize,
+    pub(in crate::simd) qs: Vec<i8>,
+    pub(in crate::simd) corr: Vec<i32>,
+    pub(in crate::simd) d: Vec<f32>,
+}
+
+/// A path's `Q4_0 · Q8_0` (`gguf::dot_q4_0_q8_0`): `prepare` arranges the Q8_0 row once, `dot`
+/// takes one Q4_0 row against it, the bits of `gguf::dot::dot_ref` (`None` where the CPU lacks
+/// the path: the caller runs `dot_ref`).
+#[derive(Clone, Copy)]
+pub struct GgufDot {
+    pub prepare: fn(y: &[u8]) -> Result<Q8Row>,
+    pub dot: fn(x: &[u8], y: &Q8Row) -> Option<f32>,
+}
+
 /// The kernels of one ISA path. Codes are bytes: two's complement for signed codes. Packed
 /// 4-bit (2-bit) codes hold element `2i` (`4i`) in the lowest bits of byte `i`.
 pub struct Kernels {
@@ -241,6 +368,10 @@ pub struct Kernels {
     pub linear_tile: gemm::LinearTile,
     /// Tile of `linear` in float mode (W8A16 / W4A16), see [`gemm::LinearTileF32`].
     pub linear_tile_f32: gemm::LinearTileF32,
+    /// The GGUF quantizers of the 32-value block types, where the path has them.
+    pub gguf_quantize: Option<GgufQuantize>,
+    /// `Q4_0 · Q8_0`, where the path has it.
+    pub gguf_dot: Option<GgufDot>,
 }
 
 /// Panics unless `groups` runs of `group_size >= 1` cover `n` elements, the last one possibly

@@ -1,4 +1,4 @@
-//! The NEON path: every kernel on 128-bit vectors, bit-identical to the scalar oracle.
+//! NEON quantization kernels on 128-bit vectors, bit-identical to the scalar oracle.
 //!
 //! Main loops take 16 floats (or one 16-byte vector of codes) per step; the remainder goes to
 //! the scalar kernel, so tails cannot disagree with it. Float operations are the oracle's own,
@@ -10,12 +10,12 @@
 //! The GEMM tiles are in `gemm.rs`; the `neon-dotprod` table differs from the NEON one only in
 //! `dot_tile` and `linear_tile` (`sdot`).
 
-use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use crate::simd::{scalar, MinMax, QParams};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-// The safe wrappers below call `#[target_feature(enable = "neon")]` functions without a
-// run-time check. That is sound because NEON is part of the baseline of every aarch64 target
+// The safe wrappers below call `#[target_feature(enable = "neon")]` functions after the
+// compile-time check of `neon_ok`. That is sound because NEON is part of the baseline of every aarch64 target
 // with `std`; this assertion turns a build for an exotic target without it into a compile
 // error instead of undefined behavior.
 const _: () = assert!(
@@ -23,37 +23,12 @@ const _: () = assert!(
     "qfast's aarch64 kernels need the `neon` target feature"
 );
 
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Neon,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_neon,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_neon,
-    linear_tile_f32: super::gemm::linear_tile_f32_neon,
-};
-
-pub const KERNELS_DOTPROD: Kernels = Kernels {
-    isa: Isa::NeonDotprod,
-    pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_dotprod,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_dotprod,
-    ..KERNELS
-};
+/// The wrappers' CPU check: NEON is part of the baseline of every aarch64 target with `std`
+/// (asserted above), so this is `true` wherever the code compiles.
+#[inline(always)]
+pub(super) fn neon_ok() -> bool {
+    cfg!(target_feature = "neon")
+}
 
 /// Floats per main-loop step: four vectors, enough independent work to hide latencies.
 const STEP: usize = 16;
@@ -63,101 +38,74 @@ const ABS_MASK: u32 = 0x7fff_ffff;
 // ---------------------------------------------------------------------------------------------
 // Safe entry points (the table's function pointers).
 
-fn minmax(x: &[f32]) -> MinMax {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { minmax_neon(x) }
-}
+crate::simd::safe_wrappers! {
+    cpu: neon_ok(), else: crate::simd::scalar;
 
-fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { minmax_lanes_neon(x, min, max) }
-}
+    fn minmax(x: &[f32]) -> MinMax => minmax_neon(x);
 
-fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { quantize_neon(x, p, out) }
-}
+    fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool =>
+        minmax_lanes_neon(x, min, max);
 
-fn quantize_lanes(
-    x: &[f32],
-    scale: &[f32],
-    zero_point: &[i32],
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { quantize_lanes_neon(x, scale, zero_point, qmin, qmax, out) }
-}
+    fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) => quantize_neon(x, p, out);
 
-/// Composed from the per-slice kernel: a direct call per group.
-fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
-    crate::simd::minmax_groups_with(minmax, x, group_size, out);
-}
+    /// Composed from the per-slice kernel: a direct call per group.
+    fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) =>
+        crate::simd::minmax_groups_with(minmax, x, group_size, out);
 
-/// Composed from the per-slice kernel: a direct call per group.
-fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
-    crate::simd::quantize_groups_with(quantize, x, group_size, grid, out);
-}
+    /// Composed from the per-slice kernel: a direct call per group.
+    fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) =>
+        crate::simd::quantize_groups_with(quantize, x, group_size, grid, out);
 
-fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe {
+    fn quantize_lanes(
+        x: &[f32],
+        scale: &[f32],
+        zero_point: &[i32],
+        qmin: i32,
+        qmax: i32,
+        out: &mut [u8],
+    ) => quantize_lanes_neon(x, scale, zero_point, qmin, qmax, out);
+
+    fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) => {
         if signed {
             dequantize_neon::<true>(codes, scale, zero_point, out);
         } else {
             dequantize_neon::<false>(codes, scale, zero_point, out);
         }
-    }
-}
+    };
 
-fn dequantize_lanes(
-    codes: &[u8],
-    signed: bool,
-    scale: &[f32],
-    zero_point: &[f32],
-    out: &mut [f32],
-) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe {
+    fn dequantize_lanes(
+        codes: &[u8],
+        signed: bool,
+        scale: &[f32],
+        zero_point: &[f32],
+        out: &mut [f32],
+    ) => {
         if signed {
             dequantize_lanes_neon::<true>(codes, scale, zero_point, out);
         } else {
             dequantize_lanes_neon::<false>(codes, scale, zero_point, out);
         }
-    }
-}
+    };
 
-fn pack4(codes: &[u8], out: &mut [u8]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { pack4_neon(codes, out) }
-}
+    fn pack4(codes: &[u8], out: &mut [u8]) => pack4_neon(codes, out);
 
-fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe {
+    fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) => {
         if signed {
             unpack4_neon::<true>(packed, out);
         } else {
             unpack4_neon::<false>(packed, out);
         }
-    }
-}
+    };
 
-fn pack2(codes: &[u8], out: &mut [u8]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe { pack2_neon(codes, out) }
-}
+    fn pack2(codes: &[u8], out: &mut [u8]) => pack2_neon(codes, out);
 
-fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of this file).
-    unsafe {
+    fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) => {
         if signed {
             unpack2_neon::<true>(packed, out);
         } else {
             unpack2_neon::<false>(packed, out);
         }
-    }
+    };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@
 //! and fused `fmla` (as `f32::mul_add`), segment after segment, in the reference's order.
 //!
 //! Soundness: NEON is part of every aarch64 target with `std` (asserted at compile time in
-//! `neon.rs`); the dotprod wrappers check the CPU (a cached load) before entering
+//! `neon/quant.rs`); the dotprod wrappers check the CPU (a cached load) before entering
 //! `#[target_feature(enable = "neon,dotprod")]` code, and fall back to the NEON kernels.
 
 // Register arrays indexed by row read clearer as `for r in 0..R` in these kernels.
@@ -63,57 +63,39 @@ macro_rules! with_rows {
 // ---------------------------------------------------------------------------------------------
 // Safe entry points (the tables' function pointers).
 
-pub fn dot_tile_neon(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`); the
-    // lengths were checked above.
-    unsafe { dot_neon(panel, x, out) }
-}
+crate::simd::safe_wrappers! {
+    cpu: super::quant::neon_ok(), else: crate::simd::scalar;
 
-pub fn linear_tile_neon(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`); the
-    // panel, rows and sums were checked above.
-    unsafe {
+    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => dot_neon(panel, x, out);
+
+    fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         if panel.bits == 4 {
             linear_neon::<true>(panel, x, xsum, out)
         } else {
             linear_neon::<false>(panel, x, xsum, out)
         }
-    }
+    };
+
+    fn linear_tile_f32(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) =>
+        linear_f32_neon(panel, x, out);
 }
 
-pub fn linear_tile_f32_neon(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    // SAFETY: NEON is enabled at compile time (see the assertion at the top of `neon.rs`; the
-    // body checks its inputs itself).
-    unsafe { linear_f32_neon(panel, x, out) }
-}
+/// The `neon-dotprod` table's tiles: `sdot` where the CPU has dotprod, NEON's tiles elsewhere.
+pub mod dotprod {
+    use super::*;
 
-pub fn dot_tile_dotprod(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    // SAFETY: the dotprod kernel runs only where the CPU has dotprod (checked just before),
-    // the NEON one anywhere (enabled at compile time); the lengths were checked above.
-    unsafe {
-        if super::has_dotprod() {
-            dot_dotprod(panel, x, out)
-        } else {
-            dot_neon(panel, x, out)
-        }
-    }
-}
+    crate::simd::safe_wrappers! {
+        cpu: crate::simd::probe::has_dotprod(), else: super;
 
-pub fn linear_tile_dotprod(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    // SAFETY: the dotprod kernels run only where the CPU has dotprod (checked just before),
-    // the NEON ones anywhere (enabled at compile time); the panel, rows and sums were checked
-    // above.
-    unsafe {
-        match (super::has_dotprod(), panel.bits == 4) {
-            (true, true) => linear_dotprod::<true>(panel, x, xsum, out),
-            (true, false) => linear_dotprod::<false>(panel, x, xsum, out),
-            (false, true) => linear_neon::<true>(panel, x, xsum, out),
-            (false, false) => linear_neon::<false>(panel, x, xsum, out),
-        }
+        fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => dot_dotprod(panel, x, out);
+
+        fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
+            if panel.bits == 4 {
+                linear_dotprod::<true>(panel, x, xsum, out)
+            } else {
+                linear_dotprod::<false>(panel, x, xsum, out)
+            }
+        };
     }
 }
 

@@ -1,4 +1,4 @@
-//! AVX-512 path (F, BW, DQ, VL): 512-bit vectors, 16 floats or 64 bytes at a time.
+//! AVX-512 (F, BW, DQ, VL) quantization kernels: 512-bit vectors, 16 floats or 64 bytes at a time.
 //!
 //! Every kernel is a safe wrapper (length checks, CPU check) around a `#[target_feature]` entry
 //! point that runs one per-vector body three ways (see `three_way`): four vectors per
@@ -10,196 +10,76 @@
 //! The bodies are closures written inside the entry points, so they inherit their target
 //! features and inline into them; the `#[inline(always)]` helpers define no closures (one
 //! written there would lack the features, and its intrinsics would not inline). `quantize`
-//! has a loop of its own for its reciprocal fast path (see `Reciprocal` in `avx2.rs`).
+//! has a loop of its own for its reciprocal fast path (see `Reciprocal` in `avx2/quant.rs`).
 //!
 //! Soundness: `Isa::kernels` hands this table out only after `has_avx512()`, but `KERNELS` is a
 //! public constant, so each wrapper checks the CPU again (one cached load) and falls back to
 //! the scalar kernel rather than run an AVX-512 instruction on a CPU without it.
 
-use super::avx2::{
+use super::super::avx2::quant::{
     prefetch, prefetch_distance, Reciprocal, IDENTITY, SIGNED_CRUMBS, SIGNED_NIBBLES, STREAM_AHEAD,
 };
-use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use crate::simd::{MinMax, QParams};
 use core::arch::x86_64::*;
-
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Avx512,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
-    pack_panels: super::gemm::pack_i8_panels_avx512,
-    dot_tile: super::gemm::dot_tile_avx2,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_avx2,
-    linear_tile_f32: super::gemm::linear_tile_f32_avx512,
-};
-
-/// The VNNI path differs only in the integer dot products (`vpdpbusd`).
-pub const KERNELS_VNNI: Kernels = Kernels {
-    isa: Isa::Avx512Vnni,
-    pack_panels: super::gemm::pack_i8_panels_avx512,
-    dot_tile: super::gemm::dot_tile_vnni,
-    dot_tile_wide: Some(super::gemm::dot_tile_wide_vnni),
-    matmul_rows: Some(super::gemm::matmul_rows_vnni),
-    linear_tile: super::gemm::linear_tile_vnni,
-    ..KERNELS
-};
-
-/// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check
-/// before entering `#[target_feature]` code). `is_x86_feature_detected!` caches CPUID itself:
-/// this is a few relaxed loads.
-#[inline(always)]
-fn cpu_ok() -> bool {
-    super::has_avx512()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Safe wrappers: the `Kernels` entries.
 
-fn minmax(x: &[f32]) -> MinMax {
-    if !cpu_ok() {
-        return scalar::minmax(x);
-    }
-    // SAFETY: the CPU has AVX-512 F/BW/DQ/VL (checked above).
-    unsafe { minmax_avx512(x) }
-}
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx512(), else: crate::simd::scalar;
 
-fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
-    assert!(x.len() == min.len() && x.len() == max.len());
-    if !cpu_ok() {
-        return scalar::minmax_lanes(x, min, max);
-    }
-    // SAFETY: the CPU has AVX-512; the three slices have the same length.
-    unsafe { minmax_lanes_avx512(x, min, max) }
-}
+    fn minmax(x: &[f32]) -> MinMax => minmax_avx512(x);
 
-fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize(x, p, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` is as long as `x`.
-    unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
-}
+    fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool =>
+        minmax_lanes_avx512(x, min, max);
 
-fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
-    crate::simd::check_groups(x.len(), group_size, out.len());
-    if !cpu_ok() {
-        return scalar::minmax_groups(x, group_size, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` holds one entry per group of `group_size >= 1`.
-    unsafe { minmax_groups_avx512(x, group_size, out) }
-}
+    fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) =>
+        quantize_one_grid(x, p, out, prefetch_distance(x.len()));
 
-fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
-    crate::simd::check_groups(x.len(), group_size, grid.len());
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize_groups(x, group_size, grid, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` is as long as `x`, `grid` has one entry per group.
-    unsafe { quantize_groups_avx512(x, group_size, grid, out) }
-}
+    fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) =>
+        minmax_groups_avx512(x, group_size, out);
 
-fn quantize_lanes(
-    x: &[f32],
-    scale: &[f32],
-    zero_point: &[i32],
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
-    assert!(x.len() == out.len() && x.len() == scale.len() && x.len() == zero_point.len());
-    if !cpu_ok() {
-        return scalar::quantize_lanes(x, scale, zero_point, qmin, qmax, out);
-    }
-    // SAFETY: the CPU has AVX-512; the four slices have the same length.
-    unsafe { quantize_lanes_avx512(x, scale, zero_point, qmin, qmax, out) }
-}
+    fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) =>
+        quantize_groups_avx512(x, group_size, grid, out);
 
-fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
-    assert_eq!(codes.len(), out.len());
-    if !cpu_ok() {
-        return scalar::dequantize(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` is as long as `codes`.
-    unsafe {
+    fn quantize_lanes(
+        x: &[f32],
+        scale: &[f32],
+        zero_point: &[i32],
+        qmin: i32,
+        qmax: i32,
+        out: &mut [u8],
+    ) => quantize_lanes_avx512(x, scale, zero_point, qmin, qmax, out);
+
+    fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) => {
         if signed {
             dequantize_avx512::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_avx512::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-fn dequantize_lanes(
-    codes: &[u8],
-    signed: bool,
-    scale: &[f32],
-    zero_point: &[f32],
-    out: &mut [f32],
-) {
-    assert!(
-        codes.len() == out.len() && codes.len() == scale.len() && codes.len() == zero_point.len()
-    );
-    if !cpu_ok() {
-        return scalar::dequantize_lanes(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX-512; the four slices have the same length.
-    unsafe {
+    fn dequantize_lanes(
+        codes: &[u8],
+        signed: bool,
+        scale: &[f32],
+        zero_point: &[f32],
+        out: &mut [f32],
+    ) => {
         if signed {
             dequantize_lanes_avx512::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_lanes_avx512::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-fn pack4(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::pack4(codes, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` holds `codes.len().div_ceil(2)` bytes.
-    unsafe { pack4_avx512(codes, out) }
-}
+    fn pack4(codes: &[u8], out: &mut [u8]) => pack4_avx512(codes, out);
 
-fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::unpack4(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX-512; `packed` holds at least `out.len().div_ceil(2)` bytes.
-    unsafe { unpack4_avx512(packed, signed, out) }
-}
+    fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) => unpack4_avx512(packed, signed, out);
 
-fn pack2(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::pack2(codes, out);
-    }
-    // SAFETY: the CPU has AVX-512; `out` holds `codes.len().div_ceil(4)` bytes.
-    unsafe { pack2_avx512(codes, out) }
-}
+    fn pack2(codes: &[u8], out: &mut [u8]) => pack2_avx512(codes, out);
 
-fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::unpack2(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX-512; `packed` holds at least `out.len().div_ceil(4)` bytes.
-    unsafe { unpack2_avx512(packed, signed, out) }
+    fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) => unpack2_avx512(packed, signed, out);
 }
 
 // ---------------------------------------------------------------------------------------------

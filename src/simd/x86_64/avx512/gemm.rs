@@ -1,16 +1,12 @@
-//! x86_64 tile kernels of the integer and weight-only matrix products (layouts and the
+//! AVX-512 tile kernels of the integer and weight-only matrix products (layouts and the
 //! accumulation order are in `simd::gemm`).
 //!
-//! - AVX-512 VNNI: one `vpdpbusd` per quad of `k` and row, 64 `u8 × i8` products into 16
+//! - VNNI (the `avx512vnni` table): one `vpdpbusd` per quad of `k` and row, 64 `u8 × i8` products into 16
 //!   int32 lanes, exact (no intermediate saturation). Each row keeps two int32 accumulators
 //!   (even and odd quads) so that a one-row tile (GEMV) is not bound by the instruction's
 //!   latency, and its float32 accumulator in a register across segments.
-//! - AVX2 (also the AVX-512 path without VNNI): `vpmaddubsw` adds pairs of `u8 × i8` products
-//!   into int16 with saturation, which would be wrong for 8-bit panels (255·127·2 > 32767).
-//!   So every panel byte is split into nibbles first (`p = 16·hi + lo`): a pair of nibble
-//!   products is at most 15·128·2 = 3840, never saturates, and `vpmaddwd` by 1 and by 16 widens
-//!   and recombines them exactly. 4-bit panels are nibbles already: the two quads of a 64-byte
-//!   block share one `vpmaddwd`. Exact for every `u8` panel and `i8` activation, -128 included.
+//! - The float-mode tile (both tables) decodes each chunk once into an L1 buffer of floats.
+//! - Without VNNI the integer tiles are AVX2's (`avx2/gemm.rs`).
 //!
 //! Soundness: the tables holding these are only handed out after the CPU check, and each safe
 //! wrapper checks again (a cached load) before entering `#[target_feature]` code.
@@ -29,16 +25,11 @@ unsafe fn bcast4(p: *const i8) -> i32 {
     read_unaligned(p as *const i32)
 }
 
-// ---------------------------------------------------------------------------------------------
-// AVX-512 VNNI
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni(),
+    else: crate::simd::scalar;
 
-pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return gemm::dot_tile_ref(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
+    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => {
         match x.rows {
             1 => dot_vnni::<1>(panel, x, out),
             2 => dot_vnni::<2>(panel, x, out),
@@ -49,16 +40,9 @@ pub fn dot_tile_vnni(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
             7 => dot_vnni::<7>(panel, x, out),
             _ => dot_vnni::<8>(panel, x, out),
         }
-    }
-}
+    };
 
-pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
-    gemm::check_dot_wide(panels, x);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return gemm::dot_tile_wide_ref(panels, x, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
+    fn dot_tile_wide(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) => {
         match x.rows {
             1 => dot_wide_vnni::<1>(panels, x, out),
             2 => dot_wide_vnni::<2>(panels, x, out),
@@ -67,16 +51,9 @@ pub fn dot_tile_wide_vnni(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) {
             5 => dot_wide_vnni::<5>(panels, x, out),
             _ => dot_wide_vnni::<6>(panels, x, out),
         }
-    }
-}
+    };
 
-pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return gemm::linear_tile_ref(panel, x, xsum, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the panel, rows and sums were checked above.
-    unsafe {
+    fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         match (x.rows, panel.bits == 4) {
             (1, false) => linear_vnni::<1, false>(panel, x, xsum, out),
             (2, false) => linear_vnni::<2, false>(panel, x, xsum, out),
@@ -95,17 +72,35 @@ pub fn linear_tile_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Til
             (7, true) => linear_vnni::<7, true>(panel, x, xsum, out),
             (_, true) => linear_vnni::<8, true>(panel, x, xsum, out),
         }
-    }
+    };
+
+    fn matmul_rows(
+        a: &[u8],
+        signed: bool,
+        m: usize,
+        b: &[i8],
+        kn: (usize, usize),
+        c0: usize,
+        out: &mut [i32],
+    ) => {
+        match (m, signed) {
+            (1, false) => rows_vnni::<1, false>(a, b, kn, c0, out),
+            (2, false) => rows_vnni::<2, false>(a, b, kn, c0, out),
+            (3, false) => rows_vnni::<3, false>(a, b, kn, c0, out),
+            (_, false) => rows_vnni::<4, false>(a, b, kn, c0, out),
+            (1, true) => rows_vnni::<1, true>(a, b, kn, c0, out),
+            (2, true) => rows_vnni::<2, true>(a, b, kn, c0, out),
+            (3, true) => rows_vnni::<3, true>(a, b, kn, c0, out),
+            (_, true) => rows_vnni::<4, true>(a, b, kn, c0, out),
+        }
+    };
 }
 
-pub fn linear_tile_f32_avx512(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    panel.check(x.kp);
-    assert!(x.in_bounds());
-    if !super::has_avx512() {
-        return gemm::linear_tile_f32_body(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX-512; the panel and rows were checked above.
-    unsafe { linear_f32_avx512(panel, x, out) }
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx512(), else: crate::simd::scalar;
+
+    fn linear_tile_f32(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) =>
+        linear_f32_avx512(panel, x, out);
 }
 
 /// Values of `k` decoded at a time by the AVX-512 float tile: 256 x 64 bytes (16 KiB) of
@@ -440,34 +435,6 @@ pub unsafe fn pack_quad4_avx512(src: *const i8, n: usize, dst: *mut u8, panel_st
     }
 }
 
-pub fn matmul_rows_vnni(
-    a: &[u8],
-    signed: bool,
-    m: usize,
-    b: &[i8],
-    kn: (usize, usize),
-    c0: usize,
-    out: &mut [i32],
-) {
-    gemm::check_rows(a, m, b, kn, c0, out);
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return gemm::matmul_rows_ref(a, signed, m, b, kn, c0, out);
-    }
-    // SAFETY: the CPU has AVX-512 VNNI; the lengths were checked above.
-    unsafe {
-        match (m, signed) {
-            (1, false) => rows_vnni::<1, false>(a, b, kn, c0, out),
-            (2, false) => rows_vnni::<2, false>(a, b, kn, c0, out),
-            (3, false) => rows_vnni::<3, false>(a, b, kn, c0, out),
-            (_, false) => rows_vnni::<4, false>(a, b, kn, c0, out),
-            (1, true) => rows_vnni::<1, true>(a, b, kn, c0, out),
-            (2, true) => rows_vnni::<2, true>(a, b, kn, c0, out),
-            (3, true) => rows_vnni::<3, true>(a, b, kn, c0, out),
-            (_, true) => rows_vnni::<4, true>(a, b, kn, c0, out),
-        }
-    }
-}
-
 /// The quad of `rows` (1..=4) rows of `b` at `src` (`n` apart) in 64 columns (`mask`),
 /// interleaved in registers: lane `L` of vector `q` holds columns `16L + 4q .. + 4`, each as
 /// its 4 bytes (rows past `rows` read as zero); `b + 128` when `SIGNED`.
@@ -622,199 +589,6 @@ pub fn pack_i8_panels_avx512(
     kp: usize,
     out: &mut [u8],
 ) {
-    let quad4 = super::has_avx512().then_some(pack_quad4_avx512 as gemm::PackQuad4);
+    let quad4 = crate::simd::probe::has_avx512().then_some(pack_quad4_avx512 as gemm::PackQuad4);
     gemm::pack_panels_with(b, kn, n0, panels, kp, out, quad4)
-}
-
-/// `iters` rounds of 16 independent `vpdpbusd` (64 multiply-adds each); the result is kept
-/// alive so the loop is not optimised away. `None` without VNNI.
-pub fn peak_vnni(iters: u64) -> Option<u64> {
-    if !(super::has_avx512() && super::has_avx512vnni()) {
-        return None;
-    }
-    // SAFETY: the CPU has AVX-512 VNNI.
-    let sink = unsafe { peak_vnni_loop(iters) };
-    std::hint::black_box(sink);
-    Some(iters * 16 * 64)
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn peak_vnni_loop(iters: u64) -> i32 {
-    let a = std::hint::black_box(_mm512_set1_epi8(3));
-    let b = std::hint::black_box(_mm512_set1_epi8(-5));
-    let mut acc = [_mm512_setzero_si512(); 16];
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_dpbusd_epi32(*v, a, b);
-        }
-    }
-    let mut sum = _mm512_setzero_si512();
-    for v in acc {
-        sum = _mm512_add_epi32(sum, v);
-    }
-    _mm512_reduce_add_epi32(sum)
-}
-
-// ---------------------------------------------------------------------------------------------
-// AVX2 (and AVX-512 without VNNI)
-
-/// Rows per pass of the AVX2 kernels (16 ymm registers); a tile is run in passes over its
-/// rows, each re-reading the panel segment from L1.
-const R_AVX2: usize = 2;
-
-pub fn dot_tile_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    gemm::check_dot(panel, x);
-    if !super::has_avx2() {
-        return gemm::dot_tile_ref(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX2; the lengths were checked above.
-    unsafe { dot_avx2(panel, x, out) }
-}
-
-pub fn linear_tile_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    gemm::check_linear(panel, x, xsum);
-    if !super::has_avx2() {
-        return gemm::linear_tile_ref(panel, x, xsum, out);
-    }
-    // SAFETY: the CPU has AVX2 and FMA; the panel, rows and sums were checked above.
-    unsafe {
-        if panel.bits == 4 {
-            linear_avx2::<true>(panel, x, xsum, out)
-        } else {
-            linear_avx2::<false>(panel, x, xsum, out)
-        }
-    }
-}
-
-pub fn linear_tile_f32_avx2(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    if !super::has_avx2() {
-        return gemm::linear_tile_f32_body(panel, x, out);
-    }
-    // SAFETY: the CPU has AVX2 and FMA (the body checks its inputs itself).
-    unsafe { linear_f32_avx2(panel, x, out) }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn linear_f32_avx2(panel: &Panel, x: &Rows<f32>, out: &mut TileF32) {
-    gemm::linear_tile_f32_body(panel, x, out)
-}
-
-/// Exact `Σ p·x` of one 32-byte half-quad (8 rows × 4 `k` of an 8-bit panel, split into its
-/// low and high nibbles) against the broadcast quad `xb`, as 8 int32 lanes: nibble products
-/// (never saturating), widened by 1 and by 16.
-#[inline(always)]
-unsafe fn dot8_avx2(
-    lo: __m256i,
-    hi: __m256i,
-    xb: __m256i,
-    ones: __m256i,
-    sixteens: __m256i,
-) -> __m256i {
-    let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb), ones);
-    let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), sixteens);
-    _mm256_add_epi32(plo, phi)
-}
-
-/// `raw` sums of rows `r0..r0 + rows` (`rows <= R_AVX2`) over `kq` quads of an 8-bit
-/// (`NIBBLES = false`) or 4-bit panel at `w`, as two 8-lane halves per row.
-#[inline(always)]
-unsafe fn raw_avx2<const NIBBLES: bool>(
-    w: *const u8,
-    x: *const i8,
-    kp: usize,
-    kq: usize,
-    rows: usize,
-) -> [[__m256i; 2]; R_AVX2] {
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let sixteens = _mm256_set1_epi16(16);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R_AVX2];
-    if NIBBLES {
-        for t in 0..kq / 2 {
-            let blk = w.add(64 * t);
-            for h in 0..2 {
-                let v = _mm256_loadu_si256(blk.add(32 * h) as *const __m256i);
-                let w0 = _mm256_and_si256(v, low);
-                let w1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    let x0 = _mm256_set1_epi32(bcast4(x.add(r * kp + 8 * t)));
-                    let x1 = _mm256_set1_epi32(bcast4(x.add(r * kp + 8 * t + 4)));
-                    // Each pair sum is at most 15·128·2 in magnitude, so the int16 sum of the
-                    // two quads' pair sums is at most 7680: exact.
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, x0),
-                        _mm256_maddubs_epi16(w1, x1),
-                    );
-                    a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(p, ones));
-                }
-            }
-        }
-    } else {
-        for t in 0..kq {
-            for h in 0..2 {
-                let v = _mm256_loadu_si256(w.add(64 * t + 32 * h) as *const __m256i);
-                let lo = _mm256_and_si256(v, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    let xb = _mm256_set1_epi32(bcast4(x.add(r * kp + 4 * t)));
-                    a[h] = _mm256_add_epi32(a[h], dot8_avx2(lo, hi, xb, ones, sixteens));
-                }
-            }
-        }
-    }
-    acc
-}
-
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    let mut r0 = 0;
-    while r0 < x.rows {
-        let rows = R_AVX2.min(x.rows - r0);
-        let xp = x.data.as_ptr().add(r0 * x.stride);
-        let acc = raw_avx2::<false>(panel.as_ptr(), xp, x.stride, x.kp / 4, rows);
-        for (r, a) in acc.iter().enumerate().take(rows) {
-            let o = out.as_mut_ptr().add((r0 + r) * NR);
-            _mm256_storeu_si256(o as *mut __m256i, a[0]);
-            _mm256_storeu_si256(o.add(8) as *mut __m256i, a[1]);
-        }
-        r0 += rows;
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn linear_avx2<const NIBBLES: bool>(
-    panel: &Panel,
-    x: &Rows<i8>,
-    xsum: &[f32],
-    out: &mut TileF32,
-) {
-    let segs = panel.seg_len.len();
-    let bpk = panel.bytes_per_k();
-    out[..x.rows * NR].fill(0.0);
-    let mut r0 = 0;
-    while r0 < x.rows {
-        let rows = R_AVX2.min(x.rows - r0);
-        let (mut k0, mut b0) = (0usize, 0usize);
-        for s in 0..segs {
-            let len = *panel.seg_len.get_unchecked(s) as usize;
-            let w = panel.codes.as_ptr().add(b0);
-            let xp = x.data.as_ptr().add(r0 * x.stride + k0);
-            let acc = raw_avx2::<NIBBLES>(w, xp, x.stride, len / 4, rows);
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                let xs = _mm256_set1_ps(*xsum.get_unchecked((r0 + r) * segs + s));
-                for (h, ah) in a.iter().enumerate() {
-                    let o = out.as_mut_ptr().add((r0 + r) * NR + 8 * h);
-                    let scale = _mm256_loadu_ps(panel.scale.as_ptr().add(s * NR + 8 * h));
-                    let zscale = _mm256_loadu_ps(panel.zscale.as_ptr().add(s * NR + 8 * h));
-                    let mut f = _mm256_loadu_ps(o);
-                    f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(*ah), f);
-                    f = _mm256_fmadd_ps(zscale, xs, f);
-                    _mm256_storeu_ps(o, f);
-                }
-            }
-            k0 += len;
-            b0 += len * bpk;
-        }
-        r0 += rows;
-    }
 }

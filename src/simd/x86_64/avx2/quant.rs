@@ -1,4 +1,4 @@
-//! AVX2 path: 256-bit vectors, 8 floats or 32 bytes at a time.
+//! AVX2 quantization kernels: 256-bit vectors, 8 floats or 32 bytes at a time.
 //!
 //! Every kernel is a safe wrapper (length checks, CPU check) around a `#[target_feature]`
 //! entry point that runs whole vectors and hands the last few elements to the scalar oracle,
@@ -11,43 +11,13 @@
 //! public constant, so each wrapper checks the CPU again (one cached load) and falls back to
 //! the scalar kernel rather than run an AVX2 instruction on a CPU without it.
 
-use crate::simd::{scalar, Isa, Kernels, MinMax, QParams};
+use crate::simd::{scalar, MinMax, QParams};
 use core::arch::x86_64::*;
-
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Avx2,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    pack_panels: crate::simd::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_avx2,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_avx2,
-    linear_tile_f32: super::gemm::linear_tile_f32_avx2,
-};
-
-/// Whether this CPU runs the path (the table is a public constant, so its safe wrappers check
-/// before entering `#[target_feature]` code). `is_x86_feature_detected!` caches CPUID itself:
-/// this is a few relaxed loads.
-#[inline(always)]
-fn cpu_ok() -> bool {
-    super::has_avx2()
-}
 
 /// How far ahead (in bytes) the streaming kernels prefetch what they read: far enough for the
 /// hardware prefetchers' horizon to be extended (15-20% more read bandwidth from DRAM on one
 /// core here), near enough to stay in L1/L2 until used.
-pub(super) const STREAM_AHEAD: usize = 4096;
+pub(in crate::simd::x86_64) const STREAM_AHEAD: usize = 4096;
 
 /// How far ahead (in bytes) `quantize` prefetches. For a slice of at most 128 KiB: the equally
 /// long region right after it, spread over the loop. Callers that quantize row by row (per
@@ -55,7 +25,7 @@ pub(super) const STREAM_AHEAD: usize = 4096;
 /// memory-bound pass overlaps this division-bound one (about 1.4x faster per-channel INT8 here).
 /// Longer slices are streamed from memory: [`STREAM_AHEAD`]. Prefetches are hints: they never
 /// fault, whatever the address.
-pub(super) fn prefetch_distance(n: usize) -> usize {
+pub(in crate::simd::x86_64) fn prefetch_distance(n: usize) -> usize {
     const MAX_BYTES: usize = 128 << 10;
     let bytes = n * 4;
     if bytes <= MAX_BYTES {
@@ -68,7 +38,7 @@ pub(super) fn prefetch_distance(n: usize) -> usize {
 /// Prefetch hint for the cache line at `p + bytes`; `wrapping_add` because that address may lie
 /// past the allocation (a prefetch never faults).
 #[inline(always)]
-pub(super) unsafe fn prefetch(p: *const f32, bytes: usize) {
+pub(in crate::simd::x86_64) unsafe fn prefetch(p: *const f32, bytes: usize) {
     _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(bytes));
 }
 
@@ -112,7 +82,7 @@ pub(super) unsafe fn prefetch(p: *const f32, bytes: usize) {
 /// 8-bit codes); exact ties fail every time and cost a multiplication on top of the division.
 /// NaN inputs give unspecified codes either way.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Reciprocal {
+pub(in crate::simd::x86_64) struct Reciprocal {
     /// `fl(1 / scale)`, a normal float.
     pub r: f32,
     /// A lane whose `|t - rint(t)|` is at least this is recomputed with the division.
@@ -130,7 +100,7 @@ impl Reciprocal {
     /// a scale whose reciprocal is not a normal float (a subnormal scale, or one above `2^126`),
     /// bounds beyond [`Self::MAX_BOUND`], or codes that are not bytes (`qmin..=qmax` outside
     /// both `-128..=127` and `0..=255`; never for a grid of `code_range`).
-    pub(super) fn new(p: &QParams) -> Option<Reciprocal> {
+    pub(in crate::simd::x86_64) fn new(p: &QParams) -> Option<Reciprocal> {
         let r = 1.0 / p.scale;
         // The oracle's bounds, computed the same way.
         let lo = (p.qmin - p.zero_point) as f32;
@@ -152,148 +122,72 @@ impl Reciprocal {
 
 /// `SIGNED_NIBBLES[n]` is the 4-bit code `n` sign-extended to a byte; `vpshufb` with it is the
 /// sign extension of a whole vector of nibbles. `SIGNED_CRUMBS` does the same for 2-bit codes.
-pub(super) const SIGNED_NIBBLES: [u8; 16] = [
+pub(in crate::simd::x86_64) const SIGNED_NIBBLES: [u8; 16] = [
     0, 1, 2, 3, 4, 5, 6, 7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff,
 ];
-pub(super) const SIGNED_CRUMBS: [u8; 16] = [0, 1, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-pub(super) const IDENTITY: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+pub(in crate::simd::x86_64) const SIGNED_CRUMBS: [u8; 16] =
+    [0, 1, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub(in crate::simd::x86_64) const IDENTITY: [u8; 16] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
 // ---------------------------------------------------------------------------------------------
 // Safe wrappers: the `Kernels` entries.
 
-fn minmax(x: &[f32]) -> MinMax {
-    if !cpu_ok() {
-        return scalar::minmax(x);
-    }
-    // SAFETY: the CPU has AVX2 (checked above).
-    unsafe { minmax_avx2(x) }
-}
+crate::simd::safe_wrappers! {
+    cpu: crate::simd::probe::has_avx2(), else: crate::simd::scalar;
 
-fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool {
-    assert!(x.len() == min.len() && x.len() == max.len());
-    if !cpu_ok() {
-        return scalar::minmax_lanes(x, min, max);
-    }
-    // SAFETY: the CPU has AVX2; the three slices have the same length.
-    unsafe { minmax_lanes_avx2(x, min, max) }
-}
+    fn minmax(x: &[f32]) -> MinMax => minmax_avx2(x);
 
-fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) {
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize(x, p, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `x`.
-    unsafe { quantize_one_grid(x, p, out, prefetch_distance(x.len())) }
-}
+    fn minmax_lanes(x: &[f32], min: &mut [f32], max: &mut [f32]) -> bool =>
+        minmax_lanes_avx2(x, min, max);
 
-fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
-    crate::simd::check_groups(x.len(), group_size, out.len());
-    if !cpu_ok() {
-        return scalar::minmax_groups(x, group_size, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds one entry per group of `group_size >= 1`.
-    unsafe { minmax_groups_avx2(x, group_size, out) }
-}
+    fn quantize(x: &[f32], p: &QParams, out: &mut [u8]) =>
+        quantize_one_grid(x, p, out, prefetch_distance(x.len()));
 
-fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
-    crate::simd::check_groups(x.len(), group_size, grid.len());
-    assert_eq!(x.len(), out.len());
-    if !cpu_ok() {
-        return scalar::quantize_groups(x, group_size, grid, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `x`, `grid` has one entry per group.
-    unsafe { quantize_groups_avx2(x, group_size, grid, out) }
-}
+    fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) =>
+        minmax_groups_avx2(x, group_size, out);
 
-fn quantize_lanes(
-    x: &[f32],
-    scale: &[f32],
-    zero_point: &[i32],
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
-    assert!(x.len() == out.len() && x.len() == scale.len() && x.len() == zero_point.len());
-    if !cpu_ok() {
-        return scalar::quantize_lanes(x, scale, zero_point, qmin, qmax, out);
-    }
-    // SAFETY: the CPU has AVX2; the four slices have the same length.
-    unsafe { quantize_lanes_avx2(x, scale, zero_point, qmin, qmax, out) }
-}
+    fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) =>
+        quantize_groups_avx2(x, group_size, grid, out);
 
-fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) {
-    assert_eq!(codes.len(), out.len());
-    if !cpu_ok() {
-        return scalar::dequantize(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` is as long as `codes`.
-    unsafe {
+    fn quantize_lanes(
+        x: &[f32],
+        scale: &[f32],
+        zero_point: &[i32],
+        qmin: i32,
+        qmax: i32,
+        out: &mut [u8],
+    ) => quantize_lanes_avx2(x, scale, zero_point, qmin, qmax, out);
+
+    fn dequantize(codes: &[u8], signed: bool, scale: f32, zero_point: f32, out: &mut [f32]) => {
         if signed {
             dequantize_avx2::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_avx2::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-fn dequantize_lanes(
-    codes: &[u8],
-    signed: bool,
-    scale: &[f32],
-    zero_point: &[f32],
-    out: &mut [f32],
-) {
-    assert!(
-        codes.len() == out.len() && codes.len() == scale.len() && codes.len() == zero_point.len()
-    );
-    if !cpu_ok() {
-        return scalar::dequantize_lanes(codes, signed, scale, zero_point, out);
-    }
-    // SAFETY: the CPU has AVX2; the four slices have the same length.
-    unsafe {
+    fn dequantize_lanes(
+        codes: &[u8],
+        signed: bool,
+        scale: &[f32],
+        zero_point: &[f32],
+        out: &mut [f32],
+    ) => {
         if signed {
             dequantize_lanes_avx2::<true>(codes, scale, zero_point, out)
         } else {
             dequantize_lanes_avx2::<false>(codes, scale, zero_point, out)
         }
-    }
-}
+    };
 
-fn pack4(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::pack4(codes, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds `codes.len().div_ceil(2)` bytes.
-    unsafe { pack4_avx2(codes, out) }
-}
+    fn pack4(codes: &[u8], out: &mut [u8]) => pack4_avx2(codes, out);
 
-fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(2));
-    if !cpu_ok() {
-        return scalar::unpack4(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX2; `packed` holds at least `out.len().div_ceil(2)` bytes.
-    unsafe { unpack4_avx2(packed, signed, out) }
-}
+    fn unpack4(packed: &[u8], signed: bool, out: &mut [u8]) => unpack4_avx2(packed, signed, out);
 
-fn pack2(codes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), codes.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::pack2(codes, out);
-    }
-    // SAFETY: the CPU has AVX2; `out` holds `codes.len().div_ceil(4)` bytes.
-    unsafe { pack2_avx2(codes, out) }
-}
+    fn pack2(codes: &[u8], out: &mut [u8]) => pack2_avx2(codes, out);
 
-fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) {
-    assert!(packed.len() >= out.len().div_ceil(4));
-    if !cpu_ok() {
-        return scalar::unpack2(packed, signed, out);
-    }
-    // SAFETY: the CPU has AVX2; `packed` holds at least `out.len().div_ceil(4)` bytes.
-    unsafe { unpack2_avx2(packed, signed, out) }
+    fn unpack2(packed: &[u8], signed: bool, out: &mut [u8]) => unpack2_avx2(packed, signed, out);
 }
 
 // ---------------------------------------------------------------------------------------------

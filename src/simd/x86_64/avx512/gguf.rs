@@ -1,5 +1,6 @@
-//! AVX-512 quantizers of the 32-value block types: the same operations as `legacy`'s portable
-//! code, lane by lane, so the bytes are identical (tests compare both with gguf-py and with
+//! AVX-512 GGUF kernels: the quantizers of the 32-value block types (the `avx512` and
+//! `avx512vnni` tables) and the VNNI `Q4_0 · Q8_0` dot (`avx512vnni`). The quantizers do the
+//! same operations as `gguf::legacy`'s portable code, lane by lane, so the bytes are identical (tests compare both with gguf-py and with
 //! each other through `QFAST_ISA`).
 //!
 //! - `cvttps2dq` is the conversion the references compile to (truncation; `i32::MIN` for NaN
@@ -7,34 +8,26 @@
 //! - Ties and signed zeros: the block's maximum (minimum) *value* comes from a reduction, then
 //!   the first element equal to it is taken, which is what the sequential loops keep.
 //!
-//! Soundness: `quantize_chunk` checks for AVX-512 before entering `#[target_feature]` code.
+//! Soundness: each safe entry point checks the CPU before entering `#[target_feature]` code.
 
-use super::legacy::QK;
+use crate::gguf::dot::{tree_sum, LANES};
+use crate::gguf::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, QK};
+use crate::simd::{GgufKind as Kind, Q8Row};
 use core::arch::x86_64::*;
-
-/// The block types this module writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-}
 
 /// Quantizes whole blocks of `x` into `out` with AVX-512: `None` (nothing written) when the
 /// CPU lacks it, else whether every value of `x` was finite (when one is not, `out` holds
 /// garbage and the caller reports the value).
-pub fn quantize_chunk(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
-    if !crate::simd::x86_64::has_avx512() {
+pub fn quantize_blocks(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
+    if !crate::simd::probe::has_avx512() {
         return None;
     }
     let ts = match kind {
-        Kind::Q4_0 => super::legacy::Q4_0_BYTES,
-        Kind::Q4_1 => super::legacy::Q4_1_BYTES,
-        Kind::Q5_0 => super::legacy::Q5_0_BYTES,
-        Kind::Q5_1 => super::legacy::Q5_1_BYTES,
-        Kind::Q8_0 => super::legacy::Q8_0_BYTES,
+        Kind::Q4_0 => Q4_0_BYTES,
+        Kind::Q4_1 => Q4_1_BYTES,
+        Kind::Q5_0 => Q5_0_BYTES,
+        Kind::Q5_1 => Q5_1_BYTES,
+        Kind::Q8_0 => Q8_0_BYTES,
     };
     assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * ts);
     // SAFETY: the CPU has AVX-512; each block reads 32 floats and writes `ts` bytes, in
@@ -231,40 +224,29 @@ unsafe fn q8_0_codes(v: [__m512; 2], id: __m512, o: *mut u8) {
     }
 }
 
-/// The Q8_0 side of `Q4_0 · Q8_0`, arranged once per call for every row: the int8 values
-/// back to back (padded to an even number of blocks), each lane's `8 · Σ q8` (the `- 8` of the
-/// 4-bit codes), and the float32 scales.
-pub struct Q8Row {
-    nb: usize,
-    qs: Vec<i8>,
-    corr: Vec<i32>,
-    d: Vec<f32>,
-}
-
-impl Q8Row {
-    /// Arranges the Q8_0 row `y` (call only on a CPU with AVX-512 VNNI: `RowDot` does).
-    pub fn new(y: &[u8]) -> crate::error::Result<Q8Row> {
-        use super::legacy::Q8_0_BYTES;
-        use crate::alloc::try_vec;
-        let nb = y.len() / Q8_0_BYTES;
-        let padded = nb.next_multiple_of(2);
-        let mut row = Q8Row {
-            nb,
-            qs: try_vec(0i8, padded * QK)?,
-            corr: try_vec(0i32, padded * 8)?,
-            d: try_vec(0f32, padded)?,
-        };
-        assert!(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni());
-        // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
-        // arrays sized for `padded >= nb` blocks.
-        unsafe { prepare_vnni(y, &mut row) };
-        Ok(row)
-    }
+/// Arranges the Q8_0 row `y` for [`dot_q4_0_q8_0`] (the `avx512vnni` table's
+/// `gguf_dot.prepare`; it is handed out only where the CPU has AVX-512 VNNI).
+pub fn prepare_q8_0(y: &[u8]) -> crate::error::Result<Q8Row> {
+    use crate::alloc::try_vec;
+    use Q8_0_BYTES;
+    let nb = y.len() / Q8_0_BYTES;
+    let padded = nb.next_multiple_of(2);
+    let mut row = Q8Row {
+        nb,
+        qs: try_vec(0i8, padded * QK)?,
+        corr: try_vec(0i32, padded * 8)?,
+        d: try_vec(0f32, padded)?,
+    };
+    assert!(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni());
+    // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
+    // arrays sized for `padded >= nb` blocks.
+    unsafe { prepare_vnni(y, &mut row) };
+    Ok(row)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
 unsafe fn prepare_vnni(y: &[u8], row: &mut Q8Row) {
-    use super::legacy::Q8_0_BYTES;
+    use Q8_0_BYTES;
     let ones = _mm256_set1_epi8(1);
     // Pairs of blocks as the kernel's vectors hold them: [low half of b, low half of b + 1,
     // high half of b, high half of b + 1] (16 values or 4 lanes each).
@@ -284,11 +266,11 @@ unsafe fn prepare_vnni(y: &[u8], row: &mut Q8Row) {
     }
 }
 
-/// [`super::dot::dot_ref`] with AVX-512 VNNI, two blocks per step (same bits); `None`
+/// [`crate::gguf::dot::dot_ref`] with AVX-512 VNNI, two blocks per step (same bits); `None`
 /// without VNNI.
 pub fn dot_q4_0_q8_0(x: &[u8], y: &Q8Row) -> Option<f32> {
-    use super::legacy::Q4_0_BYTES;
-    if !(crate::simd::x86_64::has_avx512() && crate::simd::x86_64::has_avx512vnni()) {
+    use Q4_0_BYTES;
+    if !(crate::simd::probe::has_avx512() && crate::simd::probe::has_avx512vnni()) {
         return None;
     }
     assert_eq!(x.len(), y.nb * Q4_0_BYTES);
@@ -358,8 +340,8 @@ unsafe fn dot_vnni(x: &[u8], y: &Q8Row) -> f32 {
         1 => acc = step(b, false, acc),
         _ => {}
     }
-    let mut lanes = [0f32; super::dot::LANES];
+    let mut lanes = [0f32; LANES];
     _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
     _mm512_storeu_ps(lanes.as_mut_ptr().add(16), acc2);
-    super::dot::tree_sum(lanes)
+    tree_sum(lanes)
 }

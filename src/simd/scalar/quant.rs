@@ -1,28 +1,7 @@
-//! The scalar path: the reference every SIMD path must match, and the tail handler they share.
+//! The scalar quantization kernels: the reference every SIMD path must match, and the tail
+//! handler they share.
 
-use super::{Isa, Kernels, MinMax, QParams};
-
-pub const KERNELS: Kernels = Kernels {
-    isa: Isa::Scalar,
-    minmax,
-    minmax_lanes,
-    quantize,
-    quantize_lanes,
-    minmax_groups,
-    quantize_groups,
-    dequantize,
-    dequantize_lanes,
-    pack4,
-    unpack4,
-    pack2,
-    unpack2,
-    pack_panels: super::gemm::pack_i8_panels,
-    dot_tile: super::gemm::dot_tile_ref,
-    dot_tile_wide: None,
-    matmul_rows: None,
-    linear_tile: super::gemm::linear_tile_ref,
-    linear_tile_f32: super::gemm::linear_tile_f32_body,
-};
+use crate::simd::{MinMax, QParams};
 
 /// Bits of `|x|` at or above this are ±Inf or NaN.
 pub const NONFINITE_BITS: u32 = 0x7f80_0000;
@@ -87,11 +66,11 @@ pub fn quantize_lanes(
 }
 
 pub fn minmax_groups(x: &[f32], group_size: usize, out: &mut [MinMax]) {
-    super::minmax_groups_with(minmax, x, group_size, out);
+    crate::simd::minmax_groups_with(minmax, x, group_size, out);
 }
 
 pub fn quantize_groups(x: &[f32], group_size: usize, grid: &[QParams], out: &mut [u8]) {
-    super::quantize_groups_with(quantize, x, group_size, grid, out);
+    crate::simd::quantize_groups_with(quantize, x, group_size, grid, out);
 }
 
 #[inline(always)]

@@ -1,0 +1,287 @@
+//! AVX2 quantizers of the GGUF block types Q4_0 and Q8_0: the same operations as
+//! `gguf::legacy`'s portable code, lane by lane, so the bytes are identical (tests compare
+//! every path's bytes through `QFAST_ISA`, and with gguf-py's).
+//!
+//! - `cvttps2dq` is the conversion the references compile to (truncation; `i32::MIN` for NaN
+//!   and out-of-range), and its low byte is kept (masked to a byte, then packed without
+//!   saturation), as `legacy::cvt_i32` does.
+//! - Q4_0's `d` comes from the value of largest magnitude, the first one on ties: the block's
+//!   largest magnitude from a reduction, then the first element whose magnitude equals it.
+//! - Q8_0's `roundf` (ties away from zero): truncate, then step away from zero where the
+//!   dropped fraction is at least one half.
+//! - The float16 scale is `vcvtps2ph` rounding to nearest even, as `half` stores it.
+//!
+//! Other block types return `None`: the caller runs the portable code.
+
+use crate::gguf::legacy::{Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::simd::GgufKind as Kind;
+use core::arch::x86_64::*;
+
+/// Quantizes whole Q4_0 or Q8_0 blocks of `x` into `out` (the `avx2` table's
+/// `gguf_quantize`): `None` (nothing written) for the other types or when the CPU lacks AVX2,
+/// else whether every value of `x` was finite (when one is not, `out` holds garbage and the
+/// caller reports the value).
+pub fn quantize_blocks(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
+    let ts = match kind {
+        Kind::Q4_0 => Q4_0_BYTES,
+        Kind::Q8_0 => Q8_0_BYTES,
+        _ => return None,
+    };
+    if !crate::simd::probe::has_avx2() {
+        return None;
+    }
+    assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * ts);
+    // SAFETY: the CPU has AVX2, FMA and F16C; each block reads 32 floats and writes `ts`
+    // bytes, in bounds by the assertion above.
+    let finite = unsafe {
+        match kind {
+            Kind::Q8_0 => blocks::<true>(x, out, ts),
+            _ => blocks::<false>(x, out, ts),
+        }
+    };
+    Some(finite)
+}
+
+/// Blocks per group: each group first finds every block's largest magnitude, then divides
+/// and converts the scales to float16 eight blocks at a time, then writes the blocks.
+const GROUP: usize = 8;
+
+/// How far ahead of pass 1 the input is prefetched, in floats (2 KiB).
+const PREFETCH: usize = 512;
+
+/// The largest of the 8 lanes of `v` (exact: a maximum does not depend on the order).
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm256_max_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+    let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b0100_1110>(m, m));
+    let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b1011_0001>(m, m));
+    _mm256_cvtss_f32(m)
+}
+
+/// The low byte of each i32 lane of `c[0..4]` (the `as u8` truncation), in order: 32 bytes.
+#[inline(always)]
+unsafe fn low_bytes(c: [__m256i; 4]) -> __m256i {
+    // (No closures here: one would not inherit the caller's target features.)
+    let byte = _mm256_set1_epi32(0xff);
+    let c = [
+        _mm256_and_si256(c[0], byte),
+        _mm256_and_si256(c[1], byte),
+        _mm256_and_si256(c[2], byte),
+        _mm256_and_si256(c[3], byte),
+    ];
+    // Values 0..=255: the saturating packs keep them. Per 128-bit lane the packs give
+    // [c0 lo, c1 lo, c2 lo, c3 lo | c0 hi, c1 hi, c2 hi, c3 hi] (4 bytes each).
+    let p = _mm256_packus_epi16(
+        _mm256_packus_epi32(c[0], c[1]),
+        _mm256_packus_epi32(c[2], c[3]),
+    );
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// The loops index raw pointers and map no closures: in a build without LTO, iterator
+/// adapters and `array::map` stayed calls out of this `#[target_feature]` function (a third
+/// slower than the portable code).
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn blocks<const Q8: bool>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let max_finite = _mm256_set1_epi32(0x7f7f_ffff);
+    let mut bad = _mm256_setzero_si256();
+    let nb = x.len() / QK;
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    let mut g0 = 0;
+    while g0 < nb {
+        let n = GROUP.min(nb - g0);
+        // Pass 1: `hi` is max|x| (Q8_0) or the first value of largest magnitude (Q4_0).
+        let mut hi = [0f32; GROUP];
+        for i in 0..n {
+            let xb = xp.add((g0 + i) * QK);
+            let ahead = xb.wrapping_add(PREFETCH) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let a = [
+                _mm256_and_ps(_mm256_loadu_ps(xb), abs_mask),
+                _mm256_and_ps(_mm256_loadu_ps(xb.add(8)), abs_mask),
+                _mm256_and_ps(_mm256_loadu_ps(xb.add(16)), abs_mask),
+                _mm256_and_ps(_mm256_loadu_ps(xb.add(24)), abs_mask),
+            ];
+            let big = _mm256_max_epi32(
+                _mm256_max_epi32(_mm256_castps_si256(a[0]), _mm256_castps_si256(a[1])),
+                _mm256_max_epi32(_mm256_castps_si256(a[2]), _mm256_castps_si256(a[3])),
+            );
+            bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(big, max_finite));
+            let amax = hmax(_mm256_max_ps(
+                _mm256_max_ps(a[0], a[1]),
+                _mm256_max_ps(a[2], a[3]),
+            ));
+            hi[i] = if Q8 {
+                amax
+            } else if amax == 0.0 {
+                *xb
+            } else {
+                let t = _mm256_set1_ps(amax);
+                let hit =
+                    |k: usize| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[k], t)) as u32;
+                let hit = hit(0) | hit(1) << 8 | hit(2) << 16 | hit(3) << 24;
+                // No lane matches only in a block holding NaN: its codes are discarded.
+                *xb.add((hit | 1 << 31).trailing_zeros() as usize)
+            };
+        }
+        // d and 1/d for the group, as the scalar code computes them (IEEE division).
+        let hv = _mm256_loadu_ps(hi.as_ptr());
+        let d = _mm256_div_ps(hv, _mm256_set1_ps(if Q8 { 127.0 } else { -8.0 }));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(d, _mm256_setzero_ps());
+        let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let mut idv = [0f32; GROUP];
+        _mm256_storeu_ps(idv.as_mut_ptr(), id);
+        let mut dh = [0u16; GROUP];
+        _mm_storeu_si128(
+            dh.as_mut_ptr() as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        // Pass 2: headers and codes.
+        for i in 0..n {
+            let xb = xp.add((g0 + i) * QK);
+            let o = op.add((g0 + i) * ts);
+            core::ptr::copy_nonoverlapping(dh[i].to_le_bytes().as_ptr(), o, 2);
+            let id = _mm256_set1_ps(idv[i]);
+            let y = [
+                _mm256_mul_ps(_mm256_loadu_ps(xb), id),
+                _mm256_mul_ps(_mm256_loadu_ps(xb.add(8)), id),
+                _mm256_mul_ps(_mm256_loadu_ps(xb.add(16)), id),
+                _mm256_mul_ps(_mm256_loadu_ps(xb.add(24)), id),
+            ];
+            if Q8 {
+                let c = [
+                    _mm256_cvttps_epi32(round_away(y[0])),
+                    _mm256_cvttps_epi32(round_away(y[1])),
+                    _mm256_cvttps_epi32(round_away(y[2])),
+                    _mm256_cvttps_epi32(round_away(y[3])),
+                ];
+                _mm256_storeu_si256(o.add(2) as *mut __m256i, low_bytes(c));
+            } else {
+                // `min(15, trunc(x · id + 8.5))`: a product, then a sum (no FMA).
+                let bias = _mm256_set1_ps(8.5);
+                let c = [
+                    _mm256_cvttps_epi32(_mm256_add_ps(y[0], bias)),
+                    _mm256_cvttps_epi32(_mm256_add_ps(y[1], bias)),
+                    _mm256_cvttps_epi32(_mm256_add_ps(y[2], bias)),
+                    _mm256_cvttps_epi32(_mm256_add_ps(y[3], bias)),
+                ];
+                let c = _mm256_min_epu8(low_bytes(c), _mm256_set1_epi8(15));
+                // qs[j] = c[j] | c[j + 16] << 4 (codes are at most 15: no bit crosses a byte).
+                let lo = _mm256_castsi256_si128(c);
+                let hi = _mm256_extracti128_si256::<1>(c);
+                let qs = _mm_or_si128(lo, _mm_slli_epi16::<4>(hi));
+                _mm_storeu_si128(o.add(2) as *mut __m128i, qs);
+            }
+        }
+        g0 += n;
+    }
+    _mm256_testz_si256(bad, bad) == 1
+}
+
+/// `roundf(y)` (ties away from zero) for 8 lanes: `trunc(y)`, plus `copysign(1, y)` where
+/// `|y - trunc(y)| >= 1/2` (the difference is exact).
+#[inline(always)]
+unsafe fn round_away(y: __m256) -> __m256 {
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+    let frac = _mm256_and_ps(
+        _mm256_sub_ps(y, t),
+        _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)),
+    );
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let step = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(y, _mm256_set1_ps(-0.0)));
+    _mm256_add_ps(t, _mm256_and_ps(up, step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::legacy;
+
+    /// Blocks that exercise every rule: ties of magnitude (the first wins, whatever its
+    /// sign), all zeros (signed), exact halves after the scale, subnormal blocks whose `1 / d`
+    /// overflows, huge values, and random blocks at many scales.
+    fn blocks() -> Vec<f32> {
+        let mut x = Vec::new();
+        let mut s = 0x9e37_79b9u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for e in -45..39 {
+            let scale = 10f32.powi(e);
+            for _ in 0..3 {
+                x.extend((0..QK).map(|_| (next() as i32 as f32 / 2f32.powi(31)) * scale));
+            }
+        }
+        let mut tie = [1.0f32; QK];
+        tie[3] = -4.0;
+        tie[9] = 4.0;
+        x.extend(tie);
+        tie[3] = 4.0;
+        tie[9] = -4.0;
+        x.extend(tie);
+        x.extend([0.0f32; QK]);
+        x.extend([-0.0f32; QK]);
+        let mut z = [0.0f32; QK];
+        z[0] = -0.0;
+        x.extend(z);
+        // Values on exact halves of the grid (d = 1 for Q4_0: x + 8.5 is a half; Q8_0 too).
+        x.extend((0..QK).map(|i| -8.0 + i as f32 * 0.5));
+        x.extend((0..QK).map(|i| 127.0 - i as f32 * 7.5));
+        x.extend((0..QK).map(|i| if i == 5 { 1e-45 } else { 0.0 }));
+        x.extend((0..QK).map(|i| f32::from_bits(i as u32 * 3 + 1)));
+        x.extend((0..QK).map(|i| (i as f32 - 15.5) * 1e37));
+        x
+    }
+
+    #[test]
+    fn q4_0_and_q8_0_match_the_portable_bytes() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        let x = blocks();
+        for (kind, ts, portable) in [
+            (
+                Kind::Q4_0,
+                Q4_0_BYTES,
+                legacy::quantize_q4_0 as fn(&[f32], &mut [u8]),
+            ),
+            (Kind::Q8_0, Q8_0_BYTES, legacy::quantize_q8_0),
+        ] {
+            // Every length from one block up, so that the last group is short too.
+            for nb in [1, 2, 7, 8, 9, 17, x.len() / QK] {
+                let x = &x[x.len() - nb * QK..];
+                let mut got = vec![0u8; nb * ts];
+                assert_eq!(quantize_blocks(kind, x, &mut got), Some(true));
+                let mut want = vec![0u8; nb * ts];
+                for (xb, ob) in x.chunks_exact(QK).zip(want.chunks_exact_mut(ts)) {
+                    portable(xb, ob);
+                }
+                for (b, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
+                    assert_eq!(g, w, "{kind:?} block {b} of {nb}: {:?}", &x[QK * b..][..QK]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_reported() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = vec![1.0f32; 10 * QK];
+            x[9 * QK + 31] = bad;
+            let mut out = vec![0u8; 10 * Q8_0_BYTES];
+            assert_eq!(quantize_blocks(Kind::Q8_0, &x, &mut out), Some(false));
+            let mut out = vec![0u8; 10 * Q4_0_BYTES];
+            assert_eq!(quantize_blocks(Kind::Q4_0, &x, &mut out), Some(false));
+        }
+        assert_eq!(quantize_blocks(Kind::Q4_1, &[0.0; QK], &mut [0; 20]), None);
+    }
+}

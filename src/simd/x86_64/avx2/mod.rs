@@ -1,0 +1,31 @@
+//! The AVX2 path (with FMA and F16C): 256-bit vectors.
+
+pub mod gemm;
+pub mod gguf;
+pub mod quant;
+
+use crate::simd::{Isa, Kernels};
+
+pub const KERNELS: Kernels = Kernels {
+    isa: Isa::Avx2,
+    minmax: quant::minmax,
+    minmax_lanes: quant::minmax_lanes,
+    quantize: quant::quantize,
+    quantize_lanes: quant::quantize_lanes,
+    minmax_groups: quant::minmax_groups,
+    quantize_groups: quant::quantize_groups,
+    dequantize: quant::dequantize,
+    dequantize_lanes: quant::dequantize_lanes,
+    pack4: quant::pack4,
+    unpack4: quant::unpack4,
+    pack2: quant::pack2,
+    unpack2: quant::unpack2,
+    pack_panels: crate::simd::gemm::pack_i8_panels,
+    dot_tile: gemm::dot_tile,
+    dot_tile_wide: None,
+    matmul_rows: None,
+    linear_tile: gemm::linear_tile,
+    linear_tile_f32: gemm::linear_tile_f32,
+    gguf_quantize: Some(gguf::quantize_blocks),
+    gguf_dot: None,
+};

@@ -396,7 +396,7 @@ def smollm2_block0() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.parametrize(
-    "t, group",
+    ("t", "group"),
     [("Q4_0", "q_proj+k_proj+v_proj"), ("IQ4_NL", "gate_proj+up_proj"), ("Q4_K", "down_proj"),
      ("Q3_K", "down_proj"), ("Q6_K", "down_proj"), ("Q5_0", "o_proj")],
 )  # fmt: skip

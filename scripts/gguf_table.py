@@ -143,7 +143,7 @@ def gptq(bin_dir: Path, f32: Path, work: Path, args: argparse.Namespace) -> int:
     held = work / "heldout.txt"
     held.write_bytes("\n".join(heldout_paragraphs(400)).encode("utf-8"))
     text = held.read_text(encoding="utf-8")
-    calib = "\n".join(calibration_paragraphs(400))
+    calib = "\n".join(calibration_paragraphs(1200))
     base = work / "f32.kl"
     if not base.exists():
         f32_ppl = llamacpp.perplexity(

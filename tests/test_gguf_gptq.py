@@ -20,7 +20,7 @@ from qfast.model.gguf_gptq import gptq_to_gguf
 CONFIG = (4, 256, 512, 8, 2, False, 0.06)
 
 
-@pytest.mark.parametrize("mix", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("mix", ["Q4_0", "Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K"])
 def test_gptq_gguf_file(llamacpp_bin: Path, mix: str, tmp_path: Path) -> None:  # noqa: F811
     src_path = synthetic(tmp_path / "f32.gguf", *CONFIG)
     rng = np.random.default_rng(5)

@@ -1,12 +1,13 @@
 """GPTQ into a GGUF file: ``qfast quantize MODEL.gguf -o OUT.gguf --method gptq --format gguf
 --type MIX``.
 
-The tensors get llama.cpp's types for ``MIX`` (``qfast.gguf.tensor_types``); the block linears
-whose type has 32-value blocks (Q4_0, Q5_0, Q4_1, Q5_1, Q8_0) are quantized by
-:func:`qfast.gptq_gguf` (GPTQ's error feedback inside ggml's block grids), true-sequentially:
+The tensors get llama.cpp's types for ``MIX`` (``qfast.gguf.tensor_types``); every block linear
+(Q4_0 .. Q8_0, IQ4_NL, the K-quants) is quantized by :func:`qfast.gptq_gguf` (GPTQ's error
+feedback inside ggml's grids, each block's grid ggml's importance-weighted search with the
+Hessian's diagonal), true-sequentially:
 block by block, and within a block group by group (q/k/v, o, gate/up, down), each group on its
 input over all the calibration tokens as the already-quantized groups before it produce it. The
-other tensors (the embedding / output, K-quant types) get ggml's quantizer, as
+other tensors (the embedding / output) get ggml's quantizer, as
 ``llama-quantize`` (with the importance matrix when given). The file keeps the source's
 metadata, tensor order and Q/K layout, so llama.cpp loads it unchanged.
 """
@@ -56,7 +57,7 @@ def gptq_to_gguf(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Writes the GGUF file ``source`` as ``mix`` at ``path``, its 32-block linears by GPTQ.
+    """Writes the GGUF file ``source`` as ``mix`` at ``path``, its block linears by GPTQ.
 
     Args:
         source: a GGUF file of a Llama-family model (F32 / F16 / BF16, or quantized: its
@@ -136,7 +137,7 @@ def gptq_to_gguf(
                         np.concatenate(Ws), hessian=H, type=t, damp=damp, act_order=act_order
                     )
                     parts = np.split(stacked, np.cumsum([w.shape[0] for w in Ws])[:-1])
-                else:  # a K-quant type: ggml's quantizer, as llama-quantize
+                else:  # a type without a grid GPTQ runs in: ggml's quantizer, as llama-quantize
                     parts = []
                     for m, W in zip(modules, Ws):
                         w = weights_of(hf_to_gguf[m + ".weight"])

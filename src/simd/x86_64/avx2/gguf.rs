@@ -1,31 +1,33 @@
-//! AVX2 quantizers of the GGUF block types Q4_0 and Q8_0: the same operations as
-//! `gguf::legacy`'s portable code, lane by lane, so the bytes are identical (tests compare
-//! every path's bytes through `QFAST_ISA`, and with gguf-py's).
+//! AVX2 quantizers of the GGUF block types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (the reference,
+//! unweighted ones): the same operations as `gguf::legacy`'s portable code, lane by lane, so
+//! the bytes are identical (tests compare every path's bytes through `QFAST_ISA`, and with
+//! gguf-py's).
 //!
 //! - `cvttps2dq` is the conversion the references compile to (truncation; `i32::MIN` for NaN
 //!   and out-of-range), and its low byte is kept (masked to a byte, then packed without
 //!   saturation), as `legacy::cvt_i32` does.
-//! - Q4_0's `d` comes from the value of largest magnitude, the first one on ties: the block's
-//!   largest magnitude from a reduction, then the first element whose magnitude equals it.
+//! - Q4_0 / Q5_0's `d` comes from the value of largest magnitude, the first one on ties: the
+//!   block's largest magnitude from a reduction, then the first element whose magnitude
+//!   equals it. Q4_1 / Q5_1's minimum and maximum likewise: the reduced value, then its first
+//!   occurrence (which keeps the sign of a zero as the sequential loop does).
 //! - Q8_0's `roundf` (ties away from zero): truncate, then step away from zero where the
 //!   dropped fraction is at least one half.
-//! - The float16 scale is `vcvtps2ph` rounding to nearest even, as `half` stores it.
-//!
-//! Other block types return `None`: the caller runs the portable code.
+//! - The float16 scales are `vcvtps2ph` rounding to nearest even, as `half` stores them.
 
-use crate::gguf::legacy::{Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::gguf::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, QK};
 use crate::simd::GgufKind as Kind;
 use core::arch::x86_64::*;
 
-/// Quantizes whole Q4_0 or Q8_0 blocks of `x` into `out` (the `avx2` table's
-/// `gguf_quantize`): `None` (nothing written) for the other types or when the CPU lacks AVX2,
-/// else whether every value of `x` was finite (when one is not, `out` holds garbage and the
-/// caller reports the value).
+/// Quantizes whole blocks of `x` into `out` (the `avx2` table's `gguf_quantize`): `None`
+/// (nothing written) when the CPU lacks AVX2, else whether every value of `x` was finite
+/// (when one is not, `out` holds garbage and the caller reports the value).
 pub fn quantize_blocks(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
     let ts = match kind {
         Kind::Q4_0 => Q4_0_BYTES,
+        Kind::Q4_1 => Q4_1_BYTES,
+        Kind::Q5_0 => Q5_0_BYTES,
+        Kind::Q5_1 => Q5_1_BYTES,
         Kind::Q8_0 => Q8_0_BYTES,
-        _ => return None,
     };
     if !crate::simd::probe::has_avx2() {
         return None;
@@ -35,15 +37,18 @@ pub fn quantize_blocks(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
     // bytes, in bounds by the assertion above.
     let finite = unsafe {
         match kind {
-            Kind::Q8_0 => blocks::<true>(x, out, ts),
-            _ => blocks::<false>(x, out, ts),
+            Kind::Q4_0 => blocks::<{ Kind::Q4_0 as u8 }>(x, out, ts),
+            Kind::Q4_1 => blocks::<{ Kind::Q4_1 as u8 }>(x, out, ts),
+            Kind::Q5_0 => blocks::<{ Kind::Q5_0 as u8 }>(x, out, ts),
+            Kind::Q5_1 => blocks::<{ Kind::Q5_1 as u8 }>(x, out, ts),
+            Kind::Q8_0 => blocks::<{ Kind::Q8_0 as u8 }>(x, out, ts),
         }
     };
     Some(finite)
 }
 
-/// Blocks per group: each group first finds every block's largest magnitude, then divides
-/// and converts the scales to float16 eight blocks at a time, then writes the blocks.
+/// Blocks per group: each group first finds every block's grid (the reductions), then
+/// divides and converts the scales to float16 eight blocks at a time, then writes the blocks.
 const GROUP: usize = 8;
 
 /// How far ahead of pass 1 the input is prefetched, in floats (2 KiB).
@@ -56,6 +61,28 @@ unsafe fn hmax(v: __m256) -> f32 {
     let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b0100_1110>(m, m));
     let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b1011_0001>(m, m));
     _mm256_cvtss_f32(m)
+}
+
+/// The smallest of the 8 lanes of `v`.
+#[inline(always)]
+unsafe fn hmin(v: __m256) -> f32 {
+    let m = _mm256_min_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+    let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b0100_1110>(m, m));
+    let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b1011_0001>(m, m));
+    _mm256_cvtss_f32(m)
+}
+
+/// The element of the block `v` (loaded from `xb`) that is the first to equal `t` (compared
+/// in `a`, the values or their magnitudes). A block holding NaN may match nothing: its codes
+/// are discarded (it is reported not finite), and the last element stands in.
+#[inline(always)]
+unsafe fn first_equal(a: &[__m256; 4], t: f32, xb: *const f32) -> f32 {
+    let t = _mm256_set1_ps(t);
+    let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[0], t)) as u32
+        | (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[1], t)) as u32) << 8
+        | (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[2], t)) as u32) << 16
+        | (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[3], t)) as u32) << 24;
+    *xb.add((hit | 1 << 31).trailing_zeros() as usize)
 }
 
 /// The low byte of each i32 lane of `c[0..4]` (the `as u8` truncation), in order: 32 bytes.
@@ -78,12 +105,54 @@ unsafe fn low_bytes(c: [__m256i; 4]) -> __m256i {
     _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
+/// `min(top, low byte of cvttps2dq(y))` for the 32 lanes of `y`, as 32 bytes in order.
+#[inline(always)]
+unsafe fn codes(y: [__m256; 4], top: u8) -> __m256i {
+    let c = [
+        _mm256_cvttps_epi32(y[0]),
+        _mm256_cvttps_epi32(y[1]),
+        _mm256_cvttps_epi32(y[2]),
+        _mm256_cvttps_epi32(y[3]),
+    ];
+    _mm256_min_epu8(low_bytes(c), _mm256_set1_epi8(top as i8))
+}
+
+/// Writes 32 codes `c` (`< 16`, or `< 32` when `five`) at `o`: for 5-bit codes `qh` first
+/// (bit j = bit 4 of code j), then `qs[j] = c[j] & 15 | (c[j + 16] & 15) << 4`.
+#[inline(always)]
+unsafe fn store_codes(c: __m256i, o: *mut u8, five: bool) {
+    let at = if five {
+        // Bit 4 of each byte moved to bit 7, which `movemask` gathers in order.
+        let qh = _mm256_movemask_epi8(_mm256_slli_epi16::<3>(c)) as u32;
+        core::ptr::copy_nonoverlapping(qh.to_le_bytes().as_ptr(), o, 4);
+        4
+    } else {
+        0
+    };
+    let c = _mm256_and_si256(c, _mm256_set1_epi8(0x0f));
+    let lo = _mm256_castsi256_si128(c);
+    let hi = _mm256_extracti128_si256::<1>(c);
+    // Nibbles: the shift moves no bit across a byte.
+    let qs = _mm_or_si128(lo, _mm_slli_epi16::<4>(hi));
+    _mm_storeu_si128(o.add(at) as *mut __m128i, qs);
+}
+
 /// The loops index raw pointers and map no closures: in a build without LTO, iterator
 /// adapters and `array::map` stayed calls out of this `#[target_feature]` function (a third
 /// slower than the portable code).
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blocks<const Q8: bool>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
+unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
+    let q8 = K == Kind::Q8_0 as u8;
+    let sym = K == Kind::Q4_0 as u8 || K == Kind::Q5_0 as u8;
+    let five = K == Kind::Q5_0 as u8 || K == Kind::Q5_1 as u8;
+    let (half, top): (f32, u8) = match K {
+        k if k == Kind::Q4_0 as u8 => (8.0, 15),
+        k if k == Kind::Q5_0 as u8 => (16.0, 31),
+        k if k == Kind::Q4_1 as u8 => (0.0, 15),
+        k if k == Kind::Q5_1 as u8 => (0.0, 31),
+        _ => (0.0, 127),
+    };
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let max_finite = _mm256_set1_epi32(0x7f7f_ffff);
     let mut bad = _mm256_setzero_si256();
@@ -92,66 +161,99 @@ unsafe fn blocks<const Q8: bool>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
     let mut g0 = 0;
     while g0 < nb {
         let n = GROUP.min(nb - g0);
-        // Pass 1: `hi` is max|x| (Q8_0) or the first value of largest magnitude (Q4_0).
-        let mut hi = [0f32; GROUP];
+        // Pass 1: `hi` is max|x| (Q8_0), the first value of largest magnitude (Q4_0, Q5_0)
+        // or the maximum (Q4_1, Q5_1); `lo` the minimum (Q4_1, Q5_1).
+        let (mut hi, mut lo) = ([0f32; GROUP], [0f32; GROUP]);
         for i in 0..n {
             let xb = xp.add((g0 + i) * QK);
             let ahead = xb.wrapping_add(PREFETCH) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(ahead);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let v = [
+                _mm256_loadu_ps(xb),
+                _mm256_loadu_ps(xb.add(8)),
+                _mm256_loadu_ps(xb.add(16)),
+                _mm256_loadu_ps(xb.add(24)),
+            ];
             let a = [
-                _mm256_and_ps(_mm256_loadu_ps(xb), abs_mask),
-                _mm256_and_ps(_mm256_loadu_ps(xb.add(8)), abs_mask),
-                _mm256_and_ps(_mm256_loadu_ps(xb.add(16)), abs_mask),
-                _mm256_and_ps(_mm256_loadu_ps(xb.add(24)), abs_mask),
+                _mm256_and_ps(v[0], abs_mask),
+                _mm256_and_ps(v[1], abs_mask),
+                _mm256_and_ps(v[2], abs_mask),
+                _mm256_and_ps(v[3], abs_mask),
             ];
             let big = _mm256_max_epi32(
                 _mm256_max_epi32(_mm256_castps_si256(a[0]), _mm256_castps_si256(a[1])),
                 _mm256_max_epi32(_mm256_castps_si256(a[2]), _mm256_castps_si256(a[3])),
             );
             bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(big, max_finite));
-            let amax = hmax(_mm256_max_ps(
-                _mm256_max_ps(a[0], a[1]),
-                _mm256_max_ps(a[2], a[3]),
-            ));
-            hi[i] = if Q8 {
-                amax
-            } else if amax == 0.0 {
-                *xb
+            if q8 || sym {
+                let amax = hmax(_mm256_max_ps(
+                    _mm256_max_ps(a[0], a[1]),
+                    _mm256_max_ps(a[2], a[3]),
+                ));
+                hi[i] = if q8 {
+                    amax
+                } else if amax == 0.0 {
+                    *xb
+                } else {
+                    first_equal(&a, amax, xb)
+                };
             } else {
-                let t = _mm256_set1_ps(amax);
-                let hit =
-                    |k: usize| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a[k], t)) as u32;
-                let hit = hit(0) | hit(1) << 8 | hit(2) << 16 | hit(3) << 24;
-                // No lane matches only in a block holding NaN: its codes are discarded.
-                *xb.add((hit | 1 << 31).trailing_zeros() as usize)
-            };
+                let vmin = hmin(_mm256_min_ps(
+                    _mm256_min_ps(v[0], v[1]),
+                    _mm256_min_ps(v[2], v[3]),
+                ));
+                let vmax = hmax(_mm256_max_ps(
+                    _mm256_max_ps(v[0], v[1]),
+                    _mm256_max_ps(v[2], v[3]),
+                ));
+                lo[i] = first_equal(&v, vmin, xb);
+                hi[i] = first_equal(&v, vmax, xb);
+            }
         }
         // d and 1/d for the group, as the scalar code computes them (IEEE division).
-        let hv = _mm256_loadu_ps(hi.as_ptr());
-        let d = _mm256_div_ps(hv, _mm256_set1_ps(if Q8 { 127.0 } else { -8.0 }));
+        let (hv, lv) = (_mm256_loadu_ps(hi.as_ptr()), _mm256_loadu_ps(lo.as_ptr()));
+        let d = if q8 {
+            _mm256_div_ps(hv, _mm256_set1_ps(127.0))
+        } else if sym {
+            _mm256_div_ps(hv, _mm256_set1_ps(-half))
+        } else {
+            _mm256_div_ps(_mm256_sub_ps(hv, lv), _mm256_set1_ps(top as f32))
+        };
         let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(d, _mm256_setzero_ps());
         let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
         let mut idv = [0f32; GROUP];
         _mm256_storeu_ps(idv.as_mut_ptr(), id);
-        let mut dh = [0u16; GROUP];
+        let (mut dh, mut mh) = ([0u16; GROUP], [0u16; GROUP]);
         _mm_storeu_si128(
             dh.as_mut_ptr() as *mut __m128i,
             _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
         );
+        if !(q8 || sym) {
+            _mm_storeu_si128(
+                mh.as_mut_ptr() as *mut __m128i,
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(lv),
+            );
+        }
         // Pass 2: headers and codes.
         for i in 0..n {
             let xb = xp.add((g0 + i) * QK);
             let o = op.add((g0 + i) * ts);
             core::ptr::copy_nonoverlapping(dh[i].to_le_bytes().as_ptr(), o, 2);
             let id = _mm256_set1_ps(idv[i]);
-            let y = [
-                _mm256_mul_ps(_mm256_loadu_ps(xb), id),
-                _mm256_mul_ps(_mm256_loadu_ps(xb.add(8)), id),
-                _mm256_mul_ps(_mm256_loadu_ps(xb.add(16)), id),
-                _mm256_mul_ps(_mm256_loadu_ps(xb.add(24)), id),
+            let v = [
+                _mm256_loadu_ps(xb),
+                _mm256_loadu_ps(xb.add(8)),
+                _mm256_loadu_ps(xb.add(16)),
+                _mm256_loadu_ps(xb.add(24)),
             ];
-            if Q8 {
+            if q8 {
+                let y = [
+                    _mm256_mul_ps(v[0], id),
+                    _mm256_mul_ps(v[1], id),
+                    _mm256_mul_ps(v[2], id),
+                    _mm256_mul_ps(v[3], id),
+                ];
                 let c = [
                     _mm256_cvttps_epi32(round_away(y[0])),
                     _mm256_cvttps_epi32(round_away(y[1])),
@@ -159,21 +261,27 @@ unsafe fn blocks<const Q8: bool>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
                     _mm256_cvttps_epi32(round_away(y[3])),
                 ];
                 _mm256_storeu_si256(o.add(2) as *mut __m256i, low_bytes(c));
-            } else {
-                // `min(15, trunc(x · id + 8.5))`: a product, then a sum (no FMA).
-                let bias = _mm256_set1_ps(8.5);
-                let c = [
-                    _mm256_cvttps_epi32(_mm256_add_ps(y[0], bias)),
-                    _mm256_cvttps_epi32(_mm256_add_ps(y[1], bias)),
-                    _mm256_cvttps_epi32(_mm256_add_ps(y[2], bias)),
-                    _mm256_cvttps_epi32(_mm256_add_ps(y[3], bias)),
+            } else if sym {
+                // `min(top, trunc(x · id + half + 0.5))`: a product, then a sum (no FMA).
+                let bias = _mm256_set1_ps(half + 0.5);
+                let y = [
+                    _mm256_add_ps(_mm256_mul_ps(v[0], id), bias),
+                    _mm256_add_ps(_mm256_mul_ps(v[1], id), bias),
+                    _mm256_add_ps(_mm256_mul_ps(v[2], id), bias),
+                    _mm256_add_ps(_mm256_mul_ps(v[3], id), bias),
                 ];
-                let c = _mm256_min_epu8(low_bytes(c), _mm256_set1_epi8(15));
-                // qs[j] = c[j] | c[j + 16] << 4 (codes are at most 15: no bit crosses a byte).
-                let lo = _mm256_castsi256_si128(c);
-                let hi = _mm256_extracti128_si256::<1>(c);
-                let qs = _mm_or_si128(lo, _mm_slli_epi16::<4>(hi));
-                _mm_storeu_si128(o.add(2) as *mut __m128i, qs);
+                store_codes(codes(y, top), o.add(2), five);
+            } else {
+                // `min(top, trunc((x - min) · id + 0.5))`: no FMA either.
+                core::ptr::copy_nonoverlapping(mh[i].to_le_bytes().as_ptr(), o.add(2), 2);
+                let (m, h) = (_mm256_set1_ps(lo[i]), _mm256_set1_ps(0.5));
+                let y = [
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[0], m), id), h),
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[1], m), id), h),
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[2], m), id), h),
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[3], m), id), h),
+                ];
+                store_codes(codes(y, top), o.add(4), five);
             }
         }
         g0 += n;
@@ -239,31 +347,63 @@ mod tests {
         x
     }
 
+    /// Blocks for the asymmetric types' rules: the minimum and maximum tied (the first
+    /// wins), signed zeros as minimum or maximum, constant blocks (`d = 0`), and values
+    /// whose `(x - min) / d + 0.5` lands on exact halves and on the top code.
+    fn asym_blocks() -> Vec<f32> {
+        let mut x = Vec::new();
+        let mut b = [1.0f32; QK];
+        b[2] = -0.0;
+        b[7] = 0.0;
+        x.extend(b);
+        let mut b = [-1.0f32; QK];
+        b[4] = 0.0;
+        b[11] = -0.0;
+        x.extend(b);
+        let mut b = [0.5f32; QK];
+        b[0] = -0.0;
+        x.extend(b);
+        x.extend([3.25f32; QK]);
+        x.extend([-7.0f32; QK]);
+        x.extend((0..QK).map(|i| i as f32 * 0.5));
+        x.extend((0..QK).map(|i| -(i as f32) * 0.25 - 1.0));
+        x.extend((0..QK).map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX }));
+        x.extend((0..QK).map(|i| (i % 16) as f32));
+        x.extend((0..QK).map(|i| (i % 31) as f32 + 100.0));
+        x
+    }
+
     #[test]
-    fn q4_0_and_q8_0_match_the_portable_bytes() {
+    fn every_type_matches_the_portable_bytes() {
         if !crate::simd::probe::has_avx2() {
             return;
         }
-        let x = blocks();
+        let mut x = asym_blocks();
+        x.extend(blocks());
         for (kind, ts, portable) in [
             (
                 Kind::Q4_0,
                 Q4_0_BYTES,
                 legacy::quantize_q4_0 as fn(&[f32], &mut [u8]),
             ),
+            (Kind::Q4_1, Q4_1_BYTES, legacy::quantize_q4_1),
+            (Kind::Q5_0, Q5_0_BYTES, legacy::quantize_q5_0),
+            (Kind::Q5_1, Q5_1_BYTES, legacy::quantize_q5_1),
             (Kind::Q8_0, Q8_0_BYTES, legacy::quantize_q8_0),
         ] {
-            // Every length from one block up, so that the last group is short too.
+            // Every length from one block up, so that the last group is short too; the
+            // first blocks and the last ones.
             for nb in [1, 2, 7, 8, 9, 17, x.len() / QK] {
-                let x = &x[x.len() - nb * QK..];
-                let mut got = vec![0u8; nb * ts];
-                assert_eq!(quantize_blocks(kind, x, &mut got), Some(true));
-                let mut want = vec![0u8; nb * ts];
-                for (xb, ob) in x.chunks_exact(QK).zip(want.chunks_exact_mut(ts)) {
-                    portable(xb, ob);
-                }
-                for (b, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
-                    assert_eq!(g, w, "{kind:?} block {b} of {nb}: {:?}", &x[QK * b..][..QK]);
+                for x in [&x[x.len() - nb * QK..], &x[..nb * QK]] {
+                    let mut got = vec![0u8; nb * ts];
+                    assert_eq!(quantize_blocks(kind, x, &mut got), Some(true));
+                    let mut want = vec![0u8; nb * ts];
+                    for (xb, ob) in x.chunks_exact(QK).zip(want.chunks_exact_mut(ts)) {
+                        portable(xb, ob);
+                    }
+                    for (b, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
+                        assert_eq!(g, w, "{kind:?} block {b} of {nb}: {:?}", &x[QK * b..][..QK]);
+                    }
                 }
             }
         }
@@ -275,13 +415,20 @@ mod tests {
             return;
         }
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let mut x = vec![1.0f32; 10 * QK];
-            x[9 * QK + 31] = bad;
-            let mut out = vec![0u8; 10 * Q8_0_BYTES];
-            assert_eq!(quantize_blocks(Kind::Q8_0, &x, &mut out), Some(false));
-            let mut out = vec![0u8; 10 * Q4_0_BYTES];
-            assert_eq!(quantize_blocks(Kind::Q4_0, &x, &mut out), Some(false));
+            for (kind, ts) in [
+                (Kind::Q4_0, Q4_0_BYTES),
+                (Kind::Q4_1, Q4_1_BYTES),
+                (Kind::Q5_0, Q5_0_BYTES),
+                (Kind::Q5_1, Q5_1_BYTES),
+                (Kind::Q8_0, Q8_0_BYTES),
+            ] {
+                for at in [0, 9 * QK + 31] {
+                    let mut x = vec![1.0f32; 10 * QK];
+                    x[at] = bad;
+                    let mut out = vec![0u8; 10 * ts];
+                    assert_eq!(quantize_blocks(kind, &x, &mut out), Some(false), "{kind:?}");
+                }
+            }
         }
-        assert_eq!(quantize_blocks(Kind::Q4_1, &[0.0; QK], &mut [0; 20]), None);
     }
 }

@@ -13,9 +13,13 @@
 //! - Q8_0's `roundf` (ties away from zero): truncate, then step away from zero where the
 //!   dropped fraction is at least one half.
 //! - The float16 scales are `vcvtps2ph` rounding to nearest even, as `half` stores them.
+//!
+//! The `Q4_0 · Q8_0` dot ([`dot_q4_0_q8_0`]) keeps `gguf::dot::dot_ref`'s float order, so its
+//! result has the same bits.
 
+use crate::gguf::dot::{tree_sum, LANES};
 use crate::gguf::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, QK};
-use crate::simd::GgufKind as Kind;
+use crate::simd::{GgufKind as Kind, Q8Row};
 use core::arch::x86_64::*;
 
 /// Quantizes whole blocks of `x` into `out` (the `avx2` table's `gguf_quantize`): `None`
@@ -303,6 +307,127 @@ unsafe fn round_away(y: __m256) -> __m256 {
     _mm256_add_ps(t, _mm256_and_ps(up, step))
 }
 
+/// Arranges the Q8_0 row `y` for [`dot_q4_0_q8_0`] (the `avx2` table's `gguf_dot.prepare`):
+/// each block's 32 int8 values in order, its 8 lanes' `8 · Σ q8` and its float32 scale.
+pub fn prepare_q8_0(y: &[u8]) -> crate::error::Result<Q8Row> {
+    use crate::alloc::try_vec;
+    let nb = y.len() / Q8_0_BYTES;
+    let padded = nb.next_multiple_of(2);
+    let mut row = Q8Row {
+        nb,
+        qs: try_vec(0i8, padded * QK)?,
+        corr: try_vec(0i32, padded * 8)?,
+        d: try_vec(0f32, padded)?,
+    };
+    assert!(crate::simd::probe::has_avx2());
+    // SAFETY: checked just above; block `b` reads `y[34b..34b + 34]` and writes inside the
+    // arrays sized for `padded >= nb` blocks.
+    unsafe { prepare(y, &mut row) };
+    Ok(row)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prepare(y: &[u8], row: &mut Q8Row) {
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    for b in 0..row.nb {
+        let yb = y.as_ptr().add(b * Q8_0_BYTES);
+        let q = _mm256_loadu_si256(yb.add(2) as *const __m256i);
+        _mm256_storeu_si256(row.qs.as_mut_ptr().add(QK * b) as *mut __m256i, q);
+        // 8 · Σ per lane of 4 values (exact: pairs within i16, then i32).
+        let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+        let corr = _mm256_slli_epi32::<3>(sum);
+        _mm256_storeu_si256(row.corr.as_mut_ptr().add(8 * b) as *mut __m256i, corr);
+        let hd = core::ptr::read_unaligned(yb as *const u16);
+        row.d[b] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(hd as i32)));
+    }
+}
+
+/// [`crate::gguf::dot::dot_ref`] with AVX2, two blocks per step (the same bits: each
+/// accumulator lane sees the same fused multiply-adds in the same order, then the same tree
+/// sum); `None` without AVX2.
+pub fn dot_q4_0_q8_0(x: &[u8], y: &Q8Row) -> Option<f32> {
+    if !crate::simd::probe::has_avx2() {
+        return None;
+    }
+    assert_eq!(x.len(), y.nb * Q4_0_BYTES);
+    // SAFETY: the CPU has AVX2, FMA and F16C; the reads below stay inside `x` (block `b`
+    // only when `b < nb`) and `y`'s arrays (padded to whole pairs of blocks).
+    Some(unsafe { dot(x, y) })
+}
+
+/// Bytes of Q4_0 rows the dot kernel prefetches ahead.
+const DOT_PF: usize = 2048;
+
+/// Block `b`'s 8 lane sums `Σ (q4 - 8) · q8` (lane `l`: values `4l..4l + 4`), as floats.
+#[inline(always)]
+unsafe fn lane_sums(x0: *const u8, y: &Q8Row, b: usize) -> __m256 {
+    let low = _mm256_set1_epi8(0x0f);
+    let q = _mm_loadu_si128(x0.add(2) as *const __m128i);
+    // Values 0..16 are the low nibbles, 16..32 the high ones.
+    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), low);
+    let a = _mm256_loadu_si256(y.qs.as_ptr().add(QK * b) as *const __m256i);
+    // u4 · i8 pairs fit in i16 (|sum| <= 2 · 15 · 128), then 4 values per i32 lane.
+    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1));
+    let corr = _mm256_loadu_si256(y.corr.as_ptr().add(8 * b) as *const __m256i);
+    _mm256_cvtepi32_ps(_mm256_sub_epi32(s, corr))
+}
+
+/// `dot_ref`'s slots: block `b`'s lanes 0..4 go to `acc[(b % 4) / 2 * 2]` and lanes 4..8 to
+/// the next one, in the low half for even `b` and the high half for odd `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot(x: &[u8], y: &Q8Row) -> f32 {
+    let nb = y.nb;
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut b = 0;
+    while b < nb {
+        let two = b + 1 < nb;
+        let x0 = xp.add(Q4_0_BYTES * b);
+        _mm_prefetch::<_MM_HINT_T0>(x0.wrapping_add(DOT_PF) as *const i8);
+        let p0 = lane_sums(x0, y, b);
+        let p1 = if two {
+            lane_sums(x0.add(Q4_0_BYTES), y, b + 1)
+        } else {
+            _mm256_setzero_ps()
+        };
+        let h = |p: *const u8| core::ptr::read_unaligned(p as *const u16) as u32;
+        let dx1 = if two { h(x0.add(Q4_0_BYTES)) } else { 0 };
+        let dx = _mm_cvtph_ps(_mm_cvtsi32_si128((h(x0) | dx1 << 16) as i32));
+        let dy = _mm_castpd_ps(_mm_load_sd(y.d.as_ptr().add(b) as *const f64));
+        // [d(b) x 4, d(b + 1) x 4].
+        let d2 = _mm_mul_ps(dx, dy);
+        let d = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(d2),
+            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        );
+        // [lanes 0..4 of b, of b + 1] and [lanes 4..8 of b, of b + 1].
+        let lo = _mm256_permute2f128_ps::<0x20>(p0, p1);
+        let hi = _mm256_permute2f128_ps::<0x31>(p0, p1);
+        let k = (b % 4) / 2 * 2;
+        let (a0, a1) = (acc[k], acc[k + 1]);
+        let n0 = _mm256_fmadd_ps(lo, d, a0);
+        let n1 = _mm256_fmadd_ps(hi, d, a1);
+        // A lone last block leaves the high halves (block b + 1's slots) as they are.
+        acc[k] = if two {
+            n0
+        } else {
+            _mm256_blend_ps::<0xf0>(n0, a0)
+        };
+        acc[k + 1] = if two {
+            n1
+        } else {
+            _mm256_blend_ps::<0xf0>(n1, a1)
+        };
+        b += 2;
+    }
+    let mut lanes = [0f32; LANES];
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * k), *a);
+    }
+    tree_sum(lanes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +552,51 @@ mod tests {
                     x[at] = bad;
                     let mut out = vec![0u8; 10 * ts];
                     assert_eq!(quantize_blocks(kind, &x, &mut out), Some(false), "{kind:?}");
+                }
+            }
+        }
+    }
+
+    /// Random Q4_0 and Q8_0 rows (every byte value, `-128` included; scales random finite
+    /// float16 values of mixed signs and sizes, then any bits) of every length up to a few
+    /// pairs of 4 blocks: the bits of `dot_ref`.
+    #[test]
+    fn dot_matches_dot_ref() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        use crate::gguf::dot::dot_ref;
+        let mut s = 0x2545_f491u32;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for any_scale in [false, true] {
+            for nb in (0..=13).chain([31, 64, 257]) {
+                for _ in 0..20 {
+                    let mut x: Vec<u8> = (0..nb * Q4_0_BYTES).map(|_| next() as u8).collect();
+                    let mut y: Vec<u8> = (0..nb * Q8_0_BYTES).map(|_| next() as u8).collect();
+                    for b in 0..nb {
+                        for (row, at) in [(&mut x, b * Q4_0_BYTES), (&mut y, b * Q8_0_BYTES)] {
+                            let h = if any_scale {
+                                next() as u16
+                            } else {
+                                // Exponents 1..=29 (finite, normal), any sign and mantissa.
+                                let e = 1 + next() % 29;
+                                (next() as u16 & 0x83ff) | (e as u16) << 10
+                            };
+                            row[at..at + 2].copy_from_slice(&h.to_le_bytes());
+                        }
+                    }
+                    let row = prepare_q8_0(&y).unwrap();
+                    let got = dot_q4_0_q8_0(&x, &row).unwrap();
+                    let want = dot_ref(&x, &y);
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "{nb} blocks: {got:e} != {want:e}"
+                    );
                 }
             }
         }

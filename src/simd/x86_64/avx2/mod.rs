@@ -27,5 +27,8 @@ pub const KERNELS: Kernels = Kernels {
     linear_tile: gemm::linear_tile,
     linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: Some(gguf::quantize_blocks),
-    gguf_dot: None,
+    gguf_dot: Some(crate::simd::GgufDot {
+        prepare: gguf::prepare_q8_0,
+        dot: gguf::dot_q4_0_q8_0,
+    }),
 };

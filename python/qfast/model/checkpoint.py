@@ -481,7 +481,8 @@ def _hf_tokenizer(folder: Path) -> Any:
     return Tokenizer.from_file(path)
 
 
-def _is_gguf(path: Path) -> bool:
+def is_gguf(path: Path) -> bool:
+    """A ``.gguf`` name, or a file that starts with GGUF's magic."""
     if path.suffix.lower() == ".gguf":
         return True
     try:
@@ -516,7 +517,7 @@ def load_model(path: str | os.PathLike[str], *, compute: str | None = None) -> M
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "no such checkpoint (a folder, .safetensors or .gguf)", str(p))
-    if p.is_file() and _is_gguf(p):
+    if p.is_file() and is_gguf(p):
         return _gguf_model(p, compute or "int8")
     folder, single = (p, None) if p.is_dir() else (p.parent, p)
     if single is not None and single.suffix != ".safetensors":

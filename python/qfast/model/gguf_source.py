@@ -247,16 +247,6 @@ def _gguf_metadata(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(f.metadata), dict(f.value_types)
 
 
-def _is_gguf(path: Path) -> bool:
-    if path.suffix.lower() == ".gguf":
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def open_gguf_source(
     source: str | os.PathLike[str] | Source | Model, *, outtype: str = "F32"
 ) -> Source:
@@ -274,12 +264,12 @@ def open_gguf_source(
             f"qfast.gguf.load result or a qfast Model, not {type(source).__name__}"
         )
     p = Path(source)
-    if p.is_file() and _is_gguf(p):
+    from .checkpoint import is_gguf, load_model
+
+    if p.is_file() and is_gguf(p):
         from ..formats.gguf.file import load
 
         return load(p)
-    from .checkpoint import load_model
-
     return converted_source(load_model(p, compute="float"), outtype=outtype)
 
 

@@ -169,10 +169,10 @@ def cold_copies(llc_bytes: int) -> Callable[[int], tuple[int, str]]:
 
 
 @pytest.fixture(scope="session")
-def peak_gmacs() -> float:
-    """qfast's measured one-thread int8 dot-product peak (G MAC/s), 0.0 where it has none."""
-    peak = getattr(qfast._qfast, "peak_int8_gmacs", None)
-    return float(peak()) if peak is not None else 0.0
+def peak_gmacs() -> dict[str, float]:
+    """qfast's measured one-thread peak (G MAC/s) of each inner-loop mix on the active path
+    ("int8": 8-bit panels, "w4a8": 4-bit panels), 0.0 where the path has no loop for it."""
+    return {mix: float(qfast._qfast.peak_gmacs(mix) or 0.0) for mix in ("int8", "w4a8")}
 
 
 def _openblas_thread_setter() -> Callable[[int], None] | None:

@@ -80,6 +80,11 @@ class Scheme:
         axis = 0 if self.group_size is None else None
         return qfast.quantize(w, self.bits, symmetric=True, axis=axis, group_size=self.group_size)
 
+    @property
+    def peak_mix(self) -> str:
+        """The peak loop (``qfast._qfast.peak_gmacs``) this scheme's tile is measured against."""
+        return "w4a8" if self.bits == 4 else "int8"
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -244,7 +249,7 @@ def test_linear(
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
     thread_count: Callable[[str], tuple[int, str]],
-    peak_gmacs: float,
+    peak_gmacs: dict[str, float],
     ort_session: Callable[..., Any],
     ort_bind: Callable[..., Any],
 ) -> None:
@@ -271,7 +276,7 @@ def test_linear(
             lambda: qfast.linear(x, qt, compute=scheme.compute),
             impl=f"qfast {tlabel}",
             kind="qfast",
-            peak_gmacs=peak_gmacs,
+            peak_gmacs=peak_gmacs[scheme.peak_mix],
             note=f'compute="{scheme.compute}"',
             **common,
         )
@@ -367,7 +372,7 @@ def test_linear_cold(
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
     thread_count: Callable[[str], tuple[int, str]],
-    peak_gmacs: float,
+    peak_gmacs: dict[str, float],
     cold_copies: Callable[[int], tuple[int, str]],
     blas_threads: Callable[[int], Any],
     ort_model: Callable[..., bytes],
@@ -436,7 +441,7 @@ def test_linear_cold(
             run_qfast,
             impl=f"qfast {tlabel}",
             kind="qfast",
-            peak_gmacs=peak_gmacs,
+            peak_gmacs=peak_gmacs[scheme.peak_mix],
             note=f'compute="{scheme.compute}"; {note}',
             **common,
         )

@@ -132,7 +132,7 @@ def test_matmul_int8(
     case: tuple[str, str, str],
     run_bench: Callable[..., Any],
     thread_count: Callable[[str], tuple[int, str]],
-    peak_gmacs: float,
+    peak_gmacs: dict[str, float],
     ort_session: Callable[..., Any],
     ort_bind: Callable[..., Any],
 ) -> None:
@@ -157,7 +157,7 @@ def test_matmul_int8(
             lambda: qfast.matmul_int8(a, rotation.next()),
             impl=f"qfast {tlabel}",
             kind="qfast",
-            peak_gmacs=peak_gmacs,
+            peak_gmacs=peak_gmacs["int8"],
             **common,
         )
         _check(got, a, rotation.last)  # the result is the last call's
@@ -244,7 +244,7 @@ def test_matmul_int8_cold(
     case: tuple[str, str],
     run_bench: Callable[..., Any],
     thread_count: Callable[[str], tuple[int, str]],
-    peak_gmacs: float,
+    peak_gmacs: dict[str, float],
     cold_copies: Callable[[int], tuple[int, str]],
     blas_threads: Callable[[int], Any],
     ort_session: Callable[..., Any],
@@ -297,7 +297,7 @@ def test_matmul_int8_cold(
             run_qfast,
             impl=f"qfast {tlabel}",
             kind="qfast",
-            peak_gmacs=peak_gmacs,
+            peak_gmacs=peak_gmacs["int8"],
             note=note,
             **common,
         )

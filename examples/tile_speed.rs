@@ -261,11 +261,13 @@ fn main() {
     }
     let isa = simd::select(None).expect("an ISA path");
     if all || what.as_deref() == Some("peak") {
-        if let Some(ops) = simd::probe::peak_loop(isa, 1 << 22) {
-            let t = Instant::now();
-            simd::probe::peak_loop(isa, 1 << 22);
-            let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
-            println!("vpdpbusd peak: {g:.1} G MAC/s");
+        for mix in simd::probe::Mix::ALL {
+            if let Some(ops) = simd::probe::peak_loop(isa, mix, 1 << 22) {
+                let t = Instant::now();
+                simd::probe::peak_loop(isa, mix, 1 << 22);
+                let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
+                println!("{} peak, {}: {g:.1} G MAC/s", isa.name(), mix.name());
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ byte.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import sys
 from pathlib import Path
@@ -271,6 +272,21 @@ def test_isa_names_are_forgiving(value, want, isa_env, run_python):
     proc = run_python(["-c", code], isa_env(value))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == (want or AVAILABLE[-1])
+
+
+def test_peak_loop_per_mix(isa_env, run_python):
+    with pytest.raises(ValueError, match="int8"):
+        qfast._qfast.peak_gmacs("int16")
+    # Scalar has no register-only loop; a path's loop is timed, so it is positive where present.
+    code = "import qfast; print([qfast._qfast.peak_gmacs(m) for m in ('int8', 'w4a8')])"
+    proc = run_python(["-c", code], isa_env("scalar"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[None, None]"
+    if "avx512vnni" in AVAILABLE:
+        proc = run_python(["-c", code], isa_env("avx512vnni"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks = ast.literal_eval(proc.stdout.strip())
+        assert all(p is not None and p > 1.0 for p in peaks), peaks
 
 
 if __name__ == "__main__":

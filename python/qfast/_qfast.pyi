@@ -31,7 +31,7 @@ __all__ = [
     "matmul_int8_batched",
     "pack",
     "pack_linear",
-    "peak_int8_gmacs",
+    "peak_gmacs",
     "quantize",
     "set_num_threads",
     "unpack",
@@ -191,4 +191,4 @@ def pack_linear(
     group_size: int | None,
     g_idx: npt.NDArray[np.int32] | None,
 ) -> PackedLinear: ...
-def peak_int8_gmacs() -> float | None: ...
+def peak_gmacs(mix: str = "int8") -> float | None: ...

@@ -227,22 +227,33 @@ pub fn pack_linear(
     Ok(PackedLinear { inner })
 }
 
-/// peak_int8_gmacs()
+/// peak_gmacs(mix="int8")
 /// --
 ///
-/// The integer dot-product peak of one core on the active path, in G MAC/s, measured with a
-/// register-only loop of independent accumulators (about 50 ms); None where the path has no
-/// such loop. For benchmarks.
+/// The peak of one core on the active path for the inner-loop instruction mix `mix`, in
+/// G MAC/s: "int8" (8-bit panels, `matmul_int8` and W8A8 `linear`) or "w4a8" (4-bit panels),
+/// measured with a register-only loop of that mix on independent accumulators (about 50 ms).
+/// None where the path has no such loop. For benchmarks.
 #[pyfunction]
-pub fn peak_int8_gmacs(py: Python<'_>) -> Option<f64> {
-    py.detach(|| {
+#[pyo3(signature = (mix = "int8"))]
+pub fn peak_gmacs(py: Python<'_>, mix: &str) -> PyResult<Option<f64>> {
+    let Some(mix) = crate::simd::probe::Mix::parse(mix) else {
+        let names: Vec<_> = crate::simd::probe::Mix::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        return Err(PyValueError::new_err(format!(
+            "unknown mix {mix:?}; use one of {names:?}"
+        )));
+    };
+    Ok(py.detach(|| {
         let kern = crate::simd::active().ok()?;
         let mut best = 0f64;
         for _ in 0..5 {
             let t = std::time::Instant::now();
-            let macs = crate::simd::probe::peak_loop(kern.isa, 1 << 20)?;
+            let macs = crate::simd::probe::peak_loop(kern.isa, mix, 1 << 20)?;
             best = best.max(macs as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
         Some(best)
-    })
+    }))
 }

@@ -414,9 +414,7 @@ mod _qfast {
     #[pymodule_export]
     use super::awq::{awq_clip_search, awq_pseudo_quantize, awq_quantize};
     #[pymodule_export]
-    use super::gemm::{
-        matmul_int8, matmul_int8_batched, pack_linear, peak_int8_gmacs, PackedLinear,
-    };
+    use super::gemm::{matmul_int8, matmul_int8_batched, pack_linear, peak_gmacs, PackedLinear};
     #[pymodule_export]
     use super::gguf::{
         gguf_can_quantize_rows, gguf_dequantize, gguf_dot_q4_0_q8_0, gguf_quantize,

@@ -10,15 +10,42 @@ pub use x86_64::*;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::*;
 
-/// Runs `iters` rounds of the path's integer dot-product instruction on independent register
-/// accumulators and returns the multiply-adds done: the peak the tile kernels are measured
-/// against. `None` for paths without such a loop.
-pub fn peak_loop(isa: Isa, iters: u64) -> Option<u64> {
-    match isa {
+/// The instruction mix of a kernel's inner loop, which its peak loop repeats: each benchmark's
+/// "% of peak" is against the loop of the mix that ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mix {
+    /// 8-bit unsigned panel bytes × int8 activations, exact: `matmul_int8` and W8A8 `linear`.
+    Int8,
+    /// 4-bit panel codes × int8 activations: W4A8 `linear`.
+    W4A8,
+}
+
+impl Mix {
+    pub const ALL: [Mix; 2] = [Mix::Int8, Mix::W4A8];
+
+    /// The name used by `qfast._qfast.peak_gmacs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::Int8 => "int8",
+            Mix::W4A8 => "w4a8",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Mix> {
+        let name = name.trim().to_ascii_lowercase();
+        Mix::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Runs `iters` rounds of path `isa`'s inner-loop instruction mix `mix` on independent register
+/// accumulators and returns the multiply-adds done: the peak the tile kernels of that mix are
+/// measured against. `None` for paths without such a loop (or a CPU that cannot run `isa`).
+pub fn peak_loop(isa: Isa, mix: Mix, iters: u64) -> Option<u64> {
+    match (isa, mix) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => peak_vnni(iters),
+        (Isa::Avx512Vnni, Mix::Int8 | Mix::W4A8) => peak_vnni(iters),
         _ => {
-            let _ = iters; // no register-only loop for this path
+            let _ = iters; // no register-only loop for this path and mix
             None
         }
     }
@@ -44,6 +71,12 @@ mod x86_64 {
 
     pub fn has_avx512vnni() -> bool {
         is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// AVX-VNNI: the VEX-encoded `vpdpbusd` on xmm / ymm (Intel client parts from Alder Lake
+    /// on, Sapphire Rapids, Zen 5).
+    pub fn has_avxvnni() -> bool {
+        has_avx2() && is_x86_feature_detected!("avxvnni")
     }
 
     pub fn features() -> Vec<&'static str> {

@@ -34,9 +34,9 @@ crate::simd::safe_wrappers! {
 
     fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         if panel.bits == 4 {
-            linear_avx2::<true>(panel, x, xsum, out)
+            linear_w4_avx2(panel, x, xsum, out)
         } else {
-            linear_avx2::<false>(panel, x, xsum, out)
+            linear_w8_avx2(panel, x, xsum, out)
         }
     };
 
@@ -131,7 +131,19 @@ unsafe fn dot_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
     }
 }
 
+/// W8A8: the integer-mode tile over an 8-bit panel.
 #[target_feature(enable = "avx2,fma")]
+unsafe fn linear_w8_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
+    linear_avx2::<false>(panel, x, xsum, out)
+}
+
+/// W4A8: the integer-mode tile over a 4-bit panel.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn linear_w4_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
+    linear_avx2::<true>(panel, x, xsum, out)
+}
+
+#[inline(always)]
 unsafe fn linear_avx2<const NIBBLES: bool>(
     panel: &Panel,
     x: &Rows<i8>,

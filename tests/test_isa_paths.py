@@ -150,7 +150,8 @@ def battery() -> dict[str, np.ndarray]:
             for compute in ("int8", "float"):
                 key = f"linear/b{bits}/{kw}/{compute}"
                 _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
-    # GGUF block formats (SIMD quantizers on AVX2 and AVX-512): the same bytes and errors everywhere.
+    # GGUF block formats (SIMD quantizers on AVX2 and AVX-512): the same bytes and errors
+    # everywhere.
     import qfast.gguf as qg
 
     with np.errstate(all="ignore"):

@@ -77,10 +77,26 @@ crate::simd::safe_wrappers! {
 /// same for odd quads (only in one- and two-row passes).
 type Acc<const R: usize> = [[__m256i; 4]; R];
 
-/// The passes a tile of `rows` rows is run in: as few as possible, none of three or four rows
-/// when a split keeps more accumulators busy (8 = 6 + 2, 7 = 5 + 2).
+/// The most rows of one pass over a 4-bit panel.
+const PASS_NIBBLES: usize = 4;
+
+/// The passes a tile of `rows` rows is run in over an 8-bit panel: as few as possible, none of
+/// three or four rows when a split keeps more accumulators busy (8 = 6 + 2, 7 = 5 + 2); over a
+/// 4-bit panel (`nibbles`), at most [`PASS_NIBBLES`] rows each.
 #[inline(always)]
-fn passes(rows: usize) -> &'static [usize] {
+fn passes(rows: usize, nibbles: bool) -> &'static [usize] {
+    if nibbles {
+        return match rows {
+            1 => &[1],
+            2 => &[2],
+            3 => &[3],
+            4 => &[4],
+            5 => &[3, 2],
+            6 => &[4, 2],
+            7 => &[4, 3],
+            _ => &[4, 4],
+        };
+    }
     match rows {
         1 => &[1],
         2 => &[2],
@@ -139,7 +155,10 @@ unsafe fn quads<const R: usize>(
 
 /// As [`quads`] over a 4-bit panel: `kq` is even, one 64-byte block per two quads, its low
 /// nibbles the first quad and its high nibbles the second (4-bit codes against int8 cannot
-/// overflow `vpdpbusd`'s int32 lanes within a segment).
+/// overflow `vpdpbusd`'s int32 lanes within a segment). The block's four weight vectors are
+/// unpacked first, then each row broadcasts its two quads once for four `vpdpbusd`: at most
+/// [`PASS_NIBBLES`] rows (8 accumulators, 4 weights, 2 broadcasts, the mask), as the same
+/// broadcasts shared by two halves unpacked one at a time made LLVM spill.
 #[inline(always)]
 unsafe fn nibble_quads<const R: usize>(
     w: *const u8,
@@ -148,6 +167,7 @@ unsafe fn nibble_quads<const R: usize>(
     kq: usize,
     acc: &mut Acc<R>,
 ) {
+    debug_assert!(R <= PASS_NIBBLES, "a 4-bit pass of {R} rows would spill");
     let split = R <= 2;
     let low = _mm256_set1_epi8(0x0f);
     for t in 0..kq / 2 {
@@ -155,18 +175,28 @@ unsafe fn nibble_quads<const R: usize>(
         if split {
             _mm_prefetch::<_MM_HINT_T0>(b.add(PF_DIST) as *const i8);
         }
-        for h in 0..2 {
-            let v = _mm256_loadu_si256(b.add(32 * h) as *const __m256i);
-            let w0 = _mm256_and_si256(v, low);
-            let w1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-            for r in 0..R {
-                let x0 = bcast4(x.add(r * stride + 8 * t));
-                let x1 = bcast4(x.add(r * stride + 8 * t + 4));
-                acc[r][h] = dp(acc[r][h], w0, x0);
+        let v0 = _mm256_loadu_si256(b as *const __m256i);
+        let v1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+        // [half][nibble]: columns 0..8 / 8..16, quad 2t / 2t + 1.
+        let wv = [
+            [
+                _mm256_and_si256(v0, low),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v0), low),
+            ],
+            [
+                _mm256_and_si256(v1, low),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v1), low),
+            ],
+        ];
+        for r in 0..R {
+            let x0 = bcast4(x.add(r * stride + 8 * t));
+            let x1 = bcast4(x.add(r * stride + 8 * t + 4));
+            for h in 0..2 {
+                acc[r][h] = dp(acc[r][h], wv[h][0], x0);
                 if split {
-                    acc[r][2 + h] = dp(acc[r][2 + h], w1, x1);
+                    acc[r][2 + h] = dp(acc[r][2 + h], wv[h][1], x1);
                 } else {
-                    acc[r][h] = dp(acc[r][h], w1, x1);
+                    acc[r][h] = dp(acc[r][h], wv[h][1], x1);
                 }
             }
         }
@@ -216,7 +246,7 @@ unsafe fn dot_pass<const R: usize>(
 unsafe fn dot_rows(panel: *const u8, x: &Rows<i8>, rows: usize, out: *mut i32, ostride: usize) {
     let kq = x.kp / 4;
     let mut r0 = 0;
-    for &n in passes(rows) {
+    for &n in passes(rows, false) {
         let xp = x.data.as_ptr().add(r0 * x.stride);
         let o = out.add(r0 * ostride);
         match n {
@@ -261,6 +291,9 @@ unsafe fn linear_w4_vnni(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut Ti
     linear_rows::<true>(panel, x, xsum, out)
 }
 
+/// The integer-mode tile, segment by segment: each segment of the panel (at most 64 KiB, a
+/// few KiB at the usual group sizes) stays in L1 while every pass of rows runs over it, and each
+/// row's float accumulator lives in `out` between segments.
 #[inline(always)]
 unsafe fn linear_rows<const NIBBLES: bool>(
     panel: &Panel,
@@ -268,67 +301,86 @@ unsafe fn linear_rows<const NIBBLES: bool>(
     xsum: &[f32],
     out: &mut TileF32,
 ) {
-    let mut r0 = 0;
-    for &n in passes(x.rows) {
-        match n {
-            1 => linear_pass::<1, NIBBLES>(panel, x, r0, xsum, out),
-            2 => linear_pass::<2, NIBBLES>(panel, x, r0, xsum, out),
-            3 => linear_pass::<3, NIBBLES>(panel, x, r0, xsum, out),
-            4 => linear_pass::<4, NIBBLES>(panel, x, r0, xsum, out),
-            5 => linear_pass::<5, NIBBLES>(panel, x, r0, xsum, out),
-            _ => linear_pass::<PASS, NIBBLES>(panel, x, r0, xsum, out),
-        }
-        r0 += n;
-    }
-}
-
-/// Rows `r0..r0 + R` of the integer-mode tile: per segment, the exact `raw` sums, then each
-/// row's float accumulator (kept across segments) takes `fma(scale, raw)` and
-/// `fma(zscale, xsum)`, in the order of `simd::gemm`.
-#[inline(always)]
-unsafe fn linear_pass<const R: usize, const NIBBLES: bool>(
-    panel: &Panel,
-    x: &Rows<i8>,
-    r0: usize,
-    xsum: &[f32],
-    out: &mut TileF32,
-) {
+    out[..x.rows * NR].fill(0.0);
     let segs = panel.seg_len.len();
     let bpk = panel.bytes_per_k();
-    let mut facc = [[_mm256_setzero_ps(); 2]; R];
     // -(scale · z) == scale · (-z) exactly: rounding is symmetric in sign.
     let zero_all = panel.zero_all.map(|z| _mm256_set1_ps(-z));
     let (mut k0, mut b0) = (0usize, 0usize);
     for s in 0..segs {
         let len = *panel.seg_len.get_unchecked(s) as usize;
-        let w = panel.codes.as_ptr().add(b0);
-        let xp = x.data.as_ptr().add(r0 * x.stride + k0);
-        let mut acc = zero_acc::<R>();
-        if NIBBLES {
-            nibble_quads::<R>(w, xp, x.stride, len / 4, &mut acc);
-        } else {
-            quads::<R>(w, xp, x.stride, len / 4, &mut acc);
-        }
+        let mut grid = [[_mm256_setzero_ps(); 2]; 2];
         for h in 0..2 {
             let scale = _mm256_loadu_ps(panel.scale.as_ptr().add(s * NR + 8 * h));
             let zscale = match zero_all {
                 Some(neg_z) => _mm256_mul_ps(scale, neg_z),
                 None => _mm256_loadu_ps(panel.zscale.as_ptr().add(s * NR + 8 * h)),
             };
-            for r in 0..R {
-                let raw = _mm256_cvtepi32_ps(halves(&acc, r)[h]);
-                let f = _mm256_fmadd_ps(scale, raw, facc[r][h]);
-                let xs = _mm256_set1_ps(*xsum.get_unchecked((r0 + r) * segs + s));
-                facc[r][h] = _mm256_fmadd_ps(zscale, xs, f);
+            grid[h] = [scale, zscale];
+        }
+        let seg = Segment {
+            w: panel.codes.as_ptr().add(b0),
+            kq: len / 4,
+            grid,
+            s,
+            segs,
+        };
+        let mut r0 = 0;
+        for &n in passes(x.rows, NIBBLES) {
+            let xp = x.data.as_ptr().add(r0 * x.stride + k0);
+            let xs = xsum.as_ptr().add(r0 * segs);
+            let o = out.as_mut_ptr().add(r0 * NR);
+            match (n, NIBBLES) {
+                (1, _) => segment_pass::<1, NIBBLES>(&seg, xp, x.stride, xs, o),
+                (2, _) => segment_pass::<2, NIBBLES>(&seg, xp, x.stride, xs, o),
+                (3, _) => segment_pass::<3, NIBBLES>(&seg, xp, x.stride, xs, o),
+                (_, true) => segment_pass::<PASS_NIBBLES, true>(&seg, xp, x.stride, xs, o),
+                (4, false) => segment_pass::<4, false>(&seg, xp, x.stride, xs, o),
+                (5, false) => segment_pass::<5, false>(&seg, xp, x.stride, xs, o),
+                _ => segment_pass::<PASS, false>(&seg, xp, x.stride, xs, o),
             }
+            r0 += n;
         }
         k0 += len;
         b0 += len * bpk;
     }
+}
+
+/// One segment of a panel: its codes, quads of `k`, and `[half][scale, zscale]`.
+struct Segment {
+    w: *const u8,
+    kq: usize,
+    grid: [[__m256; 2]; 2],
+    s: usize,
+    segs: usize,
+}
+
+/// `R` rows (at `x`, `stride` apart; their `xsum` rows at `xs`) over one segment: the exact
+/// `raw` sums, then each row's float accumulator (at `out`, `NR` apart) takes
+/// `fma(scale, raw)` and `fma(zscale, xsum)`, in the order of `simd::gemm`.
+#[inline(always)]
+unsafe fn segment_pass<const R: usize, const NIBBLES: bool>(
+    seg: &Segment,
+    x: *const i8,
+    stride: usize,
+    xs: *const f32,
+    out: *mut f32,
+) {
+    let mut acc = zero_acc::<R>();
+    if NIBBLES {
+        nibble_quads::<R>(seg.w, x, stride, seg.kq, &mut acc);
+    } else {
+        quads::<R>(seg.w, x, stride, seg.kq, &mut acc);
+    }
     for r in 0..R {
-        let o = out.as_mut_ptr().add((r0 + r) * NR);
-        _mm256_storeu_ps(o, facc[r][0]);
-        _mm256_storeu_ps(o.add(8), facc[r][1]);
+        let xsum = _mm256_set1_ps(*xs.add(r * seg.segs + seg.s));
+        let raw = halves(&acc, r);
+        for h in 0..2 {
+            let [scale, zscale] = seg.grid[h];
+            let o = out.add(r * NR + 8 * h);
+            let f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(raw[h]), _mm256_loadu_ps(o));
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(zscale, xsum, f));
+        }
     }
 }
 

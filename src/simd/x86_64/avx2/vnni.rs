@@ -4,10 +4,13 @@
 //! accumulation order are in `simd::gemm`; everything else of this path is AVX2's.
 //!
 //! A 16-column panel is two ymm of int32 per row, and there are 16 ymm registers: a pass over
-//! a panel holds at most [`PASS`] rows (12 accumulators, two weight vectors, one broadcast).
-//! Rows beyond that run in further passes over the same panel (from L1). Passes of one or two
-//! rows keep a second pair of accumulators per row (even and odd quads), so that a GEMV is not
-//! bound by the instruction's latency.
+//! an 8-bit panel holds at most [`PASS`] rows (12 accumulators, two weight vectors, one
+//! broadcast), over a 4-bit panel at most [`PASS_NIBBLES`] (8 accumulators, the block's four
+//! unpacked weight vectors, two broadcasts). Rows beyond that run in further passes over the
+//! same panel, or (in `linear`) the same segment, from L1. Passes of one or two rows keep a
+//! second pair of accumulators per row (even and odd quads), so that a GEMV is not bound by
+//! the instruction's latency. `matmul_rows` (M <= 4) streams row-major `b` and interleaves its
+//! quads in registers, as the AVX-512 VNNI one does.
 //!
 //! Soundness: the table holding these is only handed out after the CPU check, and each safe
 //! wrapper checks again (a cached load) before entering `#[target_feature]` code.

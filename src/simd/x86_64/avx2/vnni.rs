@@ -4,8 +4,8 @@
 //! accumulation order are in `simd::gemm`; everything else of this path is AVX2's.
 //!
 //! A 16-column panel is two ymm of int32 per row, and there are 16 ymm registers: a pass over
-//! an 8-bit panel holds at most [`PASS`] rows (12 accumulators, two weight vectors, one
-//! broadcast), over a 4-bit panel at most [`PASS_NIBBLES`] (8 accumulators, the block's four
+//! an 8-bit panel holds at most `PASS` rows (12 accumulators, two weight vectors, one
+//! broadcast), over a 4-bit panel at most `PASS_NIBBLES` (8 accumulators, the block's four
 //! unpacked weight vectors, two broadcasts). Rows beyond that run in further passes over the
 //! same panel, or (in `linear`) the same segment, from L1. Passes of one or two rows keep a
 //! second pair of accumulators per row (even and odd quads), so that a GEMV is not bound by

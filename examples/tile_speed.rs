@@ -1,6 +1,6 @@
 //! Microkernel throughput in isolation, one thread, on the active ISA path (`QFAST_ISA`):
 //! `dot_tile` and `linear_tile` in G MAC/s with their operands in L1/L2, `pack_panels` in
-//! GB/s out of matrices in the LLC, and the `vpdpbusd` peak.
+//! GB/s out of matrices in the LLC, and the peak loops of the active path.
 //!
 //! `cargo run --release --example tile_speed [tiles|pack|peak|gguf]`. A tuning aid for the
 //! microkernels; the user-facing benchmarks are in `benches/`.
@@ -259,13 +259,14 @@ fn main() {
         gguf_dot(kern);
         gguf_quantize();
     }
-    let isa = simd::select(None).expect("an ISA path");
+    let isa = kern.isa;
     if all || what.as_deref() == Some("peak") {
         for mix in simd::probe::Mix::ALL {
-            if let Some(ops) = simd::probe::peak_loop(isa, mix, 1 << 22) {
-                let t = Instant::now();
-                simd::probe::peak_loop(isa, mix, 1 << 22);
-                let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
+            if let Some(ops) = simd::probe::peak_loop(isa, mix, 1 << 20) {
+                // The best of several samples, as the tiles are measured.
+                let g = rate(ops as f64, &mut || {
+                    simd::probe::peak_loop(isa, mix, 1 << 20);
+                });
                 println!("{} peak, {}: {g:.1} G MAC/s", isa.name(), mix.name());
             }
         }

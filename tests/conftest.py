@@ -29,7 +29,7 @@ import qfast  # noqa: E402
 DEFAULT_NUM_THREADS = qfast.get_num_threads()
 
 # Every path name qfast knows, whether or not this CPU runs it.
-ALL_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neon-dotprod")
+ALL_ISAS = ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neon-dotprod")
 
 
 @pytest.fixture(scope="session")

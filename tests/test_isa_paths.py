@@ -23,7 +23,7 @@ import qfast
 F32 = np.float32
 F32MAX = float(np.finfo(F32).max)
 AVAILABLE = qfast.cpu_info()["available"]
-KNOWN = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neon-dotprod")
+KNOWN = ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neon-dotprod")
 LENGTHS = [1, 15, 16, 17, 31, 63, 64, 65, 127, 129, 4097]
 DTYPES = {"f32": F32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
 
@@ -283,11 +283,83 @@ def test_peak_loop_per_mix(isa_env, run_python):
     proc = run_python(["-c", code], isa_env("scalar"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[None, None]"
-    if "avx512vnni" in AVAILABLE:
-        proc = run_python(["-c", code], isa_env("avx512vnni"))
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        peaks = ast.literal_eval(proc.stdout.strip())
-        assert all(p is not None and p > 1.0 for p in peaks), peaks
+    for isa in ("avxvnni", "avx512vnni"):
+        if isa in AVAILABLE:
+            proc = run_python(["-c", code], isa_env(isa))
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            peaks = ast.literal_eval(proc.stdout.strip())
+            assert all(p is not None and p > 1.0 for p in peaks), (isa, peaks)
+
+
+# Exact products through each path's integer tiles, against NumPy's int64 (in a subprocess, as
+# QFAST_ISA is read at import): matmul_int8 on both sides of the small-M path (M <= 4 streams
+# `b`, larger M runs the packed tiles and passes of every row count) up to the deepest K whose
+# worst case fits int32, at its extremes; `linear` W8A8 / W4A8 with activations that quantize
+# to themselves (max |x| = 127: scale 1) and power-of-two weight scales, K = 256, so that every
+# float partial sum is an integer below 2**24 and the result must equal the int64 product.
+END_TO_END = r"""
+import numpy as np, qfast
+from qfast._qfast import QfastError
+rng = np.random.default_rng(16)
+bad = []
+def check(name, got, want):
+    if got.shape != want.shape or not np.array_equal(got.astype(np.int64), want):
+        i = np.flatnonzero(got.astype(np.int64).ravel() != want.ravel())[:3]
+        bad.append(f"{name}: {i.size} differ, e.g. {i} got {got.ravel()[i]} want {want.ravel()[i]}")
+for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16):
+    for k, n in ((1, 1), (7, 33), (200, 40), (1031, 70), (4096, 17)):
+        for adt in (np.int8, np.uint8):
+            info = np.iinfo(adt)
+            a = rng.integers(info.min, info.max + 1, (m, k)).astype(adt)
+            b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+            want = a.astype(np.int64) @ b.astype(np.int64)
+            check(f"matmul {m}x{k}x{n} {adt.__name__}", qfast.matmul_int8(a, b), want)
+# The deepest K allowed, every product at its largest magnitude.
+for adt, k in ((np.int8, 131071), (np.uint8, 65793)):
+    top = 255 if adt == np.uint8 else -128
+    for m in (1, 3, 8):
+        for bv in (-128, 127):
+            a = np.full((m, k), top, adt)
+            b = np.full((k, 40), bv, np.int8)
+            b[::7, 3] = -b[::7, 3] - 1
+            want = a.astype(np.int64) @ b.astype(np.int64)
+            assert np.abs(want).max() < 2**31
+            check(f"matmul deepest {adt.__name__} m {m} b {bv}", qfast.matmul_int8(a, b), want)
+k = 256
+for bits in (8, 4):
+    hi = 2**bits - 1
+    for m in (1, 2, 3, 5, 6, 7, 8, 16):
+        for kind in ("random", "extreme"):
+            n = 40
+            if kind == "random":
+                codes = rng.integers(0, hi + 1, (n, k))
+                x = rng.integers(-127, 128, (m, k)).astype(np.float32)
+            else:
+                codes = np.where(np.arange(n * k).reshape(n, k) % 5 == 0, 0, hi)
+                x = np.where(np.arange(m * k).reshape(m, k) % 3 == 0, 127, -127).astype(np.float32)
+            x[:, 0] = 127  # every row's scale is exactly 1
+            for gs in (None, 32, 64):
+                g = 1 if gs is None else k // gs
+                zp = rng.integers(0, hi + 1, (n, g)).astype(np.int32)
+                scale = np.full((n, g), 1.0, np.float32)
+                data = codes.astype(np.uint8)
+                data = data if bits == 8 else qfast.pack_int4(data)
+                kw = {"axis": 0} if gs is None else {"group_size": gs}
+                w = qfast.QTensor(data, (n, k), bits, False, scale, zp, **kw)
+                zcols = np.repeat(zp, k // g, axis=1).astype(np.int64)
+                want = x.astype(np.int64) @ (codes - zcols).T
+                check(f"linear W{bits}A8 {kind} m {m} g {gs}", qfast.linear(x, w), want)
+print("\n".join(bad) if bad else "ok")
+"""
+
+
+@pytest.mark.parametrize("isa", [i for i in KNOWN if i != "scalar"])
+def test_integer_products_exact_per_path(isa, isa_env, run_python):
+    if isa not in AVAILABLE:
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    proc = run_python(["-c", END_TO_END], isa_env(isa))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok", proc.stdout[-3000:]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 //!   probe.rs      the CPU probes and the peak loops
 //!   gemm.rs       the packed layouts and the tile contracts (the same on every path)
 //!   scalar/       quant.rs gemm.rs            the oracle (the GGUF one is gguf::legacy)
-//!   x86_64/avx2/  quant.rs gemm.rs gguf.rs    AVX2 + FMA + F16C
+//!   x86_64/avx2/  quant.rs gemm.rs gguf.rs    AVX2 + FMA + F16C; `avxvnni` is a second table
+//!                 vnni.rs                     here (its integer tiles, VEX `vpdpbusd` on ymm)
 //!   x86_64/avx512/ quant.rs gemm.rs gguf.rs   AVX-512 F/BW/VL/DQ; `avx512vnni` is a second
 //!                                             table here (it only swaps the integer tiles)
 //!   aarch64/neon/ quant.rs gemm.rs            NEON; `neon-dotprod` a second table here
@@ -44,6 +45,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     Scalar,
     Avx2,
+    AvxVnni,
     Avx512,
     Avx512Vnni,
     Neon,
@@ -51,9 +53,10 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Scalar,
         Isa::Avx2,
+        Isa::AvxVnni,
         Isa::Avx512,
         Isa::Avx512Vnni,
         Isa::Neon,
@@ -65,6 +68,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Neon => "neon",
@@ -84,6 +88,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => probe::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => probe::has_avxvnni(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => probe::has_avx512(),
             #[cfg(target_arch = "x86_64")]
@@ -106,6 +112,8 @@ impl Isa {
             Isa::Scalar => Some(&scalar::KERNELS),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(&x86_64::avx2::KERNELS),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => Some(&x86_64::avx2::KERNELS_AVXVNNI),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&x86_64::avx512::KERNELS),
             #[cfg(target_arch = "x86_64")]
@@ -204,7 +212,7 @@ pub(crate) use safe_wrappers;
 
 /// The dispatch of generic code (the `algo` loops): defines `$name(isa, args..)`, which runs
 /// `$body(args..)` compiled for the ISA path `isa`, the choice of [`active`] that also picks
-/// the tables: AVX2 or AVX-512 enabled, or the build's baseline elsewhere (aarch64 needs no
+/// the tables: AVX2 (also for `avxvnni`) or AVX-512 enabled, or the build's baseline elsewhere (aarch64 needs no
 /// variant: NEON is part of its baseline). `$body` must be `#[inline(always)]`, so that it is
 /// compiled inside each variant. The body is the same Rust code on every path, and LLVM never contracts
 /// or reorders float operations, so every path gives the same bits.
@@ -227,8 +235,9 @@ macro_rules! per_isa {
                 }
                 match isa {
                     // SAFETY: simd::active() picks a path only where the CPU has its
-                    // features (AVX2 for `avx2`, AVX-512 F/BW/VL/DQ for the AVX-512 paths).
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    // features (AVX2 for `avx2` and `avxvnni`, AVX-512 F/BW/VL/DQ for the
+                    // AVX-512 paths).
+                    Isa::Avx2 | Isa::AvxVnni => return unsafe { avx2($($arg),*) },
                     // SAFETY: as above.
                     Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
                     _ => {}
@@ -424,6 +433,7 @@ mod tests {
             assert_eq!(Isa::parse(isa.name()), Some(isa));
         }
         assert_eq!(Isa::parse(" AVX512_VNNI "), Some(Isa::Avx512Vnni));
+        assert_eq!(Isa::parse("AVX_VNNI"), Some(Isa::AvxVnni));
         assert_eq!(Isa::parse("sse9"), None);
     }
 

@@ -44,6 +44,10 @@ pub fn peak_loop(isa: Isa, mix: Mix, iters: u64) -> Option<u64> {
     match (isa, mix) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Vnni, Mix::Int8 | Mix::W4A8) => peak_vnni(iters),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::AvxVnni, Mix::Int8) => peak_avxvnni(iters),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::AvxVnni, Mix::W4A8) => peak_avxvnni_w4(iters),
         _ => {
             let _ = iters; // no register-only loop for this path and mix
             None
@@ -134,6 +138,81 @@ mod x86_64 {
             sum = _mm512_add_epi32(sum, v);
         }
         _mm512_reduce_add_epi32(sum)
+    }
+
+    /// `iters` rounds of 12 independent ymm `vpdpbusd` (32 multiply-adds each: 12
+    /// accumulators, two operands and a spare fill the 16 ymm registers, as in the `avxvnni`
+    /// tiles). `None` without AVX-VNNI.
+    pub fn peak_avxvnni(iters: u64) -> Option<u64> {
+        if !has_avxvnni() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX2 and AVX-VNNI.
+        let sink = unsafe { peak_avxvnni_loop(iters) };
+        std::hint::black_box(sink);
+        Some(iters * 12 * 32)
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn peak_avxvnni_loop(iters: u64) -> i32 {
+        let a = std::hint::black_box(_mm256_set1_epi8(3));
+        let b = std::hint::black_box(_mm256_set1_epi8(-5));
+        let mut acc = [_mm256_setzero_si256(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_dpbusd_avx_epi32(*v, a, b);
+            }
+        }
+        let mut sum = _mm256_setzero_si256();
+        for v in acc {
+            sum = _mm256_add_epi32(sum, v);
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+        lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
+    }
+
+    /// The W4A8 mix of the `avxvnni` tiles: per 64-byte block of 4-bit codes, two loads, the
+    /// nibble unpack (`vpand`, `vpsrlw`, `vpand` per load) and 16 ymm `vpdpbusd` (four rows,
+    /// 32 multiply-adds each) into 12 accumulators, the activations in registers. `None`
+    /// without AVX-VNNI.
+    pub fn peak_avxvnni_w4(iters: u64) -> Option<u64> {
+        if !has_avxvnni() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX2 and AVX-VNNI.
+        let sink = unsafe { peak_avxvnni_w4_loop(iters) };
+        std::hint::black_box(sink);
+        Some(iters * 16 * 32)
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn peak_avxvnni_w4_loop(iters: u64) -> i32 {
+        let low = _mm256_set1_epi8(0x0f);
+        // The codes come from memory, as in the tiles: 8 vectors in L1, in turn.
+        let codes = std::hint::black_box([_mm256_set1_epi8(0x3c); 8]);
+        let x = std::hint::black_box(_mm256_set1_epi8(-5));
+        let mut acc = [_mm256_setzero_si256(); 12];
+        for i in 0..iters {
+            for h in 0..2 {
+                let v = _mm256_loadu_si256(codes.as_ptr().add((2 * i as usize + h) % 8));
+                let w = [
+                    _mm256_and_si256(v, low),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), low),
+                ];
+                for j in 0..8 {
+                    let a = &mut acc[(8 * h + j) % 12];
+                    *a = _mm256_dpbusd_avx_epi32(*a, w[j % 2], x);
+                }
+            }
+        }
+        let mut sum = _mm256_setzero_si256();
+        for v in acc {
+            sum = _mm256_add_epi32(sum, v);
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+        lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
     }
 }
 

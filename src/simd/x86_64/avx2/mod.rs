@@ -1,8 +1,11 @@
-//! The AVX2 path (with FMA and F16C): 256-bit vectors.
+//! The AVX2 path (with FMA and F16C): 256-bit vectors. `avxvnni` is this path with the integer
+//! dot products on the VEX-encoded `vpdpbusd` (AVX-VNNI): a second table here, as it shares
+//! everything but those tiles (`vnni.rs`) with `avx2`.
 
 pub mod gemm;
 pub mod gguf;
 pub mod quant;
+pub mod vnni;
 
 use crate::simd::{Isa, Kernels};
 
@@ -31,4 +34,14 @@ pub const KERNELS: Kernels = Kernels {
         prepare: gguf::prepare_q8_0,
         dot: gguf::dot_q4_0_q8_0,
     }),
+};
+
+/// The AVX-VNNI path differs only in the integer dot products (`vpdpbusd` on ymm).
+pub const KERNELS_AVXVNNI: Kernels = Kernels {
+    isa: Isa::AvxVnni,
+    dot_tile: vnni::dot_tile,
+    dot_tile_wide: Some(vnni::dot_tile_wide),
+    matmul_rows: Some(vnni::matmul_rows),
+    linear_tile: vnni::linear_tile,
+    ..KERNELS
 };

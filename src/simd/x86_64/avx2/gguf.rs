@@ -429,14 +429,14 @@ unsafe fn dot(x: &[u8], y: &Q8Row) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gguf::legacy;
 
     /// Blocks that exercise every rule: ties of magnitude (the first wins, whatever its
     /// sign), all zeros (signed), exact halves after the scale, subnormal blocks whose `1 / d`
     /// overflows, huge values, and random blocks at many scales.
-    fn blocks() -> Vec<f32> {
+    pub(crate) fn blocks() -> Vec<f32> {
         let mut x = Vec::new();
         let mut s = 0x9e37_79b9u32;
         let mut next = || {
@@ -475,7 +475,7 @@ mod tests {
     /// Blocks for the asymmetric types' rules: the minimum and maximum tied (the first
     /// wins), signed zeros as minimum or maximum, constant blocks (`d = 0`), and values
     /// whose `(x - min) / d + 0.5` lands on exact halves and on the top code.
-    fn asym_blocks() -> Vec<f32> {
+    pub(crate) fn asym_blocks() -> Vec<f32> {
         let mut x = Vec::new();
         let mut b = [1.0f32; QK];
         b[2] = -0.0;

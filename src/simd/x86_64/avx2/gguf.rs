@@ -285,7 +285,7 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
 /// The lanes' maxima of `m[0..8]` (as `i32`), lane `i` of the result from `m[i]`: pairs of
 /// lanes, then of 128-bit halves (21 operations for 8 blocks instead of 7 each).
 #[inline(always)]
-unsafe fn hmax8(m: [__m256i; GROUP]) -> __m256i {
+pub(crate) unsafe fn hmax8(m: [__m256i; GROUP]) -> __m256i {
     #[inline(always)]
     unsafe fn pair(a: __m256i, b: __m256i) -> __m256i {
         // Per 128-bit half: [max(a0, a1), max(a2, a3), max(b0, b1), max(b2, b3)].

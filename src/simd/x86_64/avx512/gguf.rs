@@ -38,7 +38,7 @@ pub fn quantize_blocks(kind: Kind, x: &[f32], out: &mut [u8]) -> Option<bool> {
             Kind::Q4_1 => blocks::<{ Kind::Q4_1 as u8 }>(x, out, ts),
             Kind::Q5_0 => blocks::<{ Kind::Q5_0 as u8 }>(x, out, ts),
             Kind::Q5_1 => blocks::<{ Kind::Q5_1 as u8 }>(x, out, ts),
-            Kind::Q8_0 => blocks::<{ Kind::Q8_0 as u8 }>(x, out, ts),
+            Kind::Q8_0 => blocks_q8_0(x, out),
         }
     };
     Some(finite)
@@ -67,8 +67,7 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
         k if k == Kind::Q4_0 as u8 => (8.0, 15),
         k if k == Kind::Q5_0 as u8 => (16.0, 31),
         k if k == Kind::Q4_1 as u8 => (0.0, 15),
-        k if k == Kind::Q5_1 as u8 => (0.0, 31),
-        _ => (0.0, 127),
+        _ => (0.0, 31),
     };
     let mut bad: __mmask16 = 0;
     let nb = x.len() / QK;
@@ -76,8 +75,8 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
     let mut g0 = 0;
     while g0 < nb {
         let n = GROUP.min(nb - g0);
-        // Pass 1: `hi` is the signed max (Q4_0, Q5_0), the max (Q4_1, Q5_1) or max|x| (Q8_0);
-        // `lo` the min (Q4_1, Q5_1).
+        // Pass 1: `hi` is the signed max (Q4_0, Q5_0) or the max (Q4_1, Q5_1); `lo` the min
+        // (Q4_1, Q5_1).
         let (mut hi, mut lo) = ([0f32; GROUP], [0f32; GROUP]);
         for i in 0..n {
             let xb = xp.add((g0 + i) * QK);
@@ -87,10 +86,7 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
             bad |= _mm512_fpclass_ps_mask::<NOT_FINITE>(v[0])
                 | _mm512_fpclass_ps_mask::<NOT_FINITE>(v[1]);
-            if K == Kind::Q8_0 as u8 {
-                let a = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1]));
-                hi[i] = _mm512_reduce_max_ps(a);
-            } else if sym {
+            if sym {
                 hi[i] = signed_max(v, xb);
             } else {
                 lo[i] = first_equal(v, _mm512_reduce_min_ps(_mm512_min_ps(v[0], v[1])), xb);
@@ -99,9 +95,7 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
         }
         // d and 1/d for the group, as the scalar code computes them (IEEE division).
         let (hv, lv) = (_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
-        let d = if K == Kind::Q8_0 as u8 {
-            _mm512_div_ps(hv, _mm512_set1_ps(127.0))
-        } else if sym {
+        let d = if sym {
             _mm512_div_ps(hv, _mm512_set1_ps(-half))
         } else {
             _mm512_div_ps(_mm512_sub_ps(hv, lv), _mm512_set1_ps(top as f32))
@@ -127,10 +121,7 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
             let v = [_mm512_loadu_ps(xb), _mm512_loadu_ps(xb.add(16))];
             core::ptr::copy_nonoverlapping(dh[i].to_le_bytes().as_ptr(), o, 2);
             let id = _mm512_set1_ps(idv[i]);
-            if K == Kind::Q8_0 as u8 {
-                q8_0_codes(v[0], id, o.add(2));
-                q8_0_codes(v[1], id, o.add(18));
-            } else if sym {
+            if sym {
                 let bias = _mm512_set1_ps(half + 0.5);
                 let c = [
                     codes(_mm512_add_ps(_mm512_mul_ps(v[0], id), bias), top),
@@ -152,6 +143,63 @@ unsafe fn blocks<const K: u8>(x: &[f32], out: &mut [u8], ts: usize) -> bool {
                 ];
                 store_codes(c, o.add(4), K == Kind::Q5_1 as u8);
             }
+        }
+        g0 += n;
+    }
+    bad == 0
+}
+
+/// Q8_0: as [`blocks`], with each block's max |x| taken from the bits of the magnitudes
+/// (they order as the magnitudes do; NaN and infinities above every finite value, reported)
+/// and the group's 16 maxima reduced together (AVX2's `hmax8` on the 256-bit halves' maxima).
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,avx2,fma")]
+unsafe fn blocks_q8_0(x: &[f32], out: &mut [u8]) -> bool {
+    use crate::simd::x86_64::avx2::gguf::hmax8;
+    let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+    let max_finite = _mm512_set1_epi32(0x7f7f_ffff);
+    let mut bad: __mmask16 = 0;
+    let nb = x.len() / QK;
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    let mut g0 = 0;
+    while g0 < nb {
+        let n = GROUP.min(nb - g0);
+        // Pass 1: each block's lanes' max |x| (as bits), folded to 8 lanes.
+        let mut m = [_mm256_setzero_si256(); GROUP];
+        for i in 0..n {
+            let xb = xp.add((g0 + i) * QK);
+            let ahead = xb.wrapping_add(PREFETCH) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let a = _mm512_max_epi32(
+                _mm512_and_si512(_mm512_loadu_si512(xb as *const _), abs_mask),
+                _mm512_and_si512(_mm512_loadu_si512(xb.add(16) as *const _), abs_mask),
+            );
+            m[i] = _mm256_max_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
+        }
+        let lo = hmax8([m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]]);
+        let hi = hmax8([m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]]);
+        let amax = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        bad |= _mm512_cmpgt_epi32_mask(amax, max_finite);
+        // d and 1/d for the group, as the scalar code computes them (IEEE division).
+        let d = _mm512_div_ps(_mm512_castsi512_ps(amax), _mm512_set1_ps(127.0));
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+        let mut idv = [0f32; GROUP];
+        _mm512_storeu_ps(idv.as_mut_ptr(), id);
+        let mut dh = [0u16; GROUP];
+        _mm256_storeu_si256(
+            dh.as_mut_ptr() as *mut __m256i,
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        // Pass 2: headers and codes.
+        for i in 0..n {
+            let xb = xp.add((g0 + i) * QK);
+            let o = op.add((g0 + i) * Q8_0_BYTES);
+            core::ptr::copy_nonoverlapping(dh[i].to_le_bytes().as_ptr(), o, 2);
+            let id = _mm512_set1_ps(idv[i]);
+            q8_0_codes(_mm512_loadu_ps(xb), id, o.add(2));
+            q8_0_codes(_mm512_loadu_ps(xb.add(16)), id, o.add(18));
         }
         g0 += n;
     }
@@ -214,18 +262,15 @@ unsafe fn store_codes(c: [__m128i; 2], o: *mut u8, five: bool) {
     _mm_storeu_si128(o.add(at) as *mut __m128i, qs);
 }
 
-/// Q8_0's codes `roundf(v · id)` for 16 values (ties away from zero: truncate, then step away
-/// from zero where the dropped fraction is at least one half), 16 bytes at `o`.
+/// Q8_0's codes `roundf(v · id)` for 16 values, 16 bytes at `o`: `cvttps2dq(y ± h)`, `h` the
+/// float just below one half (see AVX2's `round_away`, tested on every float), and
+/// `vpmovdb`'s low byte.
 #[inline(always)]
 unsafe fn q8_0_codes(v: __m512, id: __m512, o: *mut u8) {
     let y = _mm512_mul_ps(v, id);
-    let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-    let up =
-        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(y, t)), _mm512_set1_ps(0.5));
-    // copysign(1, y) where the fraction is >= 1/2.
-    let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
-    let r = _mm512_mask_add_ps(t, up, t, step);
-    let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
+    let h = _mm512_set1_ps(f32::from_bits(0.5f32.to_bits() - 1));
+    let bias = _mm512_or_ps(h, _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+    let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(y, bias)));
     _mm_storeu_si128(o as *mut __m128i, q);
 }
 

@@ -32,7 +32,11 @@ pub const KERNELS: Kernels = Kernels {
     linear_tile: avx2::gemm::linear_tile,
     linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: Some(gguf::quantize_blocks),
-    gguf_dot: None,
+    // Without VNNI, AVX2's `Q4_0 · Q8_0` (the same bits as `dot_ref`).
+    gguf_dot: Some(GgufDot {
+        prepare: avx2::gguf::prepare_q8_0,
+        dot: avx2::gguf::dot_q4_0_q8_0,
+    }),
 };
 
 /// The VNNI path differs only in the integer dot products (`vpdpbusd`).

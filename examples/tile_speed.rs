@@ -76,8 +76,10 @@ fn tiles(kern: &Kernels) {
     let lk = 4096;
     let lstride = gemm::row_stride(lk);
     let x: Vec<i8> = (0..M * lstride).map(|i| (i * 7 % 251) as i8).collect();
+    let segs_env = std::env::var("TILE_SEG").ok().and_then(|v| v.parse().ok());
     for bits in [8u32, 4] {
-        let seg = 128;
+        // Groups of 128 (`TILE_SEG` picks another length).
+        let seg: usize = segs_env.unwrap_or(128);
         let segs = lk / seg;
         let seg_len = vec![seg as u32; segs];
         let grid = vec![0.01f32; segs * NR];

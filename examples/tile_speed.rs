@@ -2,8 +2,9 @@
 //! `dot_tile` and `linear_tile` in G MAC/s with their operands in L1/L2, `pack_panels` in
 //! GB/s out of matrices in the LLC, and the peak loops of the active path.
 //!
-//! `cargo run --release --example tile_speed [tiles|pack|peak|gguf]`. A tuning aid for the
-//! microkernels; the user-facing benchmarks are in `benches/`.
+//! `cargo run --release --example tile_speed [tiles|pack|peak|gguf|gemv|fbound]` (`gemv` and
+//! `fbound` only when named). A tuning aid for the microkernels; the user-facing benchmarks
+//! are in `benches/`.
 
 use qfast::simd::gemm::{
     self, Panel, Rows, TileF32, TileI32, TileWide, MR, NR, WIDE_PANELS, WIDE_ROWS,
@@ -75,8 +76,10 @@ fn tiles(kern: &Kernels) {
     let lk = 4096;
     let lstride = gemm::row_stride(lk);
     let x: Vec<i8> = (0..M * lstride).map(|i| (i * 7 % 251) as i8).collect();
+    let segs_env = std::env::var("TILE_SEG").ok().and_then(|v| v.parse().ok());
     for bits in [8u32, 4] {
-        let seg = 128;
+        // Groups of 128 (`TILE_SEG` picks another length).
+        let seg: usize = segs_env.unwrap_or(128);
         let segs = lk / seg;
         let seg_len = vec![seg as u32; segs];
         let grid = vec![0.01f32; segs * NR];
@@ -104,6 +107,24 @@ fn tiles(kern: &Kernels) {
             }
         });
         println!("linear_tile W{bits}A8 g{seg}: {g:.1} G MAC/s");
+        // One row (GEMV), the panels in L2.
+        let g = rate(macs / M as f64, &mut || {
+            for p in packed.chunks_exact(bytes) {
+                let panel = Panel {
+                    codes: p,
+                    bits,
+                    seg_len: &seg_len,
+                    scale: &grid,
+                    zero: &grid,
+                    zscale: &grid,
+                    zero_all: None,
+                };
+                let xr = Rows::strided(&x, 1, lk, lstride);
+                (kern.linear_tile)(&panel, &xr, &xsum[..segs], &mut out);
+                black_box(&out);
+            }
+        });
+        println!("linear_tile W{bits}A8 g{seg}, 1 row: {g:.1} G MAC/s");
         let xf: Vec<f32> = x.iter().map(|&v| v as f32 * 0.01).collect();
         let stride = lstride;
         for rows in [1, MR] {
@@ -245,6 +266,213 @@ fn gguf_quantize() {
     }
 }
 
+/// GEMV beyond the LLC (`gemv`): the one-row `linear_tile` (W4A8 g32 / g128 symmetric, and
+/// W4A16 through `linear_tile_f32`) over 1 GiB of packed 4096-deep panels, in GB/s of codes
+/// and grid read, next to the read bandwidth of a plain sum over 1 GiB in the same run.
+fn gemv(kern: &Kernels) {
+    let lk = 4096usize;
+    let total = 1usize << 30;
+    let big: Vec<u8> = (0..total).map(|i| (i * 13 % 256) as u8).collect();
+    let words: Vec<u64> = (0..total / 8).map(|i| i as u64 * 7).collect();
+    let x: Vec<i8> = (0..lk).map(|i| (i * 7 % 251) as i8).collect();
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32 * 0.01).collect();
+    for round in 0..2 {
+        let g = rate(total as f64, &mut || {
+            black_box(words.iter().fold(0u64, |m, &v| m.wrapping_add(v)));
+        });
+        println!("round {round}: read bandwidth (sum over 1 GiB): {g:.1} GB/s");
+        for seg in [32usize, 128] {
+            let segs = lk / seg;
+            let seg_len = vec![seg as u32; segs];
+            let bytes = lk * NR / 2;
+            let panels = total / bytes;
+            let grid: Vec<f32> = (0..panels * segs * NR)
+                .map(|i| 0.01 + (i % 7) as f32)
+                .collect();
+            let zero = vec![8.0f32; segs * NR];
+            let xsum = vec![1.0f32; segs];
+            let mut out: TileF32 = [0.0; MR * NR];
+            let read = (total + grid.len() * 4) as f64;
+            let gi = rate(read, &mut || {
+                for (p, c) in big.chunks_exact(bytes).enumerate() {
+                    let sc = &grid[p * segs * NR..(p + 1) * segs * NR];
+                    let panel = Panel {
+                        codes: c,
+                        bits: 4,
+                        seg_len: &seg_len,
+                        scale: sc,
+                        zero: &zero,
+                        zscale: sc,
+                        zero_all: Some(8.0),
+                    };
+                    let xr = Rows::new(&x, 1, lk);
+                    (kern.linear_tile)(&panel, &xr, &xsum, &mut out);
+                    black_box(&out);
+                }
+            });
+            let read = (total + 2 * grid.len() * 4) as f64;
+            let gf = rate(read, &mut || {
+                for (p, c) in big.chunks_exact(bytes).enumerate() {
+                    let sc = &grid[p * segs * NR..(p + 1) * segs * NR];
+                    let panel = Panel {
+                        codes: c,
+                        bits: 4,
+                        seg_len: &seg_len,
+                        scale: sc,
+                        zero: sc,
+                        zscale: sc,
+                        zero_all: None,
+                    };
+                    let xr = Rows::new(&xf, 1, lk);
+                    (kern.linear_tile_f32)(&panel, &xr, &mut out);
+                    black_box(&out);
+                }
+            });
+            println!("round {round}: GEMV g{seg}: W4A8 {gi:.1} GB/s, W4A16 {gf:.1} GB/s");
+        }
+    }
+}
+
+/// The port bound of the float-mode GEMV (`fbound`): its decode-convert-FMA loop on registers,
+/// per 64-byte block of a 4-bit panel (128 weights) the nibble split (`vpsrlw`, two `vpand`)
+/// and per vector of weights `vpshufb`, `vcvtdq2ps`, `vsubps`, `vmulps`, `vfmadd231ps`
+/// (the activations' broadcasts are loads in the tile): ymm on AVX2, zmm on AVX-512. Then the
+/// one-row `linear_tile_f32` over W4A16 panels in L2, as a share of it, in the same run.
+#[cfg(target_arch = "x86_64")]
+fn float_bound(kern: &Kernels) {
+    use simd::Isa;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn loop_avx2(iters: u64) -> f32 {
+        use std::arch::x86_64::*;
+        let v = black_box(_mm256_set1_epi8(0x5a));
+        let low = _mm256_set1_epi8(0x0f);
+        let ctl = black_box([_mm256_set1_epi32(-128); 4]);
+        let (zero, scale, xb) = black_box((
+            _mm256_set1_ps(8.0),
+            _mm256_set1_ps(0.5),
+            _mm256_set1_ps(1e-9),
+        ));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for _ in 0..iters {
+            // SAFETY: register-only AVX2 / FMA instructions.
+            unsafe {
+                std::arch::asm!(
+                    ".rept 2",
+                    "vpsrlw {hi}, {v}, 4",
+                    "vpand {lo}, {v}, {low}",
+                    "vpand {hi}, {hi}, {low}",
+                    "vpshufb {d}, {lo}, {c0}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a0}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c1}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a1}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c2}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a2}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c3}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a3}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c0}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a0}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c1}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a1}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c2}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a2}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c3}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a3}, {xb}, {d}",
+                    ".endr",
+                    v = in(ymm_reg) v, low = in(ymm_reg) low,
+                    c0 = in(ymm_reg) ctl[0], c1 = in(ymm_reg) ctl[1], c2 = in(ymm_reg) ctl[2], c3 = in(ymm_reg) ctl[3],
+                    zero = in(ymm_reg) zero, scale = in(ymm_reg) scale, xb = in(ymm_reg) xb,
+                    lo = out(ymm_reg) _, hi = out(ymm_reg) _, d = out(ymm_reg) _,
+                    a0 = inout(ymm_reg) acc[0], a1 = inout(ymm_reg) acc[1], a2 = inout(ymm_reg) acc[2], a3 = inout(ymm_reg) acc[3],
+                    options(pure, nomem, nostack),
+                );
+            }
+        }
+        let mut o = [0f32; 8];
+        _mm256_storeu_ps(
+            o.as_mut_ptr(),
+            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+        );
+        o[0]
+    }
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    unsafe fn loop_avx512(iters: u64) -> f32 {
+        use std::arch::x86_64::*;
+        let v = black_box(_mm512_set1_epi8(0x5a));
+        let low = _mm512_set1_epi8(0x0f);
+        let ctl = black_box([_mm512_set1_epi32(-128); 4]);
+        let (zero, scale, xb) = black_box((
+            _mm512_set1_ps(8.0),
+            _mm512_set1_ps(0.5),
+            _mm512_set1_ps(1e-9),
+        ));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for _ in 0..iters {
+            // SAFETY: register-only AVX-512 instructions.
+            unsafe {
+                std::arch::asm!(
+                    "vpsrlw {hi}, {v}, 4",
+                    "vpandd {lo}, {v}, {low}",
+                    "vpandd {hi}, {hi}, {low}",
+                    "vpshufb {d}, {lo}, {c0}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a0}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c1}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a1}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c2}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a2}, {xb}, {d}",
+                    "vpshufb {d}, {lo}, {c3}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a3}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c0}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a0}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c1}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a1}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c2}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a2}, {xb}, {d}",
+                    "vpshufb {d}, {hi}, {c3}", "vcvtdq2ps {d}, {d}", "vsubps {d}, {d}, {zero}", "vmulps {d}, {d}, {scale}", "vfmadd231ps {a3}, {xb}, {d}",
+                    v = in(zmm_reg) v, low = in(zmm_reg) low,
+                    c0 = in(zmm_reg) ctl[0], c1 = in(zmm_reg) ctl[1], c2 = in(zmm_reg) ctl[2], c3 = in(zmm_reg) ctl[3],
+                    zero = in(zmm_reg) zero, scale = in(zmm_reg) scale, xb = in(zmm_reg) xb,
+                    lo = out(zmm_reg) _, hi = out(zmm_reg) _, d = out(zmm_reg) _,
+                    a0 = inout(zmm_reg) acc[0], a1 = inout(zmm_reg) acc[1], a2 = inout(zmm_reg) acc[2], a3 = inout(zmm_reg) acc[3],
+                    options(pure, nomem, nostack),
+                );
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
+    }
+    let wide = matches!(kern.isa, Isa::Avx512 | Isa::Avx512Vnni);
+    if !wide && kern.isa != Isa::Avx2 {
+        return;
+    }
+    let iters = 1u64 << 20;
+    let lk = 4096;
+    let seg = 128;
+    let segs = lk / seg;
+    let seg_len = vec![seg as u32; segs];
+    let grid = vec![0.01f32; segs * NR];
+    let bytes = lk * NR / 2;
+    let packed: Vec<u8> = (0..32 * bytes).map(|i| (i * 13 % 256) as u8).collect();
+    let xf: Vec<f32> = (0..lk).map(|i| (i % 251) as f32 * 0.01).collect();
+    let mut out: TileF32 = [0.0; MR * NR];
+    for round in 0..3 {
+        // SAFETY: the active path has the features of the loop chosen.
+        let b = rate(iters as f64 * 128.0, &mut || unsafe {
+            black_box(if wide {
+                loop_avx512(iters)
+            } else {
+                loop_avx2(iters)
+            });
+        });
+        let g = rate((32 * lk * NR) as f64, &mut || {
+            for p in packed.chunks_exact(bytes) {
+                let panel = Panel {
+                    codes: p,
+                    bits: 4,
+                    seg_len: &seg_len,
+                    scale: &grid,
+                    zero: &grid,
+                    zscale: &grid,
+                    zero_all: None,
+                };
+                (kern.linear_tile_f32)(&panel, &Rows::new(&xf, 1, lk), &mut out);
+                black_box(&out);
+            }
+        });
+        println!(
+            "round {round}: W4A16 GEMV port bound (register loop) {b:.1} G MAC/s, the 1-row tile \
+             (L2) {g:.1} G MAC/s = {:.0}%",
+            100.0 * g / b
+        );
+    }
+}
+
 fn main() {
     let kern = simd::active().expect("an ISA path");
     let what = std::env::args().nth(1);
@@ -255,11 +483,18 @@ fn main() {
     if all || what.as_deref() == Some("pack") {
         pack(kern);
     }
+    #[cfg(target_arch = "x86_64")]
+    if what.as_deref() == Some("fbound") {
+        float_bound(kern);
+    }
+    if what.as_deref() == Some("gemv") {
+        gemv(kern);
+    }
     if all || what.as_deref() == Some("gguf") {
         gguf_dot(kern);
         gguf_quantize();
     }
-    let isa = kern.isa;
+    let isa = kern.isa; // the active path (`QFAST_ISA`), as the benches' peak_gmacs
     if all || what.as_deref() == Some("peak") {
         for mix in simd::probe::Mix::ALL {
             if let Some(ops) = simd::probe::peak_loop(isa, mix, 1 << 20) {

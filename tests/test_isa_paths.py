@@ -102,6 +102,42 @@ def _dense(c, bits, n):
     return [p, qfast.unpack(p, n, bits), qfast.unpack(p, n, bits, signed=False)]
 
 
+def _linear_tile_cases() -> dict[str, tuple[np.ndarray, qfast.QTensor, str]]:
+    """W4A8 / W4A16 / W8A16 ``linear`` over every tile row count (1..8 rows, then 9 and 20: a
+    full tile plus a remainder), groups of 32 and 128 with a shorter last one, and the extremes:
+    codes -8 / 7 (panel codes 0 / 15) against rows of activations all -128, all 127, mixed."""
+    rng = np.random.default_rng(16)
+    cases = {}
+    for k, gs in [(8, 8), (40, 32), (300, 32), (264, 128), (1031, 128)]:
+        n = 37
+        W = rng.standard_normal((n, k)).astype(F32)
+        for bits in (4, 8):
+            for sym in (True, False):
+                w = qfast.quantize(W, bits, symmetric=sym, group_size=gs)
+                for m in (*range(1, 9), 9, 20):
+                    x = (rng.standard_normal((m, k)) * 3).astype(F32)
+                    for compute in ("int8", "float"):
+                        if bits == 8 and compute == "int8":
+                            continue  # W8A8: the int8 tiles of another path
+                        key = f"linear_tile/k{k}/g{gs}/b{bits}/{sym}/m{m}/{compute}"
+                        cases[key] = (x, w, compute)
+        # Extremes: every weight code -8 or 7 (scale 1, zero 0), activations +-127 / -128
+        # scaled so that each row's int8 codes are exactly -128 or 127.
+        for code in (-8, 7):
+            data = qfast.pack_int4(np.full((n, k), code, np.int8)).reshape(n, -1)
+            ng = -(-k // gs)
+            w = qfast.QTensor(data, (n, k), 4, True, np.ones((n, ng), F32), None, group_size=gs)
+            for m in (1, 3, 8):
+                # Rows of one sign (every int16 pair sum of a row at its largest) and mixed.
+                x = np.where(rng.random((m, k)) < 0.5, -128.0, 127.0).astype(F32)
+                x[0::3] = -128.0
+                x[1::3] = 127.0
+                for compute in ("int8", "float"):
+                    key = f"linear_tile/extreme/k{k}/g{gs}/c{code}/m{m}/{compute}"
+                    cases[key] = (x, w, compute)
+    return cases
+
+
 def battery() -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, base in _inputs().items():
@@ -150,6 +186,8 @@ def battery() -> dict[str, np.ndarray]:
             for compute in ("int8", "float"):
                 key = f"linear/b{bits}/{kw}/{compute}"
                 _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
+    for key, (x, w, compute) in _linear_tile_cases().items():
+        _record(out, key, lambda x, w, c: [qfast.linear(x, w, compute=c)], x, w, compute)
     # GGUF block formats (SIMD quantizers on AVX2 and AVX-512): the same bytes and errors
     # everywhere.
     import qfast.gguf as qg
@@ -254,6 +292,43 @@ def test_scalar_battery_is_the_reference(path_outputs):
         codes, _, _ = reference_quantize(x, 8, True, 0, None)
         blob = path_outputs["scalar"][f"{name}/f32/b8/sym/axis0"].tobytes()
         assert blob.startswith(codes.astype(np.int8).tobytes()), name
+
+
+def test_linear_tile_cases_are_the_reference(path_outputs):
+    # The linear tile cases of the battery (every path matches scalar byte for byte, above)
+    # against NumPy: float mode is x @ dequantize(w).T up to the accumulation order, int8 mode
+    # the same with each row of x on its symmetric INT8 grid; extremes exactly.
+    from reference import reference_quantize
+
+    checked = 0
+    for key, (x, w, compute) in _linear_tile_cases().items():
+        got = np.frombuffer(path_outputs["scalar"][key].tobytes()[: x.shape[0] * 37 * 4], F32)
+        got = got.reshape(x.shape[0], 37)
+        wd = w.dequantize().astype(np.float64)
+        if compute == "int8":
+            codes, scale, _ = reference_quantize(x, 8, True, 0, None)
+            xs = codes.astype(np.float64) * np.asarray(scale, np.float64).reshape(-1, 1)
+        else:
+            xs = x.astype(np.float64)
+        want = xs @ wd.T
+        if "extreme" in key:
+            # Integer products (int8 mode: codes times the row's scale): exact in float32.
+            np.testing.assert_array_equal(got, want.astype(F32), err_msg=key)
+        else:
+            bound = 1e-5 * (np.abs(xs) @ np.abs(wd).T) + 1e-30
+            assert (np.abs(got - want) <= bound).all(), key
+        checked += 1
+    assert checked >= 300
+
+
+@pytest.mark.parametrize("isa", [i for i in ("avx2", "avx512") if i in AVAILABLE])
+def test_w4a8_peak_loop_on_avx2_tiles(isa, isa_env, run_python):
+    # AVX2 and AVX-512 without VNNI run AVX2's W4A8 tile: each has that tile's register loop.
+    code = "import qfast; print(qfast._qfast.peak_gmacs('w4a8'))"
+    proc = run_python(["-c", code], isa_env(isa))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = float(proc.stdout.strip())
+    assert peak > 1.0, peak
 
 
 @pytest.mark.parametrize("value", [*(i for i in KNOWN if i not in AVAILABLE), "bogus", "avx9"])

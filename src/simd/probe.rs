@@ -48,6 +48,9 @@ pub fn peak_loop(isa: Isa, mix: Mix, iters: u64) -> Option<u64> {
         (Isa::AvxVnni, Mix::Int8) => peak_avxvnni(iters),
         #[cfg(target_arch = "x86_64")]
         (Isa::AvxVnni, Mix::W4A8) => peak_avxvnni_w4(iters),
+        // The AVX-512 table without VNNI runs AVX2's integer tiles.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512, Mix::W4A8) => peak_w4a8_avx2(iters),
         _ => {
             let _ = iters; // no register-only loop for this path and mix
             None
@@ -215,6 +218,113 @@ mod x86_64 {
         lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
     }
 }
+
+/// The W4A8 tile of AVX2 (`avx2/gemm.rs`, `w4_block` in passes of 4 rows): the register-only
+/// loop of its inner-loop mix.
+#[cfg(target_arch = "x86_64")]
+mod w4a8_avx2 {
+    use super::x86_64::has_avx2;
+    use core::arch::x86_64::*;
+
+    /// Multiply-adds per round: 4 blocks (8 `k`) x 4 rows x 8 columns.
+    const MACS: u64 = 4 * 4 * 8 * 8;
+
+    /// `iters` rounds of the W4A8 AVX2 tile's inner loop on registers: per block, one 32-byte
+    /// vector (the tile loads it) split into its nibbles (`vpsrlw`, two `vpand`), then per row
+    /// of 4 two `vpmaddubsw` and two `vpaddw` (the tile's broadcasts of the activations are
+    /// loads); per 4 blocks one `vpmaddwd` and one `vpaddd` per row. `None` without AVX2.
+    pub fn peak_w4a8_avx2(iters: u64) -> Option<u64> {
+        if !has_avx2() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX2.
+        let sink = unsafe { peak_w4a8_avx2_loop(iters) };
+        std::hint::black_box(sink);
+        Some(iters * MACS)
+    }
+
+    /// One round in assembly (so that the compiler neither spills nor reschedules it): four
+    /// blocks, each a nibble split and, for each of 4 rows, two `vpmaddubsw` added into the
+    /// row's int16 sum (zeroed first, as the tile starts each run); then each row's sum
+    /// widened by `vpmaddwd` and added to its int32 sum. 16 ymm registers, as the tile.
+    #[target_feature(enable = "avx2")]
+    unsafe fn peak_w4a8_avx2_loop(iters: u64) -> i32 {
+        let v = std::hint::black_box(_mm256_set1_epi8(0x5a));
+        let x0 = std::hint::black_box(_mm256_set1_epi8(-3));
+        let x1 = std::hint::black_box(_mm256_set1_epi8(7));
+        let low = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut c = [_mm256_setzero_si256(); 4];
+        for _ in 0..iters {
+            // SAFETY: register-only AVX2 instructions (the CPU has AVX2); every register
+            // written is an output or clobber.
+            unsafe {
+                core::arch::asm!(
+                    "vpxor {a0:x}, {a0:x}, {a0:x}",
+                    "vpxor {a1:x}, {a1:x}, {a1:x}",
+                    "vpxor {a2:x}, {a2:x}, {a2:x}",
+                    "vpxor {a3:x}, {a3:x}, {a3:x}",
+                    ".rept 4",
+                    "vpsrlw {w1}, {v}, 4",
+                    "vpand {w0}, {v}, {low}",
+                    "vpand {w1}, {w1}, {low}",
+                    "vpmaddubsw {t}, {w0}, {x0}",
+                    "vpaddw {a0}, {a0}, {t}",
+                    "vpmaddubsw {t}, {w1}, {x1}",
+                    "vpaddw {a0}, {a0}, {t}",
+                    "vpmaddubsw {t}, {w0}, {x0}",
+                    "vpaddw {a1}, {a1}, {t}",
+                    "vpmaddubsw {t}, {w1}, {x1}",
+                    "vpaddw {a1}, {a1}, {t}",
+                    "vpmaddubsw {t}, {w0}, {x0}",
+                    "vpaddw {a2}, {a2}, {t}",
+                    "vpmaddubsw {t}, {w1}, {x1}",
+                    "vpaddw {a2}, {a2}, {t}",
+                    "vpmaddubsw {t}, {w0}, {x0}",
+                    "vpaddw {a3}, {a3}, {t}",
+                    "vpmaddubsw {t}, {w1}, {x1}",
+                    "vpaddw {a3}, {a3}, {t}",
+                    ".endr",
+                    "vpmaddwd {t}, {a0}, {ones}",
+                    "vpaddd {c0}, {c0}, {t}",
+                    "vpmaddwd {t}, {a1}, {ones}",
+                    "vpaddd {c1}, {c1}, {t}",
+                    "vpmaddwd {t}, {a2}, {ones}",
+                    "vpaddd {c2}, {c2}, {t}",
+                    "vpmaddwd {t}, {a3}, {ones}",
+                    "vpaddd {c3}, {c3}, {t}",
+                    v = in(ymm_reg) v,
+                    low = in(ymm_reg) low,
+                    ones = in(ymm_reg) ones,
+                    x0 = in(ymm_reg) x0,
+                    x1 = in(ymm_reg) x1,
+                    w0 = out(ymm_reg) _,
+                    w1 = out(ymm_reg) _,
+                    t = out(ymm_reg) _,
+                    a0 = out(ymm_reg) _,
+                    a1 = out(ymm_reg) _,
+                    a2 = out(ymm_reg) _,
+                    a3 = out(ymm_reg) _,
+                    c0 = inout(ymm_reg) c[0],
+                    c1 = inout(ymm_reg) c[1],
+                    c2 = inout(ymm_reg) c[2],
+                    c3 = inout(ymm_reg) c[3],
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+            }
+        }
+        let mut sum = _mm256_setzero_si256();
+        for a in c {
+            sum = _mm256_add_epi32(sum, a);
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+        lanes.iter().fold(0i32, |s, &l| s.wrapping_add(l))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use w4a8_avx2::peak_w4a8_avx2;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64 {

@@ -15,7 +15,7 @@ many calls as fill ``--seconds``.
 Rows: ``matmul_int8`` (s8 x s8 and u8 x s8), ``linear`` W8A8 per-channel, W4A8 and W4A16 at
 group 32 and 128, at M = 1, 16 and 128 with the weights in cache (K = N = 4096), and the GEMVs
 (M = 1) with the weights beyond the last-level cache (enough distinct copies to fill 4x the LLC,
-read in turn), next to the read bandwidth (``X.max()`` over 8x the LLC) measured by the same
+read in turn), next to the read bandwidth (``X.max()`` over 4x the LLC) measured by the same
 worker. "G MAC/s" is multiply-adds per second; "% peak" is against ``peak_gmacs(mix)``, the
 register-only loop of the instruction mix that ran ("int8" for 8-bit panels, "w4a8" for 4-bit
 ones; float mode has none); "GB/s" (GEMVs) is weight bytes (codes and scales) per second.
@@ -115,7 +115,7 @@ class Worker:
         op, scheme, m = case["op"], case["scheme"], case["m"]
         if op == "read":
             if self.read_buf is None:
-                self.read_buf = np.ones(max(8 * self.llc, 1 << 30) // 4, np.float32)
+                self.read_buf = np.ones(max(4 * self.llc, 1 << 30) // 4, np.float32)
             s = self.time(self.read_buf.max)
             return dict(gbs=self.read_buf.nbytes / s / 1e9)
         if op == "matmul_int8":
@@ -135,6 +135,7 @@ class Worker:
             gbs = nbytes / s / 1e9 if m == 1 else None  # weight streaming: GEMVs only
             return dict(gmacs=m * K * N / s / 1e9, gbs=gbs, mix=mix)
         if scheme not in self.cold:
+            self.cold.clear()  # one scheme's copies at a time: each set is 4x the LLC
             copies = max(2, -(-4 * self.llc // nbytes))
             self.cold[scheme] = [
                 qfast.QTensor(

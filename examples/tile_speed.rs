@@ -259,7 +259,7 @@ fn main() {
         gguf_dot(kern);
         gguf_quantize();
     }
-    let isa = simd::select(None).expect("an ISA path");
+    let isa = kern.isa; // the path QFAST_ISA picked, as the tiles above
     if all || what.as_deref() == Some("peak") {
         for mix in simd::probe::Mix::ALL {
             if let Some(ops) = simd::probe::peak_loop(isa, mix, 1 << 22) {
@@ -268,6 +268,14 @@ fn main() {
                 let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
                 println!("{} peak, {}: {g:.1} G MAC/s", isa.name(), mix.name());
             }
+        }
+        // The saturating vpmaddubsw + vpmaddwd + vpaddd mix of ONNX Runtime's AVX2 kernels.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ops) = simd::probe::peak_avx2_maddubs(1 << 22) {
+            let t = Instant::now();
+            simd::probe::peak_avx2_maddubs(1 << 22);
+            let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!("avx2 saturating vpmaddubsw peak: {g:.1} G MAC/s");
         }
     }
 }

@@ -133,7 +133,15 @@ def battery() -> dict[str, np.ndarray]:
             c = rng.integers(lo, hi, (3, n)).astype(np.int8)
             _record(out, f"pack/{n}/b{bits}", _dense, c, bits, n)
     # Matrix products: integers exact; linear's float results identical by its fixed order.
-    for m, k, n in [(1, 3, 1), (3, 17, 5), (9, 200, 33), (17, 1031, 20)]:
+    # (The later shapes reach the small-M path, wide tiles and the AVX2 tiles' 128-deep chunks.)
+    for m, k, n in [
+        (1, 3, 1),
+        (3, 17, 5),
+        (9, 200, 33),
+        (17, 1031, 20),
+        (4, 129, 1100),
+        (13, 300, 83),
+    ]:
         for adt in (np.int8, np.uint8):
             info = np.iinfo(adt)
             a = rng.integers(info.min, info.max + 1, (m, k)).astype(adt)
@@ -150,6 +158,10 @@ def battery() -> dict[str, np.ndarray]:
             for compute in ("int8", "float"):
                 key = f"linear/b{bits}/{kw}/{compute}"
                 _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
+                for rows in (1, 2, 3):  # the one- and two-row (GEMV) tiles
+                    key = f"linear/b{bits}/{kw}/{compute}/rows{rows}"
+                    fn = lambda w, c, xr: [qfast.linear(xr, w, compute=c)]  # noqa: E731
+                    _record(out, key, fn, w, compute, x[:rows])
     # GGUF block formats (SIMD quantizers on AVX-512): the same bytes and errors everywhere.
     import qfast.gguf as qg
 

@@ -88,10 +88,14 @@ def isa_battery() -> str:
             for adt in (I8, U8):
                 check(rand(rng, (m, k), adt), rand(rng, (k, n), I8))
     check(rand(rng, (130, 264), I8), rand(rng, (264, 200), I8))
-    for av, bv, k in ((-128, -128, 131071), (255, -128, 65793), (255, 127, 65793), (0, -128, 999)):
+    # Inside, `a` meets `b + 128` (uint8 `a` as `a - 128`): -128 x 127 and 0 x 127 put -128
+    # against panel bytes of 255 all the way down.
+    deepest = [(-128, -128, 131071), (-128, 127, 131071), (255, -128, 65793), (255, 127, 65793)]
+    for av, bv, k in [*deepest, (0, 127, 65793), (0, -128, 999)]:
         adt = U8 if av >= 0 else I8
-        for m in (1, 4, 5, 13):
-            got = qfast.matmul_int8(np.full((m, k), av, adt), np.full((k, 83), bv, I8))
+        for m in (1, 4, 5, 9):  # small-M, then tiles of 5 rows and of 8 + 1
+            # 9 panels: on one thread, a task of a wide group and a panel, and a partial one.
+            got = qfast.matmul_int8(np.full((m, k), av, adt), np.full((k, 131), bv, I8))
             want = av * bv * k
             assert (got.astype(np.int64) == want).all(), (m, k, av, bv, got.ravel()[:4], want)
     return qfast.cpu_info()["isa"]

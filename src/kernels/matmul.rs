@@ -484,15 +484,23 @@ mod tests {
     fn deepest_extremes_on_every_path() {
         for isa in simd::available() {
             let kern = isa.kernels().unwrap();
-            for (unsigned, av, bv) in [
+            // Inside, `a` meets `b + 128`: -128 x 127 and unsigned 0 x 127 put -128 against
+            // panel bytes of 255 all the way down.
+            let cases = [
                 (false, -128i32, -128i8),
+                (false, -128, 127),
                 (true, 255, -128),
                 (true, 255, 127),
-            ] {
+                (true, 0, 127),
+            ];
+            for (unsigned, av, bv) in cases {
                 let k = max_depth(unsigned);
-                let n = 5 * NR + 3; // a wide group, a panel, a partial panel
+                // Tasks of at least WIDE_PANELS panels (up to 4 threads: more would only
+                // cost memory), then a partial panel.
+                let n = (2 * WIDE_PANELS * parallel::num_threads().min(4) + 1) * NR + 3;
                 let b = vec![bv; k * n];
-                for m in [1, 4, 5, 7] {
+                // Small-M, then tiles of 5 rows and of 8 + 1 (the one-row tiles).
+                for m in [1, 4, 5, 9] {
                     let (a8, au8) = (vec![av as i8; m * k], vec![av as u8; m * k]);
                     let lhs = if unsigned {
                         Lhs::U8(&au8)

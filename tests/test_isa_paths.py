@@ -299,6 +299,13 @@ def test_peak_loop_per_mix(isa_env, run_python):
         assert proc.returncode == 0, proc.stderr[-2000:]
         peaks = ast.literal_eval(proc.stdout.strip())
         assert all(p is not None and p > 1.0 for p in peaks), peaks
+    # AVX2's exact int8 loop (vpmaddwd + vpaddd), which AVX-512 without VNNI runs too.
+    code = "import qfast; print(qfast._qfast.peak_gmacs('int8'))"
+    for isa in ("avx2", "avx512"):
+        if isa in AVAILABLE:
+            proc = run_python(["-c", code], isa_env(isa))
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert float(proc.stdout) > 1.0, (isa, proc.stdout)
 
 
 if __name__ == "__main__":

@@ -505,5 +505,13 @@ fn main() {
                 println!("{} peak, {}: {g:.1} G MAC/s", isa.name(), mix.name());
             }
         }
+        // The saturating vpmaddubsw + vpmaddwd + vpaddd mix of ONNX Runtime's AVX2 kernels.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ops) = simd::probe::peak_avx2_maddubs(1 << 22) {
+            let t = Instant::now();
+            simd::probe::peak_avx2_maddubs(1 << 22);
+            let g = ops as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!("avx2 saturating vpmaddubsw peak: {g:.1} G MAC/s");
+        }
     }
 }

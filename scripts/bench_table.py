@@ -19,8 +19,9 @@ thread count), the best ONNX Runtime op with int8 compute (MatMulInteger,
 DynamicQuantizeMatMul, MatMulNBits accuracy_level 4) and with float compute (MatMulNBits
 accuracy_level 0), each on the same number of threads, and "% peak": qfast's share of
 peak_gmacs(mix) (the one-thread register-only peak of the inner-loop mix that ran, "int8" or
-"w4a8") times its threads. The "cold" rows (M = 1, weights >= 4x the last-level cache per call) add GB/s of weight bytes and
-"x DRAM": that over the DRAM read bandwidth (X.max()) measured on as many threads.
+"w4a8") times its threads. The "cold" rows (M = 1, weights >= 4x the last-level cache per
+call) add GB/s of weight bytes and "x DRAM": that over the DRAM read bandwidth (X.max())
+measured on as many threads.
 
 benches/conftest.py loads this file to print the same table at the end of a benchmark run.
 """

@@ -169,7 +169,15 @@ def battery() -> dict[str, np.ndarray]:
             c = rng.integers(lo, hi, (3, n)).astype(np.int8)
             _record(out, f"pack/{n}/b{bits}", _dense, c, bits, n)
     # Matrix products: integers exact; linear's float results identical by its fixed order.
-    for m, k, n in [(1, 3, 1), (3, 17, 5), (9, 200, 33), (17, 1031, 20)]:
+    # (The later shapes reach the small-M path, wide tiles and the AVX2 tiles' 128-deep chunks.)
+    for m, k, n in [
+        (1, 3, 1),
+        (3, 17, 5),
+        (9, 200, 33),
+        (17, 1031, 20),
+        (4, 129, 1100),
+        (13, 300, 83),
+    ]:
         for adt in (np.int8, np.uint8):
             info = np.iinfo(adt)
             a = rng.integers(info.min, info.max + 1, (m, k)).astype(adt)
@@ -186,6 +194,10 @@ def battery() -> dict[str, np.ndarray]:
             for compute in ("int8", "float"):
                 key = f"linear/b{bits}/{kw}/{compute}"
                 _record(out, key, lambda w, c: [qfast.linear(x, w, compute=c)], w, compute)
+                for rows in (1, 2, 3):  # the one- and two-row (GEMV) tiles
+                    key = f"linear/b{bits}/{kw}/{compute}/rows{rows}"
+                    fn = lambda w, c, xr: [qfast.linear(xr, w, compute=c)]  # noqa: E731
+                    _record(out, key, fn, w, compute, x[:rows])
     for key, (x, w, compute) in _linear_tile_cases().items():
         _record(out, key, lambda x, w, c: [qfast.linear(x, w, compute=c)], x, w, compute)
     # GGUF block formats (SIMD quantizers on AVX2 and AVX-512): the same bytes and errors
@@ -364,6 +376,14 @@ def test_peak_loop_per_mix(isa_env, run_python):
             assert proc.returncode == 0, proc.stderr[-2000:]
             peaks = ast.literal_eval(proc.stdout.strip())
             assert all(p is not None and p > 1.0 for p in peaks), (isa, peaks)
+
+    # AVX2's exact int8 loop (vpmaddwd + vpaddd), which AVX-512 without VNNI runs too.
+    code = "import qfast; print(qfast._qfast.peak_gmacs('int8'))"
+    for isa in ("avx2", "avx512"):
+        if isa in AVAILABLE:
+            proc = run_python(["-c", code], isa_env(isa))
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert float(proc.stdout) > 1.0, (isa, proc.stdout)
 
 
 # Exact products through each path's integer tiles, against NumPy's int64 (in a subprocess, as

@@ -13,6 +13,7 @@ import qfast
 from reference import reference_quantize, unpack_codes
 
 F32 = np.float32
+I8 = np.int8
 
 
 def column_groups(w: qfast.QTensor) -> np.ndarray:
@@ -115,6 +116,45 @@ def test_random(kw, m, k, n):
     bias = rng.standard_normal(n).astype(F32)
     check_int8(x, w, bias)
     check_float(x, w, bias)
+
+
+def isa_battery() -> str:
+    """Run in a subprocess per ISA path (``QFAST_ISA``): W8A8 (8-bit weights, integer mode)
+    against the NumPy emulation for one and two rows (the GEMV tiles), more rows (chunked
+    tiles), depths across the AVX2 tiles' 128-deep chunks and every 8-bit grid, extreme codes
+    included. Returns the path's name."""
+    rng = np.random.default_rng(16)
+    for m in (1, 2, 3, 8, 19):
+        for k, n in ((136, 33), (300, 70), (1031, 17)):
+            W = rng.standard_normal((n, k)).astype(F32)
+            x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10, (m, 1))).astype(F32)
+            x[0, ::3] = -1e3  # activations at -127 (the grid is symmetric)
+            for kw in ({"axis": 0}, {"axis": 0, "symmetric": False}, {"group_size": 32}):
+                check_int8(x, qfast.quantize(W, 8, **kw))
+    for signed in (True, False):
+        lo, hi = (-128, 127) if signed else (0, 255)
+        codes = np.where(np.arange(70 * 300).reshape(70, 300) % 3 == 0, lo, hi)
+        zp = None if signed else np.full((70, 1), 128, np.int32)
+        w = qfast.QTensor(
+            codes.astype(I8 if signed else np.uint8),
+            (70, 300),
+            8,
+            signed,
+            np.full((70, 1), 0.01, F32),
+            zp,
+            axis=0,
+        )
+        for m in (1, 2, 5):
+            check_int8(np.where(rng.random((m, 300)) < 0.5, -5.0, 5.0).astype(F32), w)
+    return qfast.cpu_info()["isa"]
+
+
+@pytest.mark.parametrize("isa", qfast.cpu_info()["available"])
+def test_w8a8_on_every_isa_path(isa, isa_env, run_python):
+    code = "import test_linear; print(test_linear.isa_battery())"
+    proc = run_python(["-c", code], isa_env(isa, 1), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == isa
 
 
 def test_act_order_g_idx():

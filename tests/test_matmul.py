@@ -77,6 +77,38 @@ def test_deepest_k_fits_int32():
     assert int(got[0, 0]) == 128 * 128 * k
 
 
+def isa_battery() -> str:
+    """Run in a subprocess per ISA path (``QFAST_ISA``): the shapes that reach each of a path's
+    integer kernels (the small-M path at M <= 4; single, wide and partial panels; depths across
+    the AVX2 tiles' 128-deep chunks) against NumPy's int64 product, and the deepest K allowed
+    with every operand at the end of its range. Returns the path's name."""
+    rng = np.random.default_rng(16)
+    for m in (1, 2, 3, 4, 5, 8, 13):
+        for k, n in ((1, 70), (7, 1100), (136, 83), (300, 16), (1031, 129)):
+            for adt in (I8, U8):
+                check(rand(rng, (m, k), adt), rand(rng, (k, n), I8))
+    check(rand(rng, (130, 264), I8), rand(rng, (264, 200), I8))
+    # Inside, `a` meets `b + 128` (uint8 `a` as `a - 128`): -128 x 127 and 0 x 127 put -128
+    # against panel bytes of 255 all the way down.
+    deepest = [(-128, -128, 131071), (-128, 127, 131071), (255, -128, 65793), (255, 127, 65793)]
+    for av, bv, k in [*deepest, (0, 127, 65793), (0, -128, 999)]:
+        adt = U8 if av >= 0 else I8
+        for m in (1, 4, 5, 9):  # small-M, then tiles of 5 rows and of 8 + 1
+            # 9 panels: on one thread, a task of a wide group and a panel, and a partial one.
+            got = qfast.matmul_int8(np.full((m, k), av, adt), np.full((k, 131), bv, I8))
+            want = av * bv * k
+            assert (got.astype(np.int64) == want).all(), (m, k, av, bv, got.ravel()[:4], want)
+    return qfast.cpu_info()["isa"]
+
+
+@pytest.mark.parametrize("isa", qfast.cpu_info()["available"])
+def test_every_isa_path_against_int64(isa, isa_env, run_python):
+    code = "import test_matmul; print(test_matmul.isa_battery())"
+    proc = run_python(["-c", code], isa_env(isa, 1), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == isa
+
+
 @pytest.mark.parametrize(("adt", "k"), [(U8, 65794), (I8, 131072)])
 def test_too_deep_is_refused(adt, k):
     with pytest.raises(ValueError, match="split K"):

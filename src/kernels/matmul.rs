@@ -152,6 +152,19 @@ const PANELS_PER_TASK: usize = 64;
 
 /// `out[M, N] = a[M, K] @ b[K, N]`, exact, with int32 accumulation.
 pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i32]) -> Result<()> {
+    matmul_int8_with(simd::active, a, b, m, k, n, out)
+}
+
+/// [`matmul_int8`] on the path `kern()` returns (asked only when there is a product to run).
+fn matmul_int8_with(
+    kern: impl FnOnce() -> Result<&'static Kernels>,
+    a: Lhs,
+    b: &[i8],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [i32],
+) -> Result<()> {
     assert!(a.len() == m * k && b.len() == k * n && out.len() == m * n);
     let unsigned = matches!(a, Lhs::U8(_));
     if k > max_depth(unsigned) {
@@ -173,7 +186,7 @@ pub fn matmul_int8(a: Lhs, b: &[i8], m: usize, k: usize, n: usize, out: &mut [i3
         out.fill(0);
         return Ok(());
     }
-    let kern = simd::active()?;
+    let kern = kern()?;
     if let (Some(rows_fn), true) = (kern.matmul_rows, m <= ROWS_M) {
         return small_m(rows_fn, a, b, m, k, n, out);
     }
@@ -462,5 +475,56 @@ mod tests {
         let mut out = vec![0i32; 4];
         let a = [0i8; 4];
         assert!(matmul_int8_batched(Lhs::I8(&a), &[0; 4], &[1], &[0], 2, 2, 2, &mut out).is_err());
+    }
+
+    /// Every path this CPU can run, end to end at the deepest `K` allowed, with every operand at
+    /// the end of its range (the worst case that must still fit int32): the small-M path, the
+    /// wide tile, single panels and a partial panel, each against the exact product.
+    #[test]
+    fn deepest_extremes_on_every_path() {
+        for isa in simd::available() {
+            let kern = isa.kernels().unwrap();
+            // Inside, `a` meets `b + 128`: -128 x 127 and unsigned 0 x 127 put -128 against
+            // panel bytes of 255 all the way down.
+            let cases = [
+                (false, -128i32, -128i8),
+                (false, -128, 127),
+                (true, 255, -128),
+                (true, 255, 127),
+                (true, 0, 127),
+            ];
+            for (unsigned, av, bv) in cases {
+                let k = max_depth(unsigned);
+                // Tasks of at least WIDE_PANELS panels (up to 4 threads: more would only
+                // cost memory), then a partial panel.
+                let n = (2 * WIDE_PANELS * parallel::num_threads().min(4) + 1) * NR + 3;
+                let b = vec![bv; k * n];
+                // Small-M, then tiles of 5 rows and of 8 + 1 (the one-row tiles).
+                for m in [1, 4, 5, 9] {
+                    let (a8, au8) = (vec![av as i8; m * k], vec![av as u8; m * k]);
+                    let lhs = if unsigned {
+                        Lhs::U8(&au8)
+                    } else {
+                        Lhs::I8(&a8)
+                    };
+                    let mut out = vec![0i32; m * n];
+                    matmul_int8_with(|| Ok(kern), lhs, &b, m, k, n, &mut out).unwrap();
+                    let want = av as i64 * bv as i64 * k as i64;
+                    assert!(i32::try_from(want).is_ok());
+                    let bad = out.iter().position(|&v| v as i64 != want);
+                    assert_eq!(
+                        bad,
+                        None,
+                        "{isa:?}: m {m}, k {k}, {av} x {bv}: {:?}",
+                        &out[..8]
+                    );
+                }
+            }
+            // Too deep by one: an error, not a wrong answer.
+            let k = max_depth(false) + 1;
+            let mut out = vec![0i32; 1];
+            let (a, b) = (vec![0i8; k], vec![0i8; k]);
+            assert!(matmul_int8_with(|| Ok(kern), Lhs::I8(&a), &b, 1, k, 1, &mut out).is_err());
+        }
     }
 }

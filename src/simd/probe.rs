@@ -51,6 +51,9 @@ pub fn peak_loop(isa: Isa, mix: Mix, iters: u64) -> Option<u64> {
         // The AVX-512 table without VNNI runs AVX2's integer tiles.
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2 | Isa::Avx512, Mix::W4A8) => peak_w4a8_avx2(iters),
+        // AVX-512 without VNNI runs AVX2's integer tiles.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512, Mix::Int8) => peak_avx2_int8(iters),
         _ => {
             let _ = iters; // no register-only loop for this path and mix
             None
@@ -216,6 +219,133 @@ mod x86_64 {
         let mut lanes = [0i32; 8];
         _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
         lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
+    }
+
+    /// The exact 8-bit mix of the AVX2 tiles (`matmul_int8`, W8A8 `linear`): `iters` rounds of
+    /// 8 independent `vpmaddwd` (16 multiply-adds each) each added into its own accumulator by
+    /// `vpaddd`. `None` without AVX2.
+    pub fn peak_avx2_int8(iters: u64) -> Option<u64> {
+        if !has_avx2() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX2.
+        unsafe { peak_avx2_madd_loop(iters) };
+        Some(iters * 8 * 16)
+    }
+
+    /// The mix of saturating AVX2 kernels (ONNX Runtime's `MatMulInteger`): `iters` rounds of
+    /// 8 independent `vpmaddubsw` + `vpmaddwd` (by ones) + `vpaddd`, 32 multiply-adds each. Not
+    /// exact for 8-bit operands (`vpmaddubsw` saturates); measured for comparison only. `None`
+    /// without AVX2.
+    pub fn peak_avx2_maddubs(iters: u64) -> Option<u64> {
+        if !has_avx2() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX2.
+        unsafe { peak_avx2_maddubs_loop(iters) };
+        Some(iters * 8 * 32)
+    }
+
+    /// Written in assembly so that the compiler can neither hoist the loop-invariant products
+    /// nor change the mix.
+    #[target_feature(enable = "avx2")]
+    unsafe fn peak_avx2_madd_loop(iters: u64) {
+        if iters == 0 {
+            return;
+        }
+        core::arch::asm!(
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
+            "vpxor ymm2, ymm2, ymm2",
+            "vpxor ymm3, ymm3, ymm3",
+            "vpxor ymm4, ymm4, ymm4",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "vpxor ymm7, ymm7, ymm7",
+            "vpcmpeqw ymm14, ymm14, ymm14",
+            "vpcmpeqw ymm15, ymm15, ymm15",
+            "2:",
+            "vpmaddwd ymm8, ymm14, ymm15",
+            "vpaddd ymm0, ymm0, ymm8",
+            "vpmaddwd ymm9, ymm14, ymm15",
+            "vpaddd ymm1, ymm1, ymm9",
+            "vpmaddwd ymm10, ymm14, ymm15",
+            "vpaddd ymm2, ymm2, ymm10",
+            "vpmaddwd ymm11, ymm14, ymm15",
+            "vpaddd ymm3, ymm3, ymm11",
+            "vpmaddwd ymm8, ymm14, ymm15",
+            "vpaddd ymm4, ymm4, ymm8",
+            "vpmaddwd ymm9, ymm14, ymm15",
+            "vpaddd ymm5, ymm5, ymm9",
+            "vpmaddwd ymm10, ymm14, ymm15",
+            "vpaddd ymm6, ymm6, ymm10",
+            "vpmaddwd ymm11, ymm14, ymm15",
+            "vpaddd ymm7, ymm7, ymm11",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) iters => _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem),
+        );
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn peak_avx2_maddubs_loop(iters: u64) {
+        if iters == 0 {
+            return;
+        }
+        core::arch::asm!(
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
+            "vpxor ymm2, ymm2, ymm2",
+            "vpxor ymm3, ymm3, ymm3",
+            "vpxor ymm4, ymm4, ymm4",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "vpxor ymm7, ymm7, ymm7",
+            "vpcmpeqw ymm13, ymm13, ymm13",
+            "vpsrlw ymm13, ymm13, 15",
+            "vpcmpeqw ymm14, ymm14, ymm14",
+            "vpcmpeqw ymm15, ymm15, ymm15",
+            "2:",
+            "vpmaddubsw ymm8, ymm14, ymm15",
+            "vpmaddwd ymm8, ymm8, ymm13",
+            "vpaddd ymm0, ymm0, ymm8",
+            "vpmaddubsw ymm9, ymm14, ymm15",
+            "vpmaddwd ymm9, ymm9, ymm13",
+            "vpaddd ymm1, ymm1, ymm9",
+            "vpmaddubsw ymm10, ymm14, ymm15",
+            "vpmaddwd ymm10, ymm10, ymm13",
+            "vpaddd ymm2, ymm2, ymm10",
+            "vpmaddubsw ymm11, ymm14, ymm15",
+            "vpmaddwd ymm11, ymm11, ymm13",
+            "vpaddd ymm3, ymm3, ymm11",
+            "vpmaddubsw ymm8, ymm14, ymm15",
+            "vpmaddwd ymm8, ymm8, ymm13",
+            "vpaddd ymm4, ymm4, ymm8",
+            "vpmaddubsw ymm9, ymm14, ymm15",
+            "vpmaddwd ymm9, ymm9, ymm13",
+            "vpaddd ymm5, ymm5, ymm9",
+            "vpmaddubsw ymm10, ymm14, ymm15",
+            "vpmaddwd ymm10, ymm10, ymm13",
+            "vpaddd ymm6, ymm6, ymm10",
+            "vpmaddubsw ymm11, ymm14, ymm15",
+            "vpmaddwd ymm11, ymm11, ymm13",
+            "vpaddd ymm7, ymm7, ymm11",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) iters => _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem),
+        );
     }
 }
 

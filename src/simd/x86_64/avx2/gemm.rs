@@ -1,14 +1,21 @@
 //! AVX2 tile kernels of the integer and weight-only matrix products (layouts and the
-//! accumulation order are in `simd::gemm`).
+//! accumulation order are in `simd::gemm`). AVX-512 without VNNI runs the integer tiles too.
 //!
-//! - AVX2 (also the AVX-512 path without VNNI): `vpmaddubsw` adds pairs of `u8 × i8` products
-//!   into int16 with saturation, which would be wrong for 8-bit panels (255·127·2 > 32767).
-//!   So every panel byte is split into nibbles first (`p = 16·hi + lo`): a pair of nibble
-//!   products is at most 15·128·2 = 3840, never saturates, and `vpmaddwd` by 1 and by 16 widens
-//!   and recombines them exactly. 4-bit panels are nibbles already: the two quads of a 64-byte
-//!   block share one `vpmaddwd`. Exact for every `u8` panel and `i8` activation, -128 included.
-//! - W4A8 (`linear_w4_avx2`): nibble pair sums (at most 3840) of 4 blocks are added in int16
-//!   (at most 30720) before one `vpmaddwd`, in passes of up to 4 rows over one 8-column half.
+//! - 8-bit panels (`dot_tile`, `dot_tile_wide`, W8A8 `linear_tile`, `matmul_rows`):
+//!   `vpmaddubsw` adds pairs of `u8 × i8` products into int16 with saturation, which would be
+//!   wrong here (255·128·2 > 32767), so these tiles skip it: panel bytes are zero-extended to
+//!   int16 and the activations sign-extended, then one `vpmaddwd` makes 16 exact products (as
+//!   many per multiply instruction as `vpmaddubsw` + `vpmaddwd` make, without saturation) and
+//!   one `vpaddd` accumulates them. A quad of 16 panel bytes widens to one ymm whose int16
+//!   lanes are (column `j`: `k0 k1 k2 k3`) for 4 columns, so against a 64-bit broadcast of the
+//!   row's 4 int16 activations the int32 lanes hold (`k0k1`, `k2k3`) pairs per column, added
+//!   once at the end (`vphaddd`). With several rows, each chunk of [`CH`] `k` of the panels is
+//!   widened once into an L1 buffer (as are the rows) and every row reads it from there; one-
+//!   and two-row tiles (GEMV) widen on the fly. Exact for every `u8` panel and `i8`
+//!   activation, -128 included.
+//! - W4A8 (`linear_w4_avx2`): 4-bit codes cannot saturate `vpmaddubsw` (a pair is at most
+//!   15·128·2 = 3840), so nibble pair sums of 4 blocks are added in int16 (at most 30720)
+//!   before one `vpmaddwd`, in passes of up to 4 rows over one 8-column half.
 //! - Float mode (`linear_f32_avx2`): codes decoded with `vpshufb`, dequantized and FMA'd in
 //!   the fixed order.
 //!
@@ -18,8 +25,9 @@
 // Register arrays indexed by row read clearer as `for r in 0..R` in these kernels.
 #![allow(clippy::needless_range_loop)]
 
-use crate::simd::gemm::{self, Panel, Rows, TileF32, TileI32, NR};
+use crate::simd::gemm::{self, Panel, Rows, TileF32, TileI32, TileWide, MR, NR, WIDE_PANELS};
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 use core::ptr::read_unaligned;
 
 #[inline(always)]
@@ -27,14 +35,35 @@ unsafe fn bcast4(p: *const i8) -> i32 {
     read_unaligned(p as *const i32)
 }
 
-/// Rows per pass of the AVX2 kernels (16 ymm registers); a tile is run in passes over its
-/// rows, each re-reading the panel segment from L1.
-const R_AVX2: usize = 2;
-
 crate::simd::safe_wrappers! {
     cpu: crate::simd::probe::has_avx2(), else: crate::simd::scalar;
 
-    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) => dot_avx2(panel, x, out);
+    fn dot_tile(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) =>
+        dot_w16_avx2::<1>(panel.as_ptr(), x, out.as_mut_ptr(), NR);
+
+    fn dot_tile_wide(panels: &[u8], x: &Rows<i8>, out: &mut TileWide) =>
+        dot_w16_avx2::<WIDE_PANELS>(panels.as_ptr(), x, out.as_mut_ptr(), WIDE_PANELS * NR);
+
+    fn matmul_rows(
+        a: &[u8],
+        signed: bool,
+        m: usize,
+        b: &[i8],
+        kn: (usize, usize),
+        c0: usize,
+        out: &mut [i32],
+    ) => {
+        match (m, signed) {
+            (1, false) => rows_avx2::<1, false>(a, b, kn, c0, out),
+            (2, false) => rows_avx2::<2, false>(a, b, kn, c0, out),
+            (3, false) => rows_avx2::<3, false>(a, b, kn, c0, out),
+            (_, false) => rows_avx2::<4, false>(a, b, kn, c0, out),
+            (1, true) => rows_avx2::<1, true>(a, b, kn, c0, out),
+            (2, true) => rows_avx2::<2, true>(a, b, kn, c0, out),
+            (3, true) => rows_avx2::<3, true>(a, b, kn, c0, out),
+            (_, true) => rows_avx2::<4, true>(a, b, kn, c0, out),
+        }
+    };
 
     fn linear_tile(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) => {
         if panel.bits == 4 {
@@ -283,94 +312,6 @@ unsafe fn f32_pass_avx2<const R: usize>(
     }
 }
 
-/// Exact `Σ p·x` of one 32-byte half-quad (8 rows × 4 `k` of an 8-bit panel, split into its
-/// low and high nibbles) against the broadcast quad `xb`, as 8 int32 lanes: nibble products
-/// (never saturating), widened by 1 and by 16.
-#[inline(always)]
-unsafe fn dot8_avx2(
-    lo: __m256i,
-    hi: __m256i,
-    xb: __m256i,
-    ones: __m256i,
-    sixteens: __m256i,
-) -> __m256i {
-    let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb), ones);
-    let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), sixteens);
-    _mm256_add_epi32(plo, phi)
-}
-
-/// `raw` sums of rows `r0..r0 + rows` (`rows <= R_AVX2`) over `kq` quads of an 8-bit
-/// (`NIBBLES = false`) or 4-bit panel at `w`, as two 8-lane halves per row.
-#[inline(always)]
-unsafe fn raw_avx2<const NIBBLES: bool>(
-    w: *const u8,
-    x: *const i8,
-    kp: usize,
-    kq: usize,
-    rows: usize,
-) -> [[__m256i; 2]; R_AVX2] {
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let sixteens = _mm256_set1_epi16(16);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R_AVX2];
-    if NIBBLES {
-        for t in 0..kq / 2 {
-            let blk = w.add(64 * t);
-            for h in 0..2 {
-                let v = _mm256_loadu_si256(blk.add(32 * h) as *const __m256i);
-                let w0 = _mm256_and_si256(v, low);
-                let w1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    let x0 = _mm256_set1_epi32(bcast4(x.add(r * kp + 8 * t)));
-                    let x1 = _mm256_set1_epi32(bcast4(x.add(r * kp + 8 * t + 4)));
-                    // Each pair sum is at most 15·128·2 in magnitude, so the int16 sum of the
-                    // two quads' pair sums is at most 7680: exact.
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, x0),
-                        _mm256_maddubs_epi16(w1, x1),
-                    );
-                    a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(p, ones));
-                }
-            }
-        }
-    } else {
-        for t in 0..kq {
-            for h in 0..2 {
-                let v = _mm256_loadu_si256(w.add(64 * t + 32 * h) as *const __m256i);
-                let lo = _mm256_and_si256(v, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    let xb = _mm256_set1_epi32(bcast4(x.add(r * kp + 4 * t)));
-                    a[h] = _mm256_add_epi32(a[h], dot8_avx2(lo, hi, xb, ones, sixteens));
-                }
-            }
-        }
-    }
-    acc
-}
-
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(panel: &[u8], x: &Rows<i8>, out: &mut TileI32) {
-    let mut r0 = 0;
-    while r0 < x.rows {
-        let rows = R_AVX2.min(x.rows - r0);
-        let xp = x.data.as_ptr().add(r0 * x.stride);
-        let acc = raw_avx2::<false>(panel.as_ptr(), xp, x.stride, x.kp / 4, rows);
-        for (r, a) in acc.iter().enumerate().take(rows) {
-            let o = out.as_mut_ptr().add((r0 + r) * NR);
-            _mm256_storeu_si256(o as *mut __m256i, a[0]);
-            _mm256_storeu_si256(o.add(8) as *mut __m256i, a[1]);
-        }
-        r0 += rows;
-    }
-}
-
-/// W8A8: the integer-mode tile over an 8-bit panel.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn linear_w8_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
-    linear_avx2::<false>(panel, x, xsum, out)
-}
-
 /// W4A8: the integer-mode tile over a 4-bit panel, in passes of up to [`W4_ROWS`] rows, each
 /// specialised for its row count.
 #[target_feature(enable = "avx2,fma")]
@@ -502,42 +443,437 @@ unsafe fn w4_rows<const R: usize, const H: usize>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8-bit panels: int16 `vpmaddwd` (exact, no `vpmaddubsw`)
+
+/// `k` per chunk of the 16-bit tiles: [`WIDE_PANELS`] panels of it widened to int16 take
+/// 16 KiB and [`MR`] rows 2 KiB, in L1 next to the 8-bit panels they come from.
+const CH: usize = 128;
+
+/// Rows per register pass over a widened chunk: 4 accumulators per row (16 columns as
+/// (`k0k1`, `k2k3`) pairs), 12 for 3 rows, plus the broadcast and a panel vector.
+const R16: usize = 2;
+
+/// How far ahead (bytes) the one- and two-row tiles prefetch the panel they stream.
+const PF16: usize = 4096;
+
+/// The accumulators of a tile: `[MR][WIDE_PANELS][4]` (row, panel, quarter of the panel).
+type Acc16 = [[[__m256i; 4]; WIDE_PANELS]; MR];
+
+/// Zero-extends `n` values of `k` (a multiple of 4) of an 8-bit panel at `w` into `dst`:
+/// each 32 bytes (a quad of 8 columns) become two vectors of int16 by in-lane unpacks, the
+/// first holding columns 0, 1, 4, 5 and the second 2, 3, 6, 7 as (`k0 k1 k2 k3`) each.
 #[inline(always)]
-unsafe fn linear_avx2<const NIBBLES: bool>(
-    panel: &Panel,
-    x: &Rows<i8>,
-    xsum: &[f32],
-    out: &mut TileF32,
+unsafe fn widen_panel(w: *const u8, n: usize, dst: *mut __m256i) {
+    let zero = _mm256_setzero_si256();
+    for b in 0..n / 2 {
+        let v = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
+        _mm256_store_si256(dst.add(2 * b), _mm256_unpacklo_epi8(v, zero));
+        _mm256_store_si256(dst.add(2 * b + 1), _mm256_unpackhi_epi8(v, zero));
+    }
+}
+
+/// Sign-extends `n` activations (a multiple of 8) at `x` to int16 at `dst`.
+#[inline(always)]
+unsafe fn widen_row(x: *const i8, n: usize, dst: *mut i16) {
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm_loadu_si128(x.add(i) as *const __m128i);
+        _mm256_storeu_si256(dst.add(i) as *mut __m256i, _mm256_cvtepi8_epi16(v));
+        i += 16;
+    }
+    if i < n {
+        let v = _mm_loadl_epi64(x.add(i) as *const __m128i);
+        _mm_storeu_si128(dst.add(i) as *mut __m128i, _mm_cvtepi8_epi16(v));
+    }
+}
+
+/// The 16 int32 column sums of one row and panel from its 4 pair accumulators (columns
+/// 0 1 4 5, 2 3 6 7, 8 9 12 13, 10 11 14 15, each as (`k0k1`, `k2k3`) pairs): `vphaddd` adds
+/// the pairs and its in-lane order is the column order.
+#[inline(always)]
+unsafe fn columns16(a: &[__m256i; 4]) -> [__m256i; 2] {
+    [_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3])]
+}
+
+/// `R` rows (int16 at `xb`, [`CH`] apart) over `kq` quads of one widened panel chunk at `wb`,
+/// added into (or, when `first`, written to) `acc[r][i]`.
+#[inline(always)]
+unsafe fn pass16<const R: usize>(
+    wb: *const __m256i,
+    xb: *const i16,
+    kq: usize,
+    acc: &mut [[[__m256i; 4]; WIDE_PANELS]],
+    i: usize,
+    first: bool,
 ) {
-    let segs = panel.seg_len.len();
-    let bpk = panel.bytes_per_k();
-    out[..x.rows * NR].fill(0.0);
-    let mut r0 = 0;
-    while r0 < x.rows {
-        let rows = R_AVX2.min(x.rows - r0);
-        let (mut k0, mut b0) = (0usize, 0usize);
-        for s in 0..segs {
-            let len = *panel.seg_len.get_unchecked(s) as usize;
-            let w = panel.codes.as_ptr().add(b0);
-            let xp = x.data.as_ptr().add(r0 * x.stride + k0);
-            let acc = raw_avx2::<NIBBLES>(w, xp, x.stride, len / 4, rows);
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                let xs = _mm256_set1_ps(*xsum.get_unchecked((r0 + r) * segs + s));
-                for (h, ah) in a.iter().enumerate() {
-                    let o = out.as_mut_ptr().add((r0 + r) * NR + 8 * h);
-                    let scale = _mm256_loadu_ps(panel.scale.as_ptr().add(s * NR + 8 * h));
-                    let zscale = _mm256_loadu_ps(panel.zscale.as_ptr().add(s * NR + 8 * h));
-                    let mut f = _mm256_loadu_ps(o);
-                    f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(*ah), f);
-                    f = _mm256_fmadd_ps(zscale, xs, f);
-                    _mm256_storeu_ps(o, f);
+    let mut a = [[_mm256_setzero_si256(); 4]; R];
+    if !first {
+        for r in 0..R {
+            a[r] = acc[r][i];
+        }
+    }
+    // Two quads a step (`kq` is even): half the loop's own instructions.
+    for t2 in 0..kq / 2 {
+        for t in [2 * t2, 2 * t2 + 1] {
+            for r in 0..R {
+                let x = _mm256_set1_epi64x(read_unaligned(xb.add(r * CH + 4 * t) as *const i64));
+                for c in 0..4 {
+                    let w = _mm256_load_si256(wb.add(4 * t + c));
+                    a[r][c] = _mm256_add_epi32(a[r][c], _mm256_madd_epi16(w, x));
                 }
             }
-            k0 += len;
-            b0 += len * bpk;
         }
-        r0 += rows;
     }
+    for r in 0..R {
+        acc[r][i] = a[r];
+    }
+}
+
+/// Raw sums of `rows` rows (at `x`, `stride` apart) over `len` values of `k` of `P` 8-bit
+/// panels (at `w`, `ps` bytes apart) into `acc[..rows][..P]`: chunk by chunk, the panels and
+/// rows are widened into L1 buffers, then passes of [`R16`] rows run over each panel.
+#[inline(always)]
+unsafe fn raw16<const P: usize>(
+    w: *const u8,
+    ps: usize,
+    x: *const i8,
+    stride: usize,
+    len: usize,
+    rows: usize,
+    acc: &mut Acc16,
+) {
+    let mut wbuf = MaybeUninit::<[__m256i; WIDE_PANELS * CH]>::uninit();
+    let mut xbuf = MaybeUninit::<[i16; MR * CH]>::uninit();
+    let wb = wbuf.as_mut_ptr() as *mut __m256i;
+    let xb = xbuf.as_mut_ptr() as *mut i16;
+    let mut c0 = 0;
+    while c0 < len {
+        let n = CH.min(len - c0);
+        for i in 0..P {
+            widen_panel(w.add(i * ps + NR * c0), n, wb.add(i * CH));
+        }
+        for r in 0..rows {
+            widen_row(x.add(r * stride + c0), n, xb.add(r * CH));
+        }
+        for i in 0..P {
+            let mut r0 = 0;
+            while r0 < rows {
+                let left = rows - r0;
+                // 4 rows as 2 + 2, not 3 + 1 (a one-row pass is bound by its adds' latency).
+                let r = if left == 4 { 2 } else { left.min(R16) };
+                let (wi, xr, a) = (wb.add(i * CH), xb.add(r0 * CH), &mut acc[r0..]);
+                match r {
+                    1 => pass16::<1>(wi, xr, n / 4, a, i, c0 == 0),
+                    2 => pass16::<2>(wi, xr, n / 4, a, i, c0 == 0),
+                    _ => pass16::<R16>(wi, xr, n / 4, a, i, c0 == 0),
+                }
+                r0 += r;
+            }
+        }
+        c0 += n;
+    }
+}
+
+/// Raw sums of `R` rows over `kq` quads of one 8-bit panel, widened on the fly (one- and
+/// two-row tiles: nothing to share a widened chunk with), prefetching the panel ahead.
+#[inline(always)]
+unsafe fn fly16<const R: usize>(
+    w: *const u8,
+    x: *const i8,
+    stride: usize,
+    kq: usize,
+) -> [[__m256i; 4]; R] {
+    let mut a = [[_mm256_setzero_si256(); 4]; R];
+    for t in 0..kq {
+        _mm_prefetch::<_MM_HINT_T0>(w.add(64 * t + PF16) as *const i8);
+        let mut xv = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            // The quad as 4 int16, twice per 128-bit lane: a 64-bit broadcast.
+            let q = _mm_set1_epi32(bcast4(x.add(r * stride + 4 * t)));
+            xv[r] = _mm256_cvtepi8_epi16(q);
+        }
+        for h in 0..2 {
+            let v = _mm256_loadu_si256(w.add(64 * t + 32 * h) as *const __m256i);
+            let zero = _mm256_setzero_si256();
+            let wv = [_mm256_unpacklo_epi8(v, zero), _mm256_unpackhi_epi8(v, zero)];
+            for (c, wv) in wv.into_iter().enumerate() {
+                for r in 0..R {
+                    let ac = &mut a[r][2 * h + c];
+                    *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(wv, xv[r]));
+                }
+            }
+        }
+    }
+    a
+}
+
+/// `dot_tile` (`P = 1`) and `dot_tile_wide` (`P = WIDE_PANELS`): row `m`'s sums with panel
+/// `i` go to `out[m * ostride + i * NR..]`.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_w16_avx2<const P: usize>(
+    panels: *const u8,
+    x: &Rows<i8>,
+    out: *mut i32,
+    ostride: usize,
+) {
+    let ps = x.kp * NR;
+    let kq = x.kp / 4;
+    let xp = x.data.as_ptr();
+    let store = |r: usize, i: usize, a: &[__m256i; 4]| {
+        let [lo, hi] = columns16(a);
+        let o = out.add(r * ostride + i * NR);
+        _mm256_storeu_si256(o as *mut __m256i, lo);
+        _mm256_storeu_si256(o.add(8) as *mut __m256i, hi);
+    };
+    if x.rows <= 2 {
+        for i in 0..P {
+            let w = panels.add(i * ps);
+            if x.rows == 1 {
+                let a = fly16::<1>(w, xp, x.stride, kq);
+                store(0, i, &a[0]);
+            } else {
+                let a = fly16::<2>(w, xp, x.stride, kq);
+                store(0, i, &a[0]);
+                store(1, i, &a[1]);
+            }
+        }
+        return;
+    }
+    let mut acc = MaybeUninit::<Acc16>::uninit();
+    // SAFETY: `raw16` writes every `acc[r][i]` (r < rows, i < P) before reading it.
+    let acc = &mut *acc.as_mut_ptr();
+    raw16::<P>(panels, ps, xp, x.stride, x.kp, x.rows, acc);
+    for r in 0..x.rows {
+        for i in 0..P {
+            store(r, i, &acc[r][i]);
+        }
+    }
+}
+
+/// One segment's float update of row `r`: `f = fma(scale, raw, f)`, then
+/// `f = fma(zscale, xs, f)`, on the 16 columns at `o`.
+#[inline(always)]
+unsafe fn update16(
+    raw: [__m256i; 2],
+    scale: [__m256; 2],
+    zscale: [__m256; 2],
+    xs: f32,
+    o: *mut f32,
+) {
+    let xs = _mm256_set1_ps(xs);
+    for h in 0..2 {
+        let mut f = _mm256_loadu_ps(o.add(8 * h));
+        f = _mm256_fmadd_ps(scale[h], _mm256_cvtepi32_ps(raw[h]), f);
+        f = _mm256_fmadd_ps(zscale[h], xs, f);
+        _mm256_storeu_ps(o.add(8 * h), f);
+    }
+}
+
+/// W8A8: the integer-mode tile over an 8-bit panel, segment by segment (the order of
+/// `simd::gemm`): one or two rows widen the panel on the fly, more rows chunk by chunk.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn linear_w8_avx2(panel: &Panel, x: &Rows<i8>, xsum: &[f32], out: &mut TileF32) {
+    let segs = panel.seg_len.len();
+    let rows = x.rows;
+    out[..rows * NR].fill(0.0);
+    let op = out.as_mut_ptr();
+    // -(scale · z) == scale · (-z) exactly: rounding is symmetric in sign.
+    let neg_z = panel.zero_all.map(|z| _mm256_set1_ps(-z));
+    let mut acc = MaybeUninit::<Acc16>::uninit();
+    // SAFETY: `raw16` writes every `acc[r][0]` (r < rows) before reading it.
+    let acc = &mut *acc.as_mut_ptr();
+    let (mut k0, mut b0) = (0usize, 0usize);
+    for s in 0..segs {
+        let len = *panel.seg_len.get_unchecked(s) as usize;
+        let w = panel.codes.as_ptr().add(b0);
+        let xp = x.data.as_ptr().add(k0);
+        let sp = panel.scale.as_ptr().add(s * NR);
+        let scale = [_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8))];
+        let zscale = match neg_z {
+            Some(nz) => [_mm256_mul_ps(scale[0], nz), _mm256_mul_ps(scale[1], nz)],
+            None => {
+                let zp = panel.zscale.as_ptr().add(s * NR);
+                [_mm256_loadu_ps(zp), _mm256_loadu_ps(zp.add(8))]
+            }
+        };
+        let xs = |r: usize| *xsum.get_unchecked(r * segs + s);
+        let o = |r: usize| op.add(r * NR);
+        match rows {
+            1 => {
+                let a = fly16::<1>(w, xp, x.stride, len / 4);
+                update16(columns16(&a[0]), scale, zscale, xs(0), o(0));
+            }
+            2 => {
+                let a = fly16::<2>(w, xp, x.stride, len / 4);
+                for r in 0..2 {
+                    update16(columns16(&a[r]), scale, zscale, xs(r), o(r));
+                }
+            }
+            _ => {
+                raw16::<1>(w, 0, xp, x.stride, len, rows, acc);
+                for r in 0..rows {
+                    update16(columns16(&acc[r][0]), scale, zscale, xs(r), o(r));
+                }
+            }
+        }
+        k0 += len;
+        b0 += len * NR;
+    }
+}
+
+/// Pairs of `k` per block of [`rows_avx2`]: the accumulators of a 16-column group stay in
+/// registers over the block, and the block's `2 · RP` rows of `b` (each a page apart when a
+/// row of `b` is 4 KiB) in L1 and the TLB while every group reads them. Measured at K = N =
+/// 4096, one thread: 8 pairs 17 G MAC/s at M = 1 and 39 at M = 4, 32 pairs 10 and 28.
+const RP: usize = 8;
+
+/// `matmul_rows`: `R` rows of `a` against up to [`gemm::ROWS_COLS`] columns of the unpacked
+/// `b`, read in place. Per pair of `k`, 16 bytes of each of the two rows of `b` are
+/// interleaved (`vpunpcklbw`) and sign-extended into int16 pairs (`b[k][c]`, `b[k+1][c]`), 8
+/// columns a vector, so that `vpmaddwd` against the broadcast int16 pair of `a` gives 8 exact
+/// int32 column sums. Signed `a` computes `Σ a·b` and adds `128·Σa` at the end; columns past
+/// the last whole group of 16 are summed in scalar code.
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2<const R: usize, const SIGNED: bool>(
+    a: &[u8],
+    b: &[i8],
+    (k, n): (usize, usize),
+    c0: usize,
+    out: &mut [i32],
+) {
+    let w = out.len() / R;
+    let av = |r: usize, kk: usize| -> i32 {
+        let v = *a.get_unchecked(r * k + kk);
+        if SIGNED {
+            v as i8 as i32
+        } else {
+            v as i32
+        }
+    };
+    // Each row's pairs of `k` as int16 pairs (the last one zero-padded when `k` is odd).
+    let pairs = k.div_ceil(2);
+    let mut ap = vec![0i32; R * pairs];
+    for r in 0..R {
+        for p in 0..pairs {
+            let lo = av(r, 2 * p) as u16 as u32;
+            let hi = if 2 * p + 1 < k {
+                av(r, 2 * p + 1) as u16 as u32
+            } else {
+                0
+            };
+            ap[r * pairs + p] = (lo | hi << 16) as i32;
+        }
+    }
+    let groups = w / 16;
+    let bp = b.as_ptr().add(c0);
+    let app = ap.as_ptr();
+    let mut p0 = 0;
+    while p0 < pairs {
+        let p1 = (p0 + RP).min(pairs);
+        for g in 0..groups {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            if p0 > 0 {
+                for r in 0..R {
+                    let o = out.as_ptr().add(r * w + 16 * g);
+                    acc[r] = [
+                        _mm256_loadu_si256(o as *const __m256i),
+                        _mm256_loadu_si256(o.add(8) as *const __m256i),
+                    ];
+                }
+            }
+            for p in p0..p1 {
+                let src = bp.add(2 * p * n + 16 * g);
+                let r0 = _mm_loadu_si128(src as *const __m128i);
+                let r1 = if 2 * p + 1 < k {
+                    _mm_loadu_si128(src.add(n) as *const __m128i)
+                } else {
+                    _mm_setzero_si128()
+                };
+                let u0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(r0, r1));
+                let u1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(r0, r1));
+                for r in 0..R {
+                    let x = _mm256_set1_epi32(*app.add(r * pairs + p));
+                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(u0, x));
+                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(u1, x));
+                }
+            }
+            for r in 0..R {
+                let o = out.as_mut_ptr().add(r * w + 16 * g);
+                _mm256_storeu_si256(o as *mut __m256i, acc[r][0]);
+                _mm256_storeu_si256(o.add(8) as *mut __m256i, acc[r][1]);
+            }
+        }
+        p0 = p1;
+    }
+    for r in 0..R {
+        for j in 16 * groups..w {
+            let mut s = 0i32;
+            for kk in 0..k {
+                let bv = *b.get_unchecked(kk * n + c0 + j) as i32;
+                s = s.wrapping_add(av(r, kk).wrapping_mul(bv));
+            }
+            *out.get_unchecked_mut(r * w + j) = s;
+        }
+        if SIGNED {
+            let fix = (0..k)
+                .fold(0i32, |s, kk| s.wrapping_add(av(r, kk)))
+                .wrapping_mul(128);
+            for v in out[r * w..(r + 1) * w].iter_mut() {
+                *v = v.wrapping_add(fix);
+            }
+        }
+    }
+}
+
+/// [`gemm::PackQuad4`] with AVX2: per 32 columns, the four rows' bytes interleaved into quads
+/// within each 128-bit lane (`unpack` by 8 then 16 bits), then the lanes regrouped per panel.
+///
+/// # Safety
+/// As [`gemm::PackQuad4`]; the CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_quad4_avx2(src: *const i8, n: usize, dst: *mut u8, panel_stride: usize) {
+    let flip = _mm256_set1_epi8(-128);
+    for h in 0..2 {
+        let row = |c: usize| {
+            let v = _mm256_loadu_si256(src.add(c * n + 32 * h) as *const __m256i);
+            _mm256_xor_si256(v, flip)
+        };
+        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+        let (t0, t1) = (_mm256_unpacklo_epi8(r0, r1), _mm256_unpackhi_epi8(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_epi8(r2, r3), _mm256_unpackhi_epi8(r2, r3));
+        // Lane L of u0..u3: columns 16L + 0..4, 4..8, 8..12, 12..16, as quads.
+        let (u0, u1) = (_mm256_unpacklo_epi16(t0, t2), _mm256_unpackhi_epi16(t0, t2));
+        let (u2, u3) = (_mm256_unpacklo_epi16(t1, t3), _mm256_unpackhi_epi16(t1, t3));
+        let blocks = [
+            [
+                _mm256_permute2x128_si256::<0x20>(u0, u1),
+                _mm256_permute2x128_si256::<0x20>(u2, u3),
+            ],
+            [
+                _mm256_permute2x128_si256::<0x31>(u0, u1),
+                _mm256_permute2x128_si256::<0x31>(u2, u3),
+            ],
+        ];
+        for (l, b) in blocks.into_iter().enumerate() {
+            let d = dst.add((2 * h + l) * panel_stride);
+            _mm256_storeu_si256(d as *mut __m256i, b[0]);
+            _mm256_storeu_si256(d.add(32) as *mut __m256i, b[1]);
+        }
+    }
+}
+
+/// [`gemm::PackPanels`] with [`pack_quad4_avx2`] for whole groups of four panels.
+pub fn pack_i8_panels_avx2(
+    b: &[i8],
+    kn: (usize, usize),
+    n0: usize,
+    panels: usize,
+    kp: usize,
+    out: &mut [u8],
+) {
+    let quad4 = crate::simd::probe::has_avx2().then_some(pack_quad4_avx2 as gemm::PackQuad4);
+    gemm::pack_panels_with(b, kn, n0, panels, kp, out, quad4)
 }
 
 /// The W4A8 and float-mode tiles of this file (and the AVX-512 float tile) against the scalar
@@ -790,5 +1126,181 @@ mod linear_tests {
             None,
             crate::simd::x86_64::avx512::gemm::linear_tile_f32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::gemm::{TileF32, TileWide, WIDE_ROWS};
+    use crate::simd::scalar;
+
+    /// splitmix64.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Depths around the chunk ([`CH`]) boundaries, short and long.
+    const KPS: [usize; 10] = [8, 16, 120, 128, 136, 256, 264, 392, 1024, 1032];
+
+    /// (panel bytes, activations) of data kind `kind`: random, or every pair at one end of its
+    /// range (`255 × -128` is where `vpmaddubsw` saturates, `0 × -128` where sign tricks slip).
+    fn data(rng: &mut Rng, kind: usize, np: usize, nx: usize) -> (Vec<u8>, Vec<i8>) {
+        let (p, x): (u8, i8) = match kind {
+            1 => (255, -128),
+            2 => (0, -128),
+            3 => (255, 127),
+            _ => {
+                let x = rng.bytes(nx).into_iter().map(|v| v as i8).collect();
+                return (rng.bytes(np), x);
+            }
+        };
+        (vec![p; np], vec![x; nx])
+    }
+
+    #[test]
+    fn dot_tiles_equal_scalar() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        let mut rng = Rng(16);
+        for kp in KPS {
+            for rows in 1..=MR {
+                for (kind, pad) in [(0, 0), (1, 8), (2, 64), (3, 0), (0, 24)] {
+                    let stride = kp + pad;
+                    let (panels, x) = data(&mut rng, kind, WIDE_PANELS * kp * NR, rows * stride);
+                    let xr = Rows::strided(&x, rows, kp, stride);
+                    let what = format!("kp {kp}, rows {rows}, stride {stride}, data {kind}");
+                    let (mut want, mut got) = ([0i32; MR * NR], [7i32; MR * NR]);
+                    scalar::gemm::dot_tile(&panels[..kp * NR], &xr, &mut want);
+                    dot_tile(&panels[..kp * NR], &xr, &mut got);
+                    assert_eq!(want[..rows * NR], got[..rows * NR], "dot_tile {what}");
+                    if rows <= WIDE_ROWS {
+                        let mut want: TileWide = [0; WIDE_ROWS * WIDE_PANELS * NR];
+                        let mut got: TileWide = [7; WIDE_ROWS * WIDE_PANELS * NR];
+                        scalar::gemm::dot_tile_wide(&panels, &xr, &mut want);
+                        dot_tile_wide(&panels, &xr, &mut got);
+                        let n = rows * WIDE_PANELS * NR;
+                        assert_eq!(want[..n], got[..n], "dot_tile_wide {what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_w8_equals_scalar() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        let mut rng = Rng(8);
+        for kp in KPS {
+            // One segment, then segments of 8, 32, 136 (straddling chunks) and the rest.
+            let mut splits = vec![vec![kp as u32]];
+            for seg in [8usize, 32, 136] {
+                let mut s = vec![seg as u32; kp / seg];
+                if kp % seg != 0 {
+                    s.push((kp % seg) as u32);
+                }
+                splits.push(s);
+            }
+            for seg_len in &splits {
+                let segs = seg_len.len();
+                for rows in 1..=MR {
+                    let kind = (rows + segs) % 4;
+                    let stride = kp + 8 * (rows % 3);
+                    let (codes, x) = data(&mut rng, kind, kp * NR, rows * stride);
+                    let xr = Rows::strided(&x, rows, kp, stride);
+                    let scale: Vec<f32> = (0..segs * NR)
+                        .map(|i| 1e-3 * (1 + rng.next() % 1000) as f32 * (1 + i % 3) as f32)
+                        .collect();
+                    let shared = rows % 2 == 0;
+                    let zero: Vec<f32> = (0..segs * NR)
+                        .map(|_| {
+                            if shared {
+                                128.0
+                            } else {
+                                (rng.next() % 256) as f32
+                            }
+                        })
+                        .collect();
+                    let zscale: Vec<f32> = scale.iter().zip(&zero).map(|(s, z)| -(s * z)).collect();
+                    let panel = Panel {
+                        codes: &codes,
+                        bits: 8,
+                        seg_len,
+                        scale: &scale,
+                        zero: &zero,
+                        zscale: &zscale,
+                        zero_all: shared.then_some(128.0),
+                    };
+                    let mut xsum = vec![0f32; rows * segs];
+                    for m in 0..rows {
+                        let mut k0 = 0;
+                        for (s, &len) in seg_len.iter().enumerate() {
+                            let row = &xr.row(m)[k0..k0 + len as usize];
+                            xsum[m * segs + s] = row.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                            k0 += len as usize;
+                        }
+                    }
+                    let (mut want, mut got): (TileF32, TileF32) = ([0.0; MR * NR], [7.0; MR * NR]);
+                    scalar::gemm::linear_tile(&panel, &xr, &xsum, &mut want);
+                    linear_tile(&panel, &xr, &xsum, &mut got);
+                    let bits = |t: &TileF32| {
+                        t[..rows * NR]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        bits(&want),
+                        bits(&got),
+                        "kp {kp}, segments {seg_len:?}, rows {rows}, data {kind}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_rows_equal_scalar() {
+        if !crate::simd::probe::has_avx2() {
+            return;
+        }
+        let mut rng = Rng(4);
+        for k in [1usize, 2, 3, 63, 64, 65, 129] {
+            for n in [1usize, 15, 16, 17, 100, 1100] {
+                for m in 1..=gemm::ROWS_M {
+                    for signed in [false, true] {
+                        for kind in 0..4 {
+                            let (b, a) = data(&mut rng, kind, k * n, m * k);
+                            // The extremes of `a`: -128 signed, 255 unsigned.
+                            let a: Vec<u8> = a.iter().map(|&v| v as u8).collect();
+                            let b: Vec<i8> = b.iter().map(|&v| v as i8).collect();
+                            let c0 = (rng.next() as usize) % n;
+                            let w = (n - c0).min(gemm::ROWS_COLS);
+                            let mut want = vec![0i32; m * w];
+                            let mut got = vec![7i32; m * w];
+                            scalar::gemm::matmul_rows(&a, signed, m, &b, (k, n), c0, &mut want);
+                            matmul_rows(&a, signed, m, &b, (k, n), c0, &mut got);
+                            assert_eq!(
+                                want, got,
+                                "m {m}, k {k}, n {n}, c0 {c0}, signed {signed}, data {kind}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

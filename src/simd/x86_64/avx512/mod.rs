@@ -27,8 +27,8 @@ pub const KERNELS: Kernels = Kernels {
     // Without VNNI, the integer products are AVX2's (`vpmaddubsw` is no wider win here).
     pack_panels: gemm::pack_i8_panels_avx512,
     dot_tile: avx2::gemm::dot_tile,
-    dot_tile_wide: None,
-    matmul_rows: None,
+    dot_tile_wide: Some(avx2::gemm::dot_tile_wide),
+    matmul_rows: Some(avx2::gemm::matmul_rows),
     linear_tile: avx2::gemm::linear_tile,
     linear_tile_f32: gemm::linear_tile_f32,
     gguf_quantize: Some(gguf::quantize_blocks),

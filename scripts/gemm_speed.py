@@ -3,7 +3,8 @@
     python scripts/gemm_speed.py                          # the active path
     python scripts/gemm_speed.py --isa avx2 avx512vnni    # each path (QFAST_ISA) in turn
     python scripts/gemm_speed.py --build before=/path/to/python --build after=python
-    python scripts/gemm_speed.py --quick                  # K = N = 4096 only, no cold rows
+    python scripts/gemm_speed.py --quick                  # in-cache rows only, no cold rows
+    python scripts/gemm_speed.py --only matmul_int8       # rows whose operation says so
 
 Each (build, path) pair runs in a worker process of its own (``PYTHONPATH`` = the build's
 ``python/`` folder, ``QFAST_ISA`` = the path, one qfast thread, and OpenBLAS told the CPU is a
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.3, help="timed seconds per figure")
     ap.add_argument("--quick", action="store_true", help="in-cache rows only")
+    ap.add_argument("--only", default="", help="rows whose operation contains this text")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -214,7 +216,7 @@ def main() -> None:
     for label, (_, peaks) in workers.items():
         print(f"{label}: peak int8 {peaks['int8'] or 0:.1f}, w4a8 {peaks['w4a8'] or 0:.1f} G MAC/s")
     best: dict[tuple[int, str], dict[str, Any]] = {}
-    todo = cases(args.quick)
+    todo = [c for c in cases(args.quick) if args.only in f"{c['op']} {c['scheme']}"]
     for _ in range(args.rounds):
         for i, case in enumerate(todo):
             for label, (proc, _) in workers.items():

@@ -146,6 +146,19 @@ mod x86_64 {
         _mm512_reduce_add_epi32(sum)
     }
 
+    /// The wrapping sum of every int32 lane of `acc`: what the ymm peak loops return, so that
+    /// their accumulators stay live.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sum_lanes(acc: &[__m256i]) -> i32 {
+        let mut lanes = [0i32; 8];
+        let mut total = 0i32;
+        for &v in acc {
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+            total = lanes.iter().fold(total, |s, &l| s.wrapping_add(l));
+        }
+        total
+    }
+
     /// `iters` rounds of 12 independent ymm `vpdpbusd` (32 multiply-adds each: 12
     /// accumulators, two operands and a spare fill the 16 ymm registers, as in the `avxvnni`
     /// tiles). `None` without AVX-VNNI.
@@ -169,13 +182,7 @@ mod x86_64 {
                 *v = _mm256_dpbusd_avx_epi32(*v, a, b);
             }
         }
-        let mut sum = _mm256_setzero_si256();
-        for v in acc {
-            sum = _mm256_add_epi32(sum, v);
-        }
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
-        lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
+        sum_lanes(&acc)
     }
 
     /// The W4A8 mix of the `avxvnni` tiles: per 64-byte block of 4-bit codes, two loads, the
@@ -212,13 +219,7 @@ mod x86_64 {
                 }
             }
         }
-        let mut sum = _mm256_setzero_si256();
-        for v in acc {
-            sum = _mm256_add_epi32(sum, v);
-        }
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
-        lanes.iter().fold(0, |s, &v| s.wrapping_add(v))
+        sum_lanes(&acc)
     }
 
     /// The exact 8-bit mix of the AVX2 tiles (`matmul_int8`, W8A8 `linear`): `iters` rounds of
@@ -443,13 +444,7 @@ mod w4a8_avx2 {
                 );
             }
         }
-        let mut sum = _mm256_setzero_si256();
-        for a in c {
-            sum = _mm256_add_epi32(sum, a);
-        }
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
-        lanes.iter().fold(0i32, |s, &l| s.wrapping_add(l))
+        super::x86_64::sum_lanes(&c)
     }
 }
 

@@ -525,11 +525,12 @@ unsafe fn dot(x: &[u8], y: &Q8Row) -> f32 {
 pub(crate) mod tests {
     use super::*;
     use crate::gguf::legacy;
+    use crate::simd::GgufQuantize;
 
     /// Blocks that exercise every rule: ties of magnitude (the first wins, whatever its
     /// sign), all zeros (signed), exact halves after the scale, subnormal blocks whose `1 / d`
     /// overflows, huge values, and random blocks at many scales.
-    pub(crate) fn blocks() -> Vec<f32> {
+    fn blocks() -> Vec<f32> {
         let mut x = Vec::new();
         let mut s = 0x9e37_79b9u32;
         let mut next = || {
@@ -584,7 +585,7 @@ pub(crate) mod tests {
     /// Blocks for the asymmetric types' rules: the minimum and maximum tied (the first
     /// wins), signed zeros as minimum or maximum, constant blocks (`d = 0`), and values
     /// whose `(x - min) / d + 0.5` lands on exact halves and on the top code.
-    pub(crate) fn asym_blocks() -> Vec<f32> {
+    fn asym_blocks() -> Vec<f32> {
         let mut x = Vec::new();
         let mut b = [1.0f32; QK];
         b[2] = -0.0;
@@ -607,11 +608,10 @@ pub(crate) mod tests {
         x
     }
 
-    #[test]
-    fn every_type_matches_the_portable_bytes() {
-        if !crate::simd::probe::has_avx2() {
-            return;
-        }
+    /// A path's `quantize_blocks` against the portable bytes of every type, on the test blocks
+    /// (`asym_blocks` then `blocks`), the first and the last `nb` blocks for each `nb` of
+    /// `lengths` (so that a path's last group of blocks is short too).
+    pub(crate) fn check_portable_bytes(quantize: GgufQuantize, lengths: &[usize]) {
         let mut x = asym_blocks();
         x.extend(blocks());
         for (kind, ts, portable) in [
@@ -625,12 +625,10 @@ pub(crate) mod tests {
             (Kind::Q5_1, Q5_1_BYTES, legacy::quantize_q5_1),
             (Kind::Q8_0, Q8_0_BYTES, legacy::quantize_q8_0),
         ] {
-            // Every length from one block up, so that the last group is short too; the
-            // first blocks and the last ones.
-            for nb in [1, 2, 7, 8, 9, 17, x.len() / QK] {
+            for nb in lengths.iter().copied().chain([x.len() / QK]) {
                 for x in [&x[x.len() - nb * QK..], &x[..nb * QK]] {
                     let mut got = vec![0u8; nb * ts];
-                    assert_eq!(quantize_blocks(kind, x, &mut got), Some(true));
+                    assert_eq!(quantize(kind, x, &mut got), Some(true));
                     let mut want = vec![0u8; nb * ts];
                     for (xb, ob) in x.chunks_exact(QK).zip(want.chunks_exact_mut(ts)) {
                         portable(xb, ob);
@@ -640,6 +638,35 @@ pub(crate) mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A path's `quantize_blocks` reports NaN and ±inf, in the first block and in the last
+    /// value of `nb` blocks, for every type.
+    pub(crate) fn check_non_finite(quantize: GgufQuantize, nb: usize) {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for (kind, ts) in [
+                (Kind::Q4_0, Q4_0_BYTES),
+                (Kind::Q4_1, Q4_1_BYTES),
+                (Kind::Q5_0, Q5_0_BYTES),
+                (Kind::Q5_1, Q5_1_BYTES),
+                (Kind::Q8_0, Q8_0_BYTES),
+            ] {
+                for at in [0, (nb - 1) * QK + 31] {
+                    let mut x = vec![1.0f32; nb * QK];
+                    x[at] = bad;
+                    let mut out = vec![0u8; nb * ts];
+                    assert_eq!(quantize(kind, &x, &mut out), Some(false), "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_type_matches_the_portable_bytes() {
+        if crate::simd::probe::has_avx2() {
+            // Groups of 8 blocks.
+            check_portable_bytes(quantize_blocks, &[1, 2, 7, 8, 9, 17]);
         }
     }
 
@@ -709,24 +736,8 @@ pub(crate) mod tests {
 
     #[test]
     fn non_finite_values_are_reported() {
-        if !crate::simd::probe::has_avx2() {
-            return;
-        }
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            for (kind, ts) in [
-                (Kind::Q4_0, Q4_0_BYTES),
-                (Kind::Q4_1, Q4_1_BYTES),
-                (Kind::Q5_0, Q5_0_BYTES),
-                (Kind::Q5_1, Q5_1_BYTES),
-                (Kind::Q8_0, Q8_0_BYTES),
-            ] {
-                for at in [0, 9 * QK + 31] {
-                    let mut x = vec![1.0f32; 10 * QK];
-                    x[at] = bad;
-                    let mut out = vec![0u8; 10 * ts];
-                    assert_eq!(quantize_blocks(kind, &x, &mut out), Some(false), "{kind:?}");
-                }
-            }
+        if crate::simd::probe::has_avx2() {
+            check_non_finite(quantize_blocks, 10);
         }
     }
 

@@ -399,66 +399,21 @@ unsafe fn dot_vnni(x: &[u8], y: &Q8Row) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::legacy;
-    use crate::simd::x86_64::avx2::gguf::tests::{asym_blocks, blocks};
+    use crate::simd::x86_64::avx2::gguf::tests::{check_non_finite, check_portable_bytes};
     use crate::simd::Isa;
 
     #[test]
     fn every_type_matches_the_portable_bytes() {
-        if !crate::simd::probe::has_avx512() {
-            return;
-        }
-        let mut x = asym_blocks();
-        x.extend(blocks());
-        for (kind, ts, portable) in [
-            (
-                Kind::Q4_0,
-                Q4_0_BYTES,
-                legacy::quantize_q4_0 as fn(&[f32], &mut [u8]),
-            ),
-            (Kind::Q4_1, Q4_1_BYTES, legacy::quantize_q4_1),
-            (Kind::Q5_0, Q5_0_BYTES, legacy::quantize_q5_0),
-            (Kind::Q5_1, Q5_1_BYTES, legacy::quantize_q5_1),
-            (Kind::Q8_0, Q8_0_BYTES, legacy::quantize_q8_0),
-        ] {
-            // Every length from one block up, so that the last group of 16 is short too;
-            // the first blocks and the last ones.
-            for nb in [1, 2, 15, 16, 17, 33, x.len() / QK] {
-                for x in [&x[x.len() - nb * QK..], &x[..nb * QK]] {
-                    let mut got = vec![0u8; nb * ts];
-                    assert_eq!(quantize_blocks(kind, x, &mut got), Some(true));
-                    let mut want = vec![0u8; nb * ts];
-                    for (xb, ob) in x.chunks_exact(QK).zip(want.chunks_exact_mut(ts)) {
-                        portable(xb, ob);
-                    }
-                    for (b, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
-                        assert_eq!(g, w, "{kind:?} block {b} of {nb}: {:?}", &x[QK * b..][..QK]);
-                    }
-                }
-            }
+        if crate::simd::probe::has_avx512() {
+            // Groups of 16 blocks.
+            check_portable_bytes(quantize_blocks, &[1, 2, 15, 16, 17, 33]);
         }
     }
 
     #[test]
     fn non_finite_values_are_reported() {
-        if !crate::simd::probe::has_avx512() {
-            return;
-        }
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            for (kind, ts) in [
-                (Kind::Q4_0, Q4_0_BYTES),
-                (Kind::Q4_1, Q4_1_BYTES),
-                (Kind::Q5_0, Q5_0_BYTES),
-                (Kind::Q5_1, Q5_1_BYTES),
-                (Kind::Q8_0, Q8_0_BYTES),
-            ] {
-                for at in [0, 17 * QK + 31] {
-                    let mut x = vec![1.0f32; 18 * QK];
-                    x[at] = bad;
-                    let mut out = vec![0u8; 18 * ts];
-                    assert_eq!(quantize_blocks(kind, &x, &mut out), Some(false), "{kind:?}");
-                }
-            }
+        if crate::simd::probe::has_avx512() {
+            check_non_finite(quantize_blocks, 18);
         }
     }
 
